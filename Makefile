@@ -1,0 +1,38 @@
+# The short commands the README names.
+CARGO ?= cargo
+CONFIG ?= examples/hermes.toml
+
+.PHONY: build run test lint bench clean-state
+
+## Build the host and every plugin library (debug).
+build:
+	$(CARGO) build --workspace
+
+## The main job: list the plugins of the example config (loads nothing).
+run: build
+	$(CARGO) run -q -p hermes-host -- --config $(CONFIG) plugin list
+
+## Every test. The plugin libraries are built once, before the tests load them.
+## cargo-nextest runs each test in its own process, so per-process counts (fds, threads,
+## mappings) see one test only; without it, tests run one at a time.
+test: build
+	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
+		$(CARGO) nextest run --workspace --no-fail-fast; \
+	else \
+		$(CARGO) test --workspace --no-fail-fast -- --test-threads=1; \
+	fi
+	$(CARGO) test --workspace --doc
+
+## Formatting and lints, as CI checks them.
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## Benchmarks: builds debug and release plugins, prints the tables for BENCHMARKS.md.
+bench:
+	$(CARGO) build --workspace
+	$(CARGO) build --workspace --release
+	$(CARGO) bench -p hermes-host --bench foundation
+
+clean-state:
+	rm -rf examples/.hermes

@@ -1,0 +1,55 @@
+//! A minimal hermes-host plugin, written as a third party would: it depends on
+//! `hermes-plugin-api` only, implements `Plugin`, and exports it.
+//!
+//! Config (`[platforms.echo]`): `shout = true` upper-cases the echoes.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hermes_plugin_api::{Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt};
+use serde::Deserialize;
+
+/// `[platforms.echo]`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Upper-case the echoes.
+    #[serde(default)]
+    shout: bool,
+}
+
+/// A running echo instance.
+pub struct Echo {
+    shout: bool,
+    host: Host,
+    sent: AtomicU64,
+}
+
+impl Plugin for Echo {
+    type Config = Config;
+
+    fn start(config: Config, host: Host) -> Result<Self, String> {
+        Ok(Echo {
+            shout: config.shout,
+            host,
+            sent: AtomicU64::new(0),
+        })
+    }
+
+    fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
+        let id = format!("echo-{}", self.sent.fetch_add(1, Ordering::Relaxed) + 1);
+        let text = if self.shout {
+            message.text.to_uppercase()
+        } else {
+            message.text
+        };
+        let echo = InboundMessage::new(message.chat_id, "echo", text, id.clone());
+        self.host.deliver(&echo).map_err(SendError::retryable)?;
+        Ok(SendReceipt { message_id: id })
+    }
+
+    fn stop(self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+hermes_plugin_api::export_plugin!(Echo);

@@ -1,0 +1,3 @@
+//! Benchmarks (placeholder until the harness lands).
+
+fn main() {}

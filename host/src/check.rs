@@ -1,0 +1,261 @@
+//! `plugin check`: put a plugin through every load-time check, keeping nothing.
+//!
+//! The library is loaded from a scratch shadow copy (a fresh folder under the shadow dir,
+//! removed afterwards), its ABI checked, its `[platforms.<id>]` table validated when there is
+//! one, and, only when asked, a throwaway instance started and stopped. Then it is unloaded
+//! and `/proc/self/maps` says whether it is really gone.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hermes_plugin_api::abi::ABI_VERSION;
+use serde::Serialize;
+
+use crate::{
+    loader::{DiscardInbound, Library, StartOptions},
+    registry::{Registry, RegistryError},
+};
+
+/// One step of a check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Step {
+    /// What was checked.
+    pub name: &'static str,
+    /// Whether it passed; `None` when skipped.
+    pub ok: Option<bool>,
+    /// What was found.
+    pub detail: String,
+}
+
+/// The outcome of a check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckReport {
+    /// The platform id.
+    pub id: String,
+    /// Whether every step that ran passed.
+    pub sound: bool,
+    /// The steps, in order.
+    pub steps: Vec<Step>,
+}
+
+impl CheckReport {
+    fn step(&mut self, name: &'static str, ok: Option<bool>, detail: impl Into<String>) {
+        if ok == Some(false) {
+            self.sound = false;
+        }
+        self.steps.push(Step {
+            name,
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// The first failed step's detail: the reason the plugin was refused.
+    pub fn reason(&self) -> Option<&str> {
+        self.steps
+            .iter()
+            .find(|s| s.ok == Some(false))
+            .map(|s| s.detail.as_str())
+    }
+}
+
+/// Checks plugin `id`; with `start`, also starts and stops a throwaway instance.
+pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, RegistryError> {
+    let entry = registry.entry(id)?;
+    let manifest = entry.manifest();
+    let mut report = CheckReport {
+        id: id.to_owned(),
+        sound: true,
+        steps: Vec::new(),
+    };
+
+    if manifest.api != ABI_VERSION {
+        report.step(
+            "manifest",
+            Some(false),
+            format!(
+                "{}: field `plugin.api`: declares API {}, this host speaks {}; not loaded",
+                entry.manifest_path().display(),
+                manifest.api,
+                ABI_VERSION
+            ),
+        );
+        return Ok(report);
+    }
+    report.step(
+        "manifest",
+        Some(true),
+        format!("{} (api {})", entry.manifest_path().display(), manifest.api),
+    );
+
+    let path = match registry.resolve_library(entry) {
+        Ok(path) => path,
+        Err(e) => {
+            report.step("library", Some(false), e);
+            return Ok(report);
+        }
+    };
+    let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+    report.step(
+        "library",
+        Some(true),
+        format!("{} ({:.1} MiB)", path.display(), size as f64 / 1048576.0),
+    );
+
+    let shadow_root = &registry.options().shadow_dir;
+    let scratch = match std::fs::create_dir_all(shadow_root).and_then(|()| {
+        tempfile::Builder::new()
+            .prefix("check-")
+            .tempdir_in(shadow_root)
+    }) {
+        Ok(dir) => dir,
+        Err(e) => {
+            report.step(
+                "load",
+                Some(false),
+                format!(
+                    "cannot make a scratch dir in {}: {e}",
+                    shadow_root.display()
+                ),
+            );
+            return Ok(report);
+        }
+    };
+    let started = Instant::now();
+    let library = match Library::open(&path, scratch.path()) {
+        Ok(library) => library,
+        Err(e) => {
+            report.step("load", Some(false), e.to_string());
+            return Ok(report);
+        }
+    };
+    report.step(
+        "load",
+        Some(true),
+        format!(
+            "ABI v{ABI_VERSION}, vtable layout compatible, plugin version {} ({:.2} ms: copy + dlopen + checks)",
+            library.plugin_version(),
+            started.elapsed().as_secs_f64() * 1e3
+        ),
+    );
+    if library.plugin_version() != manifest.version {
+        report.step(
+            "version",
+            None,
+            format!(
+                "the manifest says {}, the library {}",
+                manifest.version,
+                library.plugin_version()
+            ),
+        );
+    }
+
+    let platform = entry.platform_config().cloned();
+    let timeout = platform
+        .as_ref()
+        .map_or(Duration::from_secs(30), |p| p.call_timeout);
+    let config_ok = match &platform {
+        Some(p) => match library.validate_config(&p.plugin_json(), timeout) {
+            Ok(()) => {
+                report.step("config", Some(true), format!("[platforms.{id}] is valid"));
+                true
+            }
+            Err(e) => {
+                report.step("config", Some(false), format!("[platforms.{id}]: {e}"));
+                false
+            }
+        },
+        None => {
+            report.step(
+                "config",
+                None,
+                format!("no [platforms.{id}] table; not validated"),
+            );
+            true
+        }
+    };
+
+    let library = if start && config_ok {
+        let platform = platform.unwrap_or_default();
+        let options = StartOptions {
+            platform: id.to_owned(),
+            generation: 1,
+            config_json: platform.plugin_json(),
+            sink: Arc::new(DiscardInbound),
+            workers: 1,
+            call_timeout: timeout,
+            state: None,
+        };
+        match library.start(options) {
+            Ok(instance) => {
+                match instance.health() {
+                    Ok(h) => report.step(
+                        "start",
+                        Some(true),
+                        format!("started; health {:?} {}", h.status, h.detail)
+                            .trim_end()
+                            .to_owned(),
+                    ),
+                    Err(e) => report.step(
+                        "start",
+                        Some(false),
+                        format!("started, but health failed: {e}"),
+                    ),
+                }
+                match instance.stop(false, timeout) {
+                    Ok(stopped) => {
+                        match &stopped.error {
+                            None => report.step("stop", Some(true), "stopped"),
+                            Some(e) => report.step("stop", Some(false), e.to_string()),
+                        }
+                        Some(stopped.library)
+                    }
+                    Err(e) => {
+                        report.step("stop", Some(false), e.to_string());
+                        None
+                    }
+                }
+            }
+            Err(failure) => {
+                report.step("start", Some(false), failure.error.to_string());
+                Some(failure.library)
+            }
+        }
+    } else {
+        if !start {
+            report.step(
+                "start",
+                None,
+                "not started (pass --start to start and stop an instance)",
+            );
+        }
+        Some(library)
+    };
+
+    match library.map(Library::unload) {
+        Some(unload) if unload.clean() => report.step(
+            "unload",
+            Some(true),
+            match unload.unmapped {
+                Some(true) => "unloaded; the copy is no longer mapped".to_owned(),
+                _ => "unloaded (mappings cannot be read on this system)".to_owned(),
+            },
+        ),
+        Some(unload) => report.step(
+            "unload",
+            Some(false),
+            format!(
+                "library still resident: {}",
+                unload.detail.unwrap_or_default()
+            ),
+        ),
+        None => report.step(
+            "unload",
+            Some(false),
+            "a call did not return; the library stays mapped",
+        ),
+    }
+    Ok(report)
+}

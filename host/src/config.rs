@@ -1,0 +1,427 @@
+//! `hermes.toml`: the gateway's configuration.
+//!
+//! Every key, its default and its meaning are listed in the README ("Configuration"). Relative
+//! paths are relative to the folder of the config file (the working directory when there is no
+//! file). Unknown keys are errors, except inside `[platforms.<id>]`, whose keys beyond the
+//! host's own (`start`, `call_timeout_ms`, `idle_unload_secs`, `workers`) belong to the plugin.
+
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+/// A config that could not be read, naming the file and the key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {message}", path.display())]
+pub struct ConfigError {
+    /// The config file.
+    pub path: PathBuf,
+    /// What is wrong, with the key.
+    pub message: String,
+}
+
+/// The whole configuration, paths resolved.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it was read from; `None` when there was none (defaults).
+    pub source: Option<PathBuf>,
+    /// `[server]`.
+    pub server: ServerConfig,
+    /// `[plugins]`.
+    pub plugins: PluginsConfig,
+    /// `[hotreload]`.
+    pub hotreload: HotReloadConfig,
+    /// `[platforms.<id>]`, by id.
+    pub platforms: BTreeMap<String, PlatformConfig>,
+    /// `[[routes]]`.
+    pub routes: Vec<Route>,
+    /// `[journal]`.
+    pub journal: JournalConfig,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The public HTTP API's address.
+    pub listen: SocketAddr,
+    /// The control API's Unix socket.
+    pub control_socket: PathBuf,
+    /// Bearer token for the public API; required off loopback.
+    pub api_token: Option<String>,
+}
+
+/// `[plugins]`.
+#[derive(Debug, Clone)]
+pub struct PluginsConfig {
+    /// Folders holding `<plugin>/plugin.toml`.
+    pub dirs: Vec<PathBuf>,
+    /// Where libraries are looked for after the plugin folder.
+    pub library_dirs: Vec<PathBuf>,
+    /// Persisted state.
+    pub state_dir: PathBuf,
+    /// Where shadow copies are loaded from.
+    pub shadow_dir: PathBuf,
+}
+
+/// `[hotreload]`.
+#[derive(Debug, Clone)]
+pub struct HotReloadConfig {
+    /// Whether hot reload may be enabled.
+    pub allowed: bool,
+    /// Debounce of library file events.
+    pub debounce: Duration,
+}
+
+/// When a configured platform starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StartMode {
+    /// Before the server reports ready.
+    Eager,
+    /// On a pool after the listeners are up.
+    Background,
+    /// At first use.
+    OnDemand,
+}
+
+/// `[platforms.<id>]`: the host's keys, and the rest for the plugin.
+#[derive(Debug, Clone)]
+pub struct PlatformConfig {
+    /// `start`, default `eager`.
+    pub start: StartMode,
+    /// `call_timeout_ms`, default 30000.
+    pub call_timeout: Duration,
+    /// `idle_unload_secs`: unload after this long without traffic.
+    pub idle_unload: Option<Duration>,
+    /// `workers`, default 2: threads serving the instance's calls.
+    pub workers: usize,
+    /// Every other key: the plugin's config.
+    pub plugin: toml::Table,
+}
+
+impl Default for PlatformConfig {
+    fn default() -> Self {
+        PlatformConfig {
+            start: StartMode::Eager,
+            call_timeout: Duration::from_millis(30_000),
+            idle_unload: None,
+            workers: 2,
+            plugin: toml::Table::new(),
+        }
+    }
+}
+
+impl PlatformConfig {
+    /// The plugin's part as JSON text, as the ABI passes it.
+    pub fn plugin_json(&self) -> String {
+        serde_json::to_string(&self.plugin).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// One end of a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Endpoint {
+    /// The platform id.
+    pub platform: String,
+    /// The chat on it.
+    pub chat: String,
+}
+
+/// `[[routes]]`: forwards inbound messages of one chat to others.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    /// The source chat.
+    pub from: Endpoint,
+    /// The targets.
+    pub to: Vec<Endpoint>,
+}
+
+/// `[journal]`.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// The JSONL file.
+    pub path: PathBuf,
+    /// How often batches are written.
+    pub flush: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    plugins: RawPlugins,
+    #[serde(default)]
+    hotreload: RawHotReload,
+    #[serde(default)]
+    platforms: BTreeMap<String, toml::Table>,
+    #[serde(default)]
+    routes: Vec<Route>,
+    #[serde(default)]
+    journal: RawJournal,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<SocketAddr>,
+    control_socket: Option<PathBuf>,
+    api_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugins {
+    dirs: Option<Vec<PathBuf>>,
+    library_dirs: Option<Vec<PathBuf>>,
+    state_dir: Option<PathBuf>,
+    shadow_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHotReload {
+    allowed: Option<bool>,
+    debounce_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    path: Option<PathBuf>,
+    flush_ms: Option<u64>,
+}
+
+/// The default config file name, looked for in the working directory.
+pub const DEFAULT_CONFIG: &str = "hermes.toml";
+
+impl Config {
+    /// Reads `path`; a missing file gives the defaults (relative to the working directory).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Self::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Self::resolve(RawConfig::default(), Path::new("."), None)
+            }
+            Err(e) => Err(ConfigError {
+                path: path.to_owned(),
+                message: format!("cannot read: {e}"),
+            }),
+        }
+    }
+
+    /// Parses config text; `path` names it in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            message: describe_toml_error(text, &e),
+        })?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        Self::resolve(raw, base, Some(path))
+    }
+
+    fn resolve(raw: RawConfig, base: &Path, source: Option<&Path>) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            path: source
+                .map(Path::to_owned)
+                .unwrap_or_else(|| PathBuf::from("(defaults)")),
+            message,
+        };
+        let at = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let state_dir = at(raw.plugins.state_dir.unwrap_or_else(|| ".hermes".into()));
+        let shadow_dir = raw
+            .plugins
+            .shadow_dir
+            .map(at)
+            .unwrap_or_else(|| state_dir.join("shadow"));
+        let mut platforms = BTreeMap::new();
+        for (id, table) in raw.platforms {
+            if !crate::manifest::valid_id(&id) {
+                return Err(err(format!(
+                    "[platforms.{id}]: {id:?} is not a valid platform id (^[a-z0-9][a-z0-9_-]{{0,63}}$)"
+                )));
+            }
+            let platform = platform_config(table)
+                .map_err(|(key, message)| err(format!("key `platforms.{id}.{key}`: {message}")))?;
+            platforms.insert(id, platform);
+        }
+        for (i, route) in raw.routes.iter().enumerate() {
+            if route.to.is_empty() {
+                return Err(err(format!(
+                    "key `routes[{i}].to`: a route needs at least one target"
+                )));
+            }
+        }
+        let flush_ms = raw.journal.flush_ms.unwrap_or(200);
+        if flush_ms == 0 {
+            return Err(err("key `journal.flush_ms`: must be at least 1".into()));
+        }
+        Ok(Config {
+            source: source.map(Path::to_owned),
+            server: ServerConfig {
+                listen: raw
+                    .server
+                    .listen
+                    .unwrap_or_else(|| ([127, 0, 0, 1], 8642).into()),
+                control_socket: at(raw
+                    .server
+                    .control_socket
+                    .unwrap_or_else(|| ".hermes/control.sock".into())),
+                api_token: raw.server.api_token.filter(|t| !t.is_empty()),
+            },
+            plugins: PluginsConfig {
+                dirs: raw
+                    .plugins
+                    .dirs
+                    .unwrap_or_else(|| vec!["plugins".into()])
+                    .into_iter()
+                    .map(at)
+                    .collect(),
+                library_dirs: raw
+                    .plugins
+                    .library_dirs
+                    .unwrap_or_else(|| vec!["target/debug".into()])
+                    .into_iter()
+                    .map(at)
+                    .collect(),
+                state_dir: state_dir.clone(),
+                shadow_dir,
+            },
+            hotreload: HotReloadConfig {
+                allowed: raw.hotreload.allowed.unwrap_or(false),
+                debounce: Duration::from_millis(raw.hotreload.debounce_ms.unwrap_or(150)),
+            },
+            platforms,
+            routes: raw.routes,
+            journal: JournalConfig {
+                path: raw
+                    .journal
+                    .path
+                    .map(at)
+                    .unwrap_or_else(|| state_dir.join("journal.jsonl")),
+                flush: Duration::from_millis(flush_ms),
+            },
+        })
+    }
+}
+
+/// Splits the host's keys out of a `[platforms.<id>]` table; errors name the key.
+fn platform_config(mut table: toml::Table) -> Result<PlatformConfig, (&'static str, String)> {
+    let mut config = PlatformConfig::default();
+    if let Some(v) = table.remove("start") {
+        config.start = v.try_into().map_err(|_| {
+            (
+                "start",
+                "expected one of \"eager\", \"background\", \"on_demand\"".to_owned(),
+            )
+        })?;
+    }
+    let positive = |key: &'static str, v: toml::Value| match v.as_integer() {
+        Some(n) if n > 0 => Ok(n as u64),
+        _ => Err((key, "expected a positive integer".to_owned())),
+    };
+    if let Some(v) = table.remove("call_timeout_ms") {
+        config.call_timeout = Duration::from_millis(positive("call_timeout_ms", v)?);
+    }
+    if let Some(v) = table.remove("idle_unload_secs") {
+        config.idle_unload = Some(Duration::from_secs(positive("idle_unload_secs", v)?));
+    }
+    if let Some(v) = table.remove("workers") {
+        let n = positive("workers", v)?;
+        if n > 64 {
+            return Err(("workers", "at most 64".to_owned()));
+        }
+        config.workers = n as usize;
+    }
+    config.plugin = table;
+    Ok(config)
+}
+
+/// Renders a TOML error as `line L, column C: key `a.b`: message`.
+pub(crate) fn describe_toml_error(text: &str, error: &toml::de::Error) -> String {
+    let message = error.message().trim_end();
+    let Some(span) = error.span() else {
+        return message.to_owned();
+    };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before[line_start..].chars().count() + 1;
+    // The key is the `name =` on the error's line, inside the last `[table]` above it.
+    let key = before[line_start..]
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"'));
+    let table = before[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim());
+    match (table, key) {
+        (Some(table), Some(key)) if !key.is_empty() => {
+            format!("line {line}, column {column}: key `{table}.{key}`: {message}")
+        }
+        (None, Some(key)) if !key.is_empty() => {
+            format!("line {line}, column {column}: key `{key}`: {message}")
+        }
+        _ => format!("line {line}, column {column}: {message}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("conf/hermes.toml"))
+    }
+
+    #[test]
+    fn defaults_and_relative_paths() {
+        let c = parse("").unwrap();
+        assert_eq!(c.plugins.dirs, vec![PathBuf::from("conf/plugins")]);
+        assert_eq!(c.plugins.shadow_dir, PathBuf::from("conf/.hermes/shadow"));
+        assert_eq!(c.server.listen.to_string(), "127.0.0.1:8642");
+        assert_eq!(c.hotreload.debounce, Duration::from_millis(150));
+    }
+
+    #[test]
+    fn platform_tables_split_host_and_plugin_keys() {
+        let c = parse(
+            "[platforms.irc]\nstart = \"on_demand\"\ncall_timeout_ms = 500\nnick = \"bot\"\n",
+        )
+        .unwrap();
+        let irc = &c.platforms["irc"];
+        assert_eq!(irc.start, StartMode::OnDemand);
+        assert_eq!(irc.call_timeout, Duration::from_millis(500));
+        assert_eq!(irc.plugin_json(), r#"{"nick":"bot"}"#);
+    }
+
+    #[test]
+    fn errors_name_file_and_key() {
+        let e = parse("[platforms.irc]\nstart = \"later\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("conf/hermes.toml: key `platforms.irc.start`"),
+            "{e}"
+        );
+        let e = parse("[server]\nlisten = \"nowhere\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("line 2, column 10: key `server.listen`"),
+            "{e}"
+        );
+        let e = parse("[plugins]\ndirz = []\n").unwrap_err();
+        assert!(e.to_string().contains("dirz"), "{e}");
+    }
+}

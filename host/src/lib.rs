@@ -1,0 +1,17 @@
+//! hermes-host: a messaging gateway whose platform adapters are plugins loaded at run time.
+//!
+//! The pieces, in the order a message meets them:
+//! - [`config`] reads `hermes.toml`; [`manifest`] reads each plugin's `plugin.toml`.
+//! - [`registry`] knows every installed plugin from its manifest and loads one only when it
+//!   is used, through [`loader`], the one module with `unsafe` code.
+//! - [`check`] runs a plugin through every load-time check without keeping it.
+//! - [`cli`] is the `hermes-host` command.
+
+pub mod check;
+pub mod cli;
+pub mod config;
+#[allow(unsafe_code)]
+pub mod loader;
+pub mod manifest;
+pub mod message;
+pub mod registry;

@@ -1,0 +1,172 @@
+//! The host's side of the callbacks a plugin instance may call: deliver and log.
+//!
+//! A plugin gets a [`HostContext`] whose `ctx` points at a [`CallbackContext`]. The library
+//! that lent it keeps the context alive until after `dlclose`, so a plugin thread can never
+//! call through a dangling pointer while the library's code still exists. Calls from an
+//! instance that was stopped, or carrying another generation, are refused.
+
+use std::{
+    ffi::c_void,
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
+use hermes_plugin_api::abi::{
+    HostContext, InboundFfi, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
+};
+
+use crate::message::Inbound;
+
+/// Where a running instance's inbound messages and log records go.
+pub trait EventSink: Send + Sync + 'static {
+    /// An inbound message; must return quickly (queue it, do not call the plugin).
+    fn inbound(&self, message: Inbound);
+
+    /// A log record written by the plugin; by default logged through `tracing` under the
+    /// `plugin` target with the platform id.
+    fn log(&self, platform: &str, generation: u64, level: u8, target: &str, message: &str) {
+        forward_log(platform, generation, level, target, message);
+    }
+}
+
+/// A sink that drops inbound messages and logs plugin records: for checks and tools.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct DiscardInbound;
+
+impl EventSink for DiscardInbound {
+    fn inbound(&self, _message: Inbound) {}
+}
+
+/// Writes a plugin's log record as a host `tracing` event.
+pub fn forward_log(platform: &str, generation: u64, level: u8, target: &str, message: &str) {
+    macro_rules! emit {
+        ($level:expr) => {
+            tracing::event!(
+                target: "plugin",
+                $level,
+                platform,
+                generation,
+                plugin_target = target,
+                "{message}"
+            )
+        };
+    }
+    match level {
+        LOG_ERROR => emit!(tracing::Level::ERROR),
+        LOG_WARN => emit!(tracing::Level::WARN),
+        LOG_INFO => emit!(tracing::Level::INFO),
+        LOG_DEBUG => emit!(tracing::Level::DEBUG),
+        LOG_TRACE => emit!(tracing::Level::TRACE),
+        _ => emit!(tracing::Level::INFO),
+    }
+}
+
+/// What `HostContext::ctx` points at.
+pub(crate) struct CallbackContext {
+    platform: String,
+    generation: u64,
+    active: AtomicBool,
+    sink: Arc<dyn EventSink>,
+}
+
+impl CallbackContext {
+    pub(crate) fn new(platform: &str, generation: u64, sink: Arc<dyn EventSink>) -> Arc<Self> {
+        Arc::new(CallbackContext {
+            platform: platform.to_owned(),
+            generation,
+            active: AtomicBool::new(true),
+            sink,
+        })
+    }
+
+    /// From now on, calls through this context are refused.
+    pub(crate) fn deactivate(&self) {
+        self.active.store(false, Ordering::Release);
+    }
+
+    /// The context handed to the plugin. `self` must outlive the library (the library keeps it).
+    pub(crate) fn host_context(self: &Arc<Self>) -> HostContext {
+        HostContext {
+            ctx: Arc::as_ptr(self).cast(),
+            generation: self.generation,
+            deliver,
+            log,
+        }
+    }
+
+    fn accepts(&self, generation: u64) -> bool {
+        self.active.load(Ordering::Acquire) && generation == self.generation
+    }
+}
+
+/// # Safety
+/// `ctx` is the pointer from [`CallbackContext::host_context`], still owned by its library.
+unsafe fn context<'a>(ctx: *const c_void) -> &'a CallbackContext {
+    // SAFETY: the caller passes the pointer `host_context` made from an `Arc` that the loaded
+    // library holds until after `dlclose`; no code of the library can run after that.
+    unsafe { &*ctx.cast::<CallbackContext>() }
+}
+
+unsafe extern "C" fn deliver(
+    ctx: *const c_void,
+    generation: u64,
+    message: &InboundFfi<'_>,
+) -> RResult<(), RString> {
+    // A panic must not unwind into the plugin's frames: catch it and answer an error.
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: plugins call back with the `ctx` they were lent in `start`.
+        let ctx = unsafe { context(ctx) };
+        if !ctx.accepts(generation) {
+            return Err(format!(
+                "{} generation {generation} is stopped; message not accepted",
+                ctx.platform
+            ));
+        }
+        let metadata = match serde_json::from_str(message.metadata_json.as_str()) {
+            Ok(serde_json::Value::Object(map)) => map,
+            _ => serde_json::Map::new(),
+        };
+        ctx.sink.inbound(Inbound {
+            platform: ctx.platform.clone(),
+            chat_id: message.chat_id.as_str().to_owned(),
+            user: message.user.as_str().to_owned(),
+            text: message.text.as_str().to_owned(),
+            message_id: message.message_id.as_str().to_owned(),
+            timestamp: message.timestamp_ms,
+            metadata,
+            generation,
+        });
+        Ok(())
+    }));
+    match result {
+        Ok(Ok(())) => ROk(()),
+        Ok(Err(e)) => RErr(e.into()),
+        Err(_) => RErr("the host failed to take the message".into()),
+    }
+}
+
+unsafe extern "C" fn log(
+    ctx: *const c_void,
+    generation: u64,
+    level: u8,
+    target: RStr<'_>,
+    message: RStr<'_>,
+) {
+    let _ = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: plugins call back with the `ctx` they were lent in `start`.
+        let ctx = unsafe { context(ctx) };
+        if ctx.accepts(generation) {
+            ctx.sink.log(
+                &ctx.platform,
+                generation,
+                level,
+                target.as_str(),
+                message.as_str(),
+            );
+        }
+    }));
+}

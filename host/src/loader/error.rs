@@ -1,0 +1,141 @@
+//! The loader's errors: each names the library and says what was wrong with it.
+
+use std::{io, path::PathBuf, time::Duration};
+
+use hermes_plugin_api::abi::{ABI_VERSION, MAGIC};
+
+/// Why a library was refused. Nothing of a refused library stays loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The library file could not be read.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The shadow copy could not be made.
+    #[error("cannot make a shadow copy in {}: {source}", dir.display())]
+    Shadow {
+        /// The shadow directory.
+        dir: PathBuf,
+        /// The cause.
+        source: io::Error,
+    },
+    /// The file is not a loadable shared object.
+    #[error("{}: not a plugin library: {reason}", path.display())]
+    NotALibrary {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// `dlopen` refused it.
+    #[error("{}: dlopen failed: {message}", path.display())]
+    Dlopen {
+        /// The file.
+        path: PathBuf,
+        /// The loader's message.
+        message: String,
+    },
+    /// The entry symbol is missing.
+    #[error("{}: no `{symbol}` symbol: not built with hermes_plugin_api::export_plugin!", path.display())]
+    MissingEntry {
+        /// The file.
+        path: PathBuf,
+        /// The symbol looked up.
+        symbol: &'static str,
+    },
+    /// The entry function returned null.
+    #[error("{}: the entry function returned no header", path.display())]
+    NullHeader {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The header's magic is wrong.
+    #[error("{}: wrong magic {found:#018x} (expected {MAGIC:#018x}): not a hermes plugin", path.display())]
+    BadMagic {
+        /// The file.
+        path: PathBuf,
+        /// What the header holds.
+        found: u64,
+    },
+    /// The plugin was built for another ABI version.
+    #[error("{}: built for plugin ABI version {found}, this host speaks version {ABI_VERSION}; rebuild it against this host's hermes-plugin-api", path.display())]
+    AbiVersion {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's ABI version.
+        found: u32,
+    },
+    /// The header is smaller than this ABI's.
+    #[error("{}: header is {found} bytes, expected at least {expected}", path.display())]
+    HeaderSize {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's header size.
+        found: u32,
+        /// This host's header size.
+        expected: usize,
+    },
+    /// The vtable's layout differs from the host's.
+    #[error("{}: plugin vtable layout is incompatible with the host's:\n{details}", path.display())]
+    Layout {
+        /// The file.
+        path: PathBuf,
+        /// abi_stable's description of every mismatch.
+        details: String,
+    },
+}
+
+impl LoadError {
+    pub(crate) fn io(path: &std::path::Path, source: io::Error) -> Self {
+        LoadError::Io {
+            path: path.to_owned(),
+            source,
+        }
+    }
+}
+
+/// Why a call into a plugin did not give an answer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The plugin answered with an error (a panic is one, named as such).
+    #[error("{call}: {message}")]
+    Plugin {
+        /// The call.
+        call: &'static str,
+        /// The plugin's message.
+        message: String,
+        /// Whether the plugin said a retry may succeed.
+        retryable: bool,
+    },
+    /// The call did not return in time; the instance gets no new calls.
+    #[error("{call} did not return within {} ms; the instance is marked unhealthy", after.as_millis())]
+    Timeout {
+        /// The call.
+        call: &'static str,
+        /// The timeout.
+        after: Duration,
+    },
+    /// An earlier call never returned: the instance is refusing calls.
+    #[error("the instance is unhealthy: an earlier call did not return")]
+    Unhealthy,
+    /// The instance is stopping or stopped.
+    #[error("the instance is stopped")]
+    Stopped,
+}
+
+impl CallError {
+    /// Whether the same call may succeed later.
+    pub fn retryable(&self) -> bool {
+        match self {
+            CallError::Plugin { retryable, .. } => *retryable,
+            CallError::Timeout { .. } | CallError::Unhealthy => false,
+            CallError::Stopped => true,
+        }
+    }
+}

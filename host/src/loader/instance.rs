@@ -1,0 +1,396 @@
+//! A started plugin instance: its worker threads, its calls, and its orderly stop.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use abi_stable::std_types::{ROption, RSlice, RStr};
+use hermes_plugin_api::abi::{
+    HEALTH_DEGRADED, HEALTH_HEALTHY, HostContext, InstancePtr, OutboundFfi, PluginVTable, StateRef,
+};
+
+use super::{
+    callbacks::{CallbackContext, EventSink},
+    error::CallError,
+    library::{Library, LoadedLibrary},
+    worker::{Drained, Workers, run_once},
+};
+use crate::message::{Health, HealthStatus, Outbound, PluginState, Receipt};
+
+/// How to start an instance.
+pub struct StartOptions {
+    /// The platform id (for logs, thread names and inbound messages).
+    pub platform: String,
+    /// The generation this instance will be.
+    pub generation: u64,
+    /// The platform's config table as JSON text.
+    pub config_json: String,
+    /// Where inbound messages and log records go.
+    pub sink: Arc<dyn EventSink>,
+    /// How many worker threads serve its calls (at least 1).
+    pub workers: usize,
+    /// How long any one call may take.
+    pub call_timeout: Duration,
+    /// State exported by the previous generation.
+    pub state: Option<PluginState>,
+}
+
+/// A failed start: the error, and the library (still loaded) to unload or try again.
+#[derive(Debug)]
+pub struct StartFailure {
+    /// Why it failed.
+    pub error: CallError,
+    /// The library, whose workers are joined.
+    pub library: Library,
+}
+
+/// A plugin instance, started and serving calls on its own worker threads.
+pub struct Instance {
+    platform: String,
+    generation: u64,
+    plugin_version: String,
+    ptr: SendPtr,
+    workers: Workers,
+    library: Mutex<Option<Arc<LoadedLibrary>>>,
+    context: Arc<CallbackContext>,
+    call_timeout: Duration,
+    hung: AtomicBool,
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// The instance pointer, moved into worker jobs.
+#[derive(Clone, Copy)]
+struct SendPtr(InstancePtr);
+
+// SAFETY: the pointer is only dereferenced by the plugin's own functions, which the `Plugin`
+// trait requires to be `Send + Sync`.
+unsafe impl Send for SendPtr {}
+// SAFETY: as for `Send`: the plugin's value is `Sync`, and the pointer itself is never written.
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// Takes the pointer out; a method, so closures capture the whole `Send` wrapper.
+    fn get(self) -> InstancePtr {
+        self.0
+    }
+}
+
+/// The host context, moved into the `start` job.
+struct SendHost(HostContext);
+
+// SAFETY: the context points at a `CallbackContext`, which is `Send + Sync`.
+unsafe impl Send for SendHost {}
+
+impl SendHost {
+    fn get(self) -> HostContext {
+        self.0
+    }
+}
+
+/// A stopped instance: its library (loaded, workers joined) and what it exported.
+#[derive(Debug)]
+pub struct Stopped {
+    /// The library, ready to unload or start again.
+    pub library: Library,
+    /// State the instance exported before `stop`, when asked and offered.
+    pub state: Option<PluginState>,
+    /// An error from `export_state` or `stop` (the instance is stopped all the same).
+    pub error: Option<CallError>,
+}
+
+/// Why an instance could not be stopped in order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopError {
+    /// A call is still running; the library stays mapped until it returns.
+    #[error("a call into the plugin has not returned; its library stays mapped")]
+    Busy,
+    /// Already stopped.
+    #[error("the instance is already stopped")]
+    AlreadyStopped,
+}
+
+impl Library {
+    /// Starts an instance on new worker threads. On failure the workers are joined and the
+    /// library comes back, still loaded.
+    pub fn start(self, options: StartOptions) -> Result<Instance, StartFailure> {
+        let context = CallbackContext::new(
+            &options.platform,
+            options.generation,
+            Arc::clone(&options.sink),
+        );
+        self.inner
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::clone(&context));
+        let name = format!("hermes-{}-g{}", options.platform, options.generation);
+        let workers = match Workers::spawn(&self.inner, &name, options.workers) {
+            Ok(w) => w,
+            Err(e) => {
+                let message = format!("cannot start worker threads: {e}");
+                return Err(StartFailure {
+                    error: CallError::Plugin {
+                        call: "start",
+                        message,
+                        retryable: true,
+                    },
+                    library: self,
+                });
+            }
+        };
+        let host = SendHost(context.host_context());
+        let config = options.config_json;
+        let state = options.state;
+        let started = call_on(&workers, "start", options.call_timeout, move |vtable| {
+            let state_ref = state.as_ref().map(|s| StateRef {
+                schema: s.schema,
+                bytes: RSlice::from_slice(&s.bytes),
+            });
+            // SAFETY: the config and state are borrowed for the call; `host` stays valid until
+            // the library is unloaded (the library keeps its context).
+            let result = unsafe {
+                (vtable.start)(
+                    RStr::from_str(&config),
+                    host.get(),
+                    ROption::from(state_ref),
+                )
+            };
+            result
+                .into_result()
+                .map(SendPtr)
+                .map_err(|e| e.into_string())
+        });
+        let failure = match started {
+            Ok(Ok(ptr)) => {
+                return Ok(Instance {
+                    platform: options.platform,
+                    generation: options.generation,
+                    plugin_version: self.plugin_version().to_owned(),
+                    ptr,
+                    workers,
+                    library: Mutex::new(Some(Arc::clone(&self.inner))),
+                    context,
+                    call_timeout: options.call_timeout,
+                    hung: AtomicBool::new(false),
+                    in_flight: Arc::new(AtomicUsize::new(0)),
+                });
+            }
+            Ok(Err(message)) => CallError::Plugin {
+                call: "start",
+                message,
+                retryable: false,
+            },
+            Err(e) => e,
+        };
+        context.deactivate();
+        let _ = workers.drain(Instant::now() + Duration::from_secs(1));
+        Err(StartFailure {
+            error: failure,
+            library: self,
+        })
+    }
+}
+
+/// Submits `f` to the pool and waits up to `timeout` for its answer.
+fn call_on<R: Send + 'static>(
+    workers: &Workers,
+    call: &'static str,
+    timeout: Duration,
+    f: impl FnOnce(&PluginVTable) -> R + Send + 'static,
+) -> Result<R, CallError> {
+    let (tx, rx) = oneshot::channel();
+    workers.submit(Box::new(move |vtable| {
+        let _ = tx.send(f(vtable));
+    }))?;
+    match rx.recv_timeout(timeout) {
+        Ok(r) => Ok(r),
+        Err(oneshot::RecvTimeoutError::Timeout) => Err(CallError::Timeout {
+            call,
+            after: timeout,
+        }),
+        Err(oneshot::RecvTimeoutError::Disconnected) => Err(CallError::Stopped),
+    }
+}
+
+impl Instance {
+    /// The platform id.
+    pub fn platform(&self) -> &str {
+        &self.platform
+    }
+
+    /// This instance's generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// The loaded library's own version.
+    pub fn plugin_version(&self) -> &str {
+        &self.plugin_version
+    }
+
+    /// Calls running or queued right now.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Whether a call timed out (the instance then refuses new calls).
+    pub fn is_hung(&self) -> bool {
+        self.hung.load(Ordering::Acquire)
+    }
+
+    fn call<R: Send + 'static>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
+    ) -> Result<R, CallError> {
+        if self.is_hung() {
+            return Err(CallError::Unhealthy);
+        }
+        let ptr = self.ptr;
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(in_flight);
+        let result = call_on(&self.workers, call, self.call_timeout, move |vtable| {
+            let guard = guard;
+            let r = f(vtable, ptr.get());
+            drop(guard);
+            r
+        });
+        if let Err(CallError::Timeout { .. }) = result {
+            self.hung.store(true, Ordering::Release);
+            tracing::error!(platform = %self.platform, generation = self.generation, call, "plugin call timed out; instance marked unhealthy");
+        }
+        result
+    }
+
+    /// Sends one message through the plugin.
+    pub fn send(&self, message: &Outbound) -> Result<Receipt, CallError> {
+        let message = message.clone();
+        let result = self.call("send", move |vtable, ptr| {
+            let metadata = serde_json::Value::Object(message.metadata).to_string();
+            let ffi = OutboundFfi {
+                chat_id: RStr::from_str(&message.chat_id),
+                text: RStr::from_str(&message.text),
+                reply_to: message.reply_to.as_deref().map(RStr::from_str).into(),
+                metadata_json: RStr::from_str(&metadata),
+            };
+            // SAFETY: `ptr` came from this library's `start` and `stop` has not run: the pool
+            // is closed before `stop`, and this job was queued before that.
+            let result = unsafe { (vtable.send)(ptr, &ffi) };
+            // Convert while the library is certainly loaded: the RStrings drop in the plugin.
+            match result.into_result() {
+                Ok(r) => Ok(Receipt {
+                    message_id: r.message_id.into_string(),
+                }),
+                Err(e) => Err((e.message.into_string(), e.retryable)),
+            }
+        })?;
+        result.map_err(|(message, retryable)| CallError::Plugin {
+            call: "send",
+            message,
+            retryable,
+        })
+    }
+
+    /// Asks the plugin how it is doing.
+    pub fn health(&self) -> Result<Health, CallError> {
+        let result = self.call("health", |vtable, ptr| {
+            // SAFETY: as in `send`.
+            let result = unsafe { (vtable.health)(ptr) };
+            result.into_result().map(|h| Health {
+                status: match h.status {
+                    HEALTH_HEALTHY => HealthStatus::Healthy,
+                    HEALTH_DEGRADED => HealthStatus::Degraded,
+                    _ => HealthStatus::Unhealthy,
+                },
+                detail: h.detail.into_string(),
+            })
+        })?;
+        result.map_err(|e| CallError::Plugin {
+            call: "health",
+            message: e.into_string(),
+            retryable: false,
+        })
+    }
+
+    /// Stops the instance in the order the loader's invariants demand: refuse new calls, drain
+    /// and join the workers, export state (if asked) and `stop` on a fresh host thread joined
+    /// right after, then retire the callback context. The library comes back loaded.
+    pub fn stop(&self, export_state: bool, timeout: Duration) -> Result<Stopped, StopError> {
+        let library = self
+            .library
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .ok_or(StopError::AlreadyStopped)?;
+        let deadline = Instant::now() + timeout;
+        if let Drained::Busy = self.workers.drain(deadline) {
+            // A call is still running (new ones are refused now). The library stays mapped and
+            // stays ours, so a later `stop` can finish the job once the call returns.
+            *self.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(library);
+            return Err(StopError::Busy);
+        }
+        let ptr = self.ptr;
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        let outcome = run_once(&library, "stop", left, move |vtable| {
+            let mut error = None;
+            let mut state = None;
+            if export_state {
+                // SAFETY: every other call has returned (the pool is joined); `stop` is next.
+                match unsafe { (vtable.export_state)(ptr.get()) }.into_result() {
+                    Ok(s) => {
+                        state = s.into_option().map(|s| PluginState {
+                            schema: s.schema,
+                            bytes: s.bytes.to_vec(),
+                        })
+                    }
+                    Err(e) => error = Some(("export_state", e.into_string())),
+                }
+            }
+            // SAFETY: the instance pointer is used here for the last time.
+            if let Err(e) = unsafe { (vtable.stop)(ptr.get()) }.into_result() {
+                error = Some(("stop", e.into_string()));
+            }
+            (state, error)
+        });
+        self.context.deactivate();
+        match outcome {
+            Ok((state, error)) => Ok(Stopped {
+                library: Library { inner: library },
+                state,
+                error: error.map(|(call, message)| CallError::Plugin {
+                    call,
+                    message,
+                    retryable: false,
+                }),
+            }),
+            Err(_) => Err(StopError::Busy),
+        }
+    }
+}
+
+impl std::fmt::Debug for Instance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Instance")
+            .field("platform", &self.platform)
+            .field("generation", &self.generation)
+            .field("version", &self.plugin_version)
+            .finish()
+    }
+}
+
+/// Counts a call as in flight until the plugin returns (or the job is dropped unrun).
+struct InFlight(Arc<AtomicUsize>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}

@@ -1,0 +1,331 @@
+//! Opening a plugin library: shadow copy, ELF check, `dlopen`, header and layout checks.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use abi_stable::abi_stability::abi_checking::{
+    CheckingGlobals, check_layout_compatibility_with_globals,
+};
+use hermes_plugin_api::abi::{
+    ABI_VERSION, ENTRY_SYMBOL, EntryFn, HeaderPrefix, MAGIC, PluginHeader, PluginVTable,
+    vtable_layout,
+};
+use libloading::os::unix::{Library as DlHandle, RTLD_LOCAL, RTLD_NOW};
+
+use super::{
+    callbacks::CallbackContext,
+    elf,
+    error::{CallError, LoadError},
+    maps,
+    shadow::ShadowCopy,
+    worker,
+};
+
+/// A plugin library that passed every check, loaded from its own shadow copy.
+///
+/// Cheap to share: calls hold a reference, and [`Library::unload`] only unmaps it once nothing
+/// else does. A `Library` dropped without `unload` stays mapped (its code might still be
+/// referenced), and says so in the log.
+pub struct Library {
+    pub(crate) inner: Arc<LoadedLibrary>,
+}
+
+pub(crate) struct LoadedLibrary {
+    /// `Some` until `unload` closes it.
+    handle: Option<DlHandle>,
+    /// Points into the library; valid while `handle` is open, i.e. for this value's life.
+    vtable: *const PluginVTable,
+    plugin_version: String,
+    source: PathBuf,
+    shadow: Option<ShadowCopy>,
+    shadow_path: PathBuf,
+    /// Contexts lent to instances of this library; they must outlive its code.
+    pub(crate) contexts: Mutex<Vec<Arc<CallbackContext>>>,
+}
+
+// SAFETY: the vtable pointer refers to immutable statics of the library, which stays loaded
+// for as long as this value lives; the functions behind it are called from any thread.
+unsafe impl Send for LoadedLibrary {}
+// SAFETY: as for `Send`: shared access only reads the immutable vtable.
+unsafe impl Sync for LoadedLibrary {}
+
+impl LoadedLibrary {
+    pub(crate) fn vtable(&self) -> &PluginVTable {
+        // SAFETY: `vtable` points at a static of the library, which is open for as long as
+        // `self` exists: only `unload`, which consumes `self`, closes it.
+        unsafe { &*self.vtable }
+    }
+}
+
+impl Drop for LoadedLibrary {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            // Dropped without `unload`: something may still run its code (a detached worker,
+            // a plugin thread). Leaving it mapped is safe; unmapping it might not be.
+            std::mem::forget(handle);
+            tracing::warn!(library = %self.source.display(), "plugin library left mapped");
+        }
+        if let Some(shadow) = self.shadow.take() {
+            let _ = shadow.remove();
+        }
+    }
+}
+
+/// What unloading did, checked against the process's real mappings.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct UnloadReport {
+    /// The shadow copy that was loaded.
+    pub shadow_path: PathBuf,
+    /// Whether `dlclose` ran (it does not when a call or thread still holds the library).
+    pub closed: bool,
+    /// Whether the copy is gone from `/proc/self/maps`; `None` where that cannot be read.
+    pub unmapped: Option<bool>,
+    /// Whether the shadow file was deleted.
+    pub shadow_deleted: bool,
+    /// Why something above did not happen.
+    pub detail: Option<String>,
+}
+
+impl UnloadReport {
+    /// True when the library is closed and really gone from memory (or that cannot be seen).
+    pub fn clean(&self) -> bool {
+        self.closed && self.unmapped != Some(false) && self.shadow_deleted
+    }
+}
+
+impl Library {
+    /// Loads `source` from a fresh shadow copy in `shadow_dir` and checks that it is a plugin
+    /// this host can call: ELF sanity, the entry symbol, magic, ABI version, header size and
+    /// the vtable's layout (with fresh checking globals, so nothing is cached between loads).
+    pub fn open(source: &Path, shadow_dir: &Path) -> Result<Library, LoadError> {
+        let meta = std::fs::metadata(source).map_err(|e| LoadError::io(source, e))?;
+        if !meta.is_file() {
+            return Err(LoadError::NotALibrary {
+                path: source.to_owned(),
+                reason: "not a regular file".into(),
+            });
+        }
+        let shadow = ShadowCopy::create(source, shadow_dir).map_err(|e| LoadError::Shadow {
+            dir: shadow_dir.to_owned(),
+            source: e,
+        })?;
+        let shadow_path = shadow.path().to_owned();
+        match Self::open_copy(source, &shadow_path) {
+            Ok((handle, vtable, plugin_version)) => Ok(Library {
+                inner: Arc::new(LoadedLibrary {
+                    handle: Some(handle),
+                    vtable,
+                    plugin_version,
+                    source: source.to_owned(),
+                    shadow: Some(shadow),
+                    shadow_path,
+                    contexts: Mutex::new(Vec::new()),
+                }),
+            }),
+            Err(e) => {
+                let _ = shadow.remove();
+                Err(e)
+            }
+        }
+    }
+
+    fn open_copy(
+        source: &Path,
+        copy: &Path,
+    ) -> Result<(DlHandle, *const PluginVTable, String), LoadError> {
+        let not_a_library = |reason: String| LoadError::NotALibrary {
+            path: source.to_owned(),
+            reason,
+        };
+        elf::check_shared_object(copy)
+            .map_err(|e| LoadError::io(copy, e))?
+            .map_err(not_a_library)?;
+
+        // SAFETY: loading runs the library's initialisers. The file passed the ELF check (so
+        // every mapped page is backed by the file) and is a private copy nobody else writes.
+        // RTLD_LOCAL keeps its symbols out of the global namespace; RTLD_NOW resolves them
+        // all now, so a missing dependency fails here rather than at a later call.
+        let handle = unsafe { DlHandle::open(Some(copy), RTLD_NOW | RTLD_LOCAL) }.map_err(|e| {
+            LoadError::Dlopen {
+                path: source.to_owned(),
+                message: e.to_string(),
+            }
+        })?;
+
+        let checked = Self::check_header(source, &handle);
+        match checked {
+            Ok((vtable, version)) => Ok((handle, vtable, version)),
+            Err(e) => {
+                // Nothing of the library ran but its initialisers and the entry function,
+                // which only returns a static's address: closing it now is safe.
+                let _ = handle.close();
+                Err(e)
+            }
+        }
+    }
+
+    fn check_header(
+        source: &Path,
+        handle: &DlHandle,
+    ) -> Result<(*const PluginVTable, String), LoadError> {
+        let path = source.to_owned();
+        // SAFETY: the symbol is declared with the entry function's type by every plugin built
+        // with hermes-plugin-api; a library that exports the name with another type is outside
+        // what any check can detect before calling it.
+        let entry = unsafe { handle.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) }.map_err(|_| {
+            LoadError::MissingEntry {
+                path: path.clone(),
+                symbol: ENTRY_SYMBOL,
+            }
+        })?;
+        // The generated entry function returns the address of a static; it runs no plugin
+        // code and touches no thread-local, so calling it on this thread pins nothing.
+        let prefix_ptr = entry();
+        if prefix_ptr.is_null() {
+            return Err(LoadError::NullHeader { path });
+        }
+        // SAFETY: non-null and pointing at the library's header static, whose first fields are
+        // the `HeaderPrefix` in every ABI version; read before anything else is trusted.
+        let prefix: HeaderPrefix = unsafe { prefix_ptr.read_unaligned() };
+        if prefix.magic != MAGIC {
+            return Err(LoadError::BadMagic {
+                path,
+                found: prefix.magic,
+            });
+        }
+        if prefix.abi_version != ABI_VERSION {
+            return Err(LoadError::AbiVersion {
+                path,
+                found: prefix.abi_version,
+            });
+        }
+        let expected = size_of::<PluginHeader>();
+        if (prefix.header_size as usize) < expected {
+            return Err(LoadError::HeaderSize {
+                path,
+                found: prefix.header_size,
+                expected,
+            });
+        }
+        // SAFETY: magic, version and size say this is a `PluginHeader` of our ABI version, at
+        // least as large as ours; it is a static, so properly aligned.
+        let header: &PluginHeader = unsafe { &*prefix_ptr.cast::<PluginHeader>() };
+        // A fresh `CheckingGlobals` for every load: abi_stable's shared one caches layouts of
+        // libraries that may be unloaded by now.
+        let globals = CheckingGlobals::new();
+        if let Err(errors) =
+            check_layout_compatibility_with_globals(vtable_layout(), header.vtable_layout, &globals)
+        {
+            // The errors point into the library: render them before it can be unloaded.
+            return Err(LoadError::Layout {
+                path,
+                details: errors.to_string(),
+            });
+        }
+        drop(globals);
+        let version = header.plugin_version.as_str().to_owned();
+        Ok((header.vtable as *const PluginVTable, version))
+    }
+
+    /// The plugin crate's own version, as compiled into the library.
+    pub fn plugin_version(&self) -> &str {
+        &self.inner.plugin_version
+    }
+
+    /// The library file this was loaded from.
+    pub fn source_path(&self) -> &Path {
+        &self.inner.source
+    }
+
+    /// The shadow copy actually mapped.
+    pub fn shadow_path(&self) -> &Path {
+        &self.inner.shadow_path
+    }
+
+    /// Runs the plugin's `validate_config` on a host thread joined before this returns.
+    pub fn validate_config(&self, config_json: &str, timeout: Duration) -> Result<(), CallError> {
+        let json = config_json.to_owned();
+        worker::run_once(&self.inner, "validate_config", timeout, move |vtable| {
+            // SAFETY: `validate_config` borrows the JSON for the call only.
+            let result = unsafe { (vtable.validate_config)(json.as_str().into()) };
+            result.into_result().map_err(|e| e.into_string())
+        })?
+        .map_err(|message| CallError::Plugin {
+            call: "validate_config",
+            message,
+            retryable: false,
+        })
+    }
+
+    /// Closes the library if nothing else holds it, deletes its shadow copy, and checks the
+    /// process's mappings to say whether the copy is really gone.
+    pub fn unload(self) -> UnloadReport {
+        let started = Instant::now();
+        let shadow_path = self.inner.shadow_path.clone();
+        let mut loaded = match Arc::try_unwrap(self.inner) {
+            Ok(loaded) => loaded,
+            Err(shared) => {
+                drop(shared);
+                return UnloadReport {
+                    unmapped: maps::is_mapped(&shadow_path).map(|m| !m),
+                    shadow_path,
+                    closed: false,
+                    shadow_deleted: false,
+                    detail: Some("still in use by a call that has not returned".into()),
+                };
+            }
+        };
+        let mut detail = None;
+        let closed = match loaded.handle.take().map(DlHandle::close) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                detail = Some(format!("dlclose: {e}"));
+                false
+            }
+            None => false,
+        };
+        // Only now, with the code gone, may the contexts lent to plugin threads die.
+        loaded
+            .contexts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        let shadow_deleted = match loaded.shadow.take().map(ShadowCopy::remove) {
+            Some(Ok(())) => true,
+            Some(Err(e)) => {
+                detail.get_or_insert(format!("deleting the shadow copy: {e}"));
+                false
+            }
+            None => false,
+        };
+        let unmapped = maps::is_mapped(&shadow_path).map(|m| !m);
+        if unmapped == Some(false) {
+            detail.get_or_insert(
+                "dlclose returned but the copy is still mapped (a thread-local destructor \
+                 or another reference pins it)"
+                    .into(),
+            );
+        }
+        tracing::debug!(path = %shadow_path.display(), ?unmapped, elapsed = ?started.elapsed(), "unloaded");
+        UnloadReport {
+            shadow_path,
+            closed,
+            unmapped,
+            shadow_deleted,
+            detail,
+        }
+    }
+}
+
+impl std::fmt::Debug for Library {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Library")
+            .field("source", &self.inner.source)
+            .field("shadow", &self.inner.shadow_path)
+            .field("version", &self.inner.plugin_version)
+            .finish()
+    }
+}

@@ -1,0 +1,39 @@
+//! What this process really has mapped, read from `/proc/self/maps` (Linux).
+
+use std::path::{Path, PathBuf};
+
+/// The files mapped into this process, or `None` where that cannot be read.
+pub fn mapped_files() -> Option<Vec<PathBuf>> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut files: Vec<PathBuf> = maps
+        .lines()
+        .filter_map(|line| {
+            // address perms offset dev inode pathname; the pathname may hold spaces.
+            let mut rest = line;
+            for _ in 0..5 {
+                rest = rest.trim_start().split_once(' ')?.1;
+            }
+            let name = rest.trim();
+            let name = name.strip_suffix(" (deleted)").unwrap_or(name);
+            name.starts_with('/').then(|| PathBuf::from(name))
+        })
+        .collect();
+    files.sort();
+    files.dedup();
+    Some(files)
+}
+
+/// Whether `path` is still mapped; `None` where the process's maps cannot be read.
+pub fn is_mapped(path: &Path) -> Option<bool> {
+    Some(mapped_files()?.iter().any(|p| p == path))
+}
+
+/// The mapped files under `dir`: shadow copies that a load left resident.
+pub fn mapped_under(dir: &Path) -> Option<Vec<PathBuf>> {
+    Some(
+        mapped_files()?
+            .into_iter()
+            .filter(|p| p.starts_with(dir))
+            .collect(),
+    )
+}

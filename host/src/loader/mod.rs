@@ -1,0 +1,31 @@
+//! Loading, calling and unloading plugin libraries: the only module of the host with `unsafe`.
+//!
+//! The invariants, each measured on Linux (see DESIGN.md):
+//! 1. Every load reads a fresh shadow copy ([`Library::open`]), opened `RTLD_NOW | RTLD_LOCAL`,
+//!    checked (ELF bounds, magic, ABI version, header size, vtable layout with fresh
+//!    `CheckingGlobals`) before any plugin function is called.
+//! 2. Every call into a plugin runs on a host thread owned by the instance ([`Instance`]'s
+//!    workers) or made for that one call, and joined before `dlclose`.
+//! 3. Unload order: refuse new calls, drain and join the workers, `stop` (the plugin joins its
+//!    threads) on a joined host thread, drop everything the plugin allocated, `dlclose`, delete
+//!    the copy ([`Instance::stop`] then [`Library::unload`]).
+//! 4. After `dlclose`, `/proc/self/maps` says whether the copy is really gone
+//!    ([`UnloadReport::unmapped`]).
+//!
+//! A call that never returns keeps the library mapped: its thread holds a reference, and
+//! `unload` refuses to close a library anyone still holds.
+
+mod callbacks;
+mod elf;
+mod error;
+mod instance;
+mod library;
+mod maps;
+mod shadow;
+mod worker;
+
+pub use callbacks::{DiscardInbound, EventSink, forward_log};
+pub use error::{CallError, LoadError};
+pub use instance::{Instance, StartFailure, StartOptions, StopError, Stopped};
+pub use library::{Library, UnloadReport};
+pub use maps::{is_mapped, mapped_files, mapped_under};

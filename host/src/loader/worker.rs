@@ -1,0 +1,143 @@
+//! Host-owned threads that make every call into a plugin.
+//!
+//! Rust's std registers thread-local destructors with glibc's `__cxa_thread_atexit_impl`, and
+//! glibc will not unmap a library while any are pending. A call made from a long-lived thread
+//! (main, a tokio worker) would pin the library for that thread's life. So calls run on
+//! threads owned by the instance, which are joined before `dlclose`.
+
+use std::{
+    sync::{Arc, Mutex, mpsc},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use hermes_plugin_api::abi::PluginVTable;
+
+use super::{error::CallError, library::LoadedLibrary};
+
+pub(crate) type Job = Box<dyn FnOnce(&PluginVTable) + Send>;
+
+/// A pool of threads serving one instance's calls, in arrival order.
+pub(crate) struct Workers {
+    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    handles: Mutex<Vec<JoinHandle<()>>>,
+    /// Exit notices, one per worker, and how many were received so far.
+    exited: Mutex<(mpsc::Receiver<()>, usize)>,
+}
+
+/// How a pool ended.
+pub(crate) enum Drained {
+    /// Every worker finished its queue and was joined.
+    Joined,
+    /// Some worker is still inside a call; the pool was detached.
+    Busy,
+}
+
+impl Workers {
+    pub(crate) fn spawn(
+        library: &Arc<LoadedLibrary>,
+        name: &str,
+        count: usize,
+    ) -> std::io::Result<Workers> {
+        let (sender, receiver) = mpsc::channel::<Job>();
+        let receiver = Arc::new(Mutex::new(receiver));
+        let (exit_tx, exit_rx) = mpsc::channel();
+        let mut handles = Vec::with_capacity(count);
+        for i in 0..count.max(1) {
+            let library = Arc::clone(library);
+            let receiver = Arc::clone(&receiver);
+            let exit_tx = exit_tx.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("{name}-w{i}"))
+                .spawn(move || {
+                    loop {
+                        let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        match job {
+                            Ok(job) => job(library.vtable()),
+                            Err(_) => break,
+                        }
+                    }
+                    drop(library);
+                    let _ = exit_tx.send(());
+                })?;
+            handles.push(handle);
+        }
+        Ok(Workers {
+            sender: Mutex::new(Some(sender)),
+            handles: Mutex::new(handles),
+            exited: Mutex::new((exit_rx, 0)),
+        })
+    }
+
+    /// Queues a job; `Err(Stopped)` once the pool is closed.
+    pub(crate) fn submit(&self, job: Job) -> Result<(), CallError> {
+        let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
+        match sender.as_ref() {
+            Some(sender) => sender.send(job).map_err(|_| CallError::Stopped),
+            None => Err(CallError::Stopped),
+        }
+    }
+
+    /// Closes the queue, lets the workers finish what is queued, and joins them. When they are
+    /// not done by `deadline` it gives up and says so; the workers keep their reference to the
+    /// library, and a later `drain` can wait for them again.
+    pub(crate) fn drain(&self, deadline: Instant) -> Drained {
+        self.sender.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let mut handles = self.handles.lock().unwrap_or_else(|e| e.into_inner());
+        let mut exited = self.exited.lock().unwrap_or_else(|e| e.into_inner());
+        while exited.1 < handles.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if exited.0.recv_timeout(left).is_err() {
+                return Drained::Busy;
+            }
+            exited.1 += 1;
+        }
+        for handle in handles.drain(..) {
+            let _ = handle.join();
+        }
+        exited.1 = 0;
+        Drained::Joined
+    }
+}
+
+/// Runs one call on a fresh host thread, joined before returning; on timeout the thread is
+/// left to finish (holding the library) and the caller gets `Timeout`.
+pub(crate) fn run_once<R: Send + 'static>(
+    library: &Arc<LoadedLibrary>,
+    call: &'static str,
+    timeout: Duration,
+    f: impl FnOnce(&PluginVTable) -> R + Send + 'static,
+) -> Result<R, CallError> {
+    let (tx, rx) = oneshot::channel();
+    let library = Arc::clone(library);
+    let handle = std::thread::Builder::new()
+        .name(format!("hermes-{call}"))
+        .spawn(move || {
+            let result = f(library.vtable());
+            drop(library);
+            let _ = tx.send(result);
+        })
+        .map_err(|e| CallError::Plugin {
+            call,
+            message: format!("cannot start a worker thread: {e}"),
+            retryable: true,
+        })?;
+    match rx.recv_timeout(timeout) {
+        Ok(result) => {
+            let _ = handle.join();
+            Ok(result)
+        }
+        Err(oneshot::RecvTimeoutError::Timeout) => Err(CallError::Timeout {
+            call,
+            after: timeout,
+        }),
+        Err(oneshot::RecvTimeoutError::Disconnected) => {
+            let _ = handle.join();
+            Err(CallError::Plugin {
+                call,
+                message: "the worker thread died".into(),
+                retryable: false,
+            })
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! `plugin.toml`: what the host knows of a plugin before loading it.
+//!
+//! ```toml
+//! [plugin]
+//! id = "irc"              # ^[a-z0-9][a-z0-9_-]{0,63}$, the platform name
+//! name = "IRC"
+//! kind = "platform"
+//! version = "0.3.1"
+//! api = 1                 # plugin ABI version; checked before dlopen
+//! library = "hermes_irc"  # -> libhermes_irc.so in the plugin folder, then the library dirs
+//! ```
+//!
+//! Optional: `description`, `emoji`, `required_env`, `optional_env`, `install_hint` and
+//! `[plugin.enable_when]` with `env_all` / `env_any` (env var names).
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// The file name of a manifest inside a plugin folder.
+pub const MANIFEST_FILE: &str = "plugin.toml";
+
+/// A plugin's manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// The plugin id, which is also its platform name.
+    pub id: String,
+    /// A label for status displays.
+    pub name: String,
+    /// What it is; only `platform` for now.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// The plugin's version, as its author declares it.
+    pub version: String,
+    /// The plugin ABI version it was built for.
+    pub api: u32,
+    /// The crate's library name, without `lib` prefix or file extension.
+    pub library: String,
+    /// One line on what it does.
+    #[serde(default)]
+    pub description: String,
+    /// An emoji for status displays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// Environment variables it needs.
+    #[serde(default)]
+    pub required_env: Vec<String>,
+    /// Environment variables it reads when set.
+    #[serde(default)]
+    pub optional_env: Vec<String>,
+    /// How to install or build it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub install_hint: Option<String>,
+    /// When it counts as configured without a `[platforms.<id>]` table.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_when: Option<EnableWhen>,
+}
+
+fn default_kind() -> String {
+    "platform".to_owned()
+}
+
+/// A declarative auto-enable rule, decided without loading the library.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnableWhen {
+    /// Every one of these env vars is set and not empty.
+    #[serde(default)]
+    pub env_all: Vec<String>,
+    /// At least one of these env vars is set and not empty.
+    #[serde(default)]
+    pub env_any: Vec<String>,
+}
+
+impl EnableWhen {
+    /// Whether the rule holds in this process's environment. An empty rule never holds.
+    pub fn holds(&self) -> bool {
+        let set = |name: &String| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+        if self.env_all.is_empty() && self.env_any.is_empty() {
+            return false;
+        }
+        self.env_all.iter().all(set) && (self.env_any.is_empty() || self.env_any.iter().any(set))
+    }
+}
+
+/// A manifest that could not be read, naming the file and, where known, the field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {}{message}", path.display(), field.as_ref().map(|f| format!("field `{f}`: ")).unwrap_or_default())]
+pub struct ManifestError {
+    /// The manifest file.
+    pub path: PathBuf,
+    /// The offending field (`plugin.id`...), when one is to blame.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestFile {
+    plugin: Manifest,
+}
+
+impl Manifest {
+    /// Reads and checks the manifest at `path`.
+    pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            path: path.to_owned(),
+            field: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Parses and checks manifest text; `path` is used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let file: ManifestFile = toml::from_str(text).map_err(|e| ManifestError {
+            path: path.to_owned(),
+            field: None,
+            message: crate::config::describe_toml_error(text, &e),
+        })?;
+        let manifest = file.plugin;
+        let bad = |field: &str, message: String| ManifestError {
+            path: path.to_owned(),
+            field: Some(format!("plugin.{field}")),
+            message,
+        };
+        if !valid_id(&manifest.id) {
+            return Err(bad(
+                "id",
+                format!("{:?} must match ^[a-z0-9][a-z0-9_-]{{0,63}}$", manifest.id),
+            ));
+        }
+        if manifest.name.trim().is_empty() {
+            return Err(bad("name", "must not be empty".into()));
+        }
+        if manifest.kind != "platform" {
+            return Err(bad(
+                "kind",
+                format!("{:?} is not a known kind (platform)", manifest.kind),
+            ));
+        }
+        if manifest.version.trim().is_empty() {
+            return Err(bad("version", "must not be empty".into()));
+        }
+        let library_ok = !manifest.library.is_empty()
+            && manifest.library.len() <= 128
+            && manifest
+                .library
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+        if !library_ok {
+            return Err(bad(
+                "library",
+                format!(
+                    "{:?} must be a crate library name (letters, digits, _ and -)",
+                    manifest.library
+                ),
+            ));
+        }
+        for (field, names) in [
+            ("required_env", &manifest.required_env),
+            ("optional_env", &manifest.optional_env),
+        ] {
+            if let Some(name) = names.iter().find(|n| !valid_env_name(n)) {
+                return Err(bad(
+                    field,
+                    format!("{name:?} is not an environment variable name"),
+                ));
+            }
+        }
+        Ok(manifest)
+    }
+
+    /// The library's file name on this OS (`libhermes_irc.so` on Linux).
+    pub fn library_file_name(&self) -> String {
+        format!(
+            "{}{}{}",
+            std::env::consts::DLL_PREFIX,
+            self.library,
+            std::env::consts::DLL_SUFFIX
+        )
+    }
+}
+
+/// Whether `id` is a valid plugin id: `^[a-z0-9][a-z0-9_-]{0,63}$`.
+pub fn valid_id(id: &str) -> bool {
+    let bytes = id.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 64
+        && (bytes[0].is_ascii_lowercase() || bytes[0].is_ascii_digit())
+        && bytes
+            .iter()
+            .all(|&b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+fn valid_env_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.as_bytes()[0].is_ascii_digit()
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Manifest, ManifestError> {
+        Manifest::parse(text, Path::new("p/plugin.toml"))
+    }
+
+    const GOOD: &str = r#"
+[plugin]
+id = "irc"
+name = "IRC"
+version = "0.3.1"
+api = 1
+library = "hermes_irc"
+"#;
+
+    #[test]
+    fn ids() {
+        for ok in ["a", "irc", "0x", "a-b_c", &"a".repeat(64)] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "-a",
+            "_a",
+            "A",
+            "a.b",
+            "a/b",
+            "..",
+            &"a".repeat(65),
+            "é",
+        ] {
+            assert!(!valid_id(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn good_manifest_parses() {
+        let m = parse(GOOD).unwrap();
+        assert_eq!(m.id, "irc");
+        assert_eq!(m.kind, "platform");
+        assert_eq!(m.library_file_name(), "libhermes_irc.so");
+    }
+
+    #[test]
+    fn errors_name_file_and_field() {
+        let e = parse(&GOOD.replace("\"irc\"", "\"IRC!\"")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("plugin.id"));
+        assert!(
+            e.to_string()
+                .starts_with("p/plugin.toml: field `plugin.id`:"),
+            "{e}"
+        );
+
+        let e = parse(&GOOD.replace("api = 1", "api = \"one\"")).unwrap_err();
+        assert!(
+            e.to_string().contains("key `plugin.api`: invalid type"),
+            "{e}"
+        );
+
+        let e = parse(&GOOD.replace("name = \"IRC\"\n", "")).unwrap_err();
+        assert!(e.to_string().contains("name"), "{e}");
+
+        let e = parse(&GOOD.replace("hermes_irc", "../evil")).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("plugin.library"));
+    }
+}

@@ -1,0 +1,538 @@
+//! The registry: every installed plugin, known from its manifest, loaded only when used.
+//!
+//! Discovery reads `plugin.toml` files and nothing else: listing, status and
+//! [`Registry::is_registered`] never open a library. [`Registry::instance`] loads a platform
+//! on first use; concurrent first users wait for the one load in progress and share its result.
+//! A failed load leaves its error on the entry and touches nothing else.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use hermes_plugin_api::abi::ABI_VERSION;
+use serde::Serialize;
+
+use crate::{
+    config::{Config, PlatformConfig},
+    loader::{EventSink, Library, StartOptions, UnloadReport},
+    manifest::{MANIFEST_FILE, Manifest, ManifestError},
+};
+
+pub use crate::loader::Instance;
+
+/// An entry's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    /// Known from its manifest; nothing loaded.
+    Registered,
+    /// A load is in progress.
+    Loading,
+    /// Loaded and started.
+    Running,
+    /// Being stopped.
+    Stopping,
+    /// Was running; stopped and unloaded.
+    Unloaded,
+    /// The last load or start failed; the error is on the entry.
+    Failed,
+}
+
+impl EntryState {
+    /// The lowercase name used in the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Registered => "registered",
+            EntryState::Loading => "loading",
+            EntryState::Running => "running",
+            EntryState::Stopping => "stopping",
+            EntryState::Unloaded => "unloaded",
+            EntryState::Failed => "failed",
+        }
+    }
+}
+
+/// Something discovery could not register. The other plugins register all the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryProblem {
+    /// A manifest that could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Two manifests with one id; the first one found is kept.
+    #[error("plugin id `{id}` is declared twice: {} and {}; keeping the first", first.display(), second.display())]
+    DuplicateId {
+        /// The id.
+        id: String,
+        /// The manifest kept.
+        first: PathBuf,
+        /// The manifest ignored.
+        second: PathBuf,
+    },
+    /// A plugins folder that could not be read.
+    #[error("{}: cannot read plugins folder: {message}", path.display())]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why a platform could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// No plugin has this id.
+    #[error("no plugin with id `{0}` is installed")]
+    Unknown(String),
+    /// Loading or starting it failed.
+    #[error("platform `{id}` failed to load: {message}")]
+    LoadFailed {
+        /// The platform.
+        id: String,
+        /// The error.
+        message: String,
+    },
+}
+
+/// How the registry loads libraries.
+#[derive(Clone)]
+pub struct RegistryOptions {
+    /// Where libraries are looked for after the plugin folder.
+    pub library_dirs: Vec<PathBuf>,
+    /// Where shadow copies go.
+    pub shadow_dir: PathBuf,
+    /// `[platforms.<id>]` tables.
+    pub platforms: BTreeMap<String, PlatformConfig>,
+    /// Where instances deliver inbound messages and logs.
+    pub sink: Arc<dyn EventSink>,
+}
+
+impl RegistryOptions {
+    /// The options a config describes.
+    pub fn from_config(config: &Config, sink: Arc<dyn EventSink>) -> Self {
+        RegistryOptions {
+            library_dirs: config.plugins.library_dirs.clone(),
+            shadow_dir: config.plugins.shadow_dir.clone(),
+            platforms: config.platforms.clone(),
+            sink,
+        }
+    }
+}
+
+/// What the registry knows of a plugin.
+pub struct Entry {
+    manifest: Manifest,
+    manifest_path: PathBuf,
+    configured: bool,
+    platform: Option<PlatformConfig>,
+    slot: Mutex<Slot>,
+    changed: Condvar,
+}
+
+struct Slot {
+    state: EntryState,
+    /// The generation of the last successful load (0: never loaded).
+    generation: u64,
+    instance: Option<Arc<Instance>>,
+    error: Option<String>,
+    last_unload: Option<UnloadReport>,
+}
+
+/// An entry's status: what `plugin list`, `/api/platforms` and `status` show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlatformStatus {
+    /// The platform id.
+    pub id: String,
+    /// The display name.
+    pub name: String,
+    /// The loaded library's version while loaded, the manifest's otherwise.
+    pub version: String,
+    /// The manifest's version.
+    pub manifest_version: String,
+    /// The plugin ABI version the manifest declares.
+    pub api: u32,
+    /// The lifecycle state.
+    pub state: EntryState,
+    /// The generation serving (or last served); 0 when never loaded.
+    pub generation: u64,
+    /// Whether a `[platforms.<id>]` table or the manifest's `enable_when` enables it.
+    pub configured: bool,
+    /// The last load or start error.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The manifest's description.
+    pub description: String,
+    /// The manifest's emoji.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// The manifest file.
+    pub manifest_path: PathBuf,
+}
+
+impl Entry {
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    /// The manifest file.
+    pub fn manifest_path(&self) -> &Path {
+        &self.manifest_path
+    }
+
+    /// The plugin folder.
+    pub fn dir(&self) -> &Path {
+        self.manifest_path.parent().unwrap_or(Path::new("."))
+    }
+
+    /// Whether the platform is configured (table or `enable_when`).
+    pub fn configured(&self) -> bool {
+        self.configured
+    }
+
+    /// The platform's `[platforms.<id>]` table, if any.
+    pub fn platform_config(&self) -> Option<&PlatformConfig> {
+        self.platform.as_ref()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Slot> {
+        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The entry's status, without loading anything.
+    pub fn status(&self) -> PlatformStatus {
+        let slot = self.lock();
+        let version = match &slot.instance {
+            Some(instance) => instance.plugin_version().to_owned(),
+            None => self.manifest.version.clone(),
+        };
+        PlatformStatus {
+            id: self.manifest.id.clone(),
+            name: self.manifest.name.clone(),
+            version,
+            manifest_version: self.manifest.version.clone(),
+            api: self.manifest.api,
+            state: slot.state,
+            generation: slot.generation,
+            configured: self.configured,
+            error: slot.error.clone(),
+            description: self.manifest.description.clone(),
+            emoji: self.manifest.emoji.clone(),
+            manifest_path: self.manifest_path.clone(),
+        }
+    }
+
+    /// The last unload's report, if any.
+    pub fn last_unload(&self) -> Option<UnloadReport> {
+        self.lock().last_unload.clone()
+    }
+}
+
+/// Every installed plugin, by id.
+pub struct Registry {
+    entries: BTreeMap<String, Arc<Entry>>,
+    problems: Vec<DiscoveryProblem>,
+    options: RegistryOptions,
+    loads: AtomicU64,
+}
+
+impl Registry {
+    /// Reads every `<dir>/<plugin>/plugin.toml` under `dirs` (in name order) and registers the
+    /// plugins. Opens no library.
+    pub fn discover(dirs: &[PathBuf], options: RegistryOptions) -> Registry {
+        let mut manifests = Vec::new();
+        let mut problems = Vec::new();
+        for dir in dirs {
+            match std::fs::read_dir(dir) {
+                Ok(read) => {
+                    let mut paths: Vec<PathBuf> = read
+                        .filter_map(|e| e.ok())
+                        .map(|e| e.path().join(MANIFEST_FILE))
+                        .filter(|p| p.is_file())
+                        .collect();
+                    paths.sort();
+                    manifests.extend(paths);
+                }
+                Err(e) => problems.push(DiscoveryProblem::Folder {
+                    path: dir.clone(),
+                    message: e.to_string(),
+                }),
+            }
+        }
+        let mut entries: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
+        for path in manifests {
+            let manifest = match Manifest::load(&path) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(e.into());
+                    continue;
+                }
+            };
+            if let Some(first) = entries.get(&manifest.id) {
+                problems.push(DiscoveryProblem::DuplicateId {
+                    id: manifest.id.clone(),
+                    first: first.manifest_path.clone(),
+                    second: path,
+                });
+                continue;
+            }
+            let platform = options.platforms.get(&manifest.id).cloned();
+            let configured = platform.is_some()
+                || manifest
+                    .enable_when
+                    .as_ref()
+                    .is_some_and(|rule| rule.holds());
+            let (state, error) = if manifest.api == ABI_VERSION {
+                (EntryState::Registered, None)
+            } else {
+                (EntryState::Failed, Some(api_mismatch(&manifest, &path)))
+            };
+            let entry = Entry {
+                manifest,
+                manifest_path: path,
+                configured,
+                platform,
+                slot: Mutex::new(Slot {
+                    state,
+                    generation: 0,
+                    instance: None,
+                    error,
+                    last_unload: None,
+                }),
+                changed: Condvar::new(),
+            };
+            entries.insert(entry.manifest.id.clone(), Arc::new(entry));
+        }
+        Registry {
+            entries,
+            problems,
+            options,
+            loads: AtomicU64::new(0),
+        }
+    }
+
+    /// What discovery could not register.
+    pub fn problems(&self) -> &[DiscoveryProblem] {
+        &self.problems
+    }
+
+    /// Whether a plugin with this id is installed.
+    pub fn is_registered(&self, id: &str) -> bool {
+        self.entries.contains_key(id)
+    }
+
+    /// One entry.
+    pub fn entry(&self, id: &str) -> Result<&Arc<Entry>, RegistryError> {
+        self.entries
+            .get(id)
+            .ok_or_else(|| RegistryError::Unknown(id.to_owned()))
+    }
+
+    /// Every entry, by id.
+    pub fn entries(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.entries.values()
+    }
+
+    /// Every entry's status, by id. Loads nothing.
+    pub fn list(&self) -> Vec<PlatformStatus> {
+        self.entries.values().map(|e| e.status()).collect()
+    }
+
+    /// How many libraries this registry has loaded so far.
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
+    }
+
+    /// The options this registry loads with.
+    pub fn options(&self) -> &RegistryOptions {
+        &self.options
+    }
+
+    /// Where the entry's library is: the plugin folder first, then the library dirs.
+    pub fn resolve_library(&self, entry: &Entry) -> Result<PathBuf, String> {
+        let file = entry.manifest.library_file_name();
+        let mut looked = Vec::new();
+        for dir in std::iter::once(entry.dir())
+            .chain(self.options.library_dirs.iter().map(PathBuf::as_path))
+        {
+            let candidate = dir.join(&file);
+            if candidate.is_file() {
+                return Ok(candidate);
+            }
+            looked.push(dir.display().to_string());
+        }
+        Err(format!(
+            "library {file} not found (looked in {})",
+            looked.join(", ")
+        ))
+    }
+
+    /// The running instance of `id`, loading and starting it if it is not running. Concurrent
+    /// callers share one load; callers that waited on a load that failed get its error.
+    pub fn instance(&self, id: &str) -> Result<Arc<Instance>, RegistryError> {
+        let entry = self.entry(id)?;
+        let mut slot = entry.lock();
+        let mut waited = false;
+        loop {
+            match slot.state {
+                EntryState::Running => {
+                    if let Some(instance) = &slot.instance {
+                        return Ok(Arc::clone(instance));
+                    }
+                    break;
+                }
+                EntryState::Loading | EntryState::Stopping => {
+                    waited = true;
+                    slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+                }
+                EntryState::Failed if waited => {
+                    return Err(RegistryError::LoadFailed {
+                        id: id.to_owned(),
+                        message: slot.error.clone().unwrap_or_default(),
+                    });
+                }
+                _ => break,
+            }
+        }
+        slot.state = EntryState::Loading;
+        let generation = slot.generation + 1;
+        drop(slot);
+
+        let result = self.load_and_start(entry, generation);
+
+        let mut slot = entry.lock();
+        let outcome = match result {
+            Ok(instance) => {
+                slot.state = EntryState::Running;
+                slot.generation = generation;
+                slot.error = None;
+                slot.instance = Some(Arc::clone(&instance));
+                Ok(instance)
+            }
+            Err(message) => {
+                slot.state = EntryState::Failed;
+                slot.error = Some(message.clone());
+                Err(RegistryError::LoadFailed {
+                    id: id.to_owned(),
+                    message,
+                })
+            }
+        };
+        drop(slot);
+        entry.changed.notify_all();
+        outcome
+    }
+
+    fn load_and_start(&self, entry: &Entry, generation: u64) -> Result<Arc<Instance>, String> {
+        let started = Instant::now();
+        if entry.manifest.api != ABI_VERSION {
+            return Err(api_mismatch(&entry.manifest, &entry.manifest_path));
+        }
+        let path = self.resolve_library(entry)?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
+        let library = Library::open(&path, &self.options.shadow_dir).map_err(|e| e.to_string())?;
+        let platform = entry.platform.clone().unwrap_or_default();
+        let options = StartOptions {
+            platform: entry.manifest.id.clone(),
+            generation,
+            config_json: platform.plugin_json(),
+            sink: Arc::clone(&self.options.sink),
+            workers: platform.workers,
+            call_timeout: platform.call_timeout,
+            state: None,
+        };
+        match library.start(options) {
+            Ok(instance) => {
+                tracing::info!(
+                    platform = %entry.manifest.id,
+                    generation,
+                    version = instance.plugin_version(),
+                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    "platform started"
+                );
+                Ok(Arc::new(instance))
+            }
+            Err(failure) => {
+                let report = failure.library.unload();
+                if !report.clean() {
+                    tracing::warn!(platform = %entry.manifest.id, ?report, "failed start left the library resident");
+                }
+                Err(format!(
+                    "[platforms.{}]: {}",
+                    entry.manifest.id, failure.error
+                ))
+            }
+        }
+    }
+
+    /// Stops and unloads `id` if it is running; `Ok(None)` when it was not.
+    pub fn unload(&self, id: &str) -> Result<Option<UnloadReport>, RegistryError> {
+        let entry = self.entry(id)?;
+        let mut slot = entry.lock();
+        while matches!(slot.state, EntryState::Loading | EntryState::Stopping) {
+            slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+        let Some(instance) = slot
+            .instance
+            .take()
+            .filter(|_| slot.state == EntryState::Running)
+        else {
+            return Ok(None);
+        };
+        slot.state = EntryState::Stopping;
+        drop(slot);
+
+        let timeout = entry
+            .platform
+            .as_ref()
+            .map_or(Duration::from_secs(30), |p| p.call_timeout);
+        let result = instance.stop(false, timeout);
+        let mut slot = entry.lock();
+        let report = match result {
+            Ok(stopped) => {
+                if let Some(e) = &stopped.error {
+                    tracing::warn!(platform = id, error = %e, "plugin reported an error while stopping");
+                }
+                let report = stopped.library.unload();
+                slot.state = EntryState::Unloaded;
+                slot.last_unload = Some(report.clone());
+                Some(report)
+            }
+            Err(e) => {
+                slot.state = EntryState::Failed;
+                slot.error = Some(format!("stop: {e}"));
+                None
+            }
+        };
+        drop(slot);
+        entry.changed.notify_all();
+        Ok(report)
+    }
+
+    /// Stops and unloads every running platform, in reverse id order.
+    pub fn shutdown(&self) -> Vec<(String, Option<UnloadReport>)> {
+        self.entries
+            .keys()
+            .rev()
+            .filter_map(|id| self.unload(id).ok().map(|r| (id.clone(), r)))
+            .filter(|(_, r)| r.is_some())
+            .collect()
+    }
+}
+
+fn api_mismatch(manifest: &Manifest, path: &Path) -> String {
+    format!(
+        "{}: field `plugin.api`: the plugin declares API {}, this host speaks {}; refused before loading",
+        path.display(),
+        manifest.api,
+        ABI_VERSION
+    )
+}

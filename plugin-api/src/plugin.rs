@@ -1,0 +1,189 @@
+//! The safe face of the API: the [`Plugin`] trait and the values it trades in.
+
+use serde::de::DeserializeOwned;
+
+use crate::Host;
+
+/// A platform adapter. Implement it, then export it with [`export_plugin!`](crate::export_plugin).
+///
+/// The host calls every method from its own worker threads, never from the plugin's, and
+/// serialises nothing: `send` and `health` may run while another `send` is in flight.
+pub trait Plugin: Sized + Send + Sync + 'static {
+    /// The platform's settings, read from its `[platforms.<id>]` table.
+    ///
+    /// The host's own keys (`start`, `call_timeout_ms`, `idle_unload_secs`) are removed first;
+    /// unknown keys are the plugin's call (`#[serde(deny_unknown_fields)]` refuses them).
+    type Config: DeserializeOwned;
+
+    /// Checks a config beyond what deserialising already checked. No side effects: no sockets,
+    /// no files, no threads. The error names the offending key.
+    fn validate_config(config: &Self::Config) -> Result<(), String> {
+        let _ = config;
+        Ok(())
+    }
+
+    /// Starts an instance: connect, spawn threads, whatever the platform needs.
+    fn start(config: Self::Config, host: Host) -> Result<Self, String>;
+
+    /// Takes the state a previous generation exported, right after `start`.
+    fn import_state(&mut self, state: State) -> Result<(), String> {
+        let _ = state;
+        Ok(())
+    }
+
+    /// Sends one message.
+    fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError>;
+
+    /// Reports health; the default says healthy.
+    fn health(&self) -> Health {
+        Health::healthy()
+    }
+
+    /// Exports state for the next generation, before `stop`. The default keeps none.
+    fn export_state(&self) -> Option<State> {
+        None
+    }
+
+    /// Stops the instance. It must join every thread it started and shut down any runtime it
+    /// built: the host unmaps the library right after, and a thread still running then crashes
+    /// the process.
+    fn stop(self) -> Result<(), String>;
+}
+
+/// A message to send.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboundMessage {
+    /// Channel, nick, topic...: the platform's own address.
+    pub chat_id: String,
+    /// The text.
+    pub text: String,
+    /// The id of a message this one answers.
+    pub reply_to: Option<String>,
+    /// Extra fields, a JSON object.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+/// A message that arrived on the platform.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InboundMessage {
+    /// Where it arrived.
+    pub chat_id: String,
+    /// Who sent it.
+    pub user: String,
+    /// The text.
+    pub text: String,
+    /// The platform's id for it.
+    pub message_id: String,
+    /// Milliseconds since the Unix epoch.
+    pub timestamp_ms: i64,
+    /// Extra fields, a JSON object.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+}
+
+impl InboundMessage {
+    /// A message stamped with the current time and no metadata.
+    pub fn new(
+        chat_id: impl Into<String>,
+        user: impl Into<String>,
+        text: impl Into<String>,
+        message_id: impl Into<String>,
+    ) -> Self {
+        InboundMessage {
+            chat_id: chat_id.into(),
+            user: user.into(),
+            text: text.into(),
+            message_id: message_id.into(),
+            timestamp_ms: now_ms(),
+            metadata: serde_json::Map::new(),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+/// What a successful send returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendReceipt {
+    /// The platform's id for the sent message.
+    pub message_id: String,
+}
+
+/// Why a send failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SendError {
+    /// What went wrong.
+    pub message: String,
+    /// Whether the same send may succeed later (peer away, rate limited...).
+    pub retryable: bool,
+}
+
+impl SendError {
+    /// A failure that will not go away by retrying.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        SendError {
+            message: message.into(),
+            retryable: false,
+        }
+    }
+
+    /// A failure worth retrying later.
+    pub fn retryable(message: impl Into<String>) -> Self {
+        SendError {
+            message: message.into(),
+            retryable: true,
+        }
+    }
+}
+
+/// How an instance is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthStatus {
+    /// Working.
+    Healthy,
+    /// Working, with trouble (reconnecting, rate limited...).
+    Degraded,
+    /// Not working.
+    Unhealthy,
+}
+
+/// An instance's health and a note on it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Health {
+    /// The status.
+    pub status: HealthStatus,
+    /// Free text, possibly empty.
+    pub detail: String,
+}
+
+impl Health {
+    /// Healthy, no note.
+    pub fn healthy() -> Self {
+        Health {
+            status: HealthStatus::Healthy,
+            detail: String::new(),
+        }
+    }
+
+    /// Unhealthy, with the reason.
+    pub fn unhealthy(detail: impl Into<String>) -> Self {
+        Health {
+            status: HealthStatus::Unhealthy,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// State handed from one generation to the next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct State {
+    /// The plugin's own schema version for `bytes`; check it before decoding.
+    pub schema: u32,
+    /// The state.
+    pub bytes: Vec<u8>,
+}

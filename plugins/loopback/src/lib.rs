@@ -1,0 +1,106 @@
+//! The loopback adapter: every message sent through it comes back as an inbound message on the
+//! same chat, from the user `loopback`. It needs nothing external, which makes it the fixture
+//! for tests and benchmarks and the platform of the example config.
+//!
+//! Config (`[platforms.loopback]`, all optional):
+//! - `user` (string, default `"loopback"`): the sender name of echoed messages.
+//! - `prefix` (string, default `""`): put in front of every echoed text.
+//!
+//! It counts the messages it echoed and hands the count to the next generation on a reload.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use hermes_plugin_api::{
+    Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
+};
+use serde::Deserialize;
+
+/// `[platforms.loopback]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default = "default_user")]
+    user: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+fn default_user() -> String {
+    "loopback".to_owned()
+}
+
+/// A running loopback instance.
+pub struct Loopback {
+    config: Config,
+    host: Host,
+    echoed: AtomicU64,
+}
+
+/// The schema of the exported state: the echo counter as 8 little-endian bytes.
+const STATE_SCHEMA: u32 = 1;
+
+impl Plugin for Loopback {
+    type Config = Config;
+
+    fn validate_config(config: &Config) -> Result<(), String> {
+        if config.user.trim().is_empty() {
+            return Err("`user` must not be empty".into());
+        }
+        Ok(())
+    }
+
+    fn start(config: Config, host: Host) -> Result<Self, String> {
+        tracing::debug!(generation = host.generation(), "loopback started");
+        Ok(Loopback {
+            config,
+            host,
+            echoed: AtomicU64::new(0),
+        })
+    }
+
+    fn import_state(&mut self, state: State) -> Result<(), String> {
+        match (state.schema, <[u8; 8]>::try_from(state.bytes.as_slice())) {
+            (STATE_SCHEMA, Ok(bytes)) => {
+                self.echoed = AtomicU64::new(u64::from_le_bytes(bytes));
+                Ok(())
+            }
+            (schema, _) => Err(format!("unknown state schema {schema}")),
+        }
+    }
+
+    fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
+        let n = self.echoed.fetch_add(1, Ordering::Relaxed) + 1;
+        let message_id = format!("lb-{}-{n}", self.host.generation());
+        let mut echo = InboundMessage::new(
+            message.chat_id,
+            self.config.user.clone(),
+            format!("{}{}", self.config.prefix, message.text),
+            message_id.clone(),
+        );
+        echo.metadata = message.metadata;
+        echo.metadata.insert("echo_count".into(), n.into());
+        if let Some(reply_to) = message.reply_to {
+            echo.metadata.insert("reply_to".into(), reply_to.into());
+        }
+        self.host.deliver(&echo).map_err(SendError::retryable)?;
+        Ok(SendReceipt { message_id })
+    }
+
+    fn export_state(&self) -> Option<State> {
+        let n = self.echoed.load(Ordering::Relaxed);
+        Some(State {
+            schema: STATE_SCHEMA,
+            bytes: n.to_le_bytes().to_vec(),
+        })
+    }
+
+    fn stop(self) -> Result<(), String> {
+        tracing::debug!(
+            echoed = self.echoed.load(Ordering::Relaxed),
+            "loopback stopped"
+        );
+        Ok(())
+    }
+}
+
+hermes_plugin_api::export_plugin!(Loopback);

@@ -1,0 +1,200 @@
+//! `hermes-host plugin list / info / check`, run as a user runs them.
+
+use std::process::{Command, Output};
+
+use hermes_plugin_api::abi::MAGIC;
+
+use crate::util::{self, TestDir};
+
+fn run(t: &TestDir, args: &[&str]) -> Output {
+    let config = t.path().join("hermes.toml");
+    if !config.exists() {
+        t.config("");
+    }
+    Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .args(args)
+        .output()
+        .expect("run hermes-host")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[test]
+fn plugin_list_of_100_installed_opens_no_library() {
+    let t = TestDir::new();
+    for i in 0..100 {
+        t.install(&format!("p{i:03}"), "hermes_loopback", 1);
+    }
+    t.config("[platforms.p007]\n");
+    // LD_DEBUG=files makes glibc report every object it opens, dlopen included.
+    let out = Command::new(util::bin())
+        .args([
+            "--config",
+            &t.path().join("hermes.toml").to_string_lossy(),
+            "plugin",
+            "list",
+            "--json",
+        ])
+        .env("LD_DEBUG", "files")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("file="), "LD_DEBUG gave no trace: {stderr}");
+    assert!(
+        !stderr.contains("hermes_loopback"),
+        "a plugin library was opened"
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 100);
+    assert!(
+        list.iter()
+            .all(|p| p["state"] == "registered" && p["api"] == 1)
+    );
+    assert_eq!(list.iter().filter(|p| p["configured"] == true).count(), 1);
+    assert!(!t.shadow().exists());
+
+    let out = run(&t, &["plugin", "list"]);
+    let table = text(&out.stdout);
+    assert!(
+        table.starts_with("ID    NAME       VERSION  API  STATE       CONFIGURED\n"),
+        "{table}"
+    );
+    assert!(
+        table.contains("p007  Test p007  0.0.1    1    registered  yes\n"),
+        "{table}"
+    );
+}
+
+#[test]
+fn plugin_info_shows_manifest_library_and_env_names_never_values() {
+    let t = TestDir::new();
+    let dir = t.install("loopback", "hermes_loopback", 1);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap()
+        + "required_env = [\"HERMES_TEST_SET\", \"HERMES_TEST_UNSET\"]\n";
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    t.config("");
+    let out = Command::new(util::bin())
+        .args([
+            "--config",
+            &t.path().join("hermes.toml").to_string_lossy(),
+            "plugin",
+            "info",
+            "loopback",
+        ])
+        .env("HERMES_TEST_SET", "s3cret-value")
+        .env_remove("HERMES_TEST_UNSET")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let info = text(&out.stdout);
+    assert!(
+        info.contains("HERMES_TEST_SET (set), HERMES_TEST_UNSET (missing)"),
+        "{info}"
+    );
+    assert!(!info.contains("s3cret"), "an env value leaked: {info}");
+    assert!(
+        info.contains(&util::lib("hermes_loopback").display().to_string()),
+        "{info}"
+    );
+    assert!(
+        info.contains("state         registered, generation 0"),
+        "{info}"
+    );
+
+    let out = run(&t, &["plugin", "info", "loopback", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["manifest"]["id"], "loopback");
+    assert_eq!(json["required_env"][1]["present"], false);
+
+    let out = run(&t, &["plugin", "info", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no plugin with id `nope` is installed"));
+}
+
+#[test]
+fn plugin_check_accepts_the_shipped_plugins() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    t.install("echo", "echo_plugin", 1);
+    t.config("[platforms.loopback]\nuser = \"bob\"\n");
+    for args in [
+        &["plugin", "check", "loopback"][..],
+        &["plugin", "check", "loopback", "--start"],
+        &["plugin", "check", "echo", "--start"],
+    ] {
+        let out = run(&t, args);
+        let stdout = text(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}: {stdout}{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("vtable layout compatible"), "{stdout}");
+        assert!(stdout.contains("the copy is no longer mapped"), "{stdout}");
+        assert!(stdout.trim_end().ends_with(": sound"), "{stdout}");
+    }
+    let out = run(&t, &["plugin", "check", "loopback", "--start"]);
+    assert!(text(&out.stdout).contains("ok   config    [platforms.loopback] is valid"));
+    assert!(text(&out.stdout).contains("ok   start     started; health Healthy"));
+    // The scratch shadow dirs are gone.
+    assert_eq!(util::file_count(&t.shadow()), 0);
+}
+
+/// Runs `plugin check <id>` and returns the refusal printed on stderr.
+fn refusal(t: &TestDir, id: &str) -> String {
+    let out = run(t, &["plugin", "check", id]);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{id}: {}{stderr}",
+        text(&out.stdout)
+    );
+    assert!(
+        stderr.contains(&format!("error: {id} refused:")),
+        "{stderr}"
+    );
+    stderr
+}
+
+#[test]
+fn plugin_check_refuses_broken_plugins_with_the_reason() {
+    let t = TestDir::new();
+    let good = std::fs::read(util::lib("hermes_loopback")).unwrap();
+    t.install_bytes("text", b"#!/bin/sh\necho not a library\n");
+    t.install_bytes("truncated", &good[..good.len() / 3]);
+    let mut no_entry = good.clone();
+    util::patch(
+        &mut no_entry,
+        b"hermes_plugin_entry",
+        b"hermes_plugin_entrx",
+    );
+    t.install_bytes("noentry", &no_entry);
+    let mut bad_magic = good.clone();
+    util::patch(&mut bad_magic, &MAGIC.to_le_bytes(), b"NOTHERMS");
+    t.install_bytes("badmagic", &bad_magic);
+    t.install("drift", "fixture_drift", 1);
+    t.install("future", "hermes_loopback", 2);
+    t.install("loopback", "hermes_loopback", 1);
+    t.config("[platforms.loopback]\nuser = \"\"\n[platforms.panicky]\ncolour = \"red\"\n");
+    t.install("panicky", "fixture_panicky", 1);
+
+    assert!(refusal(&t, "text").contains("not an ELF file"));
+    assert!(refusal(&t, "truncated").contains("truncated"));
+    assert!(refusal(&t, "noentry").contains("no `hermes_plugin_entry` symbol"));
+    assert!(refusal(&t, "badmagic").contains("wrong magic"));
+    assert!(refusal(&t, "drift").contains("vtable layout is incompatible"));
+    assert!(
+        refusal(&t, "future").contains("field `plugin.api`: declares API 2, this host speaks 1")
+    );
+    assert!(
+        refusal(&t, "loopback")
+            .contains("[platforms.loopback]: validate_config: `user` must not be empty")
+    );
+    assert!(refusal(&t, "panicky").contains("unknown field `colour`"));
+}

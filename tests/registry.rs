@@ -1,0 +1,207 @@
+//! The registry: discovery from manifests alone, lazy and shared loads, errors left on entries.
+
+use std::{
+    sync::{Arc, Barrier},
+    thread,
+};
+
+use hermes_host::{
+    loader::DiscardInbound,
+    registry::{DiscoveryProblem, EntryState, RegistryError},
+};
+
+use crate::util::{self, TestDir};
+
+#[test]
+fn listing_100_installed_plugins_loads_nothing() {
+    let t = TestDir::new();
+    for i in 0..100 {
+        t.install(&format!("p{i:03}"), "hermes_loopback", 1);
+    }
+    let registry = t.registry("", Arc::new(DiscardInbound));
+    let list = registry.list();
+    assert_eq!(list.len(), 100);
+    assert!(
+        list.iter()
+            .all(|s| s.state == EntryState::Registered && s.generation == 0)
+    );
+    assert!(list.iter().all(|s| registry.is_registered(&s.id)));
+    for s in &list {
+        registry.entry(&s.id).unwrap().status();
+    }
+    assert_eq!(registry.loads(), 0);
+    assert!(!t.shadow().exists(), "listing created the shadow dir");
+    assert!(util::mapped_containing("hermes_loopback").is_empty());
+}
+
+#[test]
+fn sixteen_concurrent_first_uses_share_one_load() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let registry = Arc::new(t.registry("[platforms.loopback]\n", Arc::new(DiscardInbound)));
+    let barrier = Arc::new(Barrier::new(16));
+    let instances: Vec<_> = (0..16)
+        .map(|_| {
+            let registry = Arc::clone(&registry);
+            let barrier = Arc::clone(&barrier);
+            thread::spawn(move || {
+                barrier.wait();
+                registry.instance("loopback").unwrap()
+            })
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect();
+    assert!(instances.iter().all(|i| Arc::ptr_eq(i, &instances[0])));
+    assert_eq!(instances[0].generation(), 1);
+    assert_eq!(registry.loads(), 1);
+    let status = registry.entry("loopback").unwrap().status();
+    assert_eq!((status.state, status.generation), (EntryState::Running, 1));
+    let shadow = t.shadow().canonicalize().unwrap();
+    assert_eq!(util::mapped_containing(&shadow.to_string_lossy()).len(), 1);
+    drop(instances);
+    assert_eq!(registry.shutdown().len(), 1);
+    assert!(util::mapped_containing(&shadow.to_string_lossy()).is_empty());
+}
+
+#[test]
+fn a_failed_load_leaves_its_error_and_the_rest_serves() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    t.install_bytes("broken", b"not a library");
+    t.install("absent", "no_such_library", 1);
+    let registry = t.registry("", Arc::new(DiscardInbound));
+
+    let e = registry.instance("broken").unwrap_err();
+    assert!(matches!(e, RegistryError::LoadFailed { .. }), "{e}");
+    let status = registry.entry("broken").unwrap().status();
+    assert_eq!(status.state, EntryState::Failed);
+    assert!(
+        status
+            .error
+            .unwrap()
+            .contains("libcustom_broken.so: not a plugin library")
+    );
+
+    let e = registry.instance("absent").unwrap_err().to_string();
+    assert!(
+        e.contains("libno_such_library.so not found (looked in"),
+        "{e}"
+    );
+
+    let instance = registry.instance("loopback").unwrap();
+    assert_eq!(instance.generation(), 1);
+    assert!(matches!(
+        registry.instance("nope"),
+        Err(RegistryError::Unknown(_))
+    ));
+    drop(instance);
+    registry.shutdown();
+}
+
+#[test]
+fn bad_manifests_are_reported_and_the_others_register() {
+    let t = TestDir::new();
+    t.install("good", "hermes_loopback", 1);
+    let bad_id = t.install("bad-id", "hermes_loopback", 1);
+    std::fs::write(
+        bad_id.join("plugin.toml"),
+        "[plugin]\nid = \"Bad Id\"\nname = \"x\"\nversion = \"1\"\napi = 1\nlibrary = \"x\"\n",
+    )
+    .unwrap();
+    let missing = t.install("missing", "hermes_loopback", 1);
+    std::fs::write(
+        missing.join("plugin.toml"),
+        "[plugin]\nid = \"missing\"\nname = \"x\"\napi = 1\nlibrary = \"x\"\n",
+    )
+    .unwrap();
+    let dup = t.install("zz-dup", "hermes_loopback", 1);
+    std::fs::write(
+        dup.join("plugin.toml"),
+        std::fs::read_to_string(t.plugins().join("good/plugin.toml")).unwrap(),
+    )
+    .unwrap();
+
+    let registry = t.registry("", Arc::new(DiscardInbound));
+    assert_eq!(
+        registry
+            .list()
+            .iter()
+            .map(|s| s.id.as_str())
+            .collect::<Vec<_>>(),
+        ["good"]
+    );
+    let problems: Vec<String> = registry
+        .problems()
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(problems.len(), 3, "{problems:#?}");
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("bad-id/plugin.toml: field `plugin.id`")),
+        "{problems:#?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("missing/plugin.toml") && p.contains("version")),
+        "{problems:#?}"
+    );
+    assert!(
+        registry
+            .problems()
+            .iter()
+            .any(|p| matches!(p, DiscoveryProblem::DuplicateId { id, .. } if id == "good"))
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("good/plugin.toml and") && p.contains("zz-dup/plugin.toml"))
+    );
+}
+
+#[test]
+fn an_api_mismatch_is_refused_before_dlopen() {
+    let t = TestDir::new();
+    t.install("future", "hermes_loopback", 2);
+    let registry = t.registry("[platforms.future]\n", Arc::new(DiscardInbound));
+    let status = registry.entry("future").unwrap().status();
+    assert_eq!(status.state, EntryState::Failed);
+    assert!(
+        status
+            .error
+            .unwrap()
+            .contains("field `plugin.api`: the plugin declares API 2, this host speaks 1")
+    );
+    assert!(registry.instance("future").is_err());
+    assert_eq!(registry.loads(), 0);
+    assert!(util::mapped_containing("hermes_loopback").is_empty());
+}
+
+#[test]
+fn unload_then_use_loads_the_next_generation() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let registry = t.registry("", Arc::new(DiscardInbound));
+    assert_eq!(registry.unload("loopback").unwrap(), None);
+    let first = registry.instance("loopback").unwrap();
+    assert_eq!(first.generation(), 1);
+    let report = registry.unload("loopback").unwrap().expect("was running");
+    assert!(report.clean(), "{report:?}");
+    assert_eq!(
+        registry.entry("loopback").unwrap().status().state,
+        EntryState::Unloaded
+    );
+    assert!(
+        first
+            .send(&hermes_host::message::Outbound::new("c", "x"))
+            .is_err()
+    );
+    let second = registry.instance("loopback").unwrap();
+    assert_eq!(second.generation(), 2);
+    assert_eq!(registry.loads(), 2);
+    registry.shutdown();
+}

@@ -1,0 +1,17 @@
+//! hermes-host's integration tests: one test binary, a module per area, real `dlopen` of real
+//! libraries and real files.
+//!
+//! The plugin libraries are built once per run before the tests (`make test` runs
+//! `cargo build --workspace` first); the helpers refuse to guess when one is missing.
+//! Run under cargo-nextest, every test is its own process, so the process-wide counts some
+//! tests take (mapped files, fds, threads) see only that test.
+
+// Helpers: temp dirs, installed plugins, a recording event sink, process counters.
+mod util;
+
+// Registry: discovery from manifests, lazy loads, one load for concurrent first users.
+mod registry;
+// Loader: load/call/unload, leak-free cycles, refusals, panics, plugin threads, timeouts.
+mod loader;
+// The `hermes-host plugin` commands run as a user runs them.
+mod cli;
