@@ -17,7 +17,7 @@ use super::{
     callbacks::{CallbackContext, EventSink},
     error::CallError,
     library::{Library, LoadedLibrary},
-    worker::{Drained, Workers, run_once},
+    worker::{Drained, Workers, await_answer, run_once},
 };
 use crate::message::{Health, HealthStatus, Outbound, PluginState, Receipt};
 
@@ -207,7 +207,7 @@ fn call_on<R: Send + 'static>(
     workers.submit(Box::new(move |vtable| {
         let _ = tx.send(f(vtable));
     }))?;
-    match rx.recv_timeout(timeout) {
+    match await_answer(&rx, timeout) {
         Ok(r) => Ok(r),
         Err(oneshot::RecvTimeoutError::Timeout) => Err(CallError::Timeout {
             call,
@@ -315,6 +315,22 @@ impl Instance {
             call: "health",
             message: e.into_string(),
             retryable: false,
+        })
+    }
+
+    /// Benchmark support: makes `n` back-to-back raw FFI `health` calls inside one job on a
+    /// worker thread and returns their total time, so the FFI call can be measured without the
+    /// worker hop and without breaking the rule that only workers call the plugin.
+    #[doc(hidden)]
+    pub fn time_raw_health_calls(&self, n: u32) -> Result<Duration, CallError> {
+        self.call("health", move |vtable, ptr| {
+            let started = Instant::now();
+            for _ in 0..n {
+                // SAFETY: as in `send`.
+                let result = unsafe { (vtable.health)(std::hint::black_box(ptr)) };
+                drop(std::hint::black_box(result));
+            }
+            started.elapsed()
         })
     }
 
