@@ -81,7 +81,10 @@ fn bench_registration() {
         let samples: Vec<Duration> = (0..runs)
             .map(|_| {
                 let started = Instant::now();
-                let registry = Registry::discover(std::slice::from_ref(&plugins), options(&dir.path().join("shadow")));
+                let registry = Registry::discover(
+                    std::slice::from_ref(&plugins),
+                    options(&dir.path().join("shadow")),
+                );
                 let elapsed = started.elapsed();
                 assert_eq!(registry.list().len(), n);
                 elapsed
@@ -94,7 +97,9 @@ fn bench_registration() {
 }
 
 fn bench_load() {
-    println!("### Loading loopback (shadow copy + ELF check + dlopen + header and layout checks)\n");
+    println!(
+        "### Loading loopback (shadow copy + ELF check + dlopen + header and layout checks)\n"
+    );
     println!("| build | library size | median load | median unload | runs |");
     println!("|---|---:|---:|---:|---:|");
     for profile in ["debug", "release"] {
@@ -157,7 +162,11 @@ impl Probe for Direct {
 }
 
 fn bench_calls() {
-    let profile = if target().join("release/libhermes_loopback.so").is_file() { "release" } else { "debug" };
+    let profile = if target().join("release/libhermes_loopback.so").is_file() {
+        "release"
+    } else {
+        "debug"
+    };
     let lib = target().join(profile).join("libhermes_loopback.so");
     let dir = scratch();
     let instance = Library::open(&lib, dir.path())
@@ -187,7 +196,11 @@ fn bench_calls() {
 
     // Raw FFI: the vtable's function pointer, called back to back on the worker thread.
     let batch = 10_000u32;
-    let raw = median((0..21).map(|_| instance.time_raw_health_calls(batch).unwrap() / batch).collect());
+    let raw = median(
+        (0..21)
+            .map(|_| instance.time_raw_health_calls(batch).unwrap() / batch)
+            .collect(),
+    );
 
     // Direct Rust trait call on the same no-op, through `&dyn` so it is not inlined away.
     let direct_plugin: &dyn Probe = &Direct;
@@ -208,7 +221,10 @@ fn bench_calls() {
     println!("### A no-op call (`health`) three ways, same run ({profile} loopback)\n");
     println!("| path | p50 | p99 | vs direct |");
     println!("|---|---:|---:|---:|");
-    println!("| direct Rust trait call (in the host) | {} | | 1.0 |", ns(direct));
+    println!(
+        "| direct Rust trait call (in the host) | {} | | 1.0 |",
+        ns(direct)
+    );
     println!(
         "| raw FFI call through the vtable (on the worker) | {} | | {:.1} |",
         ns(raw),
@@ -224,15 +240,28 @@ fn bench_calls() {
         "\nThe hop (queue to the worker, wake it, answer through a oneshot) is {:.1}% of the instance path's p50.\n",
         100.0 * (p50.as_secs_f64() - raw.as_secs_f64()) / p50.as_secs_f64()
     );
-    assert!(instance.stop(false, Duration::from_secs(5)).unwrap().library.unload().clean());
+    assert!(
+        instance
+            .stop(false, Duration::from_secs(5))
+            .unwrap()
+            .library
+            .unload()
+            .clean()
+    );
 }
 
 fn main() {
     // `cargo bench` passes `--bench`; any other argument filters by section name.
-    let filter: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    let filter: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
     let run = |name: &str| filter.is_empty() || filter.iter().any(|f| name.contains(f.as_str()));
     println!("## Foundation benchmarks\n");
-    println!("Command: `make bench` ({} cores).\n", std::thread::available_parallelism().map_or(0, |n| n.get()));
+    println!(
+        "Command: `make bench` ({} cores).\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
     if run("registration") {
         bench_registration();
     }

@@ -237,7 +237,7 @@ impl Config {
                 .unwrap_or_else(|| PathBuf::from("(defaults)")),
             message,
         };
-        let at = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
+        let at = |p: PathBuf| normalize(&if p.is_absolute() { p } else { base.join(p) });
         let state_dir = at(raw.plugins.state_dir.unwrap_or_else(|| ".hermes".into()));
         let shadow_dir = raw
             .plugins
@@ -312,6 +312,29 @@ impl Config {
                 flush: Duration::from_millis(flush_ms),
             },
         })
+    }
+}
+
+/// Removes `.` and folds `dir/..` without touching the file system, so messages show
+/// `plugins/x` rather than `examples/../plugins/x`.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        out
     }
 }
 

@@ -50,12 +50,8 @@ impl Workers {
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-w{i}"))
                 .spawn(move || {
-                    loop {
-                        let job = receiver.lock().unwrap_or_else(|e| e.into_inner()).recv();
-                        match job {
-                            Ok(job) => job(library.vtable()),
-                            Err(_) => break,
-                        }
+                    while let Some(job) = next_job(&receiver) {
+                        job(library.vtable());
                     }
                     drop(library);
                     let _ = exit_tx.send(());
@@ -108,13 +104,21 @@ pub(crate) const SPIN: Duration = Duration::from_micros(50);
 fn next_job(receiver: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
     let started = Instant::now();
     loop {
-        match receiver.lock().unwrap_or_else(|e| e.into_inner()).try_recv() {
+        match receiver
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .try_recv()
+        {
             Ok(job) => return Some(job),
             Err(mpsc::TryRecvError::Disconnected) => return None,
             Err(mpsc::TryRecvError::Empty) => {}
         }
         if started.elapsed() >= SPIN {
-            return receiver.lock().unwrap_or_else(|e| e.into_inner()).recv().ok();
+            return receiver
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .recv()
+                .ok();
         }
         std::hint::spin_loop();
     }
