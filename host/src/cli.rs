@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::{
     check,
     config::{Config, DEFAULT_CONFIG},
+    control,
     loader::DiscardInbound,
     registry::{PlatformStatus, Registry, RegistryOptions},
 };
@@ -21,9 +22,10 @@ pub struct Cli {
     /// The config file; a missing file means the defaults.
     #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
     pub config: PathBuf,
-    /// Log filter (overridden by RUST_LOG), e.g. `info` or `hermes_host=debug`.
-    #[arg(long, global = true, default_value = "warn")]
-    pub log_level: String,
+    /// Log filter (overridden by RUST_LOG), e.g. `info` or `hermes_host=debug`; the default is
+    /// `info` for `serve` and `warn` for the other commands.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -32,6 +34,27 @@ pub struct Cli {
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the gateway: HTTP API, control socket, routes, journal.
+    Serve {
+        /// Development mode: allows hot reload whatever the config says.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Show the running server's status (through its control socket).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message through the running server.
+    Send {
+        /// The platform id.
+        platform: String,
+        /// The chat (channel, nick, topic...).
+        chat: String,
+        /// The text.
+        text: String,
+    },
     /// Inspect installed plugins.
     #[command(subcommand)]
     Plugin(PluginCommand),
@@ -73,11 +96,143 @@ pub struct JsonFlag {
 
 /// Runs the parsed command line; the exit code says whether it succeeded.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    init_logging(&cli.log_level);
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    let started = std::time::Instant::now();
     let config = Config::load(&cli.config)?;
     match cli.command {
+        Command::Serve { dev } => {
+            let config_ms = started.elapsed().as_secs_f64() * 1e3;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::serve::run(config, config_ms, dev))?;
+            // Plugin worker threads are joined; nothing left on the runtime matters.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => status(&config, json),
+        Command::Send {
+            platform,
+            chat,
+            text,
+        } => send(&config, &platform, &chat, &text),
         Command::Plugin(command) => plugin(&config, command),
     }
+}
+
+const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+fn status(config: &Config, json: bool) -> Result<ExitCode> {
+    let socket = &config.server.control_socket;
+    let (code, body) = control::request(socket, "GET", "/status", None, CLIENT_TIMEOUT)?;
+    if code != 200 {
+        anyhow::bail!("status: HTTP {code}: {body}");
+    }
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "hermes-host pid {} up {:.0} s, http://{}, warm-up {}, in flight {}, resident stale libraries {}",
+        body["pid"],
+        body["uptime_secs"].as_f64().unwrap_or(0.0),
+        body["listen"].as_str().unwrap_or("?"),
+        body["warmup"].as_str().unwrap_or("?"),
+        body["in_flight"],
+        body["resident_stale_libraries"],
+    )?;
+    let list: Vec<PlatformStatus> = body["platforms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| platform_status_from_json(p))
+                .collect()
+        })
+        .unwrap_or_default();
+    write_table(&mut out, &list)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn platform_status_from_json(p: &serde_json::Value) -> Option<PlatformStatus> {
+    let state = match p["state"].as_str()? {
+        "registered" => crate::registry::EntryState::Registered,
+        "loading" => crate::registry::EntryState::Loading,
+        "running" => crate::registry::EntryState::Running,
+        "stopping" => crate::registry::EntryState::Stopping,
+        "unloaded" => crate::registry::EntryState::Unloaded,
+        _ => crate::registry::EntryState::Failed,
+    };
+    Some(PlatformStatus {
+        id: p["id"].as_str()?.to_owned(),
+        name: p["name"].as_str().unwrap_or_default().to_owned(),
+        version: p["version"].as_str().unwrap_or_default().to_owned(),
+        manifest_version: p["manifest_version"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned(),
+        api: p["api"].as_u64().unwrap_or(0) as u32,
+        state,
+        generation: p["generation"].as_u64().unwrap_or(0),
+        configured: p["configured"].as_bool().unwrap_or(false),
+        error: p["error"].as_str().map(str::to_owned),
+        description: String::new(),
+        emoji: None,
+        manifest_path: PathBuf::new(),
+        loads: p["loads"].as_u64().unwrap_or(0),
+        load_seconds: 0.0,
+        last_load_ms: None,
+        in_flight: 0,
+    })
+}
+
+fn send(config: &Config, platform: &str, chat: &str, text: &str) -> Result<ExitCode> {
+    let body = json!({ "chat_id": chat, "text": text });
+    let path = format!("/platforms/{}/send", utf8_percent(platform));
+    let (code, answer) = control::request(
+        &config.server.control_socket,
+        "POST",
+        &path,
+        Some(&body),
+        CLIENT_TIMEOUT,
+    )?;
+    if code == 200 {
+        println!(
+            "sent {} through {} (generation {})",
+            answer["message_id"].as_str().unwrap_or("?"),
+            answer["platform"].as_str().unwrap_or(platform),
+            answer["generation"]
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let retry = if answer["retryable"] == true {
+            " (retryable)"
+        } else {
+            ""
+        };
+        eprintln!(
+            "error: send failed (HTTP {code}): {}{retry}",
+            answer["error"].as_str().unwrap_or("unknown error")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Percent-encodes everything but unreserved characters: ids go into a URL path, never a file path.
+fn utf8_percent(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
 }
 
 fn init_logging(default: &str) {

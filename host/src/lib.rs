@@ -5,13 +5,21 @@
 //! - [`registry`] knows every installed plugin from its manifest and loads one only when it
 //!   is used, through [`loader`], the one module with `unsafe` code.
 //! - [`check`] runs a plugin through every load-time check without keeping it.
+//! - [`gateway`] routes messages: sends, inbound dispatch to SSE, [`journal`] and routes;
+//!   [`serve`] runs it behind the public [`api`] and the [`control`] socket.
 //! - [`cli`] is the `hermes-host` command.
 
+pub mod api;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
+pub mod gateway;
+pub mod journal;
 #[allow(unsafe_code)]
 pub mod loader;
 pub mod manifest;
 pub mod message;
+pub mod metrics;
 pub mod registry;
+pub mod serve;

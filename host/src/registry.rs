@@ -144,10 +144,14 @@ struct Slot {
     instance: Option<Arc<Instance>>,
     error: Option<String>,
     last_unload: Option<UnloadReport>,
+    /// Loads attempted, and the time they took (load + start), in seconds.
+    loads: u64,
+    load_seconds: f64,
+    last_load_ms: Option<f64>,
 }
 
 /// An entry's status: what `plugin list`, `/api/platforms` and `status` show.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct PlatformStatus {
     /// The platform id.
     pub id: String,
@@ -175,6 +179,15 @@ pub struct PlatformStatus {
     pub emoji: Option<String>,
     /// The manifest file.
     pub manifest_path: PathBuf,
+    /// Loads attempted so far.
+    pub loads: u64,
+    /// Time spent in loads and starts so far, in seconds.
+    pub load_seconds: f64,
+    /// How long the last load and start took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_load_ms: Option<f64>,
+    /// Calls running or queued on the serving instance.
+    pub in_flight: usize,
 }
 
 impl Entry {
@@ -227,6 +240,19 @@ impl Entry {
             description: self.manifest.description.clone(),
             emoji: self.manifest.emoji.clone(),
             manifest_path: self.manifest_path.clone(),
+            loads: slot.loads,
+            load_seconds: slot.load_seconds,
+            last_load_ms: slot.last_load_ms,
+            in_flight: slot.instance.as_ref().map_or(0, |i| i.in_flight()),
+        }
+    }
+
+    /// The serving instance, if running; never loads.
+    pub fn running(&self) -> Option<Arc<Instance>> {
+        let slot = self.lock();
+        match slot.state {
+            EntryState::Running => slot.instance.clone(),
+            _ => None,
         }
     }
 
@@ -306,6 +332,9 @@ impl Registry {
                     instance: None,
                     error,
                     last_unload: None,
+                    loads: 0,
+                    load_seconds: 0.0,
+                    last_load_ms: None,
                 }),
                 changed: Condvar::new(),
             };
@@ -406,9 +435,14 @@ impl Registry {
         let generation = slot.generation + 1;
         drop(slot);
 
+        let started = Instant::now();
         let result = self.load_and_start(entry, generation);
+        let took = started.elapsed().as_secs_f64();
 
         let mut slot = entry.lock();
+        slot.loads += 1;
+        slot.load_seconds += took;
+        slot.last_load_ms = Some(took * 1e3);
         let outcome = match result {
             Ok(instance) => {
                 slot.state = EntryState::Running;
@@ -517,6 +551,11 @@ impl Registry {
         Ok(report)
     }
 
+    /// The running instance of `id`, if it is running; never loads.
+    pub fn running(&self, id: &str) -> Option<Arc<Instance>> {
+        self.entries.get(id)?.running()
+    }
+
     /// Stops and unloads every running platform, in reverse id order.
     pub fn shutdown(&self) -> Vec<(String, Option<UnloadReport>)> {
         self.entries
@@ -525,6 +564,29 @@ impl Registry {
             .filter_map(|id| self.unload(id).ok().map(|r| (id.clone(), r)))
             .filter(|(_, r)| r.is_some())
             .collect()
+    }
+
+    /// Shadow copies mapped in this process that no running instance is serving from: libraries
+    /// an unload could not unmap (a hung call, a pinned thread-local).
+    pub fn resident_stale_libraries(&self) -> Option<Vec<PathBuf>> {
+        let dir = self.options.shadow_dir.canonicalize().ok();
+        let Some(dir) = dir else {
+            // No shadow dir yet: nothing was ever loaded.
+            return Some(Vec::new());
+        };
+        let serving: Vec<PathBuf> = self
+            .entries
+            .values()
+            .filter_map(|e| e.running())
+            .map(|i| i.shadow_path().to_owned())
+            .collect();
+        let mapped = crate::loader::mapped_under(&dir)?;
+        Some(
+            mapped
+                .into_iter()
+                .filter(|p| !serving.contains(p))
+                .collect(),
+        )
     }
 }
 

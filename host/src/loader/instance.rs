@@ -51,6 +51,7 @@ pub struct StartFailure {
 /// A plugin instance, started and serving calls on its own worker threads.
 pub struct Instance {
     platform: String,
+    shadow_path: std::path::PathBuf,
     generation: u64,
     plugin_version: String,
     ptr: SendPtr,
@@ -169,6 +170,7 @@ impl Library {
             Ok(Ok(ptr)) => {
                 return Ok(Instance {
                     platform: options.platform,
+                    shadow_path: self.shadow_path().to_owned(),
                     generation: options.generation,
                     plugin_version: self.plugin_version().to_owned(),
                     ptr,
@@ -233,6 +235,11 @@ impl Instance {
         &self.plugin_version
     }
 
+    /// The shadow copy this instance's library was loaded from.
+    pub fn shadow_path(&self) -> &std::path::Path {
+        &self.shadow_path
+    }
+
     /// Calls running or queued right now.
     pub fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
@@ -268,33 +275,58 @@ impl Instance {
         result
     }
 
-    /// Sends one message through the plugin.
+    /// Sends one message through the plugin, waiting on this thread.
     pub fn send(&self, message: &Outbound) -> Result<Receipt, CallError> {
-        let message = message.clone();
-        let result = self.call("send", move |vtable, ptr| {
-            let metadata = serde_json::Value::Object(message.metadata).to_string();
-            let ffi = OutboundFfi {
-                chat_id: RStr::from_str(&message.chat_id),
-                text: RStr::from_str(&message.text),
-                reply_to: message.reply_to.as_deref().map(RStr::from_str).into(),
-                metadata_json: RStr::from_str(&metadata),
-            };
-            // SAFETY: `ptr` came from this library's `start` and `stop` has not run: the pool
-            // is closed before `stop`, and this job was queued before that.
-            let result = unsafe { (vtable.send)(ptr, &ffi) };
-            // Convert while the library is certainly loaded: the RStrings drop in the plugin.
-            match result.into_result() {
-                Ok(r) => Ok(Receipt {
-                    message_id: r.message_id.into_string(),
-                }),
-                Err(e) => Err((e.message.into_string(), e.retryable)),
-            }
-        })?;
+        let result = self.call("send", send_job(message.clone()))?;
         result.map_err(|(message, retryable)| CallError::Plugin {
             call: "send",
             message,
             retryable,
         })
+    }
+
+    /// Sends one message through the plugin, awaiting the answer without blocking the
+    /// runtime's thread.
+    pub async fn send_async(&self, message: &Outbound) -> Result<Receipt, CallError> {
+        let result = self.call_async("send", send_job(message.clone())).await?;
+        result.map_err(|(message, retryable)| CallError::Plugin {
+            call: "send",
+            message,
+            retryable,
+        })
+    }
+
+    async fn call_async<R: Send + 'static>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
+    ) -> Result<R, CallError> {
+        if self.is_hung() {
+            return Err(CallError::Unhealthy);
+        }
+        let ptr = self.ptr;
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(in_flight);
+        let (tx, rx) = oneshot::channel();
+        self.workers.submit(Box::new(move |vtable| {
+            let guard = guard;
+            let r = f(vtable, ptr.get());
+            drop(guard);
+            let _ = tx.send(r);
+        }))?;
+        match tokio::time::timeout(self.call_timeout, rx).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(_)) => Err(CallError::Stopped),
+            Err(_) => {
+                self.hung.store(true, Ordering::Release);
+                tracing::error!(platform = %self.platform, generation = self.generation, call, "plugin call timed out; instance marked unhealthy");
+                Err(CallError::Timeout {
+                    call,
+                    after: self.call_timeout,
+                })
+            }
+        }
     }
 
     /// Asks the plugin how it is doing.
@@ -399,6 +431,31 @@ impl std::fmt::Debug for Instance {
             .field("generation", &self.generation)
             .field("version", &self.plugin_version)
             .finish()
+    }
+}
+
+/// The `send` job: builds the FFI message, calls the plugin, converts the answer to std types
+/// while the library is certainly loaded (the `RString`s are freed by the plugin's allocator).
+fn send_job(
+    message: Outbound,
+) -> impl FnOnce(&PluginVTable, InstancePtr) -> Result<Receipt, (String, bool)> + Send + 'static {
+    move |vtable, ptr| {
+        let metadata = serde_json::Value::Object(message.metadata).to_string();
+        let ffi = OutboundFfi {
+            chat_id: RStr::from_str(&message.chat_id),
+            text: RStr::from_str(&message.text),
+            reply_to: message.reply_to.as_deref().map(RStr::from_str).into(),
+            metadata_json: RStr::from_str(&metadata),
+        };
+        // SAFETY: `ptr` came from this library's `start` and `stop` has not run: the pool is
+        // closed before `stop`, and this job was queued before that.
+        let result = unsafe { (vtable.send)(ptr, &ffi) };
+        match result.into_result() {
+            Ok(r) => Ok(Receipt {
+                message_id: r.message_id.into_string(),
+            }),
+            Err(e) => Err((e.message.into_string(), e.retryable)),
+        }
     }
 }
 

@@ -1,0 +1,367 @@
+//! The public HTTP API (JSON), and the pieces the control API shares with it.
+//!
+//! | route | answer |
+//! |---|---|
+//! | `GET /health` | `{"status":"ok"}` (never needs the token) |
+//! | `GET /api/platforms` | every platform's status; loads nothing |
+//! | `GET /api/platforms/{id}` | one platform's status, with health when running; loads nothing |
+//! | `POST /api/platforms/{id}/send` | `{"chat_id","text","reply_to"?,"metadata"?}` -> `{"message_id","platform","generation"}` |
+//! | `GET /api/events` | Server-Sent Events, one `data:` JSON per inbound message |
+//! | `GET /api/warmup_status`, `GET /api/warmup_wait?timeout_ms=` | warm-up of `background` platforms |
+//! | `GET /api/idle` | `{"idle","seconds_since_activity","in_flight"}` for scale-to-zero |
+//! | `GET /api/startup_profile` | start-up phase and platform timings |
+//! | `GET /metrics` | Prometheus text |
+//!
+//! Errors are `{"error": "...", "retryable": bool}` with 404 (unknown platform), 413 (body over
+//! 64 KiB), 422 (bad body, naming the field), 502 (the plugin refused), 503 (not available),
+//! 504 (timed out). With `api_token` set, every route but `/health` needs
+//! `Authorization: Bearer <token>`.
+
+use std::{convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path, Query, Request, State},
+    http::{HeaderMap, StatusCode, header},
+    middleware::{self, Next},
+    response::{
+        IntoResponse, Response,
+        sse::{Event, KeepAlive, Sse},
+    },
+    routing::{get, post},
+};
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
+
+use crate::{
+    gateway::{Gateway, SendFailure, Warmup},
+    journal::RecordKind,
+    message::Outbound,
+};
+
+/// Request bodies larger than this are refused with 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// An error answer: a status and `{"error", "retryable"}`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The HTTP status.
+    pub status: StatusCode,
+    /// The message for the client.
+    pub message: String,
+    /// Whether retrying may help.
+    pub retryable: bool,
+}
+
+impl ApiError {
+    /// An error with `status`.
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+impl From<SendFailure> for ApiError {
+    fn from(e: SendFailure) -> Self {
+        ApiError {
+            status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
+            message: e.message,
+            retryable: e.retryable,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({ "error": self.message, "retryable": self.retryable })),
+        )
+            .into_response()
+    }
+}
+
+/// The public API router, without a socket (tests call it directly).
+pub fn app(gateway: Arc<Gateway>) -> Router {
+    let api = Router::new()
+        .route("/api/platforms", get(platforms))
+        .route("/api/platforms/{id}", get(platform))
+        .route("/api/platforms/{id}/send", post(send))
+        .route("/api/events", get(events))
+        .route("/api/warmup_status", get(warmup_status))
+        .route("/api/warmup_wait", get(warmup_wait))
+        .route("/api/idle", get(idle))
+        .route("/api/startup_profile", get(startup_profile))
+        .route("/metrics", get(metrics))
+        .layer(middleware::from_fn_with_state(
+            Arc::clone(&gateway),
+            authorize,
+        ));
+    Router::new()
+        .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .merge(api)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(gateway)
+}
+
+/// Compares in time independent of where the inputs differ.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i).copied().unwrap_or(!x));
+    }
+    diff == 0
+}
+
+async fn authorize(
+    State(gateway): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    request: Request,
+    next: Next,
+) -> Response {
+    if let Some(token) = &gateway.config.server.api_token {
+        let given = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
+                .into_response();
+        }
+    }
+    let _guard = (request.uri().path() != "/api/events" && request.uri().path() != "/api/idle")
+        .then(|| gateway.begin());
+    next.run(request).await
+}
+
+/// `GET /api/platforms`.
+pub async fn platforms(State(gateway): State<Arc<Gateway>>) -> Response {
+    Json(gateway.registry.list()).into_response()
+}
+
+/// `GET /api/platforms/{id}`.
+pub async fn platform(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let entry = gateway
+        .registry
+        .entry(&id)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let mut detail = serde_json::to_value(entry.status()).unwrap_or_default();
+    if let Some(instance) = entry.running() {
+        let health = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::task::spawn_blocking(move || instance.health()),
+        )
+        .await;
+        detail["health"] = match health {
+            Ok(Ok(Ok(h))) => json!(h),
+            Ok(Ok(Err(e))) => json!({ "status": "unhealthy", "detail": e.to_string() }),
+            _ => json!({ "status": "unhealthy", "detail": "health did not answer in 2 s" }),
+        };
+    }
+    detail["library"] = match gateway.registry.resolve_library(entry) {
+        Ok(p) => json!(p),
+        Err(e) => json!({ "error": e }),
+    };
+    if let Some(report) = entry.last_unload() {
+        detail["last_unload"] = json!(report);
+    }
+    Ok(Json(detail).into_response())
+}
+
+/// Parses a send body, naming the field at fault.
+pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
+    let message: Outbound = serde_json::from_slice(body).map_err(|e| {
+        let text = e.to_string();
+        let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("invalid send body: {text}"),
+        )
+    })?;
+    if message.chat_id.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "field `chat_id` must not be empty",
+        ));
+    }
+    Ok(message)
+}
+
+/// `POST /api/platforms/{id}/send`.
+pub async fn send(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !gateway.registry.is_registered(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin with id `{id}` is installed"),
+        ));
+    }
+    let message = parse_send(&body)?;
+    let ok = gateway
+        .send(&id, message, RecordKind::Outbound, None)
+        .await?;
+    Ok(Json(ok).into_response())
+}
+
+async fn events(
+    State(gateway): State<Arc<Gateway>>,
+) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    let mut shutdown = gateway.shutdown.subscribe();
+    let stream = BroadcastStream::new(gateway.events.subscribe())
+        .map(|item| {
+            Ok(match item {
+                Ok(message) => Event::default()
+                    .json_data(&*message)
+                    .unwrap_or_else(|_| Event::default().comment("unencodable")),
+                Err(BroadcastStreamRecvError::Lagged(n)) => {
+                    Event::default().event("lagged").data(n.to_string())
+                }
+            })
+        })
+        .take_until(async move {
+            let _ = shutdown.wait_for(|down| *down).await;
+        });
+    Sse::new(stream).keep_alive(KeepAlive::default())
+}
+
+fn warmup_json(gateway: &Gateway) -> serde_json::Value {
+    let status = *gateway.warmup.borrow();
+    let platforms: Vec<_> = gateway
+        .registry
+        .entries()
+        .filter(|e| {
+            e.platform_config()
+                .is_some_and(|p| p.start == crate::config::StartMode::Background)
+        })
+        .map(|e| {
+            let s = e.status();
+            json!({ "id": s.id, "state": s.state, "error": s.error })
+        })
+        .collect();
+    json!({ "status": status, "platforms": platforms })
+}
+
+async fn warmup_status(State(gateway): State<Arc<Gateway>>) -> Response {
+    Json(warmup_json(&gateway)).into_response()
+}
+
+#[derive(Deserialize)]
+struct WaitQuery {
+    timeout_ms: Option<u64>,
+}
+
+async fn warmup_wait(State(gateway): State<Arc<Gateway>>, Query(q): Query<WaitQuery>) -> Response {
+    let timeout = Duration::from_millis(q.timeout_ms.unwrap_or(30_000).min(600_000));
+    let mut rx = gateway.warmup.subscribe();
+    let done = tokio::time::timeout(timeout, rx.wait_for(|w| *w != Warmup::Pending)).await;
+    let status = if done.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::GATEWAY_TIMEOUT
+    };
+    (status, Json(warmup_json(&gateway))).into_response()
+}
+
+async fn idle(State(gateway): State<Arc<Gateway>>) -> Response {
+    let in_flight = gateway.in_flight();
+    // Anything that cannot be read counts as busy: a supervisor must never stop us by mistake.
+    let body = match gateway.since_activity(None) {
+        Some(since) => json!({
+            "idle": in_flight == 0 && *gateway.warmup.borrow() != Warmup::Pending,
+            "seconds_since_activity": since.as_secs_f64(),
+            "in_flight": in_flight,
+        }),
+        None => {
+            json!({ "idle": false, "seconds_since_activity": 0.0, "in_flight": in_flight, "error": "activity unreadable" })
+        }
+    };
+    Json(body).into_response()
+}
+
+async fn startup_profile(State(gateway): State<Arc<Gateway>>) -> Response {
+    let profile = gateway
+        .profile
+        .lock()
+        .map(|p| p.clone())
+        .unwrap_or_default();
+    let phases: Vec<_> = profile
+        .phases
+        .iter()
+        .map(|(name, ms)| json!({ "name": name, "ms": ms }))
+        .collect();
+    Json(json!({
+        "phases": phases,
+        "ready_ms": profile.ready_ms,
+        "warmup_ms": profile.warmup_ms,
+        "platforms": profile.platforms,
+    }))
+    .into_response()
+}
+
+/// The number of stale resident libraries, `-1` when it cannot be read.
+pub fn stale_libraries(gateway: &Gateway) -> i64 {
+    gateway
+        .registry
+        .resident_stale_libraries()
+        .map_or(-1, |v| v.len() as i64)
+}
+
+async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+    let list = gateway.registry.list();
+    let running = list
+        .iter()
+        .filter(|s| s.state == crate::registry::EntryState::Running)
+        .count();
+    let loads: u64 = list.iter().map(|s| s.loads).sum();
+    let load_seconds: f64 = list.iter().map(|s| s.load_seconds).sum();
+    let gauges = [
+        (
+            "hermes_platforms_installed",
+            "Installed plugins.",
+            list.len() as f64,
+        ),
+        (
+            "hermes_platforms_running",
+            "Platforms loaded and running.",
+            running as f64,
+        ),
+        (
+            "hermes_loads",
+            "Library loads attempted since start.",
+            loads as f64,
+        ),
+        (
+            "hermes_load_seconds",
+            "Time spent loading and starting libraries since start.",
+            load_seconds,
+        ),
+        (
+            "hermes_calls_in_flight",
+            "Requests and plugin calls in progress.",
+            gateway.in_flight() as f64,
+        ),
+        (
+            "hermes_resident_stale_libraries",
+            "Shadow copies still mapped though not serving (-1: unknown).",
+            stale_libraries(&gateway) as f64,
+        ),
+    ];
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        gateway.metrics.render(&gauges),
+    )
+        .into_response()
+}

@@ -1,0 +1,218 @@
+//! The control API: HTTP over a Unix socket, for the CLI and operators.
+//!
+//! The socket is created mode 0600 in a folder made 0700, and removed on exit. A socket left by
+//! a dead server is replaced; one a live server answers on is an error. Nothing loads, unloads
+//! or reloads through the public API: only through here (`curl --unix-socket` works too).
+//!
+//! | route | what it does |
+//! |---|---|
+//! | `GET /status` | the server and every platform, with `resident_stale_libraries` |
+//! | `POST /platforms/{id}/load` | load and start a platform now |
+//! | `POST /platforms/{id}/unload` | stop and unload it; the report says whether it is unmapped |
+//! | `POST /platforms/{id}/send` | a send, as `POST /api/platforms/{id}/send` |
+
+use std::{
+    io::{Read as _, Write as _},
+    os::unix::{fs::PermissionsExt as _, net::UnixStream},
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    body::Bytes,
+    extract::{DefaultBodyLimit, Path as UrlPath, State},
+    http::StatusCode,
+    response::{IntoResponse, Response},
+    routing::{get, post},
+};
+use serde_json::json;
+
+use crate::{
+    api::{self, ApiError},
+    gateway::Gateway,
+    journal::RecordKind,
+};
+
+/// The control router.
+pub fn app(gateway: Arc<Gateway>) -> Router {
+    Router::new()
+        .route("/status", get(status))
+        .route("/platforms/{id}/load", post(load))
+        .route("/platforms/{id}/unload", post(unload))
+        .route("/platforms/{id}/send", post(send))
+        .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
+        .with_state(gateway)
+}
+
+async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
+    let stale = gateway.registry.resident_stale_libraries();
+    Json(json!({
+        "pid": std::process::id(),
+        "uptime_secs": gateway.started().elapsed().as_secs_f64(),
+        "listen": gateway.config.server.listen.to_string(),
+        "config": gateway.config.source,
+        "warmup": *gateway.warmup.borrow(),
+        "in_flight": gateway.in_flight(),
+        "resident_stale_libraries": stale.as_ref().map(Vec::len),
+        "stale_paths": stale,
+        "platforms": gateway.registry.list(),
+    }))
+    .into_response()
+}
+
+async fn load(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let instance = gateway.instance(&id).await?;
+    Ok(Json(json!({ "platform": id, "generation": instance.generation(), "version": instance.plugin_version() })).into_response())
+}
+
+async fn unload(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    if !gateway.registry.is_registered(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin with id `{id}` is installed"),
+        ));
+    }
+    let registry = Arc::clone(&gateway.registry);
+    let platform = id.clone();
+    let report = tokio::task::spawn_blocking(move || registry.unload(&platform))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    Ok(
+        Json(json!({ "platform": id, "was_running": report.is_some(), "report": report }))
+            .into_response(),
+    )
+}
+
+async fn send(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let message = api::parse_send(&body)?;
+    let _guard = gateway.begin();
+    let ok = gateway
+        .send(&id, message, RecordKind::Outbound, None)
+        .await?;
+    Ok(Json(ok).into_response())
+}
+
+/// Binds the control socket: folder 0700, socket 0600, a stale socket replaced.
+pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("control socket folder {}: {e}", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| anyhow::anyhow!("control socket folder {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another hermes-host server is running on the control socket {}",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path).map_err(|e| {
+            anyhow::anyhow!("removing stale control socket {}: {e}", path.display())
+        })?;
+        tracing::info!(socket = %path.display(), "replaced a stale control socket");
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Why the CLI could not talk to a server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Nothing listens on the socket.
+    #[error("no hermes-host server is running (nothing answers on the control socket {}; start one with `hermes-host serve`)", .0.display())]
+    NotRunning(PathBuf),
+    /// The exchange failed.
+    #[error("control socket {}: {}", .0.display(), .1)]
+    Io(PathBuf, std::io::Error),
+    /// The answer was not HTTP.
+    #[error("control socket {}: malformed answer: {}", .0.display(), .1)]
+    Protocol(PathBuf, String),
+}
+
+/// One request to the control API: `(status, JSON body)`.
+pub fn request(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&serde_json::Value>,
+    timeout: Duration,
+) -> Result<(u16, serde_json::Value), ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused => {
+            ClientError::NotRunning(socket.to_owned())
+        }
+        _ => ClientError::Io(socket.to_owned(), e),
+    })?;
+    let io = |e| ClientError::Io(socket.to_owned(), e);
+    stream.set_read_timeout(Some(timeout)).map_err(io)?;
+    let body = body.map(|b| b.to_string()).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: hermes\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).map_err(io)?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).map_err(io)?;
+    let bad = |m: &str| ClientError::Protocol(socket.to_owned(), m.to_owned());
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(|| bad("no header end"))?;
+    let head = std::str::from_utf8(&raw[..split]).map_err(|_| bad("header not UTF-8"))?;
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| bad("no status"))?;
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body).ok_or_else(|| bad("bad chunked body"))?;
+    }
+    let json = if body.is_empty() {
+        serde_json::Value::Null
+    } else {
+        serde_json::from_slice(&body).map_err(|e| bad(&e.to_string()))?
+    };
+    Ok((status, json))
+}
+
+fn dechunk(mut data: &[u8]) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data.windows(2).position(|w| w == b"\r\n")?;
+        let size = usize::from_str_radix(
+            std::str::from_utf8(&data[..line_end])
+                .ok()?
+                .split(';')
+                .next()?
+                .trim(),
+            16,
+        )
+        .ok()?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Some(out);
+        }
+        out.extend_from_slice(data.get(..size)?);
+        data = data.get(size + 2..)?;
+    }
+}

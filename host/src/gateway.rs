@@ -1,0 +1,419 @@
+//! The gateway: the registry plus everything `serve` does with messages.
+//!
+//! Inbound messages arrive from plugin threads through [`GatewaySink`], which only queues them.
+//! One dispatcher task takes them in order and hands each to the SSE stream, the journal and
+//! the routes. Sends (from HTTP clients, the control socket or routes) go through
+//! [`Gateway::send`], which loads the platform on first use and never blocks the runtime.
+//!
+//! Routes: an inbound message on a route's source chat is sent to each target in its own task,
+//! so a failing or slow target never holds up the others. A routed send carries the metadata key
+//! [`ROUTED_KEY`]; a message that comes back carrying it (loopback echoes metadata) is never
+//! routed again, and a target equal to the source is skipped: no loops.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::sync::{Notify, broadcast, mpsc, watch};
+
+use crate::{
+    config::{Config, Route, StartMode},
+    journal::{Journal, Record, RecordKind},
+    loader::{CallError, EventSink},
+    message::{Inbound, Outbound},
+    metrics::Metrics,
+    registry::{Instance, Registry, RegistryError, RegistryOptions},
+};
+
+/// The metadata key a routed send carries: `platform/chat` of the source.
+pub const ROUTED_KEY: &str = "hermes_routed_from";
+
+/// Queues inbound messages from plugin threads for the dispatcher.
+pub struct GatewaySink {
+    tx: mpsc::UnboundedSender<Inbound>,
+}
+
+impl EventSink for GatewaySink {
+    fn inbound(&self, message: Inbound) {
+        let _ = self.tx.send(message);
+    }
+}
+
+/// Why a send failed, with what an HTTP client should see.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct SendFailure {
+    /// 404, 422, 502, 503 or 504.
+    pub status: u16,
+    /// What went wrong.
+    pub message: String,
+    /// Whether the same send may succeed later.
+    pub retryable: bool,
+}
+
+impl SendFailure {
+    fn from_registry(e: RegistryError) -> Self {
+        match e {
+            RegistryError::Unknown(_) => SendFailure {
+                status: 404,
+                message: e.to_string(),
+                retryable: false,
+            },
+            _ => SendFailure {
+                status: 503,
+                message: e.to_string(),
+                retryable: false,
+            },
+        }
+    }
+
+    fn from_call(platform: &str, e: CallError) -> Self {
+        let status = match e {
+            CallError::Plugin { .. } => 502,
+            CallError::Timeout { .. } => 504,
+            _ => 503,
+        };
+        SendFailure {
+            status,
+            message: format!("{platform}: {e}"),
+            retryable: e.retryable(),
+        }
+    }
+}
+
+/// A successful send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SendOk {
+    /// The platform's id for the message.
+    pub message_id: String,
+    /// The platform.
+    pub platform: String,
+    /// The generation that sent it.
+    pub generation: u64,
+}
+
+/// Warm-up of `background` platforms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Warmup {
+    /// Still starting.
+    Pending,
+    /// Every background platform started.
+    Completed,
+    /// At least one failed (the others run).
+    Failed,
+}
+
+/// Timings of start-up, for `GET /api/startup_profile`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StartupProfile {
+    /// Named phases in order, with their duration in ms.
+    pub phases: Vec<(String, f64)>,
+    /// From process start of `serve` to ready (listeners up, eager platforms started).
+    pub ready_ms: Option<f64>,
+    /// From ready to the end of the warm-up.
+    pub warmup_ms: Option<f64>,
+    /// Each started platform: id, mode, ms, error.
+    pub platforms: Vec<PlatformStart>,
+}
+
+/// One platform's start during start-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformStart {
+    /// The platform.
+    pub id: String,
+    /// `eager` or `background`.
+    pub mode: StartMode,
+    /// Load + start time.
+    pub ms: f64,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The running gateway.
+pub struct Gateway {
+    /// The configuration it runs with.
+    pub config: Config,
+    /// Every installed plugin.
+    pub registry: Arc<Registry>,
+    /// Inbound messages for SSE subscribers.
+    pub events: broadcast::Sender<Arc<Inbound>>,
+    /// The journal.
+    pub journal: Journal,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Start-up timings.
+    pub profile: Mutex<StartupProfile>,
+    /// Warm-up state.
+    pub warmup: watch::Sender<Warmup>,
+    /// Set once shutdown begins.
+    pub shutdown: watch::Sender<bool>,
+    started: Instant,
+    activity: Mutex<Activity>,
+    /// HTTP requests and route sends in progress.
+    in_flight: AtomicUsize,
+    idle_again: Notify,
+    start_order: Mutex<Vec<String>>,
+}
+
+struct Activity {
+    last: Instant,
+    platforms: HashMap<String, Instant>,
+}
+
+impl Gateway {
+    /// Builds the gateway and its registry (manifests only) and starts the dispatcher and the
+    /// journal writer. Must run inside a tokio runtime.
+    pub fn new(config: Config) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalTask)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let options = RegistryOptions::from_config(&config, Arc::new(GatewaySink { tx }));
+        let registry = Arc::new(Registry::discover(&config.plugins.dirs, options));
+        for problem in registry.problems() {
+            tracing::warn!("{problem}");
+        }
+        for route in &config.routes {
+            for end in std::iter::once(&route.from).chain(&route.to) {
+                if !registry.is_registered(&end.platform) {
+                    tracing::warn!(platform = %end.platform, "a route names a platform that is not installed");
+                }
+            }
+        }
+        let (journal, journal_task) = Journal::open(&config.journal.path, config.journal.flush)
+            .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
+        let gateway = Arc::new(Gateway {
+            config,
+            registry,
+            events: broadcast::channel(4096).0,
+            journal,
+            metrics: Metrics::default(),
+            profile: Mutex::new(StartupProfile::default()),
+            warmup: watch::channel(Warmup::Pending).0,
+            shutdown: watch::channel(false).0,
+            started: Instant::now(),
+            activity: Mutex::new(Activity {
+                last: Instant::now(),
+                platforms: HashMap::new(),
+            }),
+            in_flight: AtomicUsize::new(0),
+            idle_again: Notify::new(),
+            start_order: Mutex::new(Vec::new()),
+        });
+        tokio::spawn(dispatch(Arc::clone(&gateway), rx));
+        Ok((gateway, journal_task))
+    }
+
+    /// When `serve` began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    fn touch(&self, platform: &str) {
+        let now = Instant::now();
+        let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        activity.last = now;
+        activity.platforms.insert(platform.to_owned(), now);
+    }
+
+    /// Time since the last message in or out, for the whole gateway or one platform.
+    pub fn since_activity(&self, platform: Option<&str>) -> Option<Duration> {
+        let activity = self.activity.lock().ok()?;
+        let at = match platform {
+            Some(p) => *activity.platforms.get(p).unwrap_or(&self.started),
+            None => activity.last,
+        };
+        Some(at.elapsed())
+    }
+
+    /// Requests and route sends in progress, plus calls queued or running in plugins.
+    pub fn in_flight(&self) -> usize {
+        let plugin_calls: usize = self
+            .registry
+            .entries()
+            .filter_map(|e| e.running())
+            .map(|i| i.in_flight())
+            .sum();
+        self.in_flight.load(Ordering::Acquire) + plugin_calls
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// Waits (up to `timeout`) until no request or route send is in flight.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle_again.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// The running instance of `platform`, loading it on first use (off the runtime's threads).
+    pub async fn instance(self: &Arc<Self>, platform: &str) -> Result<Arc<Instance>, SendFailure> {
+        if let Some(instance) = self.registry.running(platform) {
+            return Ok(instance);
+        }
+        if !self.registry.is_registered(platform) {
+            return Err(SendFailure::from_registry(RegistryError::Unknown(
+                platform.to_owned(),
+            )));
+        }
+        let registry = Arc::clone(&self.registry);
+        let id = platform.to_owned();
+        let result = tokio::task::spawn_blocking(move || registry.instance(&id))
+            .await
+            .map_err(|e| SendFailure {
+                status: 503,
+                message: format!("load task: {e}"),
+                retryable: true,
+            })?;
+        let instance = result.map_err(SendFailure::from_registry)?;
+        self.note_started(platform);
+        Ok(instance)
+    }
+
+    /// Remembers start order, so shutdown stops platforms in reverse.
+    pub fn note_started(&self, platform: &str) {
+        let mut order = self.start_order.lock().unwrap_or_else(|e| e.into_inner());
+        order.retain(|p| p != platform);
+        order.push(platform.to_owned());
+    }
+
+    /// Platforms in the order they (last) started.
+    pub fn start_order(&self) -> Vec<String> {
+        self.start_order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Sends `message` through `platform`, recording it in the journal as `kind`.
+    pub async fn send(
+        self: &Arc<Self>,
+        platform: &str,
+        message: Outbound,
+        kind: RecordKind,
+        route_from: Option<String>,
+    ) -> Result<SendOk, SendFailure> {
+        let started = Instant::now();
+        let instance = self.instance(platform).await?;
+        self.touch(platform);
+        let result = instance.send_async(&message).await;
+        self.touch(platform);
+        match result {
+            Ok(receipt) => {
+                self.metrics.send(platform, "ok", started.elapsed());
+                self.journal.record(Record {
+                    ts: hermes_plugin_api::now_ms(),
+                    kind,
+                    platform: platform.to_owned(),
+                    chat_id: message.chat_id,
+                    user: None,
+                    text: message.text,
+                    message_id: receipt.message_id.clone(),
+                    generation: instance.generation(),
+                    route_from,
+                });
+                Ok(SendOk {
+                    message_id: receipt.message_id,
+                    platform: platform.to_owned(),
+                    generation: instance.generation(),
+                })
+            }
+            Err(e) => {
+                let label = match e {
+                    CallError::Timeout { .. } => "timeout",
+                    CallError::Plugin { .. } => "error",
+                    _ => "unavailable",
+                };
+                self.metrics.send(platform, label, started.elapsed());
+                Err(SendFailure::from_call(platform, e))
+            }
+        }
+    }
+
+    fn routes_for<'a>(&'a self, message: &'a Inbound) -> impl Iterator<Item = &'a Route> + 'a {
+        self.config
+            .routes
+            .iter()
+            .filter(|r| r.from.platform == message.platform && r.from.chat == message.chat_id)
+    }
+}
+
+/// Keeps a request counted as in flight.
+pub struct InFlightGuard(Arc<Gateway>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_again.notify_waiters();
+        }
+    }
+}
+
+/// Hands each inbound message, in arrival order, to the SSE stream, the journal and the routes.
+async fn dispatch(gateway: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
+    while let Some(message) = rx.recv().await {
+        gateway.touch(&message.platform);
+        gateway.metrics.inbound(&message.platform);
+        gateway.journal.record(Record {
+            ts: message.timestamp,
+            kind: RecordKind::Inbound,
+            platform: message.platform.clone(),
+            chat_id: message.chat_id.clone(),
+            user: Some(message.user.clone()),
+            text: message.text.clone(),
+            message_id: message.message_id.clone(),
+            generation: message.generation,
+            route_from: None,
+        });
+        let routed = message.metadata.contains_key(ROUTED_KEY);
+        let message = Arc::new(message);
+        if !routed {
+            for route in gateway.routes_for(&message) {
+                for target in &route.to {
+                    if target.platform == message.platform && target.chat == message.chat_id {
+                        continue;
+                    }
+                    let source = format!("{}/{}", message.platform, message.chat_id);
+                    let mut out = Outbound::new(target.chat.clone(), message.text.clone());
+                    out.metadata
+                        .insert(ROUTED_KEY.into(), source.clone().into());
+                    out.metadata
+                        .insert("hermes_routed_user".into(), message.user.clone().into());
+                    let gateway2 = Arc::clone(&gateway);
+                    let guard = gateway.begin();
+                    let platform = target.platform.clone();
+                    tokio::spawn(async move {
+                        let _guard = guard;
+                        match gateway2
+                            .send(&platform, out, RecordKind::Routed, Some(source.clone()))
+                            .await
+                        {
+                            Ok(_) => gateway2.metrics.routed("ok"),
+                            Err(e) => {
+                                gateway2.metrics.routed("error");
+                                tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
+                            }
+                        }
+                    });
+                }
+            }
+        }
+        let _ = gateway.events.send(message);
+    }
+}

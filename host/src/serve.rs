@@ -1,0 +1,271 @@
+//! `hermes-host serve`: start-up, listeners, warm-up, idle unload and an orderly shutdown.
+//!
+//! Start-up: read the config, register every plugin from its manifest, start `eager` platforms
+//! (a platform configured only by its manifest's `enable_when` counts as `eager`), bind the
+//! public listener and the control socket, print `hermes-host ready: http://<addr>` on stdout,
+//! then start `background` platforms on a pool (the warm-up). `on_demand` and unconfigured
+//! platforms load at first use.
+//!
+//! Shutdown (SIGTERM or Ctrl-C): stop accepting, end SSE streams, let requests and routed sends
+//! in flight finish (bounded), stop every platform in reverse start order, flush the journal,
+//! remove the control socket, exit 0.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, bail};
+use tokio::task::JoinSet;
+
+use crate::{
+    api,
+    config::{Config, StartMode},
+    control,
+    gateway::{Gateway, PlatformStart, Warmup},
+};
+
+/// How long shutdown waits for requests in flight, and for each platform to stop.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Runs the gateway until SIGTERM or Ctrl-C.
+pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()> {
+    let t0 = Instant::now();
+    let listen = config.server.listen;
+    if !listen.ip().is_loopback() && config.server.api_token.is_none() {
+        bail!(
+            "{}: key `server.api_token`: required when `server.listen` ({listen}) is not a loopback address",
+            config
+                .source
+                .as_deref()
+                .map_or("(defaults)".into(), |p| p.display().to_string())
+        );
+    }
+    if dev {
+        tracing::info!("development mode: hot reload allowed");
+    }
+    let (gateway, _journal_task) = Gateway::new(config)?;
+    let discover_ms = ms(t0.elapsed());
+    tracing::info!(
+        installed = gateway.registry.list().len(),
+        "plugins registered"
+    );
+
+    let started_eager = Instant::now();
+    let eager = platforms_in_mode(&gateway, StartMode::Eager);
+    let results = start_platforms(&gateway, eager, StartMode::Eager).await;
+    gateway
+        .profile
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .platforms
+        .extend(results);
+    let eager_ms = ms(started_eager.elapsed());
+
+    let started_listen = Instant::now();
+    let tcp = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let local = tcp.local_addr()?;
+    let socket_path = gateway.config.server.control_socket.clone();
+    let unix = control::bind(&socket_path)?;
+    let listen_ms = ms(started_listen.elapsed());
+
+    let public = {
+        let mut down = gateway.shutdown.subscribe();
+        let app = api::app(Arc::clone(&gateway));
+        tokio::spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(async move {
+                    let _ = down.wait_for(|d| *d).await;
+                })
+                .await
+        })
+    };
+    let control = {
+        let mut down = gateway.shutdown.subscribe();
+        let app = control::app(Arc::clone(&gateway));
+        tokio::spawn(async move {
+            axum::serve(unix, app)
+                .with_graceful_shutdown(async move {
+                    let _ = down.wait_for(|d| *d).await;
+                })
+                .await
+        })
+    };
+    {
+        let mut profile = gateway.profile.lock().unwrap_or_else(|e| e.into_inner());
+        profile.phases = vec![
+            ("config".into(), config_ms),
+            ("discover".into(), discover_ms),
+            ("eager_start".into(), eager_ms),
+            ("listen".into(), listen_ms),
+        ];
+        profile.ready_ms = Some(config_ms + ms(t0.elapsed()));
+    }
+    tracing::info!(http = %local, control = %socket_path.display(), "ready");
+    println!(
+        "hermes-host ready: http://{local} (control socket {})",
+        socket_path.display()
+    );
+
+    tokio::spawn(warm_up(Arc::clone(&gateway)));
+    tokio::spawn(idle_unloader(Arc::clone(&gateway)));
+
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    let _ = gateway.shutdown.send_replace(true);
+    for server in [public, control] {
+        match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; going on"),
+        }
+    }
+    if !gateway.drained(DRAIN_TIMEOUT).await {
+        tracing::warn!("routed sends still in flight after {DRAIN_TIMEOUT:?}; going on");
+    }
+    let registry = Arc::clone(&gateway.registry);
+    let order = gateway.start_order();
+    tokio::task::spawn_blocking(move || {
+        for id in order.iter().rev() {
+            match registry.unload(id) {
+                Ok(Some(report)) if !report.clean() => {
+                    tracing::warn!(platform = %id, ?report, "library still resident after unload")
+                }
+                Ok(_) => {}
+                Err(e) => tracing::warn!(platform = %id, error = %e, "stop failed"),
+            }
+        }
+        registry.shutdown();
+    })
+    .await?;
+    // Inbound messages delivered while platforms stopped are queued before this flush.
+    tokio::task::yield_now().await;
+    gateway.journal.flush().await;
+    let _ = std::fs::remove_file(&socket_path);
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
+/// Configured platforms that start in `mode`.
+fn platforms_in_mode(gateway: &Gateway, mode: StartMode) -> Vec<String> {
+    gateway
+        .registry
+        .entries()
+        .filter(|e| e.configured())
+        .filter(|e| e.platform_config().map_or(StartMode::Eager, |p| p.start) == mode)
+        .map(|e| e.manifest().id.clone())
+        .collect()
+}
+
+/// Loads and starts `ids` on the blocking pool, at most one per core at a time.
+async fn start_platforms(
+    gateway: &Arc<Gateway>,
+    ids: Vec<String>,
+    mode: StartMode,
+) -> Vec<PlatformStart> {
+    let permits = Arc::new(tokio::sync::Semaphore::new(
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    ));
+    let mut set = JoinSet::new();
+    for id in ids {
+        let gateway = Arc::clone(gateway);
+        let permits = Arc::clone(&permits);
+        set.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let started = Instant::now();
+            let result = gateway.instance(&id).await;
+            let ms = ms(started.elapsed());
+            let error = result.err().map(|e| e.message);
+            if let Some(e) = &error {
+                tracing::error!(platform = %id, error = %e, "platform failed to start; the gateway goes on");
+            }
+            PlatformStart { id, mode, ms, error }
+        });
+    }
+    let mut out = Vec::new();
+    while let Some(result) = set.join_next().await {
+        if let Ok(start) = result {
+            out.push(start);
+        }
+    }
+    out
+}
+
+async fn warm_up(gateway: Arc<Gateway>) {
+    let started = Instant::now();
+    let ids = platforms_in_mode(&gateway, StartMode::Background);
+    let results = start_platforms(&gateway, ids, StartMode::Background).await;
+    let failed = results.iter().any(|r| r.error.is_some());
+    {
+        let mut profile = gateway.profile.lock().unwrap_or_else(|e| e.into_inner());
+        profile.platforms.extend(results);
+        profile.warmup_ms = Some(ms(started.elapsed()));
+    }
+    let _ = gateway.warmup.send_replace(if failed {
+        Warmup::Failed
+    } else {
+        Warmup::Completed
+    });
+}
+
+/// Unloads platforms with `idle_unload_secs` once they had no traffic for that long.
+async fn idle_unloader(gateway: Arc<Gateway>) {
+    let watched: Vec<(String, Duration)> = gateway
+        .registry
+        .entries()
+        .filter_map(|e| Some((e.manifest().id.clone(), e.platform_config()?.idle_unload?)))
+        .collect();
+    let Some(shortest) = watched.iter().map(|(_, d)| *d).min() else {
+        return;
+    };
+    let mut tick = tokio::time::interval(
+        (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
+    );
+    let mut down = gateway.shutdown.subscribe();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = down.wait_for(|d| *d) => return,
+        }
+        for (id, idle) in &watched {
+            let Some(instance) = gateway.registry.running(id) else {
+                continue;
+            };
+            let quiet = gateway
+                .since_activity(Some(id))
+                .is_some_and(|since| since >= *idle);
+            if quiet && instance.in_flight() == 0 {
+                drop(instance);
+                let registry = Arc::clone(&gateway.registry);
+                let platform = id.clone();
+                let report = tokio::task::spawn_blocking(move || registry.unload(&platform)).await;
+                tracing::info!(platform = %id, ?report, "unloaded after {idle:?} idle");
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
