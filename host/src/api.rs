@@ -361,7 +361,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(&gauges),
+        gateway.metrics.render(&list, &gauges),
     )
         .into_response()
 }

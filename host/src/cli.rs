@@ -149,11 +149,7 @@ fn status(config: &Config, json: bool) -> Result<ExitCode> {
     )?;
     let list: Vec<PlatformStatus> = body["platforms"]
         .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| platform_status_from_json(p))
-                .collect()
-        })
+        .map(|a| a.iter().filter_map(platform_status_from_json).collect())
         .unwrap_or_default();
     write_table(&mut out, &list)?;
     Ok(ExitCode::SUCCESS)

@@ -1,5 +1,6 @@
 //! Counters for `GET /metrics`, rendered as Prometheus text.
 
+use crate::registry::PlatformStatus;
 use std::{
     collections::BTreeMap,
     fmt::Write as _,
@@ -19,7 +20,6 @@ pub struct Metrics {
     sends: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<Histogram>,
     inbound: Mutex<BTreeMap<String, u64>>,
-    loads: Mutex<BTreeMap<(String, &'static str), (u64, f64)>>,
     routed: Mutex<BTreeMap<&'static str, u64>>,
     /// Completed reloads.
     pub reloads: AtomicU64,
@@ -60,21 +60,13 @@ impl Metrics {
         *lock(&self.inbound).entry(platform.to_owned()).or_default() += 1;
     }
 
-    /// A load of `platform` finished (`ok` or `error`) after `took`.
-    pub fn load(&self, platform: &str, result: &'static str, took: Duration) {
-        let mut loads = lock(&self.loads);
-        let e = loads.entry((platform.to_owned(), result)).or_default();
-        e.0 += 1;
-        e.1 += took.as_secs_f64();
-    }
-
     /// A routed send finished (`ok` or `error`).
     pub fn routed(&self, result: &'static str) {
         *lock(&self.routed).entry(result).or_default() += 1;
     }
 
-    /// The Prometheus text; `gauges` are extra `(name, help, value)` lines read at render time.
-    pub fn render(&self, gauges: &[(&str, &str, f64)]) -> String {
+    /// The Prometheus text, with per-platform load counters from `platforms`; `gauges` are extra `(name, help, value)` lines read at render time.
+    pub fn render(&self, platforms: &[PlatformStatus], gauges: &[(&str, &str, f64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -114,26 +106,26 @@ impl Metrics {
         }
         let _ = writeln!(
             out,
-            "# HELP hermes_loads_total Library loads by platform and result.\n# TYPE hermes_loads_total counter"
+            "# HELP hermes_loads_total Library loads by platform.\n# TYPE hermes_loads_total counter"
         );
-        let loads = lock(&self.loads);
-        for ((platform, result), (n, _)) in loads.iter() {
+        for p in platforms {
             let _ = writeln!(
                 out,
-                "hermes_loads_total{{platform=\"{platform}\",result=\"{result}\"}} {n}"
+                "hermes_loads_total{{platform=\"{}\"}} {}",
+                p.id, p.loads
             );
         }
         let _ = writeln!(
             out,
             "# HELP hermes_load_seconds_total Time spent loading and starting, by platform.\n# TYPE hermes_load_seconds_total counter"
         );
-        for ((platform, result), (_, secs)) in loads.iter() {
+        for p in platforms {
             let _ = writeln!(
                 out,
-                "hermes_load_seconds_total{{platform=\"{platform}\",result=\"{result}\"}} {secs}"
+                "hermes_load_seconds_total{{platform=\"{}\"}} {}",
+                p.id, p.load_seconds
             );
         }
-        drop(loads);
         let _ = writeln!(
             out,
             "# HELP hermes_routed_total Routed sends by result.\n# TYPE hermes_routed_total counter"
