@@ -15,3 +15,5 @@ mod registry;
 mod loader;
 // The `hermes-host plugin` commands run as a user runs them.
 mod cli;
+// `serve`: the API router called directly, and the real binary end to end.
+mod serve;

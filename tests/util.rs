@@ -218,3 +218,200 @@ pub(crate) fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
     }
     count
 }
+
+/// A running `hermes-host serve`, killed when dropped.
+pub(crate) struct Server {
+    pub(crate) child: std::process::Child,
+    pub(crate) addr: String,
+    pub(crate) config: PathBuf,
+    pub(crate) stderr: PathBuf,
+}
+
+impl Server {
+    /// Starts `serve` on `t`'s config (a free loopback port, the control socket and journal in
+    /// `state/`) with `extra` appended, and waits for its ready line.
+    pub(crate) fn start(t: &TestDir, extra: &str) -> Server {
+        let config = t.config(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n[journal]\nflush_ms = 20\n\n{extra}"
+        ));
+        let stderr = t.path().join("serve.log");
+        let mut child = std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&config)
+            .args(["--log-level", "info", "serve"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        let Some(addr) = line
+            .strip_prefix("hermes-host ready: http://")
+            .and_then(|r| r.split_whitespace().next())
+        else {
+            let _ = child.kill();
+            panic!(
+                "serve did not start: {line:?}\n{}",
+                fs::read_to_string(&stderr).unwrap_or_default()
+            );
+        };
+        let addr = addr.to_owned();
+        Server {
+            child,
+            addr,
+            config,
+            stderr,
+        }
+    }
+
+    /// The server's log so far.
+    pub(crate) fn log(&self) -> String {
+        fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-TERM", &pid])
+                .status()
+                .unwrap()
+                .success()
+        );
+        self.child.wait().unwrap()
+    }
+
+    /// The files mapped in the server process whose path contains `needle`.
+    pub(crate) fn mapped(&self, needle: &str) -> Vec<String> {
+        let maps = fs::read_to_string(format!("/proc/{}/maps", self.child.id())).unwrap();
+        let mut files: Vec<String> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5).map(str::to_owned))
+            .filter(|p| p.contains(needle))
+            .collect();
+        files.sort();
+        files.dedup();
+        files
+    }
+
+    pub(crate) fn get(&self, path: &str) -> (u16, String) {
+        http(&self.addr, "GET", path, None, &[])
+    }
+
+    pub(crate) fn post(&self, path: &str, body: &str) -> (u16, String) {
+        http(&self.addr, "POST", path, Some(body), &[])
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A minimal HTTP/1.1 exchange: `(status, body)`; handles chunked bodies.
+pub(crate) fn http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let body = body.unwrap_or("");
+    let mut request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        let mut out = String::new();
+        let mut rest = rest;
+        while let Some((size, tail)) = rest.split_once("\r\n") {
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            if n == 0 {
+                break;
+            }
+            out.push_str(&tail[..n]);
+            rest = &tail[n + 2..];
+        }
+        out
+    } else {
+        rest.to_owned()
+    };
+    (status, body)
+}
+
+/// An open `GET /api/events` stream.
+pub(crate) struct Sse {
+    reader: std::io::BufReader<std::net::TcpStream>,
+}
+
+impl Sse {
+    /// Connects and waits for the response head (the subscription exists from then on).
+    pub(crate) fn connect(addr: &str) -> Sse {
+        use std::io::{BufRead, Write};
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            stream,
+            "GET /api/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"
+        )
+        .unwrap();
+        let mut reader = std::io::BufReader::new(stream);
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(line.contains(" 200 "), "{line}");
+        loop {
+            line.clear();
+            reader.read_line(&mut line).unwrap();
+            if line == "\r\n" {
+                break;
+            }
+        }
+        Sse { reader }
+    }
+
+    /// The next event's JSON (panics after the read timeout: the event never came).
+    pub(crate) fn next(&mut self) -> serde_json::Value {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .expect("an SSE event within 10 s");
+            assert!(n > 0, "the SSE stream ended");
+            if let Some(data) = line.trim_end().strip_prefix("data: ") {
+                return serde_json::from_str(data).unwrap();
+            }
+        }
+    }
+}

@@ -1,0 +1,575 @@
+//! `serve`: the public API router called directly, and the real binary end to end.
+
+use std::{os::unix::fs::PermissionsExt as _, sync::Arc};
+
+use axum::{body::Body, http::Request};
+use hermes_host::{config::Config, gateway::Gateway, registry::EntryState};
+use http_body_util::BodyExt as _;
+use tower::ServiceExt as _;
+
+use crate::util::{self, Server, Sse, TestDir};
+
+/// Calls the router once: `(status, JSON body)`.
+async fn call(
+    gateway: &Arc<Gateway>,
+    method: &str,
+    uri: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = hermes_host::api::app(Arc::clone(gateway))
+        .oneshot(request.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+fn gateway(t: &TestDir, extra: &str) -> Arc<Gateway> {
+    let config = Config::load(&t.config(extra)).unwrap();
+    Gateway::new(config).unwrap().0
+}
+
+#[tokio::test]
+async fn the_api_lists_50_plugins_without_loading_and_a_send_loads_exactly_one() {
+    let t = TestDir::new();
+    for i in 0..50 {
+        t.install(&format!("p{i:02}"), "hermes_loopback", 1);
+    }
+    let gateway = gateway(&t, "[platforms.p00]\n");
+    let (status, list) = call(&gateway, "GET", "/api/platforms", "", None).await;
+    assert_eq!(status, 200);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 50);
+    for p in list {
+        for key in ["id", "name", "state", "generation", "version", "configured"] {
+            assert!(p.get(key).is_some(), "{key} missing in {p}");
+        }
+    }
+    let (status, one) = call(&gateway, "GET", "/api/platforms/p07", "", None).await;
+    assert_eq!((status, one["state"].as_str()), (200, Some("registered")));
+    assert_eq!(gateway.registry.loads(), 0);
+
+    let (status, sent) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/p07/send",
+        r#"{"chat_id":"c","text":"hi"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{sent}");
+    assert_eq!(sent["platform"], "p07");
+    assert_eq!(sent["generation"], 1);
+    assert_eq!(gateway.registry.loads(), 1);
+    let running: Vec<_> = gateway
+        .registry
+        .list()
+        .into_iter()
+        .filter(|s| s.state == EntryState::Running)
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(running, ["p07"]);
+    gateway.registry.shutdown();
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_errors() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    t.install_bytes("broken", b"garbage");
+    let gateway = gateway(&t, "");
+    let (status, e) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"c"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("missing field `text`"),
+        "{e}"
+    );
+    let (status, e) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"","text":"x"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 422);
+    assert!(e["error"].as_str().unwrap().contains("`chat_id`"), "{e}");
+    let (status, e) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/loopback/send",
+        "not json",
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{e}");
+    let (status, _) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/nope/send",
+        r#"{"chat_id":"c","text":"x"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 404);
+    let (status, _) = call(&gateway, "GET", "/api/platforms/nope", "", None).await;
+    assert_eq!(status, 404);
+    let big = format!(r#"{{"chat_id":"c","text":"{}"}}"#, "x".repeat(100 * 1024));
+    let (status, _) = call(&gateway, "POST", "/api/platforms/loopback/send", &big, None).await;
+    assert_eq!(status, 413);
+
+    // A platform whose load fails: 503 with the error, on the entry too; the rest serves.
+    let (status, e) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/broken/send",
+        r#"{"chat_id":"c","text":"x"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 503, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a plugin library"),
+        "{e}"
+    );
+    let (_, detail) = call(&gateway, "GET", "/api/platforms/broken", "", None).await;
+    assert_eq!(detail["state"], "failed");
+    assert!(
+        detail["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a plugin library")
+    );
+    let (status, _) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"c","text":"x"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200);
+    gateway.registry.shutdown();
+}
+
+#[tokio::test]
+async fn a_token_guards_every_route_but_health() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let gateway = gateway(&t, "[server]\napi_token = \"s3cret\"\n");
+    assert_eq!(call(&gateway, "GET", "/health", "", None).await.0, 200);
+    for uri in [
+        "/api/platforms",
+        "/api/platforms/loopback",
+        "/api/idle",
+        "/metrics",
+    ] {
+        assert_eq!(call(&gateway, "GET", uri, "", None).await.0, 401, "{uri}");
+        assert_eq!(
+            call(&gateway, "GET", uri, "", Some("wrong")).await.0,
+            401,
+            "{uri}"
+        );
+        assert_eq!(
+            call(&gateway, "GET", uri, "", Some("s3cret!")).await.0,
+            401,
+            "{uri}"
+        );
+    }
+    let (status, body) = call(&gateway, "GET", "/api/platforms", "", Some("s3cret")).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(
+        &gateway,
+        "POST",
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"c","text":"x"}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+    assert_eq!(gateway.registry.loads(), 0);
+}
+
+#[test]
+fn only_the_configured_library_is_mapped_in_the_server() {
+    let t = TestDir::new();
+    for i in 0..50 {
+        t.install(&format!("p{i:02}"), "hermes_loopback", 1);
+    }
+    let server = Server::start(&t, "[platforms.p03]\n");
+    let shadow = t
+        .shadow()
+        .canonicalize()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(
+        server.mapped(&shadow).len(),
+        1,
+        "{:?}",
+        server.mapped(&shadow)
+    );
+    let (status, body) = server.get("/api/platforms");
+    assert_eq!(status, 200);
+    assert_eq!(
+        serde_json::from_str::<Vec<serde_json::Value>>(&body)
+            .unwrap()
+            .len(),
+        50
+    );
+    assert_eq!(server.mapped(&shadow).len(), 1);
+    let (status, body) = server.post("/api/platforms/p41/send", r#"{"chat_id":"c","text":"x"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(server.mapped(&shadow).len(), 2);
+    let (_, detail) = server.get("/api/platforms/p41");
+    let detail: serde_json::Value = serde_json::from_str(&detail).unwrap();
+    assert_eq!(
+        (detail["state"].as_str(), detail["generation"].as_u64()),
+        (Some("running"), Some(1))
+    );
+    assert_eq!(detail["health"]["status"], "healthy");
+}
+
+#[test]
+fn a_send_echoes_to_sse_and_the_journal_and_a_route_delivers_once() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let mut server = Server::start(
+        &t,
+        "[platforms.loopback]\n\n[[routes]]\nfrom = { platform = \"loopback\", chat = \"lobby\" }\nto = [{ platform = \"loopback\", chat = \"archive\" }, { platform = \"loopback\", chat = \"lobby\" }]\n",
+    );
+    let mut sse = Sse::connect(&server.addr);
+    let (status, body) = server.post(
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"lobby","text":"hello"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let sent: serde_json::Value = serde_json::from_str(&body).unwrap();
+
+    let echo = sse.next();
+    assert_eq!(echo["platform"], "loopback");
+    assert_eq!(echo["chat_id"], "lobby");
+    assert_eq!(echo["text"], "hello");
+    assert_eq!(echo["message_id"], sent["message_id"]);
+    for key in ["user", "timestamp"] {
+        assert!(echo.get(key).is_some(), "{key} missing: {echo}");
+    }
+    let routed = sse.next();
+    assert_eq!(
+        (routed["chat_id"].as_str(), routed["text"].as_str()),
+        (Some("archive"), Some("hello"))
+    );
+
+    // A marker message proves nothing else came in between: the route delivered once, the
+    // routed echo was not routed again, and the source was not a target of itself.
+    server.post(
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"marker","text":"end"}"#,
+    );
+    let next = sse.next();
+    assert_eq!(next["chat_id"], "marker", "unexpected extra event: {next}");
+
+    assert!(server.terminate().success());
+    let journal = std::fs::read_to_string(t.path().join("state/journal.jsonl")).unwrap();
+    let lines: Vec<serde_json::Value> = journal
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let count = |kind: &str, chat: &str| {
+        lines
+            .iter()
+            .filter(|l| l["kind"] == kind && l["chat_id"] == chat)
+            .count()
+    };
+    assert_eq!(count("outbound", "lobby"), 1, "{journal}");
+    assert_eq!(count("inbound", "lobby"), 1, "{journal}");
+    assert_eq!(count("routed", "archive"), 1, "{journal}");
+    assert_eq!(count("inbound", "archive"), 1, "{journal}");
+    assert_eq!(count("outbound", "marker"), 1, "{journal}");
+}
+
+#[test]
+fn the_control_socket_is_private_and_status_goes_through_it() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let config = t.config("[server]\ncontrol_socket = \"state/control.sock\"\n");
+    let out = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no hermes-host server is running")
+            && stderr.contains("state/control.sock"),
+        "{stderr}"
+    );
+
+    let mut server = Server::start(&t, "[platforms.loopback]\n");
+    let socket = t.path().join("state/control.sock");
+    assert_eq!(
+        std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(t.path().join("state"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+
+    let status = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&server.config)
+        .arg("status")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        status.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&status.stderr)
+    );
+    assert!(text.contains("resident stale libraries 0"), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("loopback") && l.contains("running")),
+        "{text}"
+    );
+
+    let send = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&server.config)
+        .args(["send", "loopback", "room", "hi there"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&send.stdout)
+            .contains("sent lb-1-1 through loopback (generation 1)")
+    );
+
+    // A second server on the same socket is refused; the first keeps its socket.
+    let second = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&server.config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!second.status.success());
+    assert!(
+        String::from_utf8_lossy(&second.stderr).contains("another hermes-host server is running")
+    );
+
+    assert!(server.terminate().success());
+    assert!(!socket.exists(), "the socket was not removed");
+}
+
+#[test]
+fn a_stale_socket_is_replaced() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    std::fs::create_dir_all(t.path().join("state")).unwrap();
+    // A socket file nobody listens on, as a killed server leaves it.
+    drop(std::os::unix::net::UnixListener::bind(t.path().join("state/control.sock")).unwrap());
+    let mut server = Server::start(&t, "");
+    assert!(server.log().contains("replaced a stale control socket"));
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn bad_config_and_an_unguarded_public_address_refuse_to_start() {
+    let t = TestDir::new();
+    let config = t.config("[platforms.loopback]\nstart = \"sometime\"\n");
+    let out = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("hermes.toml: key `platforms.loopback.start`"),
+        "{stderr}"
+    );
+
+    let config = t.config("[server]\nlisten = \"0.0.0.0:0\"\n");
+    let out = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr.contains("key `server.api_token`: required when `server.listen` (0.0.0.0:0) is not a loopback address"), "{stderr}");
+}
+
+#[test]
+fn sigterm_with_sends_in_flight_completes_every_accepted_send() {
+    let t = TestDir::new();
+    t.install("slow", "fixture_panicky", 1);
+    let mut server = Server::start(&t, "[platforms.slow]\nworkers = 16\nhang_send_ms = 400\n");
+    let addr = server.addr.clone();
+    let senders: Vec<_> = (0..16)
+        .map(|i| {
+            let addr = addr.clone();
+            std::thread::spawn(move || {
+                util::http(
+                    &addr,
+                    "POST",
+                    "/api/platforms/slow/send",
+                    Some(&format!(r#"{{"chat_id":"c","text":"m{i}"}}"#)),
+                    &[],
+                )
+            })
+        })
+        .collect();
+    // Wait until the server holds all 16 sends (it reports them in /api/idle).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (_, idle) = server.get("/api/idle");
+        let idle: serde_json::Value = serde_json::from_str(&idle).unwrap();
+        if idle["in_flight"].as_u64().unwrap_or(0) >= 16 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sends never all arrived: {idle}"
+        );
+        std::thread::yield_now();
+    }
+    let exit = server.terminate();
+    for sender in senders {
+        let (status, body) = sender.join().unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    assert!(exit.success(), "{}", server.log());
+    let journal = std::fs::read_to_string(t.path().join("state/journal.jsonl")).unwrap();
+    assert_eq!(
+        journal
+            .lines()
+            .filter(|l| l.contains("\"outbound\""))
+            .count(),
+        16,
+        "{journal}"
+    );
+}
+
+#[test]
+fn background_platforms_warm_up_and_idle_ones_unload_and_come_back() {
+    let t = TestDir::new();
+    t.install("warm", "hermes_loopback", 1);
+    t.install("lazy", "hermes_loopback", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.warm]\nstart = \"background\"\n\n[platforms.lazy]\nstart = \"on_demand\"\nidle_unload_secs = 1\n",
+    );
+    let (status, warm) = server.get("/api/warmup_wait?timeout_ms=10000");
+    assert_eq!(status, 200, "{warm}");
+    let warm: serde_json::Value = serde_json::from_str(&warm).unwrap();
+    assert_eq!(warm["status"], "completed");
+    assert_eq!(warm["platforms"][0]["state"], "running");
+    let state = |id: &str| {
+        let (_, body) = server.get(&format!("/api/platforms/{id}"));
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        (
+            body["state"].as_str().unwrap().to_owned(),
+            body["generation"].as_u64().unwrap(),
+        )
+    };
+    assert_eq!(state("lazy"), ("registered".to_owned(), 0));
+
+    let (_, profile) = server.get("/api/startup_profile");
+    let profile: serde_json::Value = serde_json::from_str(&profile).unwrap();
+    let phases: Vec<&str> = profile["phases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases, ["config", "discover", "eager_start", "listen"]);
+    assert!(
+        profile["platforms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["id"] == "warm" && p["mode"] == "background")
+    );
+
+    assert_eq!(
+        server
+            .post("/api/platforms/lazy/send", r#"{"chat_id":"c","text":"x"}"#)
+            .0,
+        200
+    );
+    assert_eq!(state("lazy"), ("running".to_owned(), 1));
+    // No traffic for idle_unload_secs: the platform is stopped and unloaded.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while state("lazy").0 != "unloaded" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never unloaded: {}",
+            server.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let shadow = t
+        .shadow()
+        .canonicalize()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    assert_eq!(server.mapped(&shadow).len(), 1, "only `warm` stays mapped");
+    assert_eq!(
+        server
+            .post("/api/platforms/lazy/send", r#"{"chat_id":"c","text":"y"}"#)
+            .0,
+        200
+    );
+    assert_eq!(state("lazy"), ("running".to_owned(), 2));
+
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("hermes_sends_total{platform=\"lazy\",result=\"ok\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hermes_loads_total{platform=\"lazy\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hermes_resident_stale_libraries 0"),
+        "{metrics}"
+    );
+    let (_, idle) = server.get("/api/idle");
+    let idle: serde_json::Value = serde_json::from_str(&idle).unwrap();
+    assert_eq!(idle["in_flight"], 0, "{idle}");
+    assert!(idle["seconds_since_activity"].as_f64().is_some());
+}
