@@ -8,9 +8,9 @@ CONFIG ?= examples/hermes.toml
 build:
 	$(CARGO) build --workspace
 
-## The main job: list the plugins of the example config (loads nothing).
+## The main job: serve the example config (loopback + a route; needs nothing external).
 run: build
-	$(CARGO) run -q -p hermes-host -- --config $(CONFIG) plugin list
+	$(CARGO) run -q -p hermes-host -- --config $(CONFIG) serve
 
 ## Every test. The plugin libraries are built once, before the tests load them.
 ## cargo-nextest runs each test in its own process, so per-process counts (fds, threads,
