@@ -33,6 +33,7 @@ bench:
 	$(CARGO) build --workspace
 	$(CARGO) build --workspace --release
 	$(CARGO) bench -p hermes-host --bench foundation
+	$(CARGO) bench -p hermes-host --bench serve
 
 clean-state:
 	rm -rf examples/.hermes

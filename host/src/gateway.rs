@@ -1,8 +1,8 @@
 //! The gateway: the registry plus everything `serve` does with messages.
 //!
-//! Inbound messages arrive from plugin threads through [`GatewaySink`], which only queues them.
-//! One dispatcher task takes them in order and hands each to the SSE stream, the journal and
-//! the routes. Sends (from HTTP clients, the control socket or routes) go through
+//! Inbound messages arrive on plugin threads through [`GatewaySink`], which hands each to the
+//! SSE stream (a broadcast channel), the journal (a queue) and the routes (spawned tasks) right
+//! there: all of it queues and returns at once, and no task has to be woken per message. Sends (from HTTP clients, the control socket or routes) go through
 //! [`Gateway::send`], which loads the platform on first use and never blocks the runtime.
 //!
 //! Routes: an inbound message on a route's source chat is sent to each target in its own task,
@@ -13,14 +13,14 @@
 use std::{
     collections::HashMap,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, OnceLock, Weak,
         atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
 
 use serde::Serialize;
-use tokio::sync::{Notify, broadcast, mpsc, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
 use crate::{
     config::{Config, Route, StartMode},
@@ -34,14 +34,17 @@ use crate::{
 /// The metadata key a routed send carries: `platform/chat` of the source.
 pub const ROUTED_KEY: &str = "hermes_routed_from";
 
-/// Queues inbound messages from plugin threads for the dispatcher.
+/// Takes inbound messages on plugin threads and dispatches them without blocking.
 pub struct GatewaySink {
-    tx: mpsc::UnboundedSender<Inbound>,
+    gateway: Arc<OnceLock<Weak<Gateway>>>,
+    runtime: tokio::runtime::Handle,
 }
 
 impl EventSink for GatewaySink {
     fn inbound(&self, message: Inbound) {
-        let _ = self.tx.send(message);
+        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
+            dispatch(&gateway, message, &self.runtime);
+        }
     }
 }
 
@@ -172,8 +175,12 @@ impl Gateway {
     /// Builds the gateway and its registry (manifests only) and starts the dispatcher and the
     /// journal writer. Must run inside a tokio runtime.
     pub fn new(config: Config) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalTask)> {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let options = RegistryOptions::from_config(&config, Arc::new(GatewaySink { tx }));
+        let slot = Arc::new(OnceLock::new());
+        let sink = GatewaySink {
+            gateway: Arc::clone(&slot),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let options = RegistryOptions::from_config(&config, Arc::new(sink));
         let registry = Arc::new(Registry::discover(&config.plugins.dirs, options));
         for problem in registry.problems() {
             tracing::warn!("{problem}");
@@ -205,7 +212,7 @@ impl Gateway {
             idle_again: Notify::new(),
             start_order: Mutex::new(Vec::new()),
         });
-        tokio::spawn(dispatch(Arc::clone(&gateway), rx));
+        let _ = slot.set(Arc::downgrade(&gateway));
         Ok((gateway, journal_task))
     }
 
@@ -218,7 +225,12 @@ impl Gateway {
         let now = Instant::now();
         let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
         activity.last = now;
-        activity.platforms.insert(platform.to_owned(), now);
+        match activity.platforms.get_mut(platform) {
+            Some(at) => *at = now,
+            None => {
+                activity.platforms.insert(platform.to_owned(), now);
+            }
+        }
     }
 
     /// Time since the last message in or out, for the whole gateway or one platform.
@@ -365,55 +377,51 @@ impl Drop for InFlightGuard {
     }
 }
 
-/// Hands each inbound message, in arrival order, to the SSE stream, the journal and the routes.
-async fn dispatch(gateway: Arc<Gateway>, mut rx: mpsc::UnboundedReceiver<Inbound>) {
-    while let Some(message) = rx.recv().await {
-        gateway.touch(&message.platform);
-        gateway.metrics.inbound(&message.platform);
-        gateway.journal.record(Record {
-            ts: message.timestamp,
-            kind: RecordKind::Inbound,
-            platform: message.platform.clone(),
-            chat_id: message.chat_id.clone(),
-            user: Some(message.user.clone()),
-            text: message.text.clone(),
-            message_id: message.message_id.clone(),
-            generation: message.generation,
-            route_from: None,
-        });
-        let routed = message.metadata.contains_key(ROUTED_KEY);
-        let message = Arc::new(message);
-        if !routed {
-            for route in gateway.routes_for(&message) {
-                for target in &route.to {
-                    if target.platform == message.platform && target.chat == message.chat_id {
-                        continue;
-                    }
-                    let source = format!("{}/{}", message.platform, message.chat_id);
-                    let mut out = Outbound::new(target.chat.clone(), message.text.clone());
-                    out.metadata
-                        .insert(ROUTED_KEY.into(), source.clone().into());
-                    out.metadata
-                        .insert("hermes_routed_user".into(), message.user.clone().into());
-                    let gateway2 = Arc::clone(&gateway);
-                    let guard = gateway.begin();
-                    let platform = target.platform.clone();
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        match gateway2
-                            .send(&platform, out, RecordKind::Routed, Some(source.clone()))
-                            .await
-                        {
-                            Ok(_) => gateway2.metrics.routed("ok"),
-                            Err(e) => {
-                                gateway2.metrics.routed("error");
-                                tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
-                            }
-                        }
-                    });
+/// Hands an inbound message to the journal, the routes and the SSE stream. Runs on the
+/// plugin's thread: everything here queues or spawns and returns at once.
+fn dispatch(gateway: &Arc<Gateway>, message: Inbound, runtime: &tokio::runtime::Handle) {
+    gateway.touch(&message.platform);
+    gateway.metrics.inbound(&message.platform);
+    gateway.journal.record(Record {
+        ts: message.timestamp,
+        kind: RecordKind::Inbound,
+        platform: message.platform.clone(),
+        chat_id: message.chat_id.clone(),
+        user: Some(message.user.clone()),
+        text: message.text.clone(),
+        message_id: message.message_id.clone(),
+        generation: message.generation,
+        route_from: None,
+    });
+    let routed = message.metadata.contains_key(ROUTED_KEY);
+    let message = Arc::new(message);
+    if !routed {
+        for route in gateway.routes_for(&message) {
+            for target in &route.to {
+                if target.platform == message.platform && target.chat == message.chat_id {
+                    continue;
                 }
+                let source = format!("{}/{}", message.platform, message.chat_id);
+                let mut out = Outbound::new(target.chat.clone(), message.text.clone());
+                out.metadata
+                    .insert(ROUTED_KEY.into(), source.clone().into());
+                out.metadata
+                    .insert("hermes_routed_user".into(), message.user.clone().into());
+                let gateway2 = Arc::clone(gateway);
+                let guard = gateway.begin();
+                let platform = target.platform.clone();
+                runtime.spawn(async move {
+                    let _guard = guard;
+                    match gateway2.send(&platform, out, RecordKind::Routed, Some(source.clone())).await {
+                        Ok(_) => gateway2.metrics.routed("ok"),
+                        Err(e) => {
+                            gateway2.metrics.routed("error");
+                            tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
+                        }
+                    }
+                });
             }
         }
-        let _ = gateway.events.send(message);
     }
+    let _ = gateway.events.send(message);
 }

@@ -1,10 +1,10 @@
 //! The journal: a JSONL record of inbound, outbound and routed messages.
 //!
-//! Requests never wait on the disk: they hand a record to an unbounded channel and go on. A
-//! writer task collects records and writes them in batches, every `flush_ms` or every
-//! [`BATCH`] records, whichever comes first, with one `write` and one `flush` per batch. On
-//! shutdown the writer drains the channel and flushes. A crash loses at most the batch being
-//! collected.
+//! Requests never wait on the disk: they hand a record to an unbounded channel and go on, and do
+//! not even wake the writer. The writer task wakes every `flush_ms` (or when asked to flush),
+//! takes every queued record, and writes them through a 256 KiB buffer: one `write` per batch,
+//! or per 256 KiB in a burst, never one per message. [`Journal::flush`] and shutdown write
+//! everything queued before them. A crash loses at most the records of the last `flush_ms`.
 
 use std::{
     io::Write as _,
@@ -15,8 +15,8 @@ use std::{
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
-/// Records per write at most.
-pub const BATCH: usize = 512;
+/// The write buffer: a burst larger than this is written in pieces of this size.
+pub const BUFFER: usize = 256 * 1024;
 
 /// What happened to a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -64,6 +64,7 @@ enum Command {
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::UnboundedSender<Command>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
     path: PathBuf,
 }
 
@@ -81,10 +82,19 @@ impl Journal {
             .append(true)
             .open(path)?;
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(writer(file, rx, flush_every, path.to_owned()));
+        let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+        let writer = writer(
+            file,
+            rx,
+            std::sync::Arc::clone(&wake),
+            flush_every,
+            path.to_owned(),
+        );
+        let task = tokio::spawn(writer);
         Ok((
             Journal {
                 tx,
+                wake,
                 path: path.to_owned(),
             },
             task,
@@ -100,6 +110,7 @@ impl Journal {
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Command::Flush(tx)).is_ok() {
+            self.wake.notify_one();
             let _ = rx.await;
         }
     }
@@ -113,44 +124,45 @@ impl Journal {
 async fn writer(
     file: std::fs::File,
     mut rx: mpsc::UnboundedReceiver<Command>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
     flush_every: Duration,
     path: PathBuf,
 ) {
-    let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-    let mut pending = 0usize;
-    let mut waiters: Vec<oneshot::Sender<()>> = Vec::new();
+    let mut out = std::io::BufWriter::with_capacity(BUFFER, file);
     let mut tick = tokio::time::interval(flush_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        let flush_now = tokio::select! {
-            command = rx.recv() => match command {
-                Some(Command::Record(record)) => {
-                    if let Err(e) = serde_json::to_writer(&mut out, &record).map_err(std::io::Error::from).and_then(|()| out.write_all(b"\n")) {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = wake.notified() => {}
+        }
+        // `try_recv` registers no waker: senders never wake this task.
+        let mut waiters = Vec::new();
+        let mut written = 0usize;
+        let closed = loop {
+            match rx.try_recv() {
+                Ok(Command::Record(record)) => {
+                    let line = serde_json::to_writer(&mut out, &record)
+                        .map_err(std::io::Error::from)
+                        .and_then(|()| out.write_all(b"\n"));
+                    if let Err(e) = line {
                         tracing::error!(journal = %path.display(), error = %e, "journal write failed");
                     }
-                    pending += 1;
-                    pending >= BATCH
+                    written += 1;
                 }
-                Some(Command::Flush(done)) => {
-                    waiters.push(done);
-                    true
-                }
-                None => {
-                    finish(&mut out, &path);
-                    for w in waiters.drain(..) {
-                        let _ = w.send(());
-                    }
-                    return;
-                }
-            },
-            _ = tick.tick() => pending > 0,
-        };
-        if flush_now {
-            finish(&mut out, &path);
-            pending = 0;
-            for w in waiters.drain(..) {
-                let _ = w.send(());
+                Ok(Command::Flush(done)) => waiters.push(done),
+                Err(mpsc::error::TryRecvError::Empty) => break false,
+                Err(mpsc::error::TryRecvError::Disconnected) => break true,
             }
+        };
+        if written > 0 || !waiters.is_empty() || closed {
+            finish(&mut out, &path);
+        }
+        for w in waiters {
+            let _ = w.send(());
+        }
+        if closed {
+            return;
         }
     }
 }

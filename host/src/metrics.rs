@@ -17,7 +17,8 @@ const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 
 /// The gateway's counters.
 #[derive(Default)]
 pub struct Metrics {
-    sends: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// By platform, then by result label.
+    sends: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
     latency: Mutex<Histogram>,
     inbound: Mutex<BTreeMap<String, u64>>,
     routed: Mutex<BTreeMap<&'static str, u64>>,
@@ -41,9 +42,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Metrics {
     /// A send through `platform` finished with `result` (`ok`, `error`, `timeout`...).
     pub fn send(&self, platform: &str, result: &'static str, took: Duration) {
-        *lock(&self.sends)
-            .entry((platform.to_owned(), result))
-            .or_default() += 1;
+        let mut sends = lock(&self.sends);
+        // Look up before inserting: no allocation on the hot path.
+        match sends.get_mut(platform) {
+            Some(by_result) => *by_result.entry(result).or_default() += 1,
+            None => {
+                sends.insert(platform.to_owned(), BTreeMap::from([(result, 1)]));
+            }
+        }
+        drop(sends);
         let secs = took.as_secs_f64();
         let mut h = lock(&self.latency);
         for (i, bound) in BUCKETS.iter().enumerate() {
@@ -57,7 +64,13 @@ impl Metrics {
 
     /// An inbound message arrived on `platform`.
     pub fn inbound(&self, platform: &str) {
-        *lock(&self.inbound).entry(platform.to_owned()).or_default() += 1;
+        let mut inbound = lock(&self.inbound);
+        match inbound.get_mut(platform) {
+            Some(n) => *n += 1,
+            None => {
+                inbound.insert(platform.to_owned(), 1);
+            }
+        }
     }
 
     /// A routed send finished (`ok` or `error`).
@@ -72,11 +85,13 @@ impl Metrics {
             out,
             "# HELP hermes_sends_total Sends by platform and result.\n# TYPE hermes_sends_total counter"
         );
-        for ((platform, result), n) in lock(&self.sends).iter() {
-            let _ = writeln!(
-                out,
-                "hermes_sends_total{{platform=\"{platform}\",result=\"{result}\"}} {n}"
-            );
+        for (platform, by_result) in lock(&self.sends).iter() {
+            for (result, n) in by_result {
+                let _ = writeln!(
+                    out,
+                    "hermes_sends_total{{platform=\"{platform}\",result=\"{result}\"}} {n}"
+                );
+            }
         }
         let h = lock(&self.latency);
         let _ = writeln!(

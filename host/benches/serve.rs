@@ -1,0 +1,315 @@
+//! `serve` benchmarks: start-up until `/health` answers (200 installed against 1, lazy against
+//! eager), and send throughput through the gateway against a bare axum handler.
+//!
+//! Run with `make bench`. Both servers run as child processes on loopback, measured in the same
+//! run by the same client; each start-up figure is a median over interleaved runs.
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Barrier},
+    time::{Duration, Instant},
+};
+
+fn target() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1e3)
+}
+
+/// A folder with `installed` copies of the loopback manifest and a config.
+fn setup(dir: &Path, installed: usize, configured: usize) -> PathBuf {
+    let plugins = dir.join("plugins");
+    for i in 0..installed {
+        let p = plugins.join(format!("p{i:03}"));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(
+            p.join("plugin.toml"),
+            format!("[plugin]\nid = \"p{i:03}\"\nname = \"P{i}\"\nversion = \"0.1.0\"\napi = 1\nlibrary = \"hermes_loopback\"\n"),
+        )
+        .unwrap();
+    }
+    let mut config = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = [{:?}]\nstate_dir = \"state\"\n",
+        target().join("release").display().to_string()
+    );
+    for i in 0..configured {
+        config.push_str(&format!("[platforms.p{i:03}]\n"));
+    }
+    let path = dir.join("hermes.toml");
+    std::fs::write(&path, config).unwrap();
+    path
+}
+
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command`, reads the address from its first stdout line (`... http://ADDR ...`).
+fn spawn(mut command: Command) -> (Server, Instant) {
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("address")
+        .to_owned();
+    (Server { child, addr }, started)
+}
+
+fn gateway(config: &Path) -> (Server, Instant) {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hermes-host"));
+    command
+        .arg("--config")
+        .arg(config)
+        .args(["--log-level", "error", "serve"]);
+    spawn(command)
+}
+
+/// Time from spawning `serve` until `GET /health` answers 200.
+fn time_to_health(config: &Path) -> Duration {
+    let (server, started) = gateway(config);
+    loop {
+        if let Ok(mut s) = TcpStream::connect(&server.addr) {
+            let _ = write!(
+                s,
+                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+            );
+            let mut answer = String::new();
+            let _ = s.read_to_string(&mut answer);
+            if answer.starts_with("HTTP/1.1 200") {
+                return started.elapsed();
+            }
+        }
+    }
+}
+
+fn bench_startup() {
+    let base = target().join("bench-tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    let one = tempfile::tempdir_in(&base).unwrap();
+    let many = tempfile::tempdir_in(&base).unwrap();
+    let eager = tempfile::tempdir_in(&base).unwrap();
+    let configs = [
+        setup(one.path(), 1, 1),
+        setup(many.path(), 200, 1),
+        setup(eager.path(), 200, 200),
+    ];
+    let mut samples: [Vec<Duration>; 3] = Default::default();
+    for _ in 0..15 {
+        for (i, config) in configs.iter().enumerate() {
+            samples[i].push(time_to_health(config));
+        }
+    }
+    let [a, b, c] = samples.map(median);
+    println!(
+        "### Start-up until `/health` answers (release build, medians of 15 interleaved runs)\n"
+    );
+    println!("| installed | configured (eager) | median | ratio |");
+    println!("|---:|---:|---:|---:|");
+    println!("| 1 | 1 | {} | 1.00 (baseline) |", ms(a));
+    println!(
+        "| 200 | 1 | {} | {:.2} |",
+        ms(b),
+        b.as_secs_f64() / a.as_secs_f64()
+    );
+    println!(
+        "| 200 | 200 | {} | {:.2} |",
+        ms(c),
+        c.as_secs_f64() / a.as_secs_f64()
+    );
+    println!(
+        "\nEager-loading all 200 against lazy (200 installed, 1 loaded): {:.1}x.\n",
+        c.as_secs_f64() / b.as_secs_f64()
+    );
+}
+
+/// Keep-alive POSTs from `clients` threads for `duration`: (requests per second, latencies).
+fn load(
+    addr: &str,
+    path: &str,
+    body: &str,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Vec<Duration>) {
+    let barrier = Arc::new(Barrier::new(clients));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (addr, path, body, barrier) = (addr.to_owned(), path.to_owned(), body.to_owned(), Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let stream = TcpStream::connect(&addr).unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let mut latencies = Vec::new();
+                barrier.wait();
+                let end = Instant::now() + duration;
+                let mut line = String::new();
+                while Instant::now() < end {
+                    let started = Instant::now();
+                    writer.write_all(request.as_bytes()).unwrap();
+                    let mut length = 0;
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut answer = vec![0; length];
+                    reader.read_exact(&mut answer).unwrap();
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    (latencies.len() as f64 / duration.as_secs_f64(), latencies)
+}
+
+fn bench_throughput() {
+    let base = target().join("bench-tmp");
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let config = dir.path().join("hermes.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [{:?}]\nlibrary_dirs = [{:?}]\nstate_dir = \"state\"\n[platforms.loopback]\n",
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").display().to_string(),
+            target().join("release").display().to_string()
+        ),
+    )
+    .unwrap();
+    let (gw, _) = gateway(&config);
+    let mut bare_cmd = Command::new(std::env::current_exe().unwrap());
+    bare_cmd.arg("bare-server");
+    let (bare, _) = spawn(bare_cmd);
+    let body = r#"{"chat_id":"bench","text":"hello"}"#;
+    let clients = 4;
+    let secs = Duration::from_secs(5);
+    // Warm both up, then measure them in turn.
+    load(
+        &gw.addr,
+        "/api/platforms/loopback/send",
+        body,
+        clients,
+        Duration::from_millis(500),
+    );
+    load(
+        &bare.addr,
+        "/send",
+        body,
+        clients,
+        Duration::from_millis(500),
+    );
+    let (bare_rps, mut bare_lat) = load(&bare.addr, "/send", body, clients, secs);
+    let (gw_rps, mut gw_lat) = load(
+        &gw.addr,
+        "/api/platforms/loopback/send",
+        body,
+        clients,
+        secs,
+    );
+    let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+    println!(
+        "### Sends: `POST /api/platforms/loopback/send` against a bare axum handler (release, {clients} keep-alive clients, {} s each)\n",
+        secs.as_secs()
+    );
+    println!("| server | requests/s | p50 | p99 | throughput ratio |");
+    println!("|---|---:|---:|---:|---:|");
+    println!(
+        "| bare axum handler, same JSON | {bare_rps:.0} | {} | {} | 1.00 |",
+        us(pct(&mut bare_lat, 0.5)),
+        us(pct(&mut bare_lat, 0.99))
+    );
+    println!(
+        "| hermes-host gateway (loopback send + echo + SSE + journal) | {gw_rps:.0} | {} | {} | {:.2} |\n",
+        us(pct(&mut gw_lat, 0.5)),
+        us(pct(&mut gw_lat, 0.99)),
+        gw_rps / bare_rps
+    );
+}
+
+/// The baseline: an axum server whose handler answers what a loopback send answers.
+fn bare_server() {
+    use axum::{Json, Router, routing::post};
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let app = Router::new().route(
+            "/send",
+            post(|_body: axum::body::Bytes| async {
+                Json(serde_json::json!({ "message_id": "lb-1-1", "platform": "loopback", "generation": 1 }))
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        println!("bare ready: http://{}", listener.local_addr().unwrap());
+        axum::serve(listener, app).await.unwrap();
+    });
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    if args.first().map(String::as_str) == Some("bare-server") {
+        return bare_server();
+    }
+    let run = |name: &str| args.is_empty() || args.iter().any(|a| name.contains(a.as_str()));
+    println!("## serve (`make bench`)\n");
+    if run("startup") {
+        bench_startup();
+    }
+    if run("throughput") {
+        bench_throughput();
+    }
+}
