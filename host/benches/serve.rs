@@ -231,49 +231,44 @@ fn bench_throughput() {
     bare_cmd.arg("bare-server");
     let (bare, _) = spawn(bare_cmd);
     let body = r#"{"chat_id":"bench","text":"hello"}"#;
-    let clients = 4;
-    let secs = Duration::from_secs(5);
-    // Warm both up, then measure them in turn.
+    let secs = Duration::from_secs(3);
+    // Warm both up, then measure them in turn at each concurrency.
     load(
         &gw.addr,
         "/api/platforms/loopback/send",
         body,
-        clients,
+        4,
         Duration::from_millis(500),
     );
-    load(
-        &bare.addr,
-        "/send",
-        body,
-        clients,
-        Duration::from_millis(500),
-    );
-    let (bare_rps, mut bare_lat) = load(&bare.addr, "/send", body, clients, secs);
-    let (gw_rps, mut gw_lat) = load(
-        &gw.addr,
-        "/api/platforms/loopback/send",
-        body,
-        clients,
-        secs,
-    );
+    load(&bare.addr, "/send", body, 4, Duration::from_millis(500));
     let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
     println!(
-        "### Sends: `POST /api/platforms/loopback/send` against a bare axum handler (release, {clients} keep-alive clients, {} s each)\n",
+        "### Sends: `POST /api/platforms/loopback/send` against a bare axum handler returning the same JSON (release, keep-alive clients, {} s per cell)\n",
         secs.as_secs()
     );
-    println!("| server | requests/s | p50 | p99 | throughput ratio |");
-    println!("|---|---:|---:|---:|---:|");
     println!(
-        "| bare axum handler, same JSON | {bare_rps:.0} | {} | {} | 1.00 |",
-        us(pct(&mut bare_lat, 0.5)),
-        us(pct(&mut bare_lat, 0.99))
+        "| clients | bare req/s | bare p50 | bare p99 | gateway req/s | gateway p50 | gateway p99 | throughput ratio |"
     );
-    println!(
-        "| hermes-host gateway (loopback send + echo + SSE + journal) | {gw_rps:.0} | {} | {} | {:.2} |\n",
-        us(pct(&mut gw_lat, 0.5)),
-        us(pct(&mut gw_lat, 0.99)),
-        gw_rps / bare_rps
-    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for clients in [1, 4, 16, 64] {
+        let (bare_rps, mut b) = load(&bare.addr, "/send", body, clients, secs);
+        let (gw_rps, mut g) = load(
+            &gw.addr,
+            "/api/platforms/loopback/send",
+            body,
+            clients,
+            secs,
+        );
+        println!(
+            "| {clients} | {bare_rps:.0} | {} | {} | {gw_rps:.0} | {} | {} | {:.2} |",
+            us(pct(&mut b, 0.5)),
+            us(pct(&mut b, 0.99)),
+            us(pct(&mut g, 0.5)),
+            us(pct(&mut g, 0.99)),
+            gw_rps / bare_rps
+        );
+    }
+    println!();
 }
 
 /// The baseline: an axum server whose handler answers what a loopback send answers.

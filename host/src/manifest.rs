@@ -113,6 +113,26 @@ impl Manifest {
         Self::parse(&text, path)
     }
 
+    /// Like [`Manifest::load`], but `None` when there is no file (a folder without a manifest).
+    pub fn load_if_present(path: &Path) -> Option<Result<Manifest, ManifestError>> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Some(Self::parse(&text, path)),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+                ) =>
+            {
+                None
+            }
+            Err(e) => Some(Err(ManifestError {
+                path: path.to_owned(),
+                field: None,
+                message: format!("cannot read: {e}"),
+            })),
+        }
+    }
+
     /// Parses and checks manifest text; `path` is used in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         let file: ManifestFile = toml::from_str(text).map_err(|e| ManifestError {

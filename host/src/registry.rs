@@ -282,7 +282,6 @@ impl Registry {
                     let mut paths: Vec<PathBuf> = read
                         .filter_map(|e| e.ok())
                         .map(|e| e.path().join(MANIFEST_FILE))
-                        .filter(|p| p.is_file())
                         .collect();
                     paths.sort();
                     manifests.extend(paths);
@@ -293,11 +292,13 @@ impl Registry {
                 }),
             }
         }
+        let loaded = load_manifests(&manifests);
         let mut entries: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
-        for path in manifests {
-            let manifest = match Manifest::load(&path) {
-                Ok(m) => m,
-                Err(e) => {
+        for (path, loaded) in manifests.into_iter().zip(loaded) {
+            let manifest = match loaded {
+                None => continue,
+                Some(Ok(m)) => m,
+                Some(Err(e)) => {
                     problems.push(e.into());
                     continue;
                 }
@@ -588,6 +589,34 @@ impl Registry {
                 .collect(),
         )
     }
+}
+
+/// Reads and parses manifests (`None` where a folder has none), in order, on every core when
+/// there are enough of them to pay for the threads: a manifest costs a few microseconds of
+/// system calls and parsing, and start-up time should not grow with the number installed.
+fn load_manifests(paths: &[PathBuf]) -> Vec<Option<Result<Manifest, ManifestError>>> {
+    const PER_THREAD: usize = 64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if threads < 2 || paths.len() < 2 * PER_THREAD {
+        return paths.iter().map(|p| Manifest::load_if_present(p)).collect();
+    }
+    let chunk = paths.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| {
+                scope.spawn(move || {
+                    part.iter()
+                        .map(|p| Manifest::load_if_present(p))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 fn api_mismatch(manifest: &Manifest, path: &Path) -> String {

@@ -31,6 +31,8 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
+    // Install the handlers first: a SIGTERM that arrives once we said "ready" must be ours.
+    let signals = Signals::install()?;
     let listen = config.server.listen;
     if !listen.ip().is_loopback() && config.server.api_token.is_none() {
         bail!(
@@ -112,7 +114,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     tokio::spawn(warm_up(Arc::clone(&gateway)));
     tokio::spawn(idle_unloader(Arc::clone(&gateway)));
 
-    shutdown_signal().await;
+    signals.wait().await;
     tracing::info!("shutting down");
     let _ = gateway.shutdown.send_replace(true);
     for server in [public, control] {
@@ -252,20 +254,25 @@ async fn idle_unloader(gateway: Arc<Gateway>) {
     }
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
+/// SIGTERM and SIGINT (Ctrl-C), registered at start-up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Signals {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
-    };
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = term => {}
     }
 }

@@ -19,7 +19,7 @@ pub(crate) type Job = Box<dyn FnOnce(&PluginVTable) + Send>;
 
 /// A pool of threads serving one instance's calls, in arrival order.
 pub(crate) struct Workers {
-    sender: Mutex<Option<mpsc::Sender<Job>>>,
+    sender: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// Exit notices, one per worker, and how many were received so far.
     exited: Mutex<(mpsc::Receiver<()>, usize)>,
@@ -39,18 +39,18 @@ impl Workers {
         name: &str,
         count: usize,
     ) -> std::io::Result<Workers> {
-        let (sender, receiver) = mpsc::channel::<Job>();
-        let receiver = Arc::new(Mutex::new(receiver));
+        // A multi-consumer queue: each worker holds its own receiver, no lock between them.
+        let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
         let (exit_tx, exit_rx) = mpsc::channel();
         let mut handles = Vec::with_capacity(count);
         for i in 0..count.max(1) {
             let library = Arc::clone(library);
-            let receiver = Arc::clone(&receiver);
+            let receiver = receiver.clone();
             let exit_tx = exit_tx.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-w{i}"))
                 .spawn(move || {
-                    while let Some(job) = next_job(&receiver) {
+                    while let Ok(job) = receiver.recv() {
                         job(library.vtable());
                     }
                     drop(library);
@@ -99,16 +99,6 @@ impl Workers {
 /// How long a blocking caller spins for its answer before it sleeps. Waking a sleeping thread
 /// costs tens of microseconds on a virtual machine; most calls answer well within this window.
 pub(crate) const SPIN: Duration = Duration::from_micros(50);
-
-/// The next job; `None` once the queue is closed. Workers do not spin: measured under load, a
-/// spinning worker took a quarter of the server's CPU and gave no throughput back.
-fn next_job(receiver: &Mutex<mpsc::Receiver<Job>>) -> Option<Job> {
-    receiver
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .recv()
-        .ok()
-}
 
 /// Waits for a call's answer: spins for up to [`SPIN`], then sleeps until `timeout`.
 pub(crate) fn await_answer<R>(
