@@ -4,9 +4,11 @@ CONFIG ?= examples/hermes.toml
 
 .PHONY: build run test lint bench clean-state
 
-## Build the host and every plugin library (debug).
+## Build the host and every plugin library (debug), and a second loopback build that reports
+## another version (the reload tests swap between the two).
 build:
 	$(CARGO) build --workspace
+	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build -p hermes-loopback --target-dir target/variant
 
 ## The main job: serve the example config (loopback + a route; needs nothing external).
 run: build
@@ -29,9 +31,9 @@ lint:
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## Benchmarks: builds debug and release plugins, prints the tables for BENCHMARKS.md.
-bench:
-	$(CARGO) build --workspace
+bench: build
 	$(CARGO) build --workspace --release
+	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build --release -p hermes-loopback --target-dir target/variant
 	$(CARGO) bench -p hermes-host --bench foundation
 	$(CARGO) bench -p hermes-host --bench serve
 

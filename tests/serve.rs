@@ -35,7 +35,7 @@ async fn call(
 
 fn gateway(t: &TestDir, extra: &str) -> Arc<Gateway> {
     let config = Config::load(&t.config(extra)).unwrap();
-    Gateway::new(config).unwrap().0
+    Gateway::new(config, false).unwrap().0
 }
 
 #[tokio::test]

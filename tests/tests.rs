@@ -17,3 +17,5 @@ mod loader;
 mod cli;
 // `serve`: the API router called directly, and the real binary end to end.
 mod serve;
+// Reload as a transaction, in process and through the CLI; the hot-reload watcher.
+mod reload;

@@ -42,6 +42,30 @@ pub(crate) fn lib(name: &str) -> PathBuf {
     path
 }
 
+/// The second loopback build, reporting version `0.2.0-next` (`make build` makes it).
+pub(crate) fn variant_lib() -> PathBuf {
+    let path = target_debug()
+        .parent()
+        .unwrap()
+        .join("variant/debug/libhermes_loopback.so");
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `make build` (HERMES_LOOPBACK_VERSION=0.2.0-next cargo build -p hermes-loopback --target-dir target/variant)",
+        path.display()
+    );
+    path
+}
+
+/// Replaces `dest` with a copy of `src` the way cargo does: a new file beside it, then the old
+/// name unlinked and the new file linked in (a new inode; watchers see Remove then Create).
+pub(crate) fn replace_like_cargo(src: &Path, dest: &Path) {
+    let tmp = dest.with_extension("so.tmp-new");
+    fs::copy(src, &tmp).unwrap();
+    let _ = fs::remove_file(dest);
+    fs::hard_link(&tmp, dest).unwrap();
+    fs::remove_file(&tmp).unwrap();
+}
+
 /// The `hermes-host` binary under test.
 pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hermes-host"))
@@ -90,6 +114,15 @@ impl TestDir {
         )
         .unwrap();
         dir
+    }
+
+    /// Installs plugin `id` with a private copy of the built library `library` in its folder
+    /// (so a test can replace it); returns the copy's path.
+    pub(crate) fn install_copy(&self, id: &str, library: &str) -> PathBuf {
+        let dir = self.install(id, library, 1);
+        let copy = dir.join(format!("lib{library}.so"));
+        fs::copy(lib(library), &copy).unwrap();
+        copy
     }
 
     /// Installs a plugin whose library file is `bytes`, inside its folder.
@@ -231,6 +264,11 @@ impl Server {
     /// Starts `serve` on `t`'s config (a free loopback port, the control socket and journal in
     /// `state/`) with `extra` appended, and waits for its ready line.
     pub(crate) fn start(t: &TestDir, extra: &str) -> Server {
+        Server::start_with(t, extra, &[])
+    }
+
+    /// As [`Server::start`], with extra `serve` arguments (`--dev`).
+    pub(crate) fn start_with(t: &TestDir, extra: &str, args: &[&str]) -> Server {
         let config = t.config(&format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n[journal]\nflush_ms = 20\n\n{extra}"
         ));
@@ -239,6 +277,7 @@ impl Server {
             .arg("--config")
             .arg(&config)
             .args(["--log-level", "info", "serve"])
+            .args(args)
             .stdout(std::process::Stdio::piped())
             .stderr(fs::File::create(&stderr).unwrap())
             .spawn()
@@ -302,6 +341,44 @@ impl Server {
 
     pub(crate) fn post(&self, path: &str, body: &str) -> (u16, String) {
         http(&self.addr, "POST", path, Some(body), &[])
+    }
+
+    /// Runs `hermes-host --config <this server's config> <args>`.
+    pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&self.config)
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `GET /api/platforms/{id}` as JSON.
+    pub(crate) fn platform(&self, id: &str) -> serde_json::Value {
+        let (status, body) = self.get(&format!("/api/platforms/{id}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    }
+
+    /// Polls `GET /api/platforms/{id}` until `done` holds (panics after 10 s).
+    pub(crate) fn wait_platform(
+        &self,
+        id: &str,
+        done: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let p = self.platform(id);
+            if done(&p) {
+                return p;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "gave up waiting on {id}: {p}\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 }
 

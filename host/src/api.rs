@@ -175,6 +175,8 @@ pub async fn platform(
     if let Some(report) = entry.last_unload() {
         detail["last_unload"] = json!(report);
     }
+    detail["reloads"] = json!(entry.reload_stats());
+    detail["hotreload"] = json!(gateway.hotreload.status_of(&id).map(|s| s.watching));
     Ok(Json(detail).into_response())
 }
 
@@ -321,6 +323,19 @@ pub fn stale_libraries(gateway: &Gateway) -> i64 {
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     let list = gateway.registry.list();
+    let (done, refused) = gateway
+        .registry
+        .entries()
+        .map(|e| e.reload_stats())
+        .fold((0, 0), |(d, r), s| (d + s.done, r + s.refused));
+    gateway
+        .metrics
+        .reloads
+        .store(done, std::sync::atomic::Ordering::Relaxed);
+    gateway
+        .metrics
+        .reloads_refused
+        .store(refused, std::sync::atomic::Ordering::Relaxed);
     let running = list
         .iter()
         .filter(|s| s.state == crate::registry::EntryState::Running)

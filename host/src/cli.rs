@@ -73,6 +73,27 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Reload a plugin in the running server, as a transaction (old generation kept on failure).
+    Reload {
+        /// The plugin id.
+        id: String,
+    },
+    /// Watch a plugin's library in the running server and reload it when it is rebuilt.
+    HotreloadEnable {
+        /// The plugin id.
+        id: String,
+    },
+    /// Stop watching a plugin's library.
+    HotreloadDisable {
+        /// The plugin id.
+        id: String,
+    },
+    /// Show what the running server watches and how its reloads went.
+    HotreloadStatus {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Load a plugin from a scratch copy, check its ABI and config, unload it.
     Check {
         /// The plugin id.
@@ -252,6 +273,13 @@ fn registry(config: &Config) -> Registry {
 }
 
 fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode> {
+    match &command {
+        PluginCommand::Reload { id } => return reload(config, id),
+        PluginCommand::HotreloadEnable { id } => return hotreload_switch(config, id, "POST"),
+        PluginCommand::HotreloadDisable { id } => return hotreload_switch(config, id, "DELETE"),
+        PluginCommand::HotreloadStatus { json } => return hotreload_status(config, *json),
+        _ => {}
+    }
     let registry = registry(config);
     let mut out = std::io::stdout().lock();
     match command {
@@ -283,6 +311,8 @@ fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode> {
                     "required_env": env(&manifest.required_env),
                     "optional_env": env(&manifest.optional_env),
                     "status": entry.status(),
+                    "live": live_status(config, &id),
+                    "live": live_status(config, &id),
                     "host_api": ABI_VERSION,
                 });
                 writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
@@ -312,14 +342,18 @@ fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode> {
                         Err(e) => e.clone(),
                     },
                 )?;
-                row(
-                    "state",
-                    format!(
-                        "{}, generation {}",
-                        status.state.as_str(),
-                        status.generation
-                    ),
-                )?;
+                match live_status(config, &id) {
+                    Some(live) => row(
+                        "serving",
+                        format!(
+                            "{} in the running server: generation {}, version {}",
+                            live["state"].as_str().unwrap_or("?"),
+                            live["generation"],
+                            live["version"].as_str().unwrap_or("?")
+                        ),
+                    )?,
+                    None => row("serving", "no server running".to_owned())?,
+                }
                 let configured = if entry.platform_config().is_some() {
                     format!("yes ([platforms.{id}])")
                 } else if entry.configured() {
@@ -384,7 +418,156 @@ fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode> {
                 ExitCode::FAILURE
             })
         }
+        PluginCommand::Reload { .. }
+        | PluginCommand::HotreloadEnable { .. }
+        | PluginCommand::HotreloadDisable { .. }
+        | PluginCommand::HotreloadStatus { .. } => {
+            unreachable!("handled through the control socket above")
+        }
     }
+}
+
+fn reload(config: &Config, id: &str) -> Result<ExitCode> {
+    let path = format!("/platforms/{}/reload", utf8_percent(id));
+    let (code, body) = control::request(
+        &config.server.control_socket,
+        "POST",
+        &path,
+        None,
+        CLIENT_TIMEOUT,
+    )?;
+    let generation =
+        |v: &serde_json::Value| v.as_u64().map_or("none".to_owned(), |g| g.to_string());
+    if code == 200 {
+        let unmapped = match body["old_unload"]["unmapped"].as_bool() {
+            Some(true) => "; old copy unmapped",
+            Some(false) => "; old copy STILL MAPPED",
+            None => "",
+        };
+        println!(
+            "reloaded {id}: generation {} ({}) -> {} ({}) in {:.1} ms, calls held {:.2} ms{unmapped}",
+            generation(&body["old_generation"]),
+            body["old_version"].as_str().unwrap_or("-"),
+            generation(&body["new_generation"]),
+            body["new_version"].as_str().unwrap_or("?"),
+            body["elapsed_ms"].as_f64().unwrap_or(0.0),
+            body["held_ms"].as_f64().unwrap_or(0.0),
+        );
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let serving = match body["serving_generation"].as_u64() {
+            Some(g) => format!("; generation {g} still serving"),
+            None => String::new(),
+        };
+        eprintln!(
+            "error: {}{serving}",
+            body["error"].as_str().unwrap_or("reload failed")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn hotreload_switch(config: &Config, id: &str, method: &str) -> Result<ExitCode> {
+    let path = format!("/platforms/{}/hotreload", utf8_percent(id));
+    let (code, body) = control::request(
+        &config.server.control_socket,
+        method,
+        &path,
+        None,
+        CLIENT_TIMEOUT,
+    )?;
+    if code == 200 {
+        match body["path"].as_str() {
+            Some(p) if body["watching"] == true => println!("hot reload on for {id}: watching {p}"),
+            _ => println!("hot reload off for {id}"),
+        }
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!(
+            "error: {}",
+            body["error"].as_str().unwrap_or("request failed")
+        );
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> {
+    let (code, body) = control::request(
+        &config.server.control_socket,
+        "GET",
+        "/hotreload",
+        None,
+        CLIENT_TIMEOUT,
+    )?;
+    if code != 200 {
+        anyhow::bail!("hotreload-status: HTTP {code}: {body}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&body)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "hot reload {} (debounce {} ms); resident stale libraries {}",
+        if body["allowed"] == true {
+            "allowed"
+        } else {
+            "not allowed"
+        },
+        body["debounce_ms"],
+        body["resident_stale_libraries"]
+    );
+    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
+    if plugins.is_empty() {
+        println!("(no plugin watched or reloaded)");
+    }
+    for p in plugins {
+        let last = &p["last"];
+        let last = if last.is_null() {
+            "never reloaded".to_owned()
+        } else {
+            format!(
+                "last reload {} by {} in {:.1} ms",
+                last["outcome"].as_str().unwrap_or("?"),
+                last["trigger"].as_str().unwrap_or("?"),
+                last["latency_ms"].as_f64().unwrap_or(0.0)
+            )
+        };
+        let watching = match p["path"].as_str() {
+            Some(path) if p["watching"] == true => format!("watching {path},"),
+            _ => "not watching,".to_owned(),
+        };
+        println!(
+            "{}: {watching} generation {} ({}); {} done, {} refused; {last}",
+            p["id"].as_str().unwrap_or("?"),
+            p["generation"],
+            p["state"].as_str().unwrap_or("?"),
+            p["done"],
+            p["refused"],
+        );
+        if let Some(error) = p["last_error"].as_str() {
+            println!("  last error: {error}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The running server's view of `id` (generation, loaded version), if a server answers.
+fn live_status(config: &Config, id: &str) -> Option<serde_json::Value> {
+    let timeout = std::time::Duration::from_secs(2);
+    let (code, body) = control::request(
+        &config.server.control_socket,
+        "GET",
+        "/status",
+        None,
+        timeout,
+    )
+    .ok()?;
+    (code == 200).then_some(())?;
+    body["platforms"]
+        .as_array()?
+        .iter()
+        .find(|p| p["id"] == id)
+        .cloned()
 }
 
 fn write_table(out: &mut impl std::io::Write, list: &[PlatformStatus]) -> std::io::Result<()> {

@@ -10,6 +10,9 @@
 //! | `POST /platforms/{id}/load` | load and start a platform now |
 //! | `POST /platforms/{id}/unload` | stop and unload it; the report says whether it is unmapped |
 //! | `POST /platforms/{id}/send` | a send, as `POST /api/platforms/{id}/send` |
+//! | `POST /platforms/{id}/reload` | the reload transaction; 409 with the reason when refused |
+//! | `POST` / `DELETE /platforms/{id}/hotreload` | start / stop watching the plugin's library |
+//! | `GET /hotreload` | every watched or reloaded plugin's hot-reload status |
 
 use std::{
     io::{Read as _, Write as _},
@@ -42,6 +45,12 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/platforms/{id}/load", post(load))
         .route("/platforms/{id}/unload", post(unload))
         .route("/platforms/{id}/send", post(send))
+        .route("/platforms/{id}/reload", post(reload))
+        .route(
+            "/platforms/{id}/hotreload",
+            post(hotreload_enable).delete(hotreload_disable),
+        )
+        .route("/hotreload", get(hotreload_status))
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
         .with_state(gateway)
 }
@@ -103,6 +112,86 @@ async fn send(
         .send(&id, message, RecordKind::Outbound, None)
         .await?;
     Ok(Json(ok).into_response())
+}
+
+async fn reload(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    if !gateway.registry.is_registered(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin with id `{id}` is installed"),
+        ));
+    }
+    let registry = Arc::clone(&gateway.registry);
+    let result = tokio::task::spawn_blocking(move || registry.reload(&id, "cli"))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    Ok(match result {
+        Ok(outcome) => Json(outcome).into_response(),
+        Err(refused) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": refused.to_string(),
+                "reason": refused.reason,
+                "serving_generation": refused.serving_generation,
+                "retryable": false,
+            })),
+        )
+            .into_response(),
+    })
+}
+
+fn hotreload_answer(
+    result: Result<crate::watch::WatchStatus, crate::watch::HotReloadError>,
+) -> Result<Response, ApiError> {
+    use crate::watch::HotReloadError;
+    match result {
+        Ok(status) => Ok(Json(status).into_response()),
+        Err(e @ HotReloadError::NotAllowed { .. }) => {
+            Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
+        }
+        Err(e @ HotReloadError::Unknown(_)) => {
+            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
+        }
+        Err(e) => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            e.to_string(),
+        )),
+    }
+}
+
+async fn hotreload_enable(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let g = Arc::clone(&gateway);
+    let result = tokio::task::spawn_blocking(move || g.hotreload.enable(&id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    hotreload_answer(result)
+}
+
+async fn hotreload_disable(
+    State(gateway): State<Arc<Gateway>>,
+    UrlPath(id): UrlPath<String>,
+) -> Result<Response, ApiError> {
+    let g = Arc::clone(&gateway);
+    let result = tokio::task::spawn_blocking(move || g.hotreload.disable(&id))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    hotreload_answer(result)
+}
+
+async fn hotreload_status(State(gateway): State<Arc<Gateway>>) -> Response {
+    Json(json!({
+        "allowed": gateway.hotreload.allowed(),
+        "debounce_ms": gateway.config.hotreload.debounce.as_millis() as u64,
+        "plugins": gateway.hotreload.status(),
+        "resident_stale_libraries": gateway.registry.resident_stale_libraries().map(|v| v.len()),
+    }))
+    .into_response()
 }
 
 /// Binds the control socket: folder 0700, socket 0600, a stale socket replaced.

@@ -158,6 +158,8 @@ pub struct Gateway {
     pub warmup: watch::Sender<Warmup>,
     /// Set once shutdown begins.
     pub shutdown: watch::Sender<bool>,
+    /// Hot reload: the watched plugins.
+    pub hotreload: crate::watch::HotReload,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -172,9 +174,12 @@ struct Activity {
 }
 
 impl Gateway {
-    /// Builds the gateway and its registry (manifests only) and starts the dispatcher and the
-    /// journal writer. Must run inside a tokio runtime.
-    pub fn new(config: Config) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalTask)> {
+    /// Builds the gateway and its registry (manifests only) and starts the journal writer.
+    /// `dev` allows hot reload whatever the config says. Must run inside a tokio runtime.
+    pub fn new(
+        config: Config,
+        dev: bool,
+    ) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalTask)> {
         let slot = Arc::new(OnceLock::new());
         let sink = GatewaySink {
             gateway: Arc::clone(&slot),
@@ -194,8 +199,19 @@ impl Gateway {
         }
         let (journal, journal_task) = Journal::open(&config.journal.path, config.journal.flush)
             .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
+        let hotreload = crate::watch::HotReload::new(
+            Arc::clone(&registry),
+            config.hotreload.allowed || dev,
+            config.hotreload.debounce,
+            &config.plugins.state_dir,
+            config
+                .source
+                .as_deref()
+                .map_or("hermes.toml".into(), |p| p.display().to_string()),
+        );
         let gateway = Arc::new(Gateway {
             config,
+            hotreload,
             registry,
             events: broadcast::channel(4096).0,
             journal,
@@ -322,10 +338,20 @@ impl Gateway {
         route_from: Option<String>,
     ) -> Result<SendOk, SendFailure> {
         let started = Instant::now();
-        let instance = self.instance(platform).await?;
-        self.touch(platform);
-        let result = instance.send_async(&message).await;
-        self.touch(platform);
+        let mut attempts = 0;
+        let (instance, result) = loop {
+            let instance = self.instance(platform).await?;
+            self.touch(platform);
+            let result = instance.send_async(&message).await;
+            self.touch(platform);
+            attempts += 1;
+            // `Stopped` means the call never reached the plugin: the instance was swapped out
+            // by a reload between our lookup and the call. Take the serving one and go again.
+            if result == Err(CallError::Stopped) && attempts < 5 {
+                continue;
+            }
+            break (instance, result);
+        };
         match result {
             Ok(receipt) => {
                 self.metrics.send(platform, "ok", started.elapsed());
@@ -395,6 +421,8 @@ fn dispatch(gateway: &Arc<Gateway>, message: Inbound, runtime: &tokio::runtime::
     });
     let routed = message.metadata.contains_key(ROUTED_KEY);
     let message = Arc::new(message);
+    // SSE first: a routed copy must never reach subscribers before its source message.
+    let _ = gateway.events.send(Arc::clone(&message));
     if !routed {
         for route in gateway.routes_for(&message) {
             for target in &route.to {
@@ -423,5 +451,4 @@ fn dispatch(gateway: &Arc<Gateway>, message: Inbound, runtime: &tokio::runtime::
             }
         }
     }
-    let _ = gateway.events.send(message);
 }

@@ -22,4 +22,6 @@ pub mod manifest;
 pub mod message;
 pub mod metrics;
 pub mod registry;
+pub mod reload;
 pub mod serve;
+pub mod watch;

@@ -133,17 +133,25 @@ pub struct Entry {
     manifest_path: PathBuf,
     configured: bool,
     platform: Option<PlatformConfig>,
-    slot: Mutex<Slot>,
+    pub(crate) slot: Mutex<Slot>,
     changed: Condvar,
+    /// Bumped on every change of the slot, for async waiters.
+    changed_async: tokio::sync::watch::Sender<u64>,
+    /// One reload at a time.
+    pub(crate) reload_lock: Mutex<()>,
+    /// Reload counts and the last outcome.
+    pub(crate) reloads: Mutex<crate::reload::ReloadStats>,
 }
 
-struct Slot {
-    state: EntryState,
+pub(crate) struct Slot {
+    pub(crate) state: EntryState,
+    /// New calls wait at the door (a reload is swapping instances).
+    pub(crate) held: bool,
     /// The generation of the last successful load (0: never loaded).
-    generation: u64,
-    instance: Option<Arc<Instance>>,
-    error: Option<String>,
-    last_unload: Option<UnloadReport>,
+    pub(crate) generation: u64,
+    pub(crate) instance: Option<Arc<Instance>>,
+    pub(crate) error: Option<String>,
+    pub(crate) last_unload: Option<UnloadReport>,
     /// Loads attempted, and the time they took (load + start), in seconds.
     loads: u64,
     load_seconds: f64,
@@ -216,8 +224,42 @@ impl Entry {
         self.platform.as_ref()
     }
 
-    fn lock(&self) -> MutexGuard<'_, Slot> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
         self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wakes every waiter, blocking and async, after a change of the slot.
+    pub(crate) fn notify(&self) {
+        self.changed.notify_all();
+        self.changed_async.send_modify(|n| *n += 1);
+    }
+
+    /// Blocks while a load, stop or swap is in progress; returns the slot then.
+    pub(crate) fn wait_settled(&self) -> MutexGuard<'_, Slot> {
+        let mut slot = self.lock();
+        while slot.held || matches!(slot.state, EntryState::Loading | EntryState::Stopping) {
+            slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+        }
+        slot
+    }
+
+    /// Whether new calls are held at the door by a reload.
+    pub fn is_held(&self) -> bool {
+        self.lock().held
+    }
+
+    /// Waits, without blocking a thread, until no reload holds calls at the door.
+    pub async fn wait_released(&self) {
+        let mut rx = self.changed_async.subscribe();
+        let _ = rx.wait_for(|_| !self.is_held()).await;
+    }
+
+    /// Reload counts and the last outcome.
+    pub fn reload_stats(&self) -> crate::reload::ReloadStats {
+        self.reloads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The entry's status, without loading anything.
@@ -247,11 +289,11 @@ impl Entry {
         }
     }
 
-    /// The serving instance, if running; never loads.
+    /// The serving instance, if running and not held by a reload; never loads.
     pub fn running(&self) -> Option<Arc<Instance>> {
         let slot = self.lock();
         match slot.state {
-            EntryState::Running => slot.instance.clone(),
+            EntryState::Running if !slot.held => slot.instance.clone(),
             _ => None,
         }
     }
@@ -329,6 +371,7 @@ impl Registry {
                 platform,
                 slot: Mutex::new(Slot {
                     state,
+                    held: false,
                     generation: 0,
                     instance: None,
                     error,
@@ -338,6 +381,9 @@ impl Registry {
                     last_load_ms: None,
                 }),
                 changed: Condvar::new(),
+                changed_async: tokio::sync::watch::channel(0).0,
+                reload_lock: Mutex::new(()),
+                reloads: Mutex::new(Default::default()),
             };
             entries.insert(entry.manifest.id.clone(), Arc::new(entry));
         }
@@ -412,6 +458,11 @@ impl Registry {
         let mut slot = entry.lock();
         let mut waited = false;
         loop {
+            if slot.held {
+                waited = true;
+                slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+                continue;
+            }
             match slot.state {
                 EntryState::Running => {
                     if let Some(instance) = &slot.instance {
@@ -462,8 +513,40 @@ impl Registry {
             }
         };
         drop(slot);
-        entry.changed.notify_all();
+        entry.notify();
         outcome
+    }
+
+    /// How to start an instance of `entry` as `generation`.
+    pub(crate) fn start_options(
+        &self,
+        entry: &Entry,
+        generation: u64,
+        state: Option<crate::message::PluginState>,
+    ) -> StartOptions {
+        let platform = entry.platform.clone().unwrap_or_default();
+        StartOptions {
+            platform: entry.manifest.id.clone(),
+            generation,
+            config_json: platform.plugin_json(),
+            sink: Arc::clone(&self.options.sink),
+            workers: platform.workers,
+            call_timeout: platform.call_timeout,
+            state,
+        }
+    }
+
+    /// How long one call into `entry`'s plugin may take.
+    pub(crate) fn call_timeout(&self, entry: &Entry) -> Duration {
+        entry
+            .platform
+            .as_ref()
+            .map_or(Duration::from_secs(30), |p| p.call_timeout)
+    }
+
+    /// Counts a load (for `loads()`).
+    pub(crate) fn count_load(&self) {
+        self.loads.fetch_add(1, Ordering::Relaxed);
     }
 
     fn load_and_start(&self, entry: &Entry, generation: u64) -> Result<Arc<Instance>, String> {
@@ -474,17 +557,7 @@ impl Registry {
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         let library = Library::open(&path, &self.options.shadow_dir).map_err(|e| e.to_string())?;
-        let platform = entry.platform.clone().unwrap_or_default();
-        let options = StartOptions {
-            platform: entry.manifest.id.clone(),
-            generation,
-            config_json: platform.plugin_json(),
-            sink: Arc::clone(&self.options.sink),
-            workers: platform.workers,
-            call_timeout: platform.call_timeout,
-            state: None,
-        };
-        match library.start(options) {
+        match library.start(self.start_options(entry, generation, None)) {
             Ok(instance) => {
                 tracing::info!(
                     platform = %entry.manifest.id,
@@ -511,10 +584,8 @@ impl Registry {
     /// Stops and unloads `id` if it is running; `Ok(None)` when it was not.
     pub fn unload(&self, id: &str) -> Result<Option<UnloadReport>, RegistryError> {
         let entry = self.entry(id)?;
-        let mut slot = entry.lock();
-        while matches!(slot.state, EntryState::Loading | EntryState::Stopping) {
-            slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
-        }
+        let _no_reload = entry.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let mut slot = entry.wait_settled();
         let Some(instance) = slot
             .instance
             .take()
@@ -548,7 +619,7 @@ impl Registry {
             }
         };
         drop(slot);
-        entry.changed.notify_all();
+        entry.notify();
         Ok(report)
     }
 

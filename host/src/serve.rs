@@ -46,7 +46,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     if dev {
         tracing::info!("development mode: hot reload allowed");
     }
-    let (gateway, _journal_task) = Gateway::new(config)?;
+    let (gateway, _journal_task) = Gateway::new(config, dev)?;
     let discover_ms = ms(t0.elapsed());
     tracing::info!(
         installed = gateway.registry.list().len(),
@@ -111,6 +111,8 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         socket_path.display()
     );
 
+    let restore = Arc::clone(&gateway);
+    tokio::task::spawn_blocking(move || restore.hotreload.restore());
     tokio::spawn(warm_up(Arc::clone(&gateway)));
     tokio::spawn(idle_unloader(Arc::clone(&gateway)));
 
@@ -128,6 +130,8 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     if !gateway.drained(DRAIN_TIMEOUT).await {
         tracing::warn!("routed sends still in flight after {DRAIN_TIMEOUT:?}; going on");
     }
+    let watches = Arc::clone(&gateway);
+    tokio::task::spawn_blocking(move || watches.hotreload.stop_all()).await?;
     let registry = Arc::clone(&gateway.registry);
     let order = gateway.start_order();
     tokio::task::spawn_blocking(move || {

@@ -20,18 +20,28 @@ pub use glue::header;
 /// hermes_plugin_api::export_plugin!(MyPlugin);
 /// ```
 ///
+/// The header carries the crate's version (`CARGO_PKG_VERSION`); `version = <const &str>`
+/// overrides it:
+///
+/// ```ignore
+/// hermes_plugin_api::export_plugin!(MyPlugin, version = "1.2.3-dev");
+/// ```
+///
 /// The entry function only returns the address of a `static` header: it runs no plugin code,
 /// allocates nothing and touches no thread-local, so the host may call it on any thread.
 #[macro_export]
 macro_rules! export_plugin {
     ($plugin:ty) => {
+        $crate::export_plugin!($plugin, version = env!("CARGO_PKG_VERSION"));
+    };
+    ($plugin:ty, version = $version:expr) => {
         /// The entry point hermes-host looks up: returns this plugin's header.
         // SAFETY: the symbol name is the one hermes-host looks up and is defined only here.
         #[allow(unsafe_code)]
         #[unsafe(no_mangle)]
         pub extern "C" fn hermes_plugin_entry() -> *const $crate::abi::HeaderPrefix {
             static HEADER: $crate::abi::PluginHeader =
-                $crate::__private::header::<$plugin>(env!("CARGO_PKG_VERSION"));
+                $crate::__private::header::<$plugin>($version);
             &HEADER.prefix
         }
     };

@@ -7,6 +7,9 @@
 //! - `prefix` (string, default `""`): put in front of every echoed text.
 //!
 //! It counts the messages it echoed and hands the count to the next generation on a reload.
+//! Echoes carry `echo_count` and the library's `version` in their metadata. Building with
+//! `HERMES_LOOPBACK_VERSION=x.y.z` set makes a library that reports that version instead of the
+//! crate's: the tests and benchmarks reload between two such builds.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -35,6 +38,12 @@ pub struct Loopback {
     host: Host,
     echoed: AtomicU64,
 }
+
+/// This library's version: `HERMES_LOOPBACK_VERSION` at build time, else the crate's.
+pub const VERSION: &str = match option_env!("HERMES_LOOPBACK_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
 
 /// The schema of the exported state: the echo counter as 8 little-endian bytes.
 const STATE_SCHEMA: u32 = 1;
@@ -79,6 +88,7 @@ impl Plugin for Loopback {
         );
         echo.metadata = message.metadata;
         echo.metadata.insert("echo_count".into(), n.into());
+        echo.metadata.insert("version".into(), VERSION.into());
         if let Some(reply_to) = message.reply_to {
             echo.metadata.insert("reply_to".into(), reply_to.into());
         }
@@ -103,4 +113,4 @@ impl Plugin for Loopback {
     }
 }
 
-hermes_plugin_api::export_plugin!(Loopback);
+hermes_plugin_api::export_plugin!(Loopback, version = VERSION);

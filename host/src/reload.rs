@@ -1,0 +1,317 @@
+//! Reload as a transaction: a new library beside the old one, or nothing changes.
+//!
+//! 1. Re-read the manifest (refused if broken or built for another API), load the new library
+//!    from a fresh shadow copy beside the old instance, check its ABI, validate the config. Any
+//!    failure: the old generation goes on serving and the error is recorded. Nothing else
+//!    changes.
+//! 2. Hold new calls at the door (callers wait for the swap; async callers without a thread),
+//!    then drain the old instance: calls already queued on it run to the end.
+//! 3. Stop the old instance, exporting its state, and start the new one importing it. If the new
+//!    start fails, the old library is started again with the same state and generation.
+//! 4. Release the held calls to the serving generation, then unload the old library and check
+//!    whether its copy is really unmapped.
+//!
+//! A caller that took the old instance just before the door closed and was refused by its
+//! closed queue (the call never reached the plugin) is retried by the gateway on the serving
+//! generation: no accepted call is lost or failed because of a reload.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use hermes_plugin_api::abi::ABI_VERSION;
+use serde::Serialize;
+
+use crate::{
+    loader::{Library, UnloadReport},
+    manifest::Manifest,
+    registry::{EntryState, Registry, RegistryError},
+};
+
+/// A completed reload.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ReloadOutcome {
+    /// The platform.
+    pub platform: String,
+    /// The generation that served before (`None` when the platform was not running).
+    pub old_generation: Option<u64>,
+    /// The generation serving now.
+    pub new_generation: u64,
+    /// The old library's version.
+    pub old_version: Option<String>,
+    /// The new library's version.
+    pub new_version: String,
+    /// The whole transaction.
+    pub elapsed_ms: f64,
+    /// How long new calls were held at the door.
+    pub held_ms: f64,
+    /// Bytes of state handed from the old generation to the new.
+    pub state_bytes: Option<usize>,
+    /// The old library's unload, checked against the process's mappings.
+    pub old_unload: Option<UnloadReport>,
+}
+
+/// A refused reload: the old generation (if any) still serves.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[error("reload of `{platform}` refused: {reason}")]
+pub struct ReloadRefused {
+    /// The platform.
+    pub platform: String,
+    /// Why.
+    pub reason: String,
+    /// The generation still serving.
+    pub serving_generation: Option<u64>,
+}
+
+/// Reload counts and the last outcome of one platform.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ReloadStats {
+    /// Completed reloads.
+    pub done: u64,
+    /// Refused reloads.
+    pub refused: u64,
+    /// The last reload, either way.
+    pub last: Option<LastReload>,
+    /// The last refusal's reason.
+    pub last_error: Option<String>,
+}
+
+/// The last reload of a platform.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LastReload {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// `done` or `refused`.
+    pub outcome: &'static str,
+    /// How long it took.
+    pub latency_ms: f64,
+    /// Generation serving afterwards.
+    pub generation: Option<u64>,
+    /// What triggered it: `cli`, `watcher`...
+    pub trigger: String,
+}
+
+impl Registry {
+    /// Reloads `id` as a transaction (see the module docs). `trigger` is recorded in the stats.
+    pub fn reload(&self, id: &str, trigger: &str) -> Result<ReloadOutcome, ReloadRefused> {
+        let entry = self.entry(id).map_err(|e| ReloadRefused {
+            platform: id.to_owned(),
+            reason: e.to_string(),
+            serving_generation: None,
+        })?;
+        let _one_at_a_time = entry.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let started = Instant::now();
+        let result = self.reload_locked(id, started);
+        let mut stats = entry.reloads.lock().unwrap_or_else(|e| e.into_inner());
+        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+        let at_ms = hermes_plugin_api::now_ms();
+        match &result {
+            Ok(outcome) => {
+                stats.done += 1;
+                stats.last = Some(LastReload {
+                    at_ms,
+                    outcome: "done",
+                    latency_ms,
+                    generation: Some(outcome.new_generation),
+                    trigger: trigger.to_owned(),
+                });
+                tracing::info!(
+                    platform = id,
+                    old = ?outcome.old_generation,
+                    new = outcome.new_generation,
+                    version = %outcome.new_version,
+                    ms = latency_ms,
+                    held_ms = outcome.held_ms,
+                    "reloaded"
+                );
+            }
+            Err(refused) => {
+                stats.refused += 1;
+                stats.last_error = Some(refused.reason.clone());
+                stats.last = Some(LastReload {
+                    at_ms,
+                    outcome: "refused",
+                    latency_ms,
+                    generation: refused.serving_generation,
+                    trigger: trigger.to_owned(),
+                });
+                tracing::warn!(platform = id, reason = %refused.reason, "reload refused; the old generation serves");
+            }
+        }
+        result
+    }
+
+    fn reload_locked(&self, id: &str, started: Instant) -> Result<ReloadOutcome, ReloadRefused> {
+        let entry = self
+            .entry(id)
+            .map_err(|e| refused(id, e.to_string(), None))?;
+        let (old, old_generation) = {
+            let slot = entry.wait_settled();
+            let old = (slot.state == EntryState::Running)
+                .then(|| slot.instance.clone())
+                .flatten();
+            (old, slot.generation)
+        };
+        let serving = old.as_ref().map(|i| i.generation());
+
+        // 1. Everything that can fail without touching the serving instance.
+        match Manifest::load_if_present(entry.manifest_path()) {
+            Some(Ok(m)) if m.api != ABI_VERSION => {
+                return Err(refused(
+                    id,
+                    format!(
+                        "{}: field `plugin.api`: declares API {}, this host speaks {ABI_VERSION}",
+                        entry.manifest_path().display(),
+                        m.api
+                    ),
+                    serving,
+                ));
+            }
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(refused(id, e.to_string(), serving)),
+            None => {
+                return Err(refused(
+                    id,
+                    format!("{}: the manifest is gone", entry.manifest_path().display()),
+                    serving,
+                ));
+            }
+        }
+        let Some(old) = old else {
+            // Not running: a reload is a first load.
+            let instance = self.instance(id).map_err(|e| match e {
+                RegistryError::LoadFailed { message, .. } => refused(id, message, None),
+                other => refused(id, other.to_string(), None),
+            })?;
+            return Ok(ReloadOutcome {
+                platform: id.to_owned(),
+                old_generation: None,
+                new_generation: instance.generation(),
+                old_version: None,
+                new_version: instance.plugin_version().to_owned(),
+                elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+                held_ms: 0.0,
+                state_bytes: None,
+                old_unload: None,
+            });
+        };
+        let path = self
+            .resolve_library(entry)
+            .map_err(|e| refused(id, e, serving))?;
+        self.count_load();
+        let new_library = Library::open(&path, &self.options().shadow_dir)
+            .map_err(|e| refused(id, e.to_string(), serving))?;
+        let timeout = self.call_timeout(entry);
+        let config = entry
+            .platform_config()
+            .map(|p| p.plugin_json())
+            .unwrap_or_else(|| "{}".into());
+        if let Err(e) = new_library.validate_config(&config, timeout) {
+            let _ = new_library.unload();
+            return Err(refused(id, format!("[platforms.{id}]: {e}"), serving));
+        }
+
+        // 2. Hold the door, drain the old instance.
+        entry.lock().held = true;
+        entry.notify();
+        let held_at = Instant::now();
+        let stopped = old.stop(true, timeout.max(Duration::from_secs(1)));
+        let (old_library, state, stop_note) = match stopped {
+            Ok(s) => (Some(s.library), s.state, s.error.map(|e| e.to_string())),
+            // A call never returned: that instance cannot be stopped. Its library stays mapped
+            // (reported as stale); the new generation takes over.
+            Err(e) => (None, None, Some(e.to_string())),
+        };
+        if let Some(note) = &stop_note {
+            tracing::warn!(
+                platform = id,
+                generation = old.generation(),
+                "old instance: {note}"
+            );
+        }
+        let state_bytes = state.as_ref().map(|s| s.bytes.len());
+        let old_version = old.plugin_version().to_owned();
+        drop(old);
+
+        // 3. Start the new generation with the old one's state.
+        let new_generation = old_generation + 1;
+        match new_library.start(self.start_options(entry, new_generation, state.clone())) {
+            Ok(instance) => {
+                let instance = Arc::new(instance);
+                let new_version = instance.plugin_version().to_owned();
+                {
+                    let mut slot = entry.lock();
+                    slot.instance = Some(instance);
+                    slot.generation = new_generation;
+                    slot.state = EntryState::Running;
+                    slot.error = None;
+                    slot.held = false;
+                }
+                entry.notify();
+                let held_ms = held_at.elapsed().as_secs_f64() * 1e3;
+                // 4. The held calls run on the new generation; now the old library goes.
+                let old_unload = old_library.map(Library::unload);
+                if let Some(report) = &old_unload {
+                    entry.lock().last_unload = Some(report.clone());
+                }
+                Ok(ReloadOutcome {
+                    platform: id.to_owned(),
+                    old_generation: Some(old_generation),
+                    new_generation,
+                    old_version: Some(old_version),
+                    new_version,
+                    elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
+                    held_ms,
+                    state_bytes,
+                    old_unload,
+                })
+            }
+            Err(failure) => {
+                let reason = format!("the new library failed to start: {}", failure.error);
+                let _ = failure.library.unload();
+                // Start the old library again, as the same generation, with the same state.
+                let restarted =
+                    match old_library {
+                        Some(library) => library
+                            .start(self.start_options(entry, old_generation, state))
+                            .map_err(|f| {
+                                let _ = f.library.unload();
+                                f.error.to_string()
+                            }),
+                        None => Err(stop_note
+                            .unwrap_or_else(|| "the old instance could not be stopped".into())),
+                    };
+                let serving = {
+                    let mut slot = entry.lock();
+                    slot.held = false;
+                    match restarted {
+                        Ok(instance) => {
+                            slot.instance = Some(Arc::new(instance));
+                            slot.state = EntryState::Running;
+                            Some(old_generation)
+                        }
+                        Err(e) => {
+                            slot.instance = None;
+                            slot.state = EntryState::Failed;
+                            slot.error = Some(format!(
+                                "{reason}; restarting the old library failed too: {e}"
+                            ));
+                            None
+                        }
+                    }
+                };
+                entry.notify();
+                Err(refused(id, reason, serving))
+            }
+        }
+    }
+}
+
+fn refused(platform: &str, reason: String, serving_generation: Option<u64>) -> ReloadRefused {
+    ReloadRefused {
+        platform: platform.to_owned(),
+        reason,
+        serving_generation,
+    }
+}

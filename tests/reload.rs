@@ -1,0 +1,377 @@
+//! Reload as a transaction and hot reload, against real libraries: loopback built twice (the
+//! second build reports 0.2.0-next), broken files, and a fixture whose new start fails.
+
+use std::{collections::BTreeSet, sync::Arc};
+
+use hermes_host::{loader::DiscardInbound, message::Outbound, registry::EntryState};
+
+use crate::util::{self, Recorder, Server, Sse, TestDir};
+
+#[test]
+fn a_reload_bumps_the_generation_hands_over_state_and_unmaps_the_old_copy() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let recorder = Recorder::new();
+    let registry = t.registry("", recorder.clone());
+    let first = registry.instance("loopback").unwrap();
+    for _ in 0..3 {
+        first.send(&Outbound::new("c", "x")).unwrap();
+    }
+    let outcome = registry.reload("loopback", "test").unwrap();
+    assert_eq!(
+        (outcome.old_generation, outcome.new_generation),
+        (Some(1), 2)
+    );
+    assert_eq!(outcome.state_bytes, Some(8));
+    let unload = outcome.old_unload.expect("old library unloaded");
+    assert!(unload.clean(), "{unload:?}");
+    assert_eq!(unload.unmapped, Some(true));
+    // The old instance refuses calls (the gateway retries those on the new one)...
+    assert!(first.send(&Outbound::new("c", "late")).is_err());
+    // ...and the new one carries on counting.
+    let second = registry.instance("loopback").unwrap();
+    assert_eq!(
+        second.send(&Outbound::new("c", "x")).unwrap().message_id,
+        "lb-2-4"
+    );
+    let shadow = t.shadow().canonicalize().unwrap();
+    assert_eq!(util::mapped_containing(&shadow.to_string_lossy()).len(), 1);
+    assert_eq!(registry.entry("loopback").unwrap().reload_stats().done, 1);
+    registry.shutdown();
+}
+
+#[test]
+fn a_reload_to_another_build_serves_the_new_version() {
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    let recorder = Recorder::new();
+    let registry = t.registry("", recorder.clone());
+    registry
+        .instance("lb")
+        .unwrap()
+        .send(&Outbound::new("c", "one"))
+        .unwrap();
+    util::replace_like_cargo(&util::variant_lib(), &library);
+    let outcome = registry.reload("lb", "test").unwrap();
+    assert_eq!(outcome.old_version.as_deref(), Some("0.1.0"));
+    assert_eq!(outcome.new_version, "0.2.0-next");
+    registry
+        .instance("lb")
+        .unwrap()
+        .send(&Outbound::new("c", "two"))
+        .unwrap();
+    let echoes = recorder.wait_for(2);
+    assert_eq!(echoes[0].metadata["version"], "0.1.0");
+    assert_eq!(echoes[1].metadata["version"], "0.2.0-next");
+    assert_eq!(echoes[1].generation, 2);
+    assert_eq!(registry.entry("lb").unwrap().status().version, "0.2.0-next");
+    registry.shutdown();
+}
+
+#[test]
+fn broken_reloads_are_refused_and_the_old_generation_serves() {
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    t.install("flaky", "fixture_panicky", 1);
+    let registry = t.registry(
+        "[platforms.flaky]\nfail_start_generation = 2\n",
+        Arc::new(DiscardInbound),
+    );
+    registry.instance("lb").unwrap();
+
+    std::fs::write(&library, b"half a library").unwrap();
+    let refused = registry.reload("lb", "test").unwrap_err();
+    assert!(refused.reason.contains("not an ELF file"), "{refused}");
+    assert_eq!(refused.serving_generation, Some(1));
+
+    util::replace_like_cargo(&util::lib("fixture_drift"), &library);
+    let refused = registry.reload("lb", "test").unwrap_err();
+    assert!(
+        refused.reason.contains("vtable layout is incompatible"),
+        "{refused}"
+    );
+
+    let good = std::fs::read(util::lib("hermes_loopback")).unwrap();
+    std::fs::write(&library, &good[..good.len() / 2]).unwrap();
+    let refused = registry.reload("lb", "test").unwrap_err();
+    assert!(refused.reason.contains("truncated"), "{refused}");
+
+    let serving = registry.instance("lb").unwrap();
+    assert_eq!(serving.generation(), 1);
+    serving.send(&Outbound::new("c", "still here")).unwrap();
+    let stats = registry.entry("lb").unwrap().reload_stats();
+    assert_eq!((stats.done, stats.refused), (0, 3));
+    assert!(stats.last_error.unwrap().contains("truncated"));
+
+    // The new library's start fails: the old library is started again, same generation.
+    registry.instance("flaky").unwrap();
+    let refused = registry.reload("flaky", "test").unwrap_err();
+    assert!(
+        refused
+            .reason
+            .contains("fixture refuses to start as generation 2"),
+        "{refused}"
+    );
+    assert_eq!(refused.serving_generation, Some(1));
+    let flaky = registry.instance("flaky").unwrap();
+    assert_eq!(flaky.generation(), 1);
+    assert_eq!(
+        flaky.send(&Outbound::new("c", "x")).unwrap().message_id,
+        "ok-x"
+    );
+    assert_eq!(
+        registry.entry("flaky").unwrap().status().state,
+        EntryState::Running
+    );
+    // Nothing of the refused libraries stays mapped: one copy per serving platform.
+    let shadow = t.shadow().canonicalize().unwrap();
+    assert_eq!(util::mapped_containing(&shadow.to_string_lossy()).len(), 2);
+    registry.shutdown();
+}
+
+#[test]
+fn two_hundred_reloads_leave_nothing_behind() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let registry = t.registry("", Arc::new(DiscardInbound));
+    registry.instance("loopback").unwrap();
+    for _ in 0..3 {
+        registry.reload("loopback", "test").unwrap();
+    }
+    let fds = util::fd_count();
+    let threads = util::thread_names().len();
+    for i in 0..200 {
+        let outcome = registry.reload("loopback", "test").unwrap();
+        assert!(
+            outcome.old_unload.as_ref().unwrap().clean(),
+            "reload {i}: {outcome:?}"
+        );
+    }
+    assert_eq!(registry.instance("loopback").unwrap().generation(), 204);
+    let shadow = t.shadow().canonicalize().unwrap();
+    assert_eq!(util::mapped_containing(&shadow.to_string_lossy()).len(), 1);
+    assert_eq!(util::file_count(&t.shadow()), 1);
+    assert!(
+        util::fd_count() <= fds,
+        "fds grew from {fds} to {}",
+        util::fd_count()
+    );
+    assert!(
+        util::thread_names().len() <= threads,
+        "threads grew: {:?}",
+        util::thread_names()
+    );
+    assert_eq!(registry.resident_stale_libraries(), Some(vec![]));
+    registry.shutdown();
+}
+
+#[test]
+fn sends_during_twenty_reloads_are_all_answered_and_echoed_once() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let mut server = Server::start(&t, "[platforms.loopback]\nworkers = 2\n");
+    let mut sse = Sse::connect(&server.addr);
+    let socket = t.path().join("state/control.sock");
+    let senders: Vec<_> = (0..8)
+        .map(|c| {
+            let addr = server.addr.clone();
+            std::thread::spawn(move || {
+                (0..125)
+                    .map(|i| {
+                        let body = format!(r#"{{"chat_id":"c{c}","text":"m{c}-{i}"}}"#);
+                        let (status, answer) = util::http(
+                            &addr,
+                            "POST",
+                            "/api/platforms/loopback/send",
+                            Some(&body),
+                            &[],
+                        );
+                        assert_eq!(status, 200, "{answer}");
+                        serde_json::from_str::<serde_json::Value>(&answer).unwrap()["message_id"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let reloads = std::thread::spawn(move || {
+        (0..20)
+            .map(|_| {
+                let (status, body) = hermes_host::control::request(
+                    &socket,
+                    "POST",
+                    "/platforms/loopback/reload",
+                    None,
+                    std::time::Duration::from_secs(30),
+                )
+                .unwrap();
+                assert_eq!(status, 200, "{body}");
+                body["held_ms"].as_f64().unwrap()
+            })
+            .collect::<Vec<_>>()
+    });
+    let receipts: Vec<String> = senders
+        .into_iter()
+        .flat_map(|s| s.join().unwrap())
+        .collect();
+    let held = reloads.join().unwrap();
+    assert_eq!(receipts.len(), 1000);
+    assert_eq!(held.len(), 20);
+    let unique: BTreeSet<&String> = receipts.iter().collect();
+    assert_eq!(unique.len(), 1000, "message ids repeat across generations");
+
+    let mut echoed = Vec::new();
+    while echoed.len() < 1000 {
+        let event = sse.next();
+        echoed.push(event["message_id"].as_str().unwrap().to_owned());
+    }
+    let echoed_set: BTreeSet<&String> = echoed.iter().collect();
+    assert_eq!(echoed_set, unique, "SSE echoes differ from the receipts");
+    assert_eq!(server.platform("loopback")["generation"], 21);
+
+    assert!(server.terminate().success());
+    let journal = std::fs::read_to_string(t.path().join("state/journal.jsonl")).unwrap();
+    let inbound: Vec<String> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|l| l["kind"] == "inbound")
+        .map(|l| l["message_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(inbound.len(), 1000, "each echo journaled exactly once");
+    assert_eq!(inbound.iter().collect::<BTreeSet<_>>(), unique);
+}
+
+#[test]
+fn plugin_reload_through_the_cli_bumps_the_generation() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    t.install("flaky", "fixture_panicky", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.loopback]\n[platforms.flaky]\nfail_start_generation = 2\n",
+    );
+    let out = server.cli(&["plugin", "reload", "loopback"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.starts_with("reloaded loopback: generation 1 (0.1.0) -> 2 (0.1.0) in "),
+        "{text}"
+    );
+    assert!(text.contains("old copy unmapped"), "{text}");
+    let info = server.cli(&["plugin", "info", "loopback"]);
+    assert!(
+        String::from_utf8_lossy(&info.stdout)
+            .contains("running in the running server: generation 2, version 0.1.0")
+    );
+
+    let out = server.cli(&["plugin", "reload", "flaky"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("reload of `flaky` refused: the new library failed to start"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("generation 1 still serving"), "{stderr}");
+    assert_eq!(
+        server
+            .post("/api/platforms/flaky/send", r#"{"chat_id":"c","text":"x"}"#)
+            .0,
+        200
+    );
+
+    let out = server.cli(&["plugin", "reload", "../../etc"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no plugin with id `../../etc` is installed")
+    );
+}
+
+#[test]
+fn hot_reload_picks_up_a_rebuilt_library_and_refuses_a_broken_one() {
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    let server = Server::start_with(&t, "[platforms.lb]\n", &["--dev"]);
+    let out = server.cli(&["plugin", "hotreload-enable", "lb"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hot reload on for lb: watching"));
+
+    util::replace_like_cargo(&util::variant_lib(), &library);
+    server.wait_platform("lb", |p| p["generation"] == 2);
+    let mut sse = Sse::connect(&server.addr);
+    let (status, body) = server.post("/api/platforms/lb/send", r#"{"chat_id":"c","text":"x"}"#);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sse.next()["metadata"]["version"], "0.2.0-next");
+    assert_eq!(server.platform("lb")["version"], "0.2.0-next");
+
+    // Garbage: refused, the error is in hotreload-status, generation 2 keeps serving.
+    std::fs::write(&library, b"not a library at all").unwrap();
+    server.wait_platform("lb", |p| p["reloads"]["refused"] == 1);
+    let status = server.cli(&["plugin", "hotreload-status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(text.contains("lb: watching"), "{text}");
+    assert!(
+        text.contains("1 done, 1 refused; last reload refused by watcher"),
+        "{text}"
+    );
+    assert!(
+        text.contains("last error: ") && text.contains("not an ELF file"),
+        "{text}"
+    );
+    assert_eq!(
+        server
+            .post("/api/platforms/lb/send", r#"{"chat_id":"c","text":"y"}"#)
+            .0,
+        200
+    );
+    assert_eq!(server.platform("lb")["generation"], 2);
+
+    let json = server.cli(&["plugin", "hotreload-status", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(json["resident_stale_libraries"], 0);
+
+    let out = server.cli(&["plugin", "hotreload-disable", "lb"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("hot reload off for lb"));
+}
+
+#[test]
+fn hot_reload_needs_permission_and_the_watched_set_survives_a_restart() {
+    let t = TestDir::new();
+    t.install_copy("lb", "hermes_loopback");
+    let mut server = Server::start(&t, "[platforms.lb]\n");
+    let out = server.cli(&["plugin", "hotreload-enable", "lb"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("hot reload is not allowed: set `[hotreload] allowed = true` in"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hermes-host serve --dev"), "{stderr}");
+    assert!(server.terminate().success());
+
+    let mut server = Server::start_with(&t, "[platforms.lb]\n", &["--dev"]);
+    assert!(
+        server
+            .cli(&["plugin", "hotreload-enable", "lb"])
+            .status
+            .success()
+    );
+    assert!(server.terminate().success());
+    let persisted = std::fs::read_to_string(t.path().join("state/hotreload.json")).unwrap();
+    assert!(persisted.contains("\"lb\""), "{persisted}");
+
+    let server = Server::start(&t, "[platforms.lb]\n[hotreload]\nallowed = true\n");
+    let status = server.cli(&["plugin", "hotreload-status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["plugins"][0]["id"], "lb");
+    assert_eq!(status["plugins"][0]["watching"], true, "{status}");
+}
