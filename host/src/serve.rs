@@ -72,6 +72,9 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     let socket_path = gateway.config.server.control_socket.clone();
     let unix = control::bind(&socket_path)?;
     let listen_ms = ms(started_listen.elapsed());
+    // Watches persisted by an earlier run are back before we report ready.
+    let restore = Arc::clone(&gateway);
+    tokio::task::spawn_blocking(move || restore.hotreload.restore()).await?;
 
     let public = {
         let mut down = gateway.shutdown.subscribe();
@@ -111,8 +114,6 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         socket_path.display()
     );
 
-    let restore = Arc::clone(&gateway);
-    tokio::task::spawn_blocking(move || restore.hotreload.restore());
     tokio::spawn(warm_up(Arc::clone(&gateway)));
     tokio::spawn(idle_unloader(Arc::clone(&gateway)));
 
