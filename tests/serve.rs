@@ -435,7 +435,7 @@ fn bad_config_and_an_unguarded_public_address_refuse_to_start() {
 fn sigterm_with_sends_in_flight_completes_every_accepted_send() {
     let t = TestDir::new();
     t.install("slow", "fixture_panicky", 1);
-    let mut server = Server::start(&t, "[platforms.slow]\nworkers = 16\nhang_send_ms = 400\n");
+    let mut server = Server::start(&t, "[platforms.slow]\nworkers = 16\nhang_send_ms = 1500\n");
     let addr = server.addr.clone();
     let senders: Vec<_> = (0..16)
         .map(|i| {
