@@ -36,6 +36,7 @@ bench: build
 	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build --release -p hermes-loopback --target-dir target/variant
 	$(CARGO) bench -p hermes-host --bench foundation
 	$(CARGO) bench -p hermes-host --bench serve
+	$(CARGO) bench -p hermes-host --bench reload
 
 clean-state:
 	rm -rf examples/.hermes

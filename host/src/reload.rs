@@ -88,6 +88,8 @@ pub struct LastReload {
     pub latency_ms: f64,
     /// Generation serving afterwards.
     pub generation: Option<u64>,
+    /// How long new calls were held at the door (0 when refused before the swap).
+    pub held_ms: f64,
     /// What triggered it: `cli`, `watcher`...
     pub trigger: String,
 }
@@ -114,6 +116,7 @@ impl Registry {
                     outcome: "done",
                     latency_ms,
                     generation: Some(outcome.new_generation),
+                    held_ms: outcome.held_ms,
                     trigger: trigger.to_owned(),
                 });
                 tracing::info!(
@@ -134,6 +137,7 @@ impl Registry {
                     outcome: "refused",
                     latency_ms,
                     generation: refused.serving_generation,
+                    held_ms: 0.0,
                     trigger: trigger.to_owned(),
                 });
                 tracing::warn!(platform = id, reason = %refused.reason, "reload refused; the old generation serves");
