@@ -8,6 +8,8 @@
 
 // Helpers: temp dirs, installed plugins, a recording event sink, process counters.
 mod util;
+// Real peers: ngircd and mosquitto on free loopback ports, a raw IRC client.
+mod peers;
 
 // Registry: discovery from manifests, lazy loads, one load for concurrent first users.
 mod registry;
@@ -19,3 +21,5 @@ mod cli;
 mod serve;
 // Reload as a transaction, in process and through the CLI; the hot-reload watcher.
 mod reload;
+// The IRC adapter against ngircd.
+mod irc;

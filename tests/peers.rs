@@ -1,0 +1,307 @@
+//! Real peers for the adapter tests: ngircd and mosquitto from Debian's packages, started on
+//! free loopback ports in the test's own folder and killed when dropped, and a raw IRC client.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+/// A free TCP port on 127.0.0.1 (bound, then released for the peer to take).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_listening(port: u16, what: &str, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen on {port}: {}",
+            std::fs::read_to_string(log).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn need(binary: &str, package: &str) -> PathBuf {
+    let path = PathBuf::from(binary);
+    assert!(
+        path.exists(),
+        "{binary} is missing: install Debian's {package} package (.ci/run does)"
+    );
+    path
+}
+
+/// An ngircd server.
+pub(crate) struct Ngircd {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    dir: PathBuf,
+}
+
+impl Ngircd {
+    pub(crate) fn start(dir: &Path) -> Ngircd {
+        Self::start_on(dir, free_port())
+    }
+
+    /// Starts (or restarts) ngircd on `port`, configured with `dir/ngircd.conf`.
+    pub(crate) fn start_on(dir: &Path, port: u16) -> Ngircd {
+        let binary = need("/usr/sbin/ngircd", "ngircd");
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("ngircd.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "[Global]\nName = irc.hermes.test\nInfo = hermes test server\nListen = 127.0.0.1\nPorts = {port}\nMotdPhrase = \"hermes test\"\n\
+                 [Limits]\nMaxConnectionsIP = 0\nPingTimeout = 5\nPongTimeout = 5\n[Options]\nDNS = no\nIdent = no\nPAM = no\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.join("ngircd.log");
+        let child = Command::new(binary)
+            .args(["-n", "-f"])
+            .arg(&conf)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "ngircd", &log);
+        Ngircd {
+            child: Some(child),
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (the adapter sees its connection drop).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        *self = Ngircd::start_on(&self.dir.clone(), self.port);
+    }
+}
+
+impl Drop for Ngircd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A raw IRC client speaking in the tests.
+pub(crate) struct IrcClient {
+    reader: BufReader<TcpStream>,
+    writer: TcpStream,
+    pub(crate) nick: String,
+}
+
+impl IrcClient {
+    /// Connects and registers as `nick`.
+    pub(crate) fn connect(addr: &str, nick: &str) -> IrcClient {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let mut client = IrcClient {
+            reader: BufReader::new(stream.try_clone().unwrap()),
+            writer: stream,
+            nick: nick.to_owned(),
+        };
+        client.say(&format!("NICK {nick}"));
+        client.say(&format!("USER {nick} 0 * :test client"));
+        client.expect(|l| l.contains(" 001 "));
+        client
+    }
+
+    pub(crate) fn say(&mut self, line: &str) {
+        write!(self.writer, "{line}\r\n").unwrap();
+    }
+
+    /// Joins `channel` and waits for the end of the names list.
+    pub(crate) fn join(&mut self, channel: &str) {
+        self.say(&format!("JOIN {channel}"));
+        self.expect(|l| l.contains(" 366 "));
+    }
+
+    /// Reads lines (answering PING) until one satisfies `want`; returns it.
+    pub(crate) fn expect(&mut self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            let mut line = String::new();
+            let n = self
+                .reader
+                .read_line(&mut line)
+                .expect("an IRC line within 15 s");
+            assert!(n > 0, "the IRC server closed the test client's connection");
+            let line = line.trim_end().to_owned();
+            if let Some(token) = line.strip_prefix("PING ") {
+                self.say(&format!("PONG {token}"));
+                continue;
+            }
+            if want(&line) {
+                return line;
+            }
+        }
+    }
+}
+
+/// A mosquitto broker.
+pub(crate) struct Mosquitto {
+    child: Option<Child>,
+    pub(crate) port: u16,
+    dir: PathBuf,
+}
+
+impl Mosquitto {
+    pub(crate) fn start(dir: &Path) -> Mosquitto {
+        Self::start_on(dir, free_port())
+    }
+
+    pub(crate) fn start_on(dir: &Path, port: u16) -> Mosquitto {
+        let binary = need("/usr/sbin/mosquitto", "mosquitto");
+        std::fs::create_dir_all(dir).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
+            ),
+        )
+        .unwrap();
+        let log = dir.join("mosquitto.log");
+        let child = Command::new(binary)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(std::fs::File::create(&log).unwrap())
+            .stderr(std::fs::File::create(dir.join("mosquitto.err")).unwrap())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "mosquitto", &dir.join("mosquitto.err"));
+        Mosquitto {
+            child: Some(child),
+            port,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        *self = Mosquitto::start_on(&self.dir.clone(), self.port);
+    }
+
+    /// `mosquitto_pub -t topic -m message`.
+    pub(crate) fn publish(&self, topic: &str, message: &str) {
+        let status = Command::new(need("/usr/bin/mosquitto_pub", "mosquitto-clients"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                topic,
+                "-m",
+                message,
+                "-q",
+                "1",
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Subscribes with `mosquitto_sub` and returns once the broker acknowledged it.
+    pub(crate) fn subscribe(&self, topic: &str) -> Subscriber {
+        let mut child = Command::new(need("/usr/bin/mosquitto_sub", "mosquitto-clients"))
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-t",
+                topic,
+                "-v",
+                "-d",
+                "-q",
+                "1",
+            ])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut sub = Subscriber {
+            reader: BufReader::new(child.stdout.take().unwrap()),
+            child,
+        };
+        sub.read_until(|l| l.contains("SUBACK"));
+        sub
+    }
+}
+
+/// A running `mosquitto_sub -v -d`.
+pub(crate) struct Subscriber {
+    child: Child,
+    reader: BufReader<std::process::ChildStdout>,
+}
+
+impl Subscriber {
+    fn read_until(&mut self, want: impl Fn(&str) -> bool) -> String {
+        loop {
+            let mut line = String::new();
+            assert!(
+                self.reader.read_line(&mut line).unwrap() > 0,
+                "mosquitto_sub ended"
+            );
+            if want(line.trim_end()) {
+                return line.trim_end().to_owned();
+            }
+        }
+    }
+
+    /// The next message as `(topic, payload)`.
+    pub(crate) fn next(&mut self) -> (String, String) {
+        let line = self.read_until(|l| !l.starts_with("Client ") && !l.is_empty());
+        let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
+        (topic.to_owned(), payload.to_owned())
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
