@@ -240,18 +240,25 @@ impl Mosquitto {
 
     /// Subscribes with `mosquitto_sub` and returns once the broker acknowledged it.
     pub(crate) fn subscribe(&self, topic: &str) -> Subscriber {
-        let mut child = Command::new(need("/usr/bin/mosquitto_sub", "mosquitto-clients"))
+        // Line-buffered (a pipe would hold the output back); `-W 30` ends it after 30 s, so a
+        // message that never comes fails the test instead of hanging it.
+        let port = self.port.to_string();
+        let mut child = Command::new("stdbuf")
+            .arg("-oL")
+            .arg(need("/usr/bin/mosquitto_sub", "mosquitto-clients"))
             .args([
                 "-h",
                 "127.0.0.1",
                 "-p",
-                &self.port.to_string(),
+                &port,
                 "-t",
                 topic,
                 "-v",
                 "-d",
                 "-q",
                 "1",
+                "-W",
+                "30",
             ])
             .stdout(Stdio::piped())
             .spawn()
@@ -287,7 +294,9 @@ impl Subscriber {
 
     /// The next message as `(topic, payload)`.
     pub(crate) fn next(&mut self) -> (String, String) {
-        let line = self.read_until(|l| !l.starts_with("Client ") && !l.is_empty());
+        let line = self.read_until(|l| {
+            !l.starts_with("Client ") && !l.starts_with("Subscribed ") && !l.is_empty()
+        });
         let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
         (topic.to_owned(), payload.to_owned())
     }

@@ -23,3 +23,5 @@ mod serve;
 mod reload;
 // The IRC adapter against ngircd.
 mod irc;
+// The MQTT adapter against mosquitto.
+mod mqtt;

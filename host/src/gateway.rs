@@ -295,10 +295,31 @@ impl Gateway {
         if let Some(instance) = self.registry.running(platform) {
             return Ok(instance);
         }
-        if !self.registry.is_registered(platform) {
-            return Err(SendFailure::from_registry(RegistryError::Unknown(
-                platform.to_owned(),
-            )));
+        let entry = self
+            .registry
+            .entry(platform)
+            .map_err(SendFailure::from_registry)?;
+        // Held at the door by a reload: wait for the swap without taking a thread.
+        if entry.is_held() {
+            let timeout = self
+                .registry
+                .options()
+                .platforms
+                .get(platform)
+                .map_or(Duration::from_secs(30), |p| p.call_timeout);
+            if tokio::time::timeout(timeout, entry.wait_released())
+                .await
+                .is_err()
+            {
+                return Err(SendFailure {
+                    status: 503,
+                    message: format!("{platform}: held by a reload for longer than {timeout:?}"),
+                    retryable: true,
+                });
+            }
+            if let Some(instance) = self.registry.running(platform) {
+                return Ok(instance);
+            }
         }
         let registry = Arc::clone(&self.registry);
         let id = platform.to_owned();

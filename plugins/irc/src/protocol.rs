@@ -169,7 +169,7 @@ mod tests {
         assert!(lines.len() > 2);
         for line in &lines {
             assert!(
-                line.len() + 2 + 1 + "hermesbot".len() + PREFIX_ALLOWANCE <= 512,
+                line.len() + 2 + "hermesbot".len() + PREFIX_ALLOWANCE <= 512,
                 "{}",
                 line.len()
             );

@@ -1,0 +1,179 @@
+//! The MQTT adapter against a real mosquitto, with mosquitto_pub and mosquitto_sub.
+
+use std::{sync::Arc, time::Duration};
+
+use hermes_host::{
+    loader::{CallError, Instance, Library, StartOptions},
+    message::{HealthStatus, Outbound},
+};
+
+use crate::{
+    peers::Mosquitto,
+    util::{self, Recorder, TestDir},
+};
+
+fn start(t: &TestDir, config: serde_json::Value, recorder: &Arc<Recorder>) -> Instance {
+    Library::open(&util::lib("hermes_mqtt"), &t.shadow())
+        .unwrap()
+        .start(StartOptions {
+            platform: "mqtt".into(),
+            generation: 1,
+            config_json: config.to_string(),
+            sink: recorder.clone(),
+            workers: 2,
+            call_timeout: Duration::from_secs(10),
+            state: None,
+        })
+        .unwrap()
+}
+
+fn wait_health(instance: &Instance, want: HealthStatus) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = instance.health().unwrap();
+        if health.status == want {
+            return health.detail;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed {health:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the instance and checks that its runtime and threads are gone with it.
+fn stop(instance: Instance) {
+    let stopped = instance.stop(false, Duration::from_secs(10)).unwrap();
+    assert_eq!(stopped.error, None);
+    assert!(stopped.library.unload().clean());
+    let names = util::thread_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.starts_with("mqtt-conn") || n.starts_with("tokio")),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn mqtt_publishes_sends_and_delivers_subscribed_topics() {
+    let t = TestDir::new();
+    let broker = Mosquitto::start(&t.path().join("mosquitto"));
+    let recorder = Recorder::new();
+    let mqtt = start(
+        &t,
+        serde_json::json!({ "broker": broker.addr(), "subscribe": ["in/#"], "client_id": "hermes-test" }),
+        &recorder,
+    );
+    assert!(wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 1)"));
+
+    // The subscription is made right after CONNACK; publish until the first message arrives.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while recorder.messages().is_empty() {
+        broker.publish("in/probe", "probe");
+        assert!(std::time::Instant::now() < deadline, "never subscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let before = recorder.messages().len();
+    broker.publish("in/a", "hello gateway");
+    let inbound = recorder.wait_for(before + 1);
+    let last = inbound.last().unwrap();
+    assert_eq!(
+        (
+            last.chat_id.as_str(),
+            last.user.as_str(),
+            last.text.as_str()
+        ),
+        ("in/a", "mqtt", "hello gateway")
+    );
+    assert_eq!(last.metadata["qos"], 1);
+
+    let mut sub = broker.subscribe("out/#");
+    mqtt.send(&Outbound::new("out/x", "hi broker")).unwrap();
+    assert_eq!(sub.next(), ("out/x".to_owned(), "hi broker".to_owned()));
+    let e = mqtt.send(&Outbound::new("out/#", "x")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CallError::Plugin {
+                retryable: false,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    stop(mqtt);
+}
+
+#[test]
+fn mqtt_reports_the_broker_gone_fails_sends_fast_and_resubscribes() {
+    let t = TestDir::new();
+    let mut broker = Mosquitto::start(&t.path().join("mosquitto"));
+    let recorder = Recorder::new();
+    let mqtt = start(
+        &t,
+        serde_json::json!({ "broker": broker.addr(), "subscribe": ["in/#"], "reconnect_max_ms": 300 }),
+        &recorder,
+    );
+    wait_health(&mqtt, HealthStatus::Healthy);
+
+    broker.kill();
+    let detail = wait_health(&mqtt, HealthStatus::Unhealthy);
+    assert!(detail.contains("not connected"), "{detail}");
+    let started = std::time::Instant::now();
+    let e = mqtt.send(&Outbound::new("out/x", "anyone?")).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            CallError::Plugin {
+                retryable: true,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(5), "the send hung");
+
+    broker.restart();
+    assert!(wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 2)"));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while recorder.messages().is_empty() {
+        broker.publish("in/again", "resubscribed");
+        assert!(std::time::Instant::now() < deadline, "never resubscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(recorder.messages()[0].chat_id, "in/again");
+    stop(mqtt);
+}
+
+#[test]
+fn mqtt_config_errors_name_the_key() {
+    let t = TestDir::new();
+    let library = Library::open(&util::lib("hermes_mqtt"), &t.shadow()).unwrap();
+    let timeout = Duration::from_secs(5);
+    for (config, key) in [
+        (r#"{"broker":"nohost"}"#, "`broker`"),
+        (r#"{}"#, "missing field `broker`"),
+        (
+            r#"{"broker":"h:1883","subscribe":["a/#/b"]}"#,
+            "`subscribe`",
+        ),
+        (r#"{"broker":"h:1883","qos":3}"#, "`qos`"),
+        (r#"{"broker":"h:1883","password":"p"}"#, "`password`"),
+        (
+            r#"{"broker":"h:1883","topic":"x"}"#,
+            "unknown field `topic`",
+        ),
+    ] {
+        let e = library.validate_config(config, timeout).unwrap_err();
+        assert!(e.to_string().contains(key), "{config}: {e}");
+    }
+    library
+        .validate_config(
+            r#"{"broker":"h:1883","subscribe":["$share/gw/chat/#"]}"#,
+            timeout,
+        )
+        .unwrap();
+    assert!(library.unload().clean());
+}
