@@ -25,3 +25,5 @@ mod reload;
 mod irc;
 // The MQTT adapter against mosquitto.
 mod mqtt;
+// The webhook adapter against an HTTP server in the test.
+mod webhook;
