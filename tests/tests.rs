@@ -27,3 +27,5 @@ mod irc;
 mod mqtt;
 // The webhook adapter against an HTTP server in the test.
 mod webhook;
+// IRC and MQTT bridged by routes through `serve`.
+mod bridge;

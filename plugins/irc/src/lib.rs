@@ -11,7 +11,8 @@
 //! (rejoining the channels) when the server goes away. While it is not registered, sends fail
 //! at once with a retryable error; lines already queued are sent after the reconnect. A nick in
 //! use is retried as `nick_`, `nick2`, ... within the server's `NICKLEN`. Long texts are split
-//! into lines that stay under 512 bytes as the server relays them.
+//! into lines that stay under 512 bytes as the server relays them. A message a route brought
+//! from another platform is prefixed with its author: `<alice> text`.
 
 pub mod protocol;
 mod session;
@@ -194,7 +195,16 @@ impl Plugin for Irc {
                 message.chat_id
             )));
         }
-        let lines = protocol::privmsg_lines(&status.nick, target, &message.text);
+        // A message a route brought from another platform names its author.
+        let text = match message
+            .metadata
+            .get("hermes_routed_user")
+            .and_then(|u| u.as_str())
+        {
+            Some(user) => format!("<{user}> {}", message.text),
+            None => message.text,
+        };
+        let lines = protocol::privmsg_lines(&status.nick, target, &text);
         if lines.is_empty() {
             return Err(SendError::permanent("nothing to send: the text is empty"));
         }

@@ -1,0 +1,60 @@
+//! IRC and MQTT bridged by routes, end to end: ngircd, mosquitto and `hermes-host serve`.
+
+use crate::{
+    peers::{IrcClient, Mosquitto, Ngircd},
+    util::{Server, TestDir},
+};
+
+#[test]
+fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
+    let t = TestDir::new();
+    let irc = Ngircd::start(&t.path().join("ngircd"));
+    let broker = Mosquitto::start(&t.path().join("mosquitto"));
+    for (id, lib) in [("irc", "hermes_irc"), ("mqtt", "hermes_mqtt")] {
+        t.install(id, lib, 1);
+    }
+    let mut watcher = IrcClient::connect(&irc.addr(), "watcher");
+    watcher.join("#ops");
+    let mut from_irc = broker.subscribe("ops/irc");
+    let server = Server::start(
+        &t,
+        &format!(
+            "[platforms.irc]\nserver = \"{}\"\nnick = \"hermes\"\nchannels = [\"#ops\"]\n\n\
+             [platforms.mqtt]\nbroker = \"{}\"\nsubscribe = [\"ops/chat\"]\n\n\
+             [[routes]]\nfrom = {{ platform = \"irc\", chat = \"#ops\" }}\nto = [{{ platform = \"mqtt\", chat = \"ops/irc\" }}]\n\n\
+             [[routes]]\nfrom = {{ platform = \"mqtt\", chat = \"ops/chat\" }}\nto = [{{ platform = \"irc\", chat = \"#ops\" }}]\n",
+            irc.addr(),
+            broker.addr()
+        ),
+    );
+    watcher.expect(|l| l.starts_with(":hermes!") && l.contains("JOIN"));
+    server.wait_platform("mqtt", |p| p["health"]["status"] == "healthy");
+
+    watcher.say("PRIVMSG #ops :deploy finished");
+    assert_eq!(
+        from_irc.next(),
+        ("ops/irc".to_owned(), "deploy finished".to_owned())
+    );
+
+    // The broker subscription is made right after connecting; publish until it is in place.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        broker.publish("ops/chat", "ack from mqtt");
+        watcher.say("PING :sync");
+        let line = watcher.expect(|l| l.contains("PRIVMSG #ops") || l.contains("PONG"));
+        if line.contains("PRIVMSG #ops") {
+            assert!(line.ends_with(":<mqtt> ack from mqtt"), "{line}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing came over from MQTT"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("hermes_routed_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+}
