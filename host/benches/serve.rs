@@ -291,6 +291,51 @@ fn bare_server() {
     });
 }
 
+/// Start-up with the real adapters installed: only loopback configured, against all of them
+/// configured eagerly (no peers needed: IRC and MQTT connect in the background).
+fn bench_adapters() {
+    let release = target().join("release");
+    let plugins_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
+    let adapters = [("loopback", "hermes_loopback"), ("irc", "hermes_irc"), ("mqtt", "hermes_mqtt"), ("webhook", "hermes_webhook")];
+    println!("### Adapters: library sizes (release, `strip = \"debuginfo\"`)\n");
+    println!("| plugin | library | size |");
+    println!("|---|---|---:|");
+    for (id, lib) in adapters {
+        let path = release.join(format!("lib{lib}.so"));
+        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        println!("| {id} | lib{lib}.so | {:.2} MiB |", size as f64 / 1048576.0);
+    }
+    let base = target().join("bench-tmp");
+    let write = |dir: &Path, eager_all: bool| -> PathBuf {
+        let mut config = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [{:?}]\nlibrary_dirs = [{:?}]\nstate_dir = \"state\"\n[platforms.loopback]\n",
+            plugins_src.display().to_string(),
+            release.display().to_string()
+        );
+        if eager_all {
+            config.push_str("[platforms.irc]\nserver = \"127.0.0.1:9\"\nnick = \"hermes\"\n[platforms.mqtt]\nbroker = \"127.0.0.1:9\"\n[platforms.webhook]\n");
+        }
+        let path = dir.join("hermes.toml");
+        std::fs::write(&path, config).unwrap();
+        path
+    };
+    let lazy_dir = tempfile::tempdir_in(&base).unwrap();
+    let eager_dir = tempfile::tempdir_in(&base).unwrap();
+    let configs = [write(lazy_dir.path(), false), write(eager_dir.path(), true)];
+    let mut samples: [Vec<Duration>; 2] = Default::default();
+    for _ in 0..15 {
+        for (i, config) in configs.iter().enumerate() {
+            samples[i].push(time_to_health(config));
+        }
+    }
+    let [lazy, eager] = samples.map(median);
+    println!("\n### Adapters: start-up until `/health` answers, all installed (medians of 15 interleaved runs)\n");
+    println!("| configured | median | ratio |");
+    println!("|---|---:|---:|");
+    println!("| loopback only (irc, mqtt, webhook stay unloaded) | {} | 1.00 |", ms(lazy));
+    println!("| all four, eager | {} | {:.2} |\n", ms(eager), eager.as_secs_f64() / lazy.as_secs_f64());
+}
+
 fn main() {
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -306,5 +351,8 @@ fn main() {
     }
     if run("throughput") {
         bench_throughput();
+    }
+    if run("adapters") {
+        bench_adapters();
     }
 }
