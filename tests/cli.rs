@@ -195,3 +195,36 @@ fn plugin_check_refuses_broken_plugins_with_the_reason() {
     );
     assert!(refusal(&t, "panicky").contains("unknown field `colour`"));
 }
+
+#[test]
+fn enable_when_makes_a_plugin_configured_without_loading_it() {
+    let t = TestDir::new();
+    let dir = t.install("envy", "hermes_loopback", 1);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap()
+        + "[plugin.enable_when]\nenv_all = [\"HERMES_TEST_ENVY\"]\n";
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    t.config("");
+    let list = |value: Option<&str>| {
+        let mut command = Command::new(util::bin());
+        command.args([
+            "--config",
+            &t.path().join("hermes.toml").to_string_lossy(),
+            "plugin",
+            "list",
+            "--json",
+        ]);
+        match value {
+            Some(v) => command.env("HERMES_TEST_ENVY", v),
+            None => command.env_remove("HERMES_TEST_ENVY"),
+        };
+        let out = command.output().unwrap();
+        let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+        (
+            list[0]["configured"].as_bool().unwrap(),
+            list[0]["state"].as_str().unwrap().to_owned(),
+        )
+    };
+    assert_eq!(list(None), (false, "registered".to_owned()));
+    assert_eq!(list(Some("")), (false, "registered".to_owned()));
+    assert_eq!(list(Some("yes")), (true, "registered".to_owned()));
+}

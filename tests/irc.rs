@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use hermes_host::{
-    loader::{CallError, Instance, Library, StartOptions},
+    loader::{CallError, Instance, Library},
     message::{HealthStatus, Outbound},
 };
 
@@ -13,40 +13,11 @@ use crate::{
 };
 
 fn start(t: &TestDir, config: serde_json::Value, recorder: &Arc<Recorder>) -> Instance {
-    let library = Library::open(&util::lib("hermes_irc"), &t.shadow()).unwrap();
-    library
-        .start(StartOptions {
-            platform: "irc".into(),
-            generation: 1,
-            config_json: config.to_string(),
-            sink: recorder.clone(),
-            workers: 2,
-            call_timeout: Duration::from_secs(10),
-            state: None,
-        })
-        .unwrap()
-}
-
-/// Polls the instance's health until `want` (panics after 15 s).
-fn wait_health(instance: &Instance, want: HealthStatus) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let health = instance.health().unwrap();
-        if health.status == want {
-            return health.detail;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health stayed {health:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    util::start_plugin(t, "hermes_irc", "irc", config, recorder.clone())
 }
 
 fn stop(instance: Instance) {
-    let stopped = instance.stop(false, Duration::from_secs(10)).unwrap();
-    assert_eq!(stopped.error, None);
-    assert!(stopped.library.unload().clean());
+    util::stop_clean(instance, &["irc-conn"]);
 }
 
 #[test]
@@ -62,7 +33,7 @@ fn irc_relays_privmsg_both_ways_and_splits_long_lines() {
         &recorder,
     );
     watcher.expect(|l| l.starts_with(":hermes!") && l.contains("JOIN"));
-    assert!(wait_health(&irc, HealthStatus::Healthy).starts_with("registered as hermes"));
+    assert!(util::wait_health(&irc, HealthStatus::Healthy).starts_with("registered as hermes"));
 
     watcher.say("PRIVMSG #ops :hello bot");
     watcher.say("PRIVMSG hermes :psst");
@@ -132,7 +103,7 @@ fn irc_takes_another_nick_when_its_own_is_in_use() {
         &recorder,
     );
     squatter.expect(|l| l.starts_with(":hermes_!") && l.contains("JOIN"));
-    assert!(wait_health(&irc, HealthStatus::Healthy).starts_with("registered as hermes_"));
+    assert!(util::wait_health(&irc, HealthStatus::Healthy).starts_with("registered as hermes_"));
     stop(irc);
 }
 
@@ -146,10 +117,10 @@ fn irc_reports_the_server_gone_fails_sends_fast_and_reconnects() {
         serde_json::json!({ "server": server.addr(), "nick": "hermes", "channels": ["#ops"], "reconnect_max_ms": 500 }),
         &recorder,
     );
-    wait_health(&irc, HealthStatus::Healthy);
+    util::wait_health(&irc, HealthStatus::Healthy);
 
     server.kill();
-    let detail = wait_health(&irc, HealthStatus::Unhealthy);
+    let detail = util::wait_health(&irc, HealthStatus::Unhealthy);
     assert!(detail.contains("not connected"), "{detail}");
     let e = irc.send(&Outbound::new("#ops", "anyone?")).unwrap_err();
     assert!(
@@ -166,7 +137,7 @@ fn irc_reports_the_server_gone_fails_sends_fast_and_reconnects() {
     server.restart();
     let mut watcher = IrcClient::connect(&server.addr(), "watcher");
     watcher.join("#ops");
-    assert!(wait_health(&irc, HealthStatus::Healthy).contains("(connection 2)"));
+    assert!(util::wait_health(&irc, HealthStatus::Healthy).contains("(connection 2)"));
     // Rejoined: its message reaches the channel.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -196,7 +167,7 @@ fn irc_answers_ping_and_keeps_its_connection() {
         serde_json::json!({ "server": server.addr(), "nick": "hermes" }),
         &recorder,
     );
-    wait_health(&irc, HealthStatus::Healthy);
+    util::wait_health(&irc, HealthStatus::Healthy);
     // ngircd pings an idle client every 5 s and drops it 5 s later without a PONG.
     let mut watcher = IrcClient::connect(&server.addr(), "watcher");
     let deadline = std::time::Instant::now() + Duration::from_secs(12);
@@ -206,7 +177,7 @@ fn irc_answers_ping_and_keeps_its_connection() {
         assert!(ison.ends_with(":hermes"), "the adapter was dropped: {ison}");
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert!(wait_health(&irc, HealthStatus::Healthy).contains("(connection 1)"));
+    assert!(util::wait_health(&irc, HealthStatus::Healthy).contains("(connection 1)"));
     stop(irc);
 }
 

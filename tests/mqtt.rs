@@ -3,7 +3,7 @@
 use std::{sync::Arc, time::Duration};
 
 use hermes_host::{
-    loader::{CallError, Instance, Library, StartOptions},
+    loader::{CallError, Instance, Library},
     message::{HealthStatus, Outbound},
 };
 
@@ -13,47 +13,11 @@ use crate::{
 };
 
 fn start(t: &TestDir, config: serde_json::Value, recorder: &Arc<Recorder>) -> Instance {
-    Library::open(&util::lib("hermes_mqtt"), &t.shadow())
-        .unwrap()
-        .start(StartOptions {
-            platform: "mqtt".into(),
-            generation: 1,
-            config_json: config.to_string(),
-            sink: recorder.clone(),
-            workers: 2,
-            call_timeout: Duration::from_secs(10),
-            state: None,
-        })
-        .unwrap()
+    util::start_plugin(t, "hermes_mqtt", "mqtt", config, recorder.clone())
 }
 
-fn wait_health(instance: &Instance, want: HealthStatus) -> String {
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let health = instance.health().unwrap();
-        if health.status == want {
-            return health.detail;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "health stayed {health:?}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// Stops the instance and checks that its runtime and threads are gone with it.
 fn stop(instance: Instance) {
-    let stopped = instance.stop(false, Duration::from_secs(10)).unwrap();
-    assert_eq!(stopped.error, None);
-    assert!(stopped.library.unload().clean());
-    let names = util::thread_names();
-    assert!(
-        !names
-            .iter()
-            .any(|n| n.starts_with("mqtt-conn") || n.starts_with("tokio")),
-        "{names:?}"
-    );
+    util::stop_clean(instance, &["mqtt-conn", "tokio"]);
 }
 
 #[test]
@@ -66,7 +30,7 @@ fn mqtt_publishes_sends_and_delivers_subscribed_topics() {
         serde_json::json!({ "broker": broker.addr(), "subscribe": ["in/#"], "client_id": "hermes-test" }),
         &recorder,
     );
-    assert!(wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 1)"));
+    assert!(util::wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 1)"));
 
     // The subscription is made right after CONNACK; publish until the first message arrives.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
@@ -116,10 +80,10 @@ fn mqtt_reports_the_broker_gone_fails_sends_fast_and_resubscribes() {
         serde_json::json!({ "broker": broker.addr(), "subscribe": ["in/#"], "reconnect_max_ms": 300 }),
         &recorder,
     );
-    wait_health(&mqtt, HealthStatus::Healthy);
+    util::wait_health(&mqtt, HealthStatus::Healthy);
 
     broker.kill();
-    let detail = wait_health(&mqtt, HealthStatus::Unhealthy);
+    let detail = util::wait_health(&mqtt, HealthStatus::Unhealthy);
     assert!(detail.contains("not connected"), "{detail}");
     let started = std::time::Instant::now();
     let e = mqtt.send(&Outbound::new("out/x", "anyone?")).unwrap_err();
@@ -136,7 +100,7 @@ fn mqtt_reports_the_broker_gone_fails_sends_fast_and_resubscribes() {
     assert!(started.elapsed() < Duration::from_secs(5), "the send hung");
 
     broker.restart();
-    assert!(wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 2)"));
+    assert!(util::wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 2)"));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while recorder.messages().is_empty() {
         broker.publish("in/again", "resubscribed");

@@ -573,3 +573,21 @@ fn background_platforms_warm_up_and_idle_ones_unload_and_come_back() {
     assert_eq!(idle["in_flight"], 0, "{idle}");
     assert!(idle["seconds_since_activity"].as_f64().is_some());
 }
+
+#[test]
+fn plugin_logs_reach_the_host_log_under_their_platform() {
+    let t = TestDir::new();
+    t.install("busy", "fixture_threaded", 1);
+    let mut server = Server::start(&t, "[platforms.busy]\nthreads = 1\n");
+    assert!(server.terminate().success());
+    let log = server.log();
+    let started = log
+        .lines()
+        .find(|l| l.contains("threaded fixture started"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        started.contains("platform=\"busy\"") || started.contains("platform=busy"),
+        "{started}"
+    );
+    assert!(log.contains("threaded fixture stopped"), "{log}");
+}

@@ -492,3 +492,57 @@ impl Sse {
         }
     }
 }
+
+/// Loads the built library `lib` from `t`'s shadow dir and starts it as generation 1.
+pub(crate) fn start_plugin(
+    t: &TestDir,
+    lib_name: &str,
+    platform: &str,
+    config: serde_json::Value,
+    sink: Arc<dyn EventSink>,
+) -> hermes_host::loader::Instance {
+    hermes_host::loader::Library::open(&lib(lib_name), &t.shadow())
+        .unwrap()
+        .start(hermes_host::loader::StartOptions {
+            platform: platform.into(),
+            generation: 1,
+            config_json: config.to_string(),
+            sink,
+            workers: 2,
+            call_timeout: Duration::from_secs(20),
+            state: None,
+        })
+        .unwrap()
+}
+
+/// Polls the instance's health until it is `want`; returns the detail (panics after 15 s).
+pub(crate) fn wait_health(
+    instance: &hermes_host::loader::Instance,
+    want: hermes_host::message::HealthStatus,
+) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let health = instance.health().unwrap();
+        if health.status == want {
+            return health.detail;
+        }
+        assert!(Instant::now() < deadline, "health stayed {health:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Stops the instance and unloads its library: no error, nothing left mapped, and none of the
+/// threads named `threads` left running.
+pub(crate) fn stop_clean(instance: hermes_host::loader::Instance, threads: &[&str]) {
+    let stopped = instance.stop(false, Duration::from_secs(10)).unwrap();
+    assert_eq!(stopped.error, None);
+    let report = stopped.library.unload();
+    assert!(report.clean(), "{report:?}");
+    let names = thread_names();
+    assert!(
+        !names
+            .iter()
+            .any(|n| threads.iter().any(|t| n.starts_with(t))),
+        "plugin threads left: {names:?}"
+    );
+}

@@ -8,7 +8,7 @@ use std::{
 };
 
 use hermes_host::{
-    loader::{CallError, Instance, Library, StartOptions},
+    loader::{CallError, Instance, Library},
     message::Outbound,
 };
 use hmac::{Hmac, Mac};
@@ -97,25 +97,11 @@ impl Target {
 }
 
 fn start(t: &TestDir, config: serde_json::Value, recorder: &Arc<Recorder>) -> Instance {
-    Library::open(&util::lib("hermes_webhook"), &t.shadow())
-        .unwrap()
-        .start(StartOptions {
-            platform: "webhook".into(),
-            generation: 1,
-            config_json: config.to_string(),
-            sink: recorder.clone(),
-            workers: 2,
-            call_timeout: Duration::from_secs(20),
-            state: None,
-        })
-        .unwrap()
+    util::start_plugin(t, "hermes_webhook", "webhook", config, recorder.clone())
 }
 
 fn stop(instance: Instance) {
-    let stopped = instance.stop(false, Duration::from_secs(10)).unwrap();
-    assert_eq!(stopped.error, None);
-    assert!(stopped.library.unload().clean());
-    assert!(!util::thread_names().iter().any(|n| n == "webhook-in"));
+    util::stop_clean(instance, &["webhook-in"]);
 }
 
 #[test]

@@ -296,14 +296,22 @@ fn bare_server() {
 fn bench_adapters() {
     let release = target().join("release");
     let plugins_src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins");
-    let adapters = [("loopback", "hermes_loopback"), ("irc", "hermes_irc"), ("mqtt", "hermes_mqtt"), ("webhook", "hermes_webhook")];
+    let adapters = [
+        ("loopback", "hermes_loopback"),
+        ("irc", "hermes_irc"),
+        ("mqtt", "hermes_mqtt"),
+        ("webhook", "hermes_webhook"),
+    ];
     println!("### Adapters: library sizes (release, `strip = \"debuginfo\"`)\n");
     println!("| plugin | library | size |");
     println!("|---|---|---:|");
     for (id, lib) in adapters {
         let path = release.join(format!("lib{lib}.so"));
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        println!("| {id} | lib{lib}.so | {:.2} MiB |", size as f64 / 1048576.0);
+        println!(
+            "| {id} | lib{lib}.so | {:.2} MiB |",
+            size as f64 / 1048576.0
+        );
     }
     let base = target().join("bench-tmp");
     let write = |dir: &Path, eager_all: bool| -> PathBuf {
@@ -329,11 +337,20 @@ fn bench_adapters() {
         }
     }
     let [lazy, eager] = samples.map(median);
-    println!("\n### Adapters: start-up until `/health` answers, all installed (medians of 15 interleaved runs)\n");
+    println!(
+        "\n### Adapters: start-up until `/health` answers, all installed (medians of 15 interleaved runs)\n"
+    );
     println!("| configured | median | ratio |");
     println!("|---|---:|---:|");
-    println!("| loopback only (irc, mqtt, webhook stay unloaded) | {} | 1.00 |", ms(lazy));
-    println!("| all four, eager | {} | {:.2} |\n", ms(eager), eager.as_secs_f64() / lazy.as_secs_f64());
+    println!(
+        "| loopback only (irc, mqtt, webhook stay unloaded) | {} | 1.00 |",
+        ms(lazy)
+    );
+    println!(
+        "| all four, eager | {} | {:.2} |\n",
+        ms(eager),
+        eager.as_secs_f64() / lazy.as_secs_f64()
+    );
 }
 
 fn main() {

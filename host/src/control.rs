@@ -91,9 +91,8 @@ async fn unload(
     }
     let registry = Arc::clone(&gateway.registry);
     let platform = id.clone();
-    let report = tokio::task::spawn_blocking(move || registry.unload(&platform))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+    let report = blocking(move || registry.unload(&platform))
+        .await?
         .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
     Ok(
         Json(json!({ "platform": id, "was_running": report.is_some(), "report": report }))
@@ -125,9 +124,7 @@ async fn reload(
         ));
     }
     let registry = Arc::clone(&gateway.registry);
-    let result = tokio::task::spawn_blocking(move || registry.reload(&id, "cli"))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let result = blocking(move || registry.reload(&id, "cli")).await?;
     Ok(match result {
         Ok(outcome) => Json(outcome).into_response(),
         Err(refused) => (
@@ -166,22 +163,14 @@ async fn hotreload_enable(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let g = Arc::clone(&gateway);
-    let result = tokio::task::spawn_blocking(move || g.hotreload.enable(&id))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    hotreload_answer(result)
+    hotreload_answer(blocking(move || gateway.hotreload.enable(&id)).await?)
 }
 
 async fn hotreload_disable(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    let g = Arc::clone(&gateway);
-    let result = tokio::task::spawn_blocking(move || g.hotreload.disable(&id))
-        .await
-        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    hotreload_answer(result)
+    hotreload_answer(blocking(move || gateway.hotreload.disable(&id)).await?)
 }
 
 async fn hotreload_status(State(gateway): State<Arc<Gateway>>) -> Response {
@@ -192,6 +181,15 @@ async fn hotreload_status(State(gateway): State<Arc<Gateway>>) -> Response {
         "resident_stale_libraries": gateway.registry.resident_stale_libraries().map(|v| v.len()),
     }))
     .into_response()
+}
+
+/// Runs `f` (it loads, stops or reloads plugins) on the blocking pool.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 /// Binds the control socket: folder 0700, socket 0600, a stale socket replaced.

@@ -49,7 +49,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     let (gateway, _journal_task) = Gateway::new(config, dev)?;
     let discover_ms = ms(t0.elapsed());
     tracing::info!(
-        installed = gateway.registry.list().len(),
+        installed = gateway.registry.entries().count(),
         "plugins registered"
     );
 

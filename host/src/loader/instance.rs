@@ -250,11 +250,12 @@ impl Instance {
         self.hung.load(Ordering::Acquire)
     }
 
-    fn call<R: Send + 'static>(
+    /// Queues `f` on the workers, counted in flight until the plugin returns; the answer comes
+    /// through the returned receiver.
+    fn submit<R: Send + 'static>(
         &self,
-        call: &'static str,
         f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
-    ) -> Result<R, CallError> {
+    ) -> Result<oneshot::Receiver<R>, CallError> {
         if self.is_hung() {
             return Err(CallError::Unhealthy);
         }
@@ -262,17 +263,37 @@ impl Instance {
         let in_flight = Arc::clone(&self.in_flight);
         in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(in_flight);
-        let result = call_on(&self.workers, call, self.call_timeout, move |vtable| {
+        let (tx, rx) = oneshot::channel();
+        self.workers.submit(Box::new(move |vtable| {
             let guard = guard;
             let r = f(vtable, ptr.get());
             drop(guard);
-            r
-        });
-        if let Err(CallError::Timeout { .. }) = result {
-            self.hung.store(true, Ordering::Release);
-            tracing::error!(platform = %self.platform, generation = self.generation, call, "plugin call timed out; instance marked unhealthy");
+            let _ = tx.send(r);
+        }))?;
+        Ok(rx)
+    }
+
+    /// Marks the instance hung after `call` timed out.
+    fn timed_out(&self, call: &'static str) -> CallError {
+        self.hung.store(true, Ordering::Release);
+        tracing::error!(platform = %self.platform, generation = self.generation, call, "plugin call timed out; instance marked unhealthy");
+        CallError::Timeout {
+            call,
+            after: self.call_timeout,
         }
-        result
+    }
+
+    fn call<R: Send + 'static>(
+        &self,
+        call: &'static str,
+        f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
+    ) -> Result<R, CallError> {
+        let rx = self.submit(f)?;
+        match await_answer(&rx, self.call_timeout) {
+            Ok(r) => Ok(r),
+            Err(oneshot::RecvTimeoutError::Timeout) => Err(self.timed_out(call)),
+            Err(oneshot::RecvTimeoutError::Disconnected) => Err(CallError::Stopped),
+        }
     }
 
     /// Sends one message through the plugin, waiting on this thread.
@@ -301,31 +322,11 @@ impl Instance {
         call: &'static str,
         f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
     ) -> Result<R, CallError> {
-        if self.is_hung() {
-            return Err(CallError::Unhealthy);
-        }
-        let ptr = self.ptr;
-        let in_flight = Arc::clone(&self.in_flight);
-        in_flight.fetch_add(1, Ordering::AcqRel);
-        let guard = InFlight(in_flight);
-        let (tx, rx) = oneshot::channel();
-        self.workers.submit(Box::new(move |vtable| {
-            let guard = guard;
-            let r = f(vtable, ptr.get());
-            drop(guard);
-            let _ = tx.send(r);
-        }))?;
+        let rx = self.submit(f)?;
         match tokio::time::timeout(self.call_timeout, rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Stopped),
-            Err(_) => {
-                self.hung.store(true, Ordering::Release);
-                tracing::error!(platform = %self.platform, generation = self.generation, call, "plugin call timed out; instance marked unhealthy");
-                Err(CallError::Timeout {
-                    call,
-                    after: self.call_timeout,
-                })
-            }
+            Err(_) => Err(self.timed_out(call)),
         }
     }
 
