@@ -18,12 +18,12 @@ run: build
 ## cargo-nextest runs each test in its own process, so per-process counts (fds, threads,
 ## mappings) see one test only; without it, tests run one at a time.
 test: build
+	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast -- --test-threads=1; \
 	fi
-	$(CARGO) test --workspace --doc
 
 ## Formatting and lints, as CI checks them.
 lint:
