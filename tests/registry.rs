@@ -84,6 +84,16 @@ fn a_failed_load_leaves_its_error_and_the_rest_serves() {
             .contains("libcustom_broken.so: not a plugin library")
     );
 
+    // A use right after the failure gets the same error without another load.
+    let loads = registry.loads();
+    let again = registry.instance("broken").unwrap_err();
+    assert_eq!(again, e);
+    assert_eq!(
+        registry.loads(),
+        loads,
+        "a failed library was loaded again at once"
+    );
+
     let e = registry.instance("absent").unwrap_err().to_string();
     assert!(
         e.contains("libno_such_library.so not found (looked in"),

@@ -26,6 +26,9 @@ use crate::{
 
 pub use crate::loader::Instance;
 
+/// After a failed load, uses within this time get that error instead of another attempt.
+pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(1);
+
 /// An entry's lifecycle state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -152,6 +155,8 @@ pub(crate) struct Slot {
     pub(crate) instance: Option<Arc<Instance>>,
     pub(crate) error: Option<String>,
     pub(crate) last_unload: Option<UnloadReport>,
+    /// When the last load failed; uses within [`RETRY_FAILED_LOAD_AFTER`] get its error.
+    pub(crate) failed_at: Option<Instant>,
     /// Loads attempted, and the time they took (load + start), in seconds.
     loads: u64,
     load_seconds: f64,
@@ -376,6 +381,7 @@ impl Registry {
                     instance: None,
                     error,
                     last_unload: None,
+                    failed_at: None,
                     loads: 0,
                     load_seconds: 0.0,
                     last_load_ms: None,
@@ -474,7 +480,14 @@ impl Registry {
                     waited = true;
                     slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
                 }
-                EntryState::Failed if waited => {
+                // Waited on a load that failed, or one failed a moment ago: answer its error
+                // rather than hammering a broken library with a load per call.
+                EntryState::Failed
+                    if waited
+                        || slot
+                            .failed_at
+                            .is_some_and(|at| at.elapsed() < RETRY_FAILED_LOAD_AFTER) =>
+                {
                     return Err(RegistryError::LoadFailed {
                         id: id.to_owned(),
                         message: slot.error.clone().unwrap_or_default(),
@@ -506,6 +519,7 @@ impl Registry {
             Err(message) => {
                 slot.state = EntryState::Failed;
                 slot.error = Some(message.clone());
+                slot.failed_at = Some(Instant::now());
                 Err(RegistryError::LoadFailed {
                     id: id.to_owned(),
                     message,
