@@ -191,9 +191,16 @@ fn main() {
             );
         }
         to_served.push(started.elapsed().as_secs_f64() * 1e3);
-        let (_, status) =
-            hermes_host::control::request(&socket, "GET", "/hotreload", None, timeout).unwrap();
-        held.push(status["plugins"][0]["last"]["held_ms"].as_f64().unwrap());
+        // The new generation serves before the reload finishes its bookkeeping (the old library
+        // is unloaded after the swap): wait for the record of this reload.
+        loop {
+            let (_, status) =
+                hermes_host::control::request(&socket, "GET", "/hotreload", None, timeout).unwrap();
+            if status["plugins"][0]["done"].as_u64() == Some(i as u64 + 1) {
+                held.push(status["plugins"][0]["last"]["held_ms"].as_f64().unwrap());
+                break;
+            }
+        }
     }
     stop.store(true, Ordering::Relaxed);
     for t in load {

@@ -128,6 +128,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve { dev } => {
             let config_ms = started.elapsed().as_secs_f64() * 1e3;
             let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.server.worker_threads)
                 .enable_all()
                 .build()?;
             runtime.block_on(crate::serve::run(config, config_ms, dev))?;
