@@ -180,6 +180,18 @@ pub async fn platform(
     Ok(Json(detail).into_response())
 }
 
+/// 404 unless a plugin with `id` is installed (ids are looked up, never used as paths).
+pub fn installed(gateway: &Gateway, id: &str) -> Result<(), ApiError> {
+    if gateway.registry.is_registered(id) {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            format!("no plugin with id `{id}` is installed"),
+        ))
+    }
+}
+
 /// Parses a send body, naming the field at fault.
 pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
     let message: Outbound = serde_json::from_slice(body).map_err(|e| {
@@ -205,12 +217,7 @@ pub async fn send(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    if !gateway.registry.is_registered(&id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no plugin with id `{id}` is installed"),
-        ));
-    }
+    installed(&gateway, &id)?;
     let message = parse_send(&body)?;
     let ok = gateway
         .send(&id, message, RecordKind::Outbound, None)

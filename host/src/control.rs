@@ -83,12 +83,7 @@ async fn unload(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    if !gateway.registry.is_registered(&id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no plugin with id `{id}` is installed"),
-        ));
-    }
+    api::installed(&gateway, &id)?;
     let registry = Arc::clone(&gateway.registry);
     let platform = id.clone();
     let report = blocking(move || registry.unload(&platform))
@@ -117,12 +112,7 @@ async fn reload(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    if !gateway.registry.is_registered(&id) {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
-            format!("no plugin with id `{id}` is installed"),
-        ));
-    }
+    api::installed(&gateway, &id)?;
     let registry = Arc::clone(&gateway.registry);
     let result = blocking(move || registry.reload(&id, "cli")).await?;
     Ok(match result {
