@@ -313,14 +313,20 @@ fn hot_reload_picks_up_a_rebuilt_library_and_refuses_a_broken_one() {
     assert_eq!(sse.next()["metadata"]["version"], "0.2.0-next");
     assert_eq!(server.platform("lb")["version"], "0.2.0-next");
 
-    // Garbage: refused, the error is in hotreload-status, generation 2 keeps serving.
+    // A manifest rewritten in place is a change too: it triggers a reload (of the same library).
+    let manifest = t.plugins().join("lb/plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text + "description = \"touched\"\n").unwrap();
+    server.wait_platform("lb", |p| p["generation"] == 3);
+
+    // Garbage: refused, the error is in hotreload-status, generation 3 keeps serving.
     std::fs::write(&library, b"not a library at all").unwrap();
     server.wait_platform("lb", |p| p["reloads"]["refused"] == 1);
     let status = server.cli(&["plugin", "hotreload-status"]);
     let text = String::from_utf8_lossy(&status.stdout);
     assert!(text.contains("lb: watching"), "{text}");
     assert!(
-        text.contains("1 done, 1 refused; last reload refused by watcher"),
+        text.contains("2 done, 1 refused; last reload refused by watcher"),
         "{text}"
     );
     assert!(
@@ -333,7 +339,7 @@ fn hot_reload_picks_up_a_rebuilt_library_and_refuses_a_broken_one() {
             .0,
         200
     );
-    assert_eq!(server.platform("lb")["generation"], 2);
+    assert_eq!(server.platform("lb")["generation"], 3);
 
     let json = server.cli(&["plugin", "hotreload-status", "--json"]);
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
@@ -374,4 +380,38 @@ fn hot_reload_needs_permission_and_the_watched_set_survives_a_restart() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["plugins"][0]["id"], "lb");
     assert_eq!(status["plugins"][0]["watching"], true, "{status}");
+}
+
+#[test]
+fn a_reload_replaces_a_hung_instance_and_reports_its_library_resident() {
+    let t = TestDir::new();
+    t.install("stuck", "fixture_panicky", 1);
+    let registry = t.registry(
+        "[platforms.stuck]\ncall_timeout_ms = 100\nhang_send_ms = 1500\n",
+        Arc::new(DiscardInbound),
+    );
+    let old = registry.instance("stuck").unwrap();
+    let e = old.send(&Outbound::new("c", "x")).unwrap_err();
+    assert!(
+        matches!(e, hermes_host::loader::CallError::Timeout { .. }),
+        "{e}"
+    );
+    assert!(old.is_hung());
+
+    // The old instance cannot be stopped under its running call; the new one takes over and
+    // the old library is honestly reported as still mapped.
+    let outcome = registry.reload("stuck", "test").unwrap();
+    assert_eq!(outcome.new_generation, 2);
+    assert!(outcome.old_unload.is_none(), "{outcome:?}");
+    let new = registry.instance("stuck").unwrap();
+    assert!(!new.is_hung());
+    assert_eq!(
+        new.health().unwrap().status,
+        hermes_host::message::HealthStatus::Healthy
+    );
+    assert_eq!(
+        registry.resident_stale_libraries().map(|v| v.len()),
+        Some(1)
+    );
+    registry.shutdown();
 }
