@@ -413,5 +413,15 @@ fn a_reload_replaces_a_hung_instance_and_reports_its_library_resident() {
         registry.resident_stale_libraries().map(|v| v.len()),
         Some(1)
     );
+
+    // When the hung call returns, the old instance is stopped and its library unmapped.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while registry.resident_stale_libraries() != Some(vec![]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the hung instance's library never went"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     registry.shutdown();
 }

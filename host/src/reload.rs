@@ -223,9 +223,13 @@ impl Registry {
         let stopped = old.stop(true, timeout.max(Duration::from_secs(1)));
         let (old_library, state, stop_note) = match stopped {
             Ok(s) => (Some(s.library), s.state, s.error.map(|e| e.to_string())),
-            // A call never returned: that instance cannot be stopped. Its library stays mapped
-            // (reported as stale); the new generation takes over.
-            Err(e) => (None, None, Some(e.to_string())),
+            // A call never returned: that instance cannot be stopped now. The new generation
+            // takes over; a reaper stops and unloads the old one once the call returns (until
+            // then its library is reported as stale).
+            Err(e) => {
+                reap(Arc::clone(&old));
+                (None, None, Some(e.to_string()))
+            }
         };
         if let Some(note) = &stop_note {
             tracing::warn!(
@@ -309,6 +313,36 @@ impl Registry {
                 Err(refused(id, reason, serving))
             }
         }
+    }
+}
+
+/// Stops and unloads an instance a hung call kept from stopping, once that call returns.
+fn reap(instance: Arc<crate::loader::Instance>) {
+    let name = format!(
+        "hermes-reap-{}-g{}",
+        instance.platform(),
+        instance.generation()
+    );
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        loop {
+            match instance.stop(false, Duration::from_secs(60)) {
+                Ok(stopped) => {
+                    let report = stopped.library.unload();
+                    tracing::info!(
+                        platform = instance.platform(),
+                        generation = instance.generation(),
+                        unmapped = ?report.unmapped,
+                        "a hung instance finished its call and was unloaded"
+                    );
+                    return;
+                }
+                Err(crate::loader::StopError::Busy) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a reaper thread: {e}; the old library stays mapped");
     }
 }
 
