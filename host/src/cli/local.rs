@@ -1,0 +1,227 @@
+//! The plugin commands that read the installed plugins themselves: `list`, `info`, `check`.
+
+use std::{io::Write as _, process::ExitCode, sync::Arc};
+
+use anyhow::Result;
+use hermes_plugin_api::abi::ABI_VERSION;
+use serde_json::json;
+
+use super::{PluginCommand, remote};
+use crate::{
+    check,
+    config::Config,
+    loader::DiscardInbound,
+    registry::{PlatformStatus, Registry, RegistryOptions},
+};
+
+/// Builds the registry for a CLI command, printing discovery problems as warnings.
+fn registry(config: &Config) -> Registry {
+    let options = RegistryOptions::from_config(config, Arc::new(DiscardInbound));
+    let registry = Registry::discover(&config.plugins.dirs, options);
+    for problem in registry.problems() {
+        eprintln!("warning: {problem}");
+    }
+    registry
+}
+
+/// `plugin list`, `info` and `check`; the other plugin commands go to the running server.
+pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode> {
+    let registry = match &command {
+        PluginCommand::Reload { id } => return remote::reload(config, id),
+        PluginCommand::HotreloadEnable { id } => {
+            return remote::hotreload_switch(config, id, "POST");
+        }
+        PluginCommand::HotreloadDisable { id } => {
+            return remote::hotreload_switch(config, id, "DELETE");
+        }
+        PluginCommand::HotreloadStatus { json } => return remote::hotreload_status(config, *json),
+        PluginCommand::List(_) | PluginCommand::Info { .. } | PluginCommand::Check { .. } => {
+            registry(config)
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    match command {
+        PluginCommand::List(flag) => {
+            let list = registry.list();
+            if flag.json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+            } else {
+                write_table(&mut out, &list)?;
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Info { id, json } => {
+            let entry = registry.entry(&id)?;
+            let manifest = entry.manifest();
+            let library = registry.resolve_library(entry);
+            let env = |names: &[String]| -> Vec<serde_json::Value> {
+                names
+                    .iter()
+                    .map(|n| json!({ "name": n, "present": std::env::var_os(n).is_some_and(|v| !v.is_empty()) }))
+                    .collect()
+            };
+            if json {
+                let info = json!({
+                    "manifest": manifest,
+                    "manifest_path": entry.manifest_path(),
+                    "library_path": library.as_ref().ok(),
+                    "library_error": library.as_ref().err(),
+                    "required_env": env(&manifest.required_env),
+                    "optional_env": env(&manifest.optional_env),
+                    "status": entry.status(),
+                    "live": remote::live_status(config, &id),
+                    "host_api": ABI_VERSION,
+                });
+                writeln!(out, "{}", serde_json::to_string_pretty(&info)?)?;
+            } else {
+                let status = entry.status();
+                let emoji = manifest
+                    .emoji
+                    .as_deref()
+                    .map(|e| format!(" {e}"))
+                    .unwrap_or_default();
+                writeln!(out, "{} - {}{emoji}", manifest.id, manifest.name)?;
+                let mut row = |k: &str, v: String| writeln!(out, "  {k:<13} {v}");
+                if !manifest.description.is_empty() {
+                    row("description", manifest.description.clone())?;
+                }
+                row("version", manifest.version.clone())?;
+                row(
+                    "api",
+                    format!("{} (this host speaks {ABI_VERSION})", manifest.api),
+                )?;
+                row("kind", manifest.kind.clone())?;
+                row("manifest", entry.manifest_path().display().to_string())?;
+                row(
+                    "library",
+                    match &library {
+                        Ok(p) => p.display().to_string(),
+                        Err(e) => e.clone(),
+                    },
+                )?;
+                match remote::live_status(config, &id) {
+                    Some(live) => row(
+                        "serving",
+                        format!(
+                            "{} in the running server: generation {}, version {}",
+                            live["state"].as_str().unwrap_or("?"),
+                            live["generation"],
+                            live["version"].as_str().unwrap_or("?")
+                        ),
+                    )?,
+                    None => row("serving", "no server running".to_owned())?,
+                }
+                let configured = if entry.platform_config().is_some() {
+                    format!("yes ([platforms.{id}])")
+                } else if entry.configured() {
+                    "yes (enable_when holds)".to_owned()
+                } else {
+                    "no".to_owned()
+                };
+                row("configured", configured)?;
+                for (label, names) in [
+                    ("required env", &manifest.required_env),
+                    ("optional env", &manifest.optional_env),
+                ] {
+                    if names.is_empty() {
+                        continue;
+                    }
+                    let shown: Vec<String> = names
+                        .iter()
+                        .map(|n| {
+                            let set = std::env::var_os(n).is_some_and(|v| !v.is_empty());
+                            format!("{n} ({})", if set { "set" } else { "missing" })
+                        })
+                        .collect();
+                    row(label, shown.join(", "))?;
+                }
+                if let Some(hint) = &manifest.install_hint {
+                    row("install", hint.clone())?;
+                }
+                if let Some(error) = &status.error {
+                    row("error", error.clone())?;
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Check { id, start, json } => {
+            let report = check::check(&registry, &id, start)?;
+            if json {
+                writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+            } else {
+                writeln!(out, "checking {id}")?;
+                for step in &report.steps {
+                    let mark = match step.ok {
+                        Some(true) => "ok  ",
+                        Some(false) => "FAIL",
+                        None => "--  ",
+                    };
+                    writeln!(out, "  {mark} {:<9} {}", step.name, step.detail)?;
+                }
+                match report.reason() {
+                    None => writeln!(out, "{id}: sound")?,
+                    Some(reason) => {
+                        out.flush()?;
+                        eprintln!(
+                            "error: {id} refused: {}",
+                            reason.lines().next().unwrap_or(reason)
+                        );
+                    }
+                }
+            }
+            Ok(if report.sound {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            })
+        }
+        PluginCommand::Reload { .. }
+        | PluginCommand::HotreloadEnable { .. }
+        | PluginCommand::HotreloadDisable { .. }
+        | PluginCommand::HotreloadStatus { .. } => Ok(ExitCode::SUCCESS),
+    }
+}
+
+pub(super) fn write_table(
+    out: &mut impl std::io::Write,
+    list: &[PlatformStatus],
+) -> std::io::Result<()> {
+    let rows: Vec<[String; 6]> = list
+        .iter()
+        .map(|s| {
+            [
+                s.id.clone(),
+                s.name.clone(),
+                s.version.clone(),
+                s.api.to_string(),
+                s.state.as_str().to_owned(),
+                if s.configured { "yes" } else { "no" }.to_owned(),
+            ]
+        })
+        .collect();
+    let header = ["ID", "NAME", "VERSION", "API", "STATE", "CONFIGURED"];
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: [&str; 6]| {
+        cells
+            .iter()
+            .zip(widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect::<Vec<_>>()
+            .join("  ")
+            .trim_end()
+            .to_owned()
+    };
+    writeln!(out, "{}", line(header))?;
+    for row in &rows {
+        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
+    }
+    if list.is_empty() {
+        writeln!(out, "(no plugins installed)")?;
+    }
+    Ok(())
+}

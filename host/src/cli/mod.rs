@@ -1,0 +1,159 @@
+//! The `hermes-host` command line: [`Cli`] parses, [`run`] dispatches.
+//!
+//! `plugin list`, `info` and `check` work on the installed plugins directly (`local`); `status`,
+//! `send`, `plugin reload` and the `hotreload-*` commands talk to the running server through its
+//! control socket (`remote`).
+
+mod local;
+mod remote;
+
+use std::{path::PathBuf, process::ExitCode};
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{Config, DEFAULT_CONFIG};
+
+/// A messaging gateway whose platform adapters are plugins loaded at run time.
+#[derive(Debug, Parser)]
+#[command(name = "hermes-host", version, about)]
+pub struct Cli {
+    /// The config file; a missing file means the defaults.
+    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
+    pub config: PathBuf,
+    /// Log filter (overridden by RUST_LOG), e.g. `info` or `hermes_host=debug`; the default is
+    /// `info` for `serve` and `warn` for the other commands.
+    #[arg(long, global = true)]
+    pub log_level: Option<String>,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway: HTTP API, control socket, routes, journal.
+    Serve {
+        /// Development mode: allows hot reload whatever the config says.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Show the running server's status (through its control socket).
+    Status {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Send a message through the running server.
+    Send {
+        /// The platform id.
+        platform: String,
+        /// The chat (channel, nick, topic...).
+        chat: String,
+        /// The text.
+        text: String,
+    },
+    /// Inspect installed plugins.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+/// `hermes-host plugin ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// List installed plugins (reads manifests only; loads nothing).
+    List(JsonFlag),
+    /// Show one plugin's manifest, library path and environment (loads nothing).
+    Info {
+        /// The plugin id.
+        id: String,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reload a plugin in the running server, as a transaction (old generation kept on failure).
+    Reload {
+        /// The plugin id.
+        id: String,
+    },
+    /// Watch a plugin's library in the running server and reload it when it is rebuilt.
+    HotreloadEnable {
+        /// The plugin id.
+        id: String,
+    },
+    /// Stop watching a plugin's library.
+    HotreloadDisable {
+        /// The plugin id.
+        id: String,
+    },
+    /// Show what the running server watches and how its reloads went.
+    HotreloadStatus {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load a plugin from a scratch copy, check its ABI and config, unload it.
+    Check {
+        /// The plugin id.
+        id: String,
+        /// Also start and stop a throwaway instance.
+        #[arg(long)]
+        start: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command line; the exit code says whether it succeeded.
+pub fn run(cli: Cli) -> Result<ExitCode> {
+    let default_level = match cli.command {
+        Command::Serve { .. } => "info",
+        _ => "warn",
+    };
+    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    let started = std::time::Instant::now();
+    let config = Config::load(&cli.config)?;
+    match cli.command {
+        Command::Serve { dev } => {
+            let config_ms = started.elapsed().as_secs_f64() * 1e3;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(config.server.worker_threads)
+                .enable_all()
+                .build()?;
+            runtime.block_on(crate::serve::run(config, config_ms, dev))?;
+            // Plugin worker threads are joined; nothing left on the runtime matters.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { json } => remote::status(&config, json),
+        Command::Send {
+            platform,
+            chat,
+            text,
+        } => remote::send(&config, &platform, &chat, &text),
+        Command::Plugin(command) => local::plugin(&config, command),
+    }
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Colours only for a person at a terminal; log files and pipes get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
