@@ -217,3 +217,39 @@ fn irc_config_errors_name_the_key() {
         .unwrap();
     assert!(library.unload().clean());
 }
+
+#[test]
+fn irc_over_tls_verifies_the_server_against_the_configured_ca() {
+    let t = TestDir::new();
+    let (server, tls_addr, ca) = Ngircd::start_tls(&t.path().join("ngircd"));
+    let mut watcher = IrcClient::connect(&server.addr(), "watcher");
+    watcher.join("#sec");
+    let recorder = Recorder::new();
+    let config = serde_json::json!({ "server": tls_addr, "nick": "hermes", "channels": ["#sec"], "tls": true, "tls_ca_file": ca });
+    let irc = start(&t, config, &recorder);
+    watcher.expect(|l| l.starts_with(":hermes!") && l.contains("JOIN"));
+    irc.send(&Outbound::new("#sec", "over tls")).unwrap();
+    assert!(
+        watcher
+            .expect(|l| l.contains("PRIVMSG #sec"))
+            .ends_with(":over tls")
+    );
+    watcher.say("PRIVMSG #sec :and back");
+    assert_eq!(recorder.wait_for(1)[0].text, "and back");
+    stop(irc);
+
+    // Without the CA, the server's certificate is refused: never registered.
+    let config = serde_json::json!({ "server": tls_addr, "nick": "hermes2", "tls": true, "reconnect_max_ms": 500 });
+    let untrusted = start(&t, config, &recorder);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let health = untrusted.health().unwrap();
+        if health.detail.contains("certificate") || health.detail.contains("UnknownIssuer") {
+            break;
+        }
+        assert_ne!(health.status, HealthStatus::Healthy);
+        assert!(std::time::Instant::now() < deadline, "{health:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop(untrusted);
+}

@@ -62,7 +62,8 @@ impl Ngircd {
             &conf,
             format!(
                 "[Global]\nName = irc.hermes.test\nInfo = hermes test server\nListen = 127.0.0.1\nPorts = {port}\nMotdPhrase = \"hermes test\"\n\
-                 [Limits]\nMaxConnectionsIP = 0\nPingTimeout = 5\nPongTimeout = 5\n[Options]\nDNS = no\nIdent = no\nPAM = no\n"
+                 [Limits]\nMaxConnectionsIP = 0\nPingTimeout = 5\nPongTimeout = 5\n[Options]\nDNS = no\nIdent = no\nPAM = no\n{}",
+                tls_section(dir)
             ),
         )
         .unwrap();
@@ -86,6 +87,82 @@ impl Ngircd {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// Starts ngircd with a TLS port too, its certificate signed by a CA made for the test;
+    /// returns the server, the TLS address and the CA's PEM file.
+    pub(crate) fn start_tls(dir: &Path) -> (Ngircd, String, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let tls_port = free_port();
+        let openssl = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=hermes test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign",
+        ]);
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ]);
+        std::fs::write(
+            dir.join("ext.cnf"),
+            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ]);
+        std::fs::write(dir.join("tls-port"), tls_port.to_string()).unwrap();
+        let server = Ngircd::start(dir);
+        wait_listening(tls_port, "ngircd (TLS)", &dir.join("ngircd.log"));
+        (server, format!("127.0.0.1:{tls_port}"), dir.join("ca.pem"))
+    }
+
     /// Kills the server (the adapter sees its connection drop).
     pub(crate) fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -104,6 +181,18 @@ impl Ngircd {
 impl Drop for Ngircd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// The `[SSL]` section when `start_tls` prepared certificates in `dir`.
+fn tls_section(dir: &Path) -> String {
+    match std::fs::read_to_string(dir.join("tls-port")) {
+        Ok(port) => format!(
+            "[SSL]\nCertFile = {}\nKeyFile = {}\nPorts = {port}\n",
+            dir.join("server.pem").display(),
+            dir.join("server.key").display()
+        ),
+        Err(_) => String::new(),
     }
 }
 

@@ -2,7 +2,8 @@
 //!
 //! Config (`[platforms.irc]`):
 //! - `server = "host:port"` (required), `nick` (required), `channels = ["#ops", ...]`;
-//! - `tls = false`, `password` (or the `IRC_PASSWORD` env var), `username`, `realname`;
+//! - `tls = false` (the public web roots are trusted, plus `tls_ca_file`, a PEM of private CAs),
+//!   `password` (or the `IRC_PASSWORD` env var), `username`, `realname`;
 //! - pacing: `burst = 4` lines at once, then one line per `send_interval_ms = 500`;
 //! - `connect_timeout_ms = 5000`, `reconnect_max_ms = 30000`, `queue_limit = 1000` lines.
 //!
@@ -45,6 +46,9 @@ pub struct Config {
     /// Connect with TLS.
     #[serde(default)]
     pub tls: bool,
+    /// A PEM file of CA certificates trusted besides the public roots (a private server).
+    #[serde(default)]
+    pub tls_ca_file: Option<String>,
     /// Server password (`PASS`); `IRC_PASSWORD` when absent.
     #[serde(default)]
     pub password: Option<String>,
@@ -137,6 +141,9 @@ impl Plugin for Irc {
         }
         if let Some(bad) = config.channels.iter().find(|c| !protocol::valid_channel(c)) {
             return Err(format!("`channels`: {bad:?} is not a channel name (#name)"));
+        }
+        if config.tls_ca_file.is_some() && !config.tls {
+            return Err("`tls_ca_file`: only meaningful with `tls = true`".into());
         }
         if config.burst == 0 {
             return Err("`burst`: must be at least 1".into());

@@ -64,9 +64,18 @@ fn connect(config: &Config) -> io::Result<Conn> {
                     .rsplit_once(':')
                     .map_or(config.server.as_str(), |(h, _)| h)
                     .to_owned();
-                let roots = rustls::RootCertStore {
+                let mut roots = rustls::RootCertStore {
                     roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
                 };
+                if let Some(file) = &config.tls_ca_file {
+                    use rustls::pki_types::{CertificateDer, pem::PemObject};
+                    let bad = |e: &dyn std::fmt::Display| {
+                        io::Error::other(format!("tls_ca_file {file}: {e}"))
+                    };
+                    for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad(&e))? {
+                        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
+                    }
+                }
                 let provider = Arc::new(rustls::crypto::ring::default_provider());
                 let tls = rustls::ClientConfig::builder_with_provider(provider)
                     .with_safe_default_protocol_versions()
