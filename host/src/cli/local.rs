@@ -26,23 +26,10 @@ fn registry(config: &Config) -> Registry {
 
 /// `plugin list`, `info` and `check`; the other plugin commands go to the running server.
 pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode> {
-    let registry = match &command {
-        PluginCommand::Reload { id } => return remote::reload(config, id),
-        PluginCommand::HotreloadEnable { id } => {
-            return remote::hotreload_switch(config, id, "POST");
-        }
-        PluginCommand::HotreloadDisable { id } => {
-            return remote::hotreload_switch(config, id, "DELETE");
-        }
-        PluginCommand::HotreloadStatus { json } => return remote::hotreload_status(config, *json),
-        PluginCommand::List(_) | PluginCommand::Info { .. } | PluginCommand::Check { .. } => {
-            registry(config)
-        }
-    };
     let mut out = std::io::stdout().lock();
     match command {
         PluginCommand::List(flag) => {
-            let list = registry.list();
+            let list = registry(config).list();
             if flag.json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
             } else {
@@ -51,6 +38,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Info { id, json } => {
+            let registry = registry(config);
             let entry = registry.entry(&id)?;
             let manifest = entry.manifest();
             let library = registry.resolve_library(entry);
@@ -145,7 +133,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Check { id, start, json } => {
-            let report = check::check(&registry, &id, start)?;
+            let report = check::check(&registry(config), &id, start)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
             } else {
@@ -175,10 +163,10 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                 ExitCode::FAILURE
             })
         }
-        PluginCommand::Reload { .. }
-        | PluginCommand::HotreloadEnable { .. }
-        | PluginCommand::HotreloadDisable { .. }
-        | PluginCommand::HotreloadStatus { .. } => Ok(ExitCode::SUCCESS),
+        PluginCommand::Reload { id } => remote::reload(config, &id),
+        PluginCommand::HotreloadEnable { id } => remote::hotreload_switch(config, &id, "POST"),
+        PluginCommand::HotreloadDisable { id } => remote::hotreload_switch(config, &id, "DELETE"),
+        PluginCommand::HotreloadStatus { json } => remote::hotreload_status(config, json),
     }
 }
 
