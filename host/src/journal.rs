@@ -68,7 +68,7 @@ pub struct Journal {
     path: PathBuf,
 }
 
-/// The writer task; await it after [`Journal::close`] to know everything is on disk.
+/// The writer task; it ends (after a last write) once every `Journal` handle is dropped.
 pub type JournalTask = tokio::task::JoinHandle<()>;
 
 impl Journal {
