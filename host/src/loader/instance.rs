@@ -323,6 +323,12 @@ impl Instance {
         f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
     ) -> Result<R, CallError> {
         let rx = self.submit(f)?;
+        // Let the runtime run whatever else is ready first: a worker that is awake answers in
+        // a few microseconds, and an answer already there needs no wake-up of this thread.
+        tokio::task::yield_now().await;
+        if let Ok(r) = rx.try_recv() {
+            return Ok(r);
+        }
         match tokio::time::timeout(self.call_timeout, rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Stopped),
