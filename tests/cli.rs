@@ -228,3 +228,23 @@ fn enable_when_makes_a_plugin_configured_without_loading_it() {
     assert_eq!(list(Some("")), (false, "registered".to_owned()));
     assert_eq!(list(Some("yes")), (true, "registered".to_owned()));
 }
+
+#[test]
+fn adapter_config_errors_name_the_key_in_check_and_in_serve() {
+    let t = TestDir::new();
+    t.install("irc", "hermes_irc", 1);
+    t.install("mqtt", "hermes_mqtt", 1);
+    let platforms = "[platforms.irc]\nserver = \"nohost\"\nnick = \"hermes\"\n[platforms.mqtt]\nbroker = \"127.0.0.1:1883\"\nqos = 7\n";
+    t.config(platforms);
+    assert!(refusal(&t, "irc").contains("[platforms.irc]: validate_config: `server`"));
+    assert!(refusal(&t, "mqtt").contains("[platforms.mqtt]: validate_config: `qos`"));
+
+    // serve starts; the two platforms are `failed` with the same errors, the gateway serves.
+    let server = util::Server::start(&t, platforms);
+    for (id, key) in [("irc", "`server`"), ("mqtt", "`qos`")] {
+        let p = server.platform(id);
+        assert_eq!(p["state"], "failed", "{p}");
+        assert!(p["error"].as_str().unwrap().contains(key), "{p}");
+    }
+    assert_eq!(server.get("/health").0, 200);
+}
