@@ -33,6 +33,23 @@ async fn call(
     )
 }
 
+/// `POST /api/platforms/{platform}/send` through the router.
+async fn send(
+    gateway: &Arc<Gateway>,
+    platform: &str,
+    body: &str,
+    token: Option<&str>,
+) -> (u16, serde_json::Value) {
+    call(
+        gateway,
+        "POST",
+        &format!("/api/platforms/{platform}/send"),
+        body,
+        token,
+    )
+    .await
+}
+
 fn gateway(t: &TestDir, extra: &str) -> Arc<Gateway> {
     let config = Config::load(&t.config(extra)).unwrap();
     Gateway::new(config, false).unwrap().0
@@ -58,14 +75,7 @@ async fn the_api_lists_50_plugins_without_loading_and_a_send_loads_exactly_one()
     assert_eq!((status, one["state"].as_str()), (200, Some("registered")));
     assert_eq!(gateway.registry.loads(), 0);
 
-    let (status, sent) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/p07/send",
-        r#"{"chat_id":"c","text":"hi"}"#,
-        None,
-    )
-    .await;
+    let (status, sent) = send(&gateway, "p07", r#"{"chat_id":"c","text":"hi"}"#, None).await;
     assert_eq!(status, 200, "{sent}");
     assert_eq!(sent["platform"], "p07");
     assert_eq!(sent["generation"], 1);
@@ -87,14 +97,7 @@ async fn bad_requests_get_clear_errors() {
     t.install("loopback", "hermes_loopback", 1);
     t.install_bytes("broken", b"garbage");
     let gateway = gateway(&t, "");
-    let (status, e) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/loopback/send",
-        r#"{"chat_id":"c"}"#,
-        None,
-    )
-    .await;
+    let (status, e) = send(&gateway, "loopback", r#"{"chat_id":"c"}"#, None).await;
     assert_eq!(status, 422);
     assert!(
         e["error"]
@@ -103,49 +106,21 @@ async fn bad_requests_get_clear_errors() {
             .contains("missing field `text`"),
         "{e}"
     );
-    let (status, e) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/loopback/send",
-        r#"{"chat_id":"","text":"x"}"#,
-        None,
-    )
-    .await;
+    let (status, e) = send(&gateway, "loopback", r#"{"chat_id":"","text":"x"}"#, None).await;
     assert_eq!(status, 422);
     assert!(e["error"].as_str().unwrap().contains("`chat_id`"), "{e}");
-    let (status, e) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/loopback/send",
-        "not json",
-        None,
-    )
-    .await;
+    let (status, e) = send(&gateway, "loopback", "not json", None).await;
     assert_eq!(status, 422, "{e}");
-    let (status, _) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/nope/send",
-        r#"{"chat_id":"c","text":"x"}"#,
-        None,
-    )
-    .await;
+    let (status, _) = send(&gateway, "nope", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 404);
     let (status, _) = call(&gateway, "GET", "/api/platforms/nope", "", None).await;
     assert_eq!(status, 404);
     let big = format!(r#"{{"chat_id":"c","text":"{}"}}"#, "x".repeat(100 * 1024));
-    let (status, _) = call(&gateway, "POST", "/api/platforms/loopback/send", &big, None).await;
+    let (status, _) = send(&gateway, "loopback", &big, None).await;
     assert_eq!(status, 413);
 
     // A platform whose load fails: 503 with the error, on the entry too; the rest serves.
-    let (status, e) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/broken/send",
-        r#"{"chat_id":"c","text":"x"}"#,
-        None,
-    )
-    .await;
+    let (status, e) = send(&gateway, "broken", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 503, "{e}");
     assert!(
         e["error"]
@@ -162,14 +137,7 @@ async fn bad_requests_get_clear_errors() {
             .unwrap()
             .contains("not a plugin library")
     );
-    let (status, _) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/loopback/send",
-        r#"{"chat_id":"c","text":"x"}"#,
-        None,
-    )
-    .await;
+    let (status, _) = send(&gateway, "loopback", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 200);
     gateway.registry.shutdown();
 }
@@ -200,14 +168,7 @@ async fn a_token_guards_every_route_but_health() {
     }
     let (status, body) = call(&gateway, "GET", "/api/platforms", "", Some("s3cret")).await;
     assert_eq!(status, 200, "{body}");
-    let (status, _) = call(
-        &gateway,
-        "POST",
-        "/api/platforms/loopback/send",
-        r#"{"chat_id":"c","text":"x"}"#,
-        None,
-    )
-    .await;
+    let (status, _) = send(&gateway, "loopback", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 401);
     assert_eq!(gateway.registry.loads(), 0);
 }

@@ -5,40 +5,19 @@
 
 use std::{
     hint::black_box,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
+mod common;
+
+use common::{median, ms, percentile, target, us};
 use hermes_host::{
     loader::{DiscardInbound, Library, StartOptions},
     registry::{Registry, RegistryOptions},
 };
 use hermes_plugin_api::{Health, Host, OutboundMessage, Plugin, SendError, SendReceipt};
-
-fn target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn median(mut samples: Vec<Duration>) -> Duration {
-    samples.sort();
-    samples[samples.len() / 2]
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.3} ms", d.as_secs_f64() * 1e3)
-}
-
-fn us(d: Duration) -> String {
-    format!("{:.2} µs", d.as_secs_f64() * 1e6)
-}
 
 fn ns(d: Duration) -> String {
     format!("{:.1} ns", d.as_secs_f64() * 1e9)

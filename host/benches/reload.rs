@@ -5,10 +5,13 @@
 //! bench replaces it the way cargo does (new file, unlink, link), alternating between the two
 //! release builds (0.1.0 and 0.2.0-next), 50 times at the default debounce (150 ms).
 
+mod common;
+
+use common::{percentile_f64, target};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Command, Stdio},
     sync::{
         Arc,
@@ -16,17 +19,6 @@ use std::{
     },
     time::{Duration, Instant},
 };
-
-fn target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn pct(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
 
 struct Server(Child);
 
@@ -217,10 +209,10 @@ fn main() {
     let row = |name: &str, v: &mut Vec<f64>| {
         println!(
             "| {name} | {:.1} ms | {:.1} ms | {:.1} ms | {:.1} ms |",
-            pct(v, 0.5),
-            pct(v, 0.95),
-            pct(v, 0.99),
-            pct(v, 1.0)
+            percentile_f64(v, 0.5),
+            percentile_f64(v, 0.95),
+            percentile_f64(v, 0.99),
+            percentile_f64(v, 1.0)
         );
     };
     row(

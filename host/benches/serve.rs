@@ -4,6 +4,9 @@
 //! Run with `make bench`. Both servers run as child processes on loopback, measured in the same
 //! run by the same client; each start-up figure is a median over interleaved runs.
 
+mod common;
+
+use common::{median, percentile, target};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
@@ -13,23 +16,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-fn target() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-}
-
-fn median(mut v: Vec<Duration>) -> Duration {
-    v.sort();
-    v[v.len() / 2]
-}
-
-fn pct(v: &mut [Duration], p: f64) -> Duration {
-    v.sort();
-    v[((v.len() - 1) as f64 * p).round() as usize]
-}
-
-fn ms(d: Duration) -> String {
+fn ms1(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1e3)
 }
 
@@ -142,15 +129,15 @@ fn bench_startup() {
     );
     println!("| installed | configured (eager) | median | ratio |");
     println!("|---:|---:|---:|---:|");
-    println!("| 1 | 1 | {} | 1.00 (baseline) |", ms(a));
+    println!("| 1 | 1 | {} | 1.00 (baseline) |", ms1(a));
     println!(
         "| 200 | 1 | {} | {:.2} |",
-        ms(b),
+        ms1(b),
         b.as_secs_f64() / a.as_secs_f64()
     );
     println!(
         "| 200 | 200 | {} | {:.2} |",
-        ms(c),
+        ms1(c),
         c.as_secs_f64() / a.as_secs_f64()
     );
     println!(
@@ -273,10 +260,10 @@ fn bench_throughput() {
         let (bare_rps, gw_rps) = (bare_runs[1], gw_runs[1]);
         println!(
             "| {clients} | {bare_rps:.0} | {} | {} | {gw_rps:.0} | {} | {} | {:.2} |",
-            us(pct(&mut b, 0.5)),
-            us(pct(&mut b, 0.99)),
-            us(pct(&mut g, 0.5)),
-            us(pct(&mut g, 0.99)),
+            us(percentile(&mut b, 0.5)),
+            us(percentile(&mut b, 0.99)),
+            us(percentile(&mut g, 0.5)),
+            us(percentile(&mut g, 0.99)),
             gw_rps / bare_rps
         );
     }
@@ -356,11 +343,11 @@ fn bench_adapters() {
     println!("|---|---:|---:|");
     println!(
         "| loopback only (irc, mqtt, webhook stay unloaded) | {} | 1.00 |",
-        ms(lazy)
+        ms1(lazy)
     );
     println!(
         "| all four, eager | {} | {:.2} |\n",
-        ms(eager),
+        ms1(eager),
         eager.as_secs_f64() / lazy.as_secs_f64()
     );
 }
