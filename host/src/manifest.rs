@@ -115,7 +115,7 @@ impl Manifest {
 
     /// Like [`Manifest::load`], but `None` when there is no file (a folder without a manifest).
     pub fn load_if_present(path: &Path) -> Option<Result<Manifest, ManifestError>> {
-        match std::fs::read_to_string(path) {
+        match read_small(path) {
             Ok(text) => Some(Self::parse(&text, path)),
             Err(e)
                 if matches!(
@@ -202,6 +202,25 @@ impl Manifest {
             std::env::consts::DLL_SUFFIX
         )
     }
+}
+
+/// The largest manifest read; a bigger file is an error, not a memory hog.
+pub const MANIFEST_LIMIT: u64 = 64 * 1024;
+
+/// Reads a manifest: open and read, without the `stat` that `fs::read_to_string` makes for a
+/// size hint (start-up reads hundreds of these; every system call shows).
+fn read_small(path: &Path) -> std::io::Result<String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::with_capacity(1024);
+    std::fs::File::open(path)?
+        .take(MANIFEST_LIMIT + 1)
+        .read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MANIFEST_LIMIT {
+        return Err(std::io::Error::other(format!(
+            "larger than {MANIFEST_LIMIT} bytes"
+        )));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8"))
 }
 
 /// Whether `id` is a valid plugin id: `^[a-z0-9][a-z0-9_-]{0,63}$`.
