@@ -338,23 +338,19 @@ impl Instance {
 
     /// Asks the plugin how it is doing.
     pub fn health(&self) -> Result<Health, CallError> {
-        let result = self.call("health", |vtable, ptr| {
-            // SAFETY: as in `send`.
-            let result = unsafe { (vtable.health)(ptr) };
-            result.into_result().map(|h| Health {
-                status: match h.status {
-                    HEALTH_HEALTHY => HealthStatus::Healthy,
-                    HEALTH_DEGRADED => HealthStatus::Degraded,
-                    _ => HealthStatus::Unhealthy,
-                },
-                detail: h.detail.into_string(),
-            })
-        })?;
-        result.map_err(|e| CallError::Plugin {
-            call: "health",
-            message: e.into_string(),
-            retryable: false,
-        })
+        self.call("health", health_job)?.map_err(health_error)
+    }
+
+    /// Asks the plugin how it is doing, without blocking the runtime's thread; `within` bounds
+    /// the wait (a busy or hung plugin does not hold up a status page).
+    pub async fn health_async(&self, within: Duration) -> Result<Health, CallError> {
+        match tokio::time::timeout(within, self.call_async("health", health_job)).await {
+            Ok(result) => result?.map_err(health_error),
+            Err(_) => Err(CallError::Timeout {
+                call: "health",
+                after: within,
+            }),
+        }
     }
 
     /// Benchmark support: makes `n` back-to-back raw FFI `health` calls inside one job on a
@@ -438,6 +434,32 @@ impl std::fmt::Debug for Instance {
             .field("generation", &self.generation)
             .field("version", &self.plugin_version)
             .finish()
+    }
+}
+
+/// The `health` job: the call and the conversion to std types, on the worker.
+fn health_job(vtable: &PluginVTable, ptr: InstancePtr) -> Result<Health, String> {
+    // SAFETY: `ptr` came from this library's `start` and `stop` has not run (see `send_job`).
+    let result = unsafe { (vtable.health)(ptr) };
+    // Converted here, on the worker: the RStrings are freed by the plugin's allocator.
+    match result.into_result() {
+        Ok(h) => Ok(Health {
+            status: match h.status {
+                HEALTH_HEALTHY => HealthStatus::Healthy,
+                HEALTH_DEGRADED => HealthStatus::Degraded,
+                _ => HealthStatus::Unhealthy,
+            },
+            detail: h.detail.into_string(),
+        }),
+        Err(e) => Err(e.into_string()),
+    }
+}
+
+fn health_error(message: String) -> CallError {
+    CallError::Plugin {
+        call: "health",
+        message,
+        retryable: false,
     }
 }
 
