@@ -133,8 +133,11 @@ pub struct PlatformStart {
     pub id: String,
     /// `eager` or `background`.
     pub mode: StartMode,
-    /// Load + start time.
+    /// Load + start time, as the start-up saw it.
     pub ms: f64,
+    /// Of that, the library load (shadow copy, dlopen, checks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_ms: Option<f64>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,

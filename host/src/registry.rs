@@ -30,7 +30,7 @@ pub use crate::loader::Instance;
 pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(1);
 
 /// An entry's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EntryState {
     /// Known from its manifest; nothing loaded.
@@ -161,10 +161,12 @@ pub(crate) struct Slot {
     loads: u64,
     load_seconds: f64,
     last_load_ms: Option<f64>,
+    /// Of that, the library load (copy, dlopen, checks); the rest is `start`.
+    last_open_ms: Option<f64>,
 }
 
 /// An entry's status: what `plugin list`, `/api/platforms` and `status` show.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct PlatformStatus {
     /// The platform id.
     pub id: String,
@@ -183,12 +185,12 @@ pub struct PlatformStatus {
     /// Whether a `[platforms.<id>]` table or the manifest's `enable_when` enables it.
     pub configured: bool,
     /// The last load or start error.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// The manifest's description.
     pub description: String,
     /// The manifest's emoji.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub emoji: Option<String>,
     /// The manifest file.
     pub manifest_path: PathBuf,
@@ -197,8 +199,11 @@ pub struct PlatformStatus {
     /// Time spent in loads and starts so far, in seconds.
     pub load_seconds: f64,
     /// How long the last load and start took.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_load_ms: Option<f64>,
+    /// Of `last_load_ms`, the library load (shadow copy, dlopen, checks); the rest is `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_open_ms: Option<f64>,
     /// Calls running or queued on the serving instance.
     pub in_flight: usize,
 }
@@ -290,6 +295,7 @@ impl Entry {
             loads: slot.loads,
             load_seconds: slot.load_seconds,
             last_load_ms: slot.last_load_ms,
+            last_open_ms: slot.last_open_ms,
             in_flight: slot.instance.as_ref().map_or(0, |i| i.in_flight()),
         }
     }
@@ -385,6 +391,7 @@ impl Registry {
                     loads: 0,
                     load_seconds: 0.0,
                     last_load_ms: None,
+                    last_open_ms: None,
                 }),
                 changed: Condvar::new(),
                 changed_async: tokio::sync::watch::channel(0).0,
@@ -571,13 +578,16 @@ impl Registry {
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         let library = Library::open(&path, &self.options.shadow_dir).map_err(|e| e.to_string())?;
+        let opened = started.elapsed();
+        entry.lock().last_open_ms = Some(opened.as_secs_f64() * 1e3);
         match library.start(self.start_options(entry, generation, None)) {
             Ok(instance) => {
                 tracing::info!(
                     platform = %entry.manifest.id,
                     generation,
                     version = instance.plugin_version(),
-                    elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+                    load_ms = opened.as_secs_f64() * 1e3,
+                    start_ms = (started.elapsed() - opened).as_secs_f64() * 1e3,
                     "platform started"
                 );
                 Ok(Arc::new(instance))

@@ -193,7 +193,8 @@ async fn start_platforms(
             if let Some(e) = &error {
                 tracing::error!(platform = %id, error = %e, "platform failed to start; the gateway goes on");
             }
-            PlatformStart { id, mode, ms, error }
+            let load_ms = gateway.registry.entry(&id).ok().and_then(|e| e.status().last_open_ms);
+            PlatformStart { id, mode, ms, load_ms, error }
         });
     }
     let mut out = Vec::new();

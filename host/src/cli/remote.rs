@@ -1,6 +1,6 @@
 //! The commands that talk to the running server through its control socket.
 
-use std::{io::Write as _, path::PathBuf, process::ExitCode};
+use std::{io::Write as _, process::ExitCode};
 
 use anyhow::Result;
 use serde_json::json;
@@ -33,42 +33,14 @@ pub(super) fn status(config: &Config, json: bool) -> Result<ExitCode> {
     )?;
     let list: Vec<PlatformStatus> = body["platforms"]
         .as_array()
-        .map(|a| a.iter().filter_map(platform_status_from_json).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| serde_json::from_value(p.clone()).ok())
+                .collect()
+        })
         .unwrap_or_default();
     write_table(&mut out, &list)?;
     Ok(ExitCode::SUCCESS)
-}
-
-fn platform_status_from_json(p: &serde_json::Value) -> Option<PlatformStatus> {
-    let state = match p["state"].as_str()? {
-        "registered" => crate::registry::EntryState::Registered,
-        "loading" => crate::registry::EntryState::Loading,
-        "running" => crate::registry::EntryState::Running,
-        "stopping" => crate::registry::EntryState::Stopping,
-        "unloaded" => crate::registry::EntryState::Unloaded,
-        _ => crate::registry::EntryState::Failed,
-    };
-    Some(PlatformStatus {
-        id: p["id"].as_str()?.to_owned(),
-        name: p["name"].as_str().unwrap_or_default().to_owned(),
-        version: p["version"].as_str().unwrap_or_default().to_owned(),
-        manifest_version: p["manifest_version"]
-            .as_str()
-            .unwrap_or_default()
-            .to_owned(),
-        api: p["api"].as_u64().unwrap_or(0) as u32,
-        state,
-        generation: p["generation"].as_u64().unwrap_or(0),
-        configured: p["configured"].as_bool().unwrap_or(false),
-        error: p["error"].as_str().map(str::to_owned),
-        description: String::new(),
-        emoji: None,
-        manifest_path: PathBuf::new(),
-        loads: p["loads"].as_u64().unwrap_or(0),
-        load_seconds: 0.0,
-        last_load_ms: None,
-        in_flight: 0,
-    })
 }
 
 pub(super) fn send(config: &Config, platform: &str, chat: &str, text: &str) -> Result<ExitCode> {
