@@ -477,6 +477,12 @@ fn background_platforms_warm_up_and_idle_ones_unload_and_come_back() {
         .map(|p| p["name"].as_str().unwrap())
         .collect();
     assert_eq!(phases, ["config", "discover", "eager_start", "listen"]);
+    let platforms = profile["platforms"].as_array().unwrap();
+    let warm = platforms.iter().find(|p| p["id"] == "warm").unwrap();
+    assert!(
+        warm["load_ms"].as_f64().unwrap() <= warm["ms"].as_f64().unwrap(),
+        "{warm}"
+    );
     assert!(
         profile["platforms"]
             .as_array()
