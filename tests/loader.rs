@@ -116,8 +116,7 @@ fn two_hundred_cycles_leave_nothing_behind() {
     for i in 0..3 {
         cycle(i);
     }
-    let fds = util::fd_count();
-    let threads = util::thread_names().len();
+    let baseline = util::ProcessCounts::take();
     for i in 0..200 {
         cycle(i);
     }
@@ -125,16 +124,7 @@ fn two_hundred_cycles_leave_nothing_behind() {
         util::mapped_containing(&t.shadow().canonicalize().unwrap().to_string_lossy()).is_empty()
     );
     assert_eq!(util::file_count(&t.shadow()), 0, "shadow files left behind");
-    assert!(
-        util::fd_count() <= fds,
-        "fds grew from {fds} to {}",
-        util::fd_count()
-    );
-    assert!(
-        util::thread_names().len() <= threads,
-        "threads grew: {:?}",
-        util::thread_names()
-    );
+    baseline.assert_no_growth();
     assert_eq!(recorder.messages().len(), 203);
 }
 

@@ -41,22 +41,76 @@ fn need(binary: &str, package: &str) -> PathBuf {
     path
 }
 
-/// An ngircd server.
-pub(crate) struct Ngircd {
+/// A peer server process on a loopback port, killed when dropped.
+pub(crate) struct Daemon {
     child: Option<Child>,
     pub(crate) port: u16,
     dir: PathBuf,
+    /// Starts the process in `dir` on `port` and returns once it listens.
+    spawn: fn(&Path, u16) -> Child,
+}
+
+impl Daemon {
+    fn start(dir: &Path, port: u16, spawn: fn(&Path, u16) -> Child) -> Daemon {
+        std::fs::create_dir_all(dir).unwrap();
+        let child = spawn(dir, port);
+        Daemon {
+            child: Some(child),
+            port,
+            dir: dir.to_owned(),
+            spawn,
+        }
+    }
+
+    pub(crate) fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Kills the server (the adapter sees its connection drop).
+    pub(crate) fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port.
+    pub(crate) fn restart(&mut self) {
+        self.kill();
+        self.child = Some((self.spawn)(&self.dir, self.port));
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An ngircd server.
+pub(crate) struct Ngircd(Daemon);
+
+impl std::ops::Deref for Ngircd {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Ngircd {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
 }
 
 impl Ngircd {
     pub(crate) fn start(dir: &Path) -> Ngircd {
-        Self::start_on(dir, free_port())
+        Ngircd(Daemon::start(dir, free_port(), Self::spawn))
     }
 
-    /// Starts (or restarts) ngircd on `port`, configured with `dir/ngircd.conf`.
-    pub(crate) fn start_on(dir: &Path, port: u16) -> Ngircd {
+    /// Runs ngircd on `port`, configured with `dir/ngircd.conf` (TLS too after `start_tls`).
+    fn spawn(dir: &Path, port: u16) -> Child {
         let binary = need("/usr/sbin/ngircd", "ngircd");
-        std::fs::create_dir_all(dir).unwrap();
         let conf = dir.join("ngircd.conf");
         std::fs::write(
             &conf,
@@ -76,15 +130,7 @@ impl Ngircd {
             .spawn()
             .unwrap();
         wait_listening(port, "ngircd", &log);
-        Ngircd {
-            child: Some(child),
-            port,
-            dir: dir.to_owned(),
-        }
-    }
-
-    pub(crate) fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        child
     }
 
     /// Starts ngircd with a TLS port too, its certificate signed by a CA made for the test;
@@ -162,26 +208,6 @@ impl Ngircd {
         wait_listening(tls_port, "ngircd (TLS)", &dir.join("ngircd.log"));
         (server, format!("127.0.0.1:{tls_port}"), dir.join("ca.pem"))
     }
-
-    /// Kills the server (the adapter sees its connection drop).
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Starts it again on the same port.
-    pub(crate) fn restart(&mut self) {
-        self.kill();
-        *self = Ngircd::start_on(&self.dir.clone(), self.port);
-    }
-}
-
-impl Drop for Ngircd {
-    fn drop(&mut self) {
-        self.kill();
-    }
 }
 
 /// The `[SSL]` section when `start_tls` prepared certificates in `dir`.
@@ -253,20 +279,29 @@ impl IrcClient {
 }
 
 /// A mosquitto broker.
-pub(crate) struct Mosquitto {
-    child: Option<Child>,
-    pub(crate) port: u16,
-    dir: PathBuf,
+pub(crate) struct Mosquitto(Daemon);
+
+impl std::ops::Deref for Mosquitto {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Mosquitto {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
 }
 
 impl Mosquitto {
     pub(crate) fn start(dir: &Path) -> Mosquitto {
-        Self::start_on(dir, free_port())
+        Mosquitto(Daemon::start(dir, free_port(), Self::spawn))
     }
 
-    pub(crate) fn start_on(dir: &Path, port: u16) -> Mosquitto {
+    /// Runs mosquitto on `port`, configured with `dir/mosquitto.conf`.
+    fn spawn(dir: &Path, port: u16) -> Child {
         let binary = need("/usr/sbin/mosquitto", "mosquitto");
-        std::fs::create_dir_all(dir).unwrap();
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -275,36 +310,15 @@ impl Mosquitto {
             ),
         )
         .unwrap();
-        let log = dir.join("mosquitto.log");
         let child = Command::new(binary)
             .arg("-c")
             .arg(&conf)
-            .stdout(std::fs::File::create(&log).unwrap())
+            .stdout(std::fs::File::create(dir.join("mosquitto.log")).unwrap())
             .stderr(std::fs::File::create(dir.join("mosquitto.err")).unwrap())
             .spawn()
             .unwrap();
         wait_listening(port, "mosquitto", &dir.join("mosquitto.err"));
-        Mosquitto {
-            child: Some(child),
-            port,
-            dir: dir.to_owned(),
-        }
-    }
-
-    pub(crate) fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub(crate) fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    pub(crate) fn restart(&mut self) {
-        self.kill();
-        *self = Mosquitto::start_on(&self.dir.clone(), self.port);
+        child
     }
 
     /// `mosquitto_pub -t topic -m message`.
@@ -395,11 +409,5 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        self.kill();
     }
 }

@@ -138,8 +138,7 @@ fn two_hundred_reloads_leave_nothing_behind() {
     for _ in 0..3 {
         registry.reload("loopback", "test").unwrap();
     }
-    let fds = util::fd_count();
-    let threads = util::thread_names().len();
+    let baseline = util::ProcessCounts::take();
     for i in 0..200 {
         let outcome = registry.reload("loopback", "test").unwrap();
         assert!(
@@ -151,16 +150,7 @@ fn two_hundred_reloads_leave_nothing_behind() {
     let shadow = t.shadow().canonicalize().unwrap();
     assert_eq!(util::mapped_containing(&shadow.to_string_lossy()).len(), 1);
     assert_eq!(util::file_count(&t.shadow()), 1);
-    assert!(
-        util::fd_count() <= fds,
-        "fds grew from {fds} to {}",
-        util::fd_count()
-    );
-    assert!(
-        util::thread_names().len() <= threads,
-        "threads grew: {:?}",
-        util::thread_names()
-    );
+    baseline.assert_no_growth();
     assert_eq!(registry.resident_stale_libraries(), Some(vec![]));
     registry.shutdown();
 }

@@ -235,6 +235,33 @@ pub(crate) fn thread_names() -> Vec<String> {
         .collect()
 }
 
+/// Open fds and threads of this process, to check that a run of cycles leaked neither.
+pub(crate) struct ProcessCounts {
+    fds: usize,
+    threads: usize,
+}
+
+impl ProcessCounts {
+    pub(crate) fn take() -> Self {
+        ProcessCounts {
+            fds: fd_count(),
+            threads: thread_names().len(),
+        }
+    }
+
+    /// Panics if fds or threads grew since `take`.
+    pub(crate) fn assert_no_growth(&self) {
+        let fds = fd_count();
+        assert!(fds <= self.fds, "fds grew from {} to {fds}", self.fds);
+        let threads = thread_names();
+        assert!(
+            threads.len() <= self.threads,
+            "threads grew from {}: {threads:?}",
+            self.threads
+        );
+    }
+}
+
 /// Replaces every occurrence of `from` with `to` (same length) in `bytes`; returns the count.
 pub(crate) fn patch(bytes: &mut [u8], from: &[u8], to: &[u8]) -> usize {
     assert_eq!(from.len(), to.len());

@@ -7,29 +7,18 @@
 
 mod common;
 
-use common::{percentile_f64, target};
+use common::{percentile_f64, spawn, target};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::Path,
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{
         Arc,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
 };
-
-struct Server(Child);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.0.id().to_string()])
-            .status();
-        let _ = self.0.wait();
-    }
-}
 
 /// A keep-alive client: one send, returning (status, generation).
 struct Client {
@@ -110,25 +99,13 @@ fn main() {
         "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = []\nstate_dir = \"state\"\n[platforms.lb]\n",
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hermes-host"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hermes-host"));
+    command
         .arg("--config")
         .arg(&config)
-        .args(["--log-level", "error", "serve", "--dev"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let _server = Server(child);
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap()
-        .to_owned();
+        .args(["--log-level", "error", "serve", "--dev"]);
+    let (server, _) = spawn(command);
+    let addr = server.addr.clone();
     let socket = dir.path().join("state/control.sock");
     let timeout = Duration::from_secs(30);
     let (status, body) =

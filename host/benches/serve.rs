@@ -6,12 +6,12 @@
 
 mod common;
 
-use common::{median, percentile, target};
+use common::{Server, median, percentile, spawn, target};
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::Command,
     sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
@@ -42,41 +42,6 @@ fn setup(dir: &Path, installed: usize, configured: usize) -> PathBuf {
     let path = dir.join("hermes.toml");
     std::fs::write(&path, config).unwrap();
     path
-}
-
-struct Server {
-    child: Child,
-    addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let _ = self.child.wait();
-    }
-}
-
-/// Spawns `command`, reads the address from its first stdout line (`... http://ADDR ...`).
-fn spawn(mut command: Command) -> (Server, Instant) {
-    let started = Instant::now();
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|r| r.split_whitespace().next())
-        .expect("address")
-        .to_owned();
-    (Server { child, addr }, started)
 }
 
 fn gateway(config: &Path) -> (Server, Instant) {

@@ -330,14 +330,6 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         .entries()
         .map(|e| e.reload_stats())
         .fold((0, 0), |(d, r), s| (d + s.done, r + s.refused));
-    gateway
-        .metrics
-        .reloads
-        .store(done, std::sync::atomic::Ordering::Relaxed);
-    gateway
-        .metrics
-        .reloads_refused
-        .store(refused, std::sync::atomic::Ordering::Relaxed);
     let running = list
         .iter()
         .filter(|s| s.state == crate::registry::EntryState::Running)
@@ -378,7 +370,7 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
     ];
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(&list, &gauges),
+        gateway.metrics.render(&list, (done, refused), &gauges),
     )
         .into_response()
 }

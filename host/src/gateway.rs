@@ -365,9 +365,7 @@ impl Gateway {
         let mut attempts = 0;
         let (instance, result) = loop {
             let instance = self.instance(platform).await?;
-            self.touch(platform);
             let result = instance.send_async(&message).await;
-            self.touch(platform);
             attempts += 1;
             // `Stopped` means the call never reached the plugin: the instance was swapped out
             // by a reload between our lookup and the call. Take the serving one and go again.
@@ -376,6 +374,9 @@ impl Gateway {
             }
             break (instance, result);
         };
+        // While the call ran it counted in flight, which keeps idle unload away; the activity
+        // clock starts again from its end.
+        self.touch(platform);
         match result {
             Ok(receipt) => {
                 self.metrics.send(platform, "ok", started.elapsed());

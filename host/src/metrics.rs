@@ -1,15 +1,8 @@
 //! Counters for `GET /metrics`, rendered as Prometheus text.
 
+use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
+
 use crate::registry::PlatformStatus;
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    sync::{
-        Mutex,
-        atomic::{AtomicU64, Ordering},
-    },
-    time::Duration,
-};
 
 /// Send latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
@@ -22,10 +15,6 @@ pub struct Metrics {
     latency: Mutex<Histogram>,
     inbound: Mutex<BTreeMap<String, u64>>,
     routed: Mutex<BTreeMap<&'static str, u64>>,
-    /// Completed reloads.
-    pub reloads: AtomicU64,
-    /// Refused reloads.
-    pub reloads_refused: AtomicU64,
 }
 
 #[derive(Default)]
@@ -78,8 +67,14 @@ impl Metrics {
         *lock(&self.routed).entry(result).or_default() += 1;
     }
 
-    /// The Prometheus text, with per-platform load counters from `platforms`; `gauges` are extra `(name, help, value)` lines read at render time.
-    pub fn render(&self, platforms: &[PlatformStatus], gauges: &[(&str, &str, f64)]) -> String {
+    /// The Prometheus text, with per-platform load counters from `platforms` and the reloads
+    /// done and refused; `gauges` are extra `(name, help, value)` lines read at render time.
+    pub fn render(
+        &self,
+        platforms: &[PlatformStatus],
+        reloads: (u64, u64),
+        gauges: &[(&str, &str, f64)],
+    ) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -155,12 +150,12 @@ impl Metrics {
         let _ = writeln!(
             out,
             "hermes_reloads_total{{outcome=\"done\"}} {}",
-            self.reloads.load(Ordering::Relaxed)
+            reloads.0
         );
         let _ = writeln!(
             out,
             "hermes_reloads_total{{outcome=\"refused\"}} {}",
-            self.reloads_refused.load(Ordering::Relaxed)
+            reloads.1
         );
         for (name, help, value) in gauges {
             let _ = writeln!(

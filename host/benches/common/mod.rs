@@ -2,8 +2,10 @@
 #![allow(dead_code)]
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
-    time::Duration,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
 };
 
 /// The cargo target dir (`CARGO_TARGET_DIR` or the workspace's `target`).
@@ -39,4 +41,42 @@ pub(crate) fn ms(d: Duration) -> String {
 /// `1.23 µs`.
 pub(crate) fn us(d: Duration) -> String {
     format!("{:.2} µs", d.as_secs_f64() * 1e6)
+}
+
+/// A server process under test, sent SIGTERM and waited for when dropped.
+pub(crate) struct Server {
+    child: Child,
+    /// `host:port` from its ready line.
+    pub(crate) addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Spawns `command` and reads the address from its first stdout line (`... http://ADDR ...`);
+/// also returns when it was spawned.
+pub(crate) fn spawn(mut command: Command) -> (Server, Instant) {
+    let started = Instant::now();
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .expect("the ready line names an address")
+        .to_owned();
+    (Server { child, addr }, started)
 }

@@ -122,6 +122,23 @@ pub struct Irc {
     sent: AtomicU64,
 }
 
+impl Irc {
+    /// A snapshot of what the connection thread reports.
+    fn status(&self) -> Status {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why sends fail and health is down while not connected.
+    fn disconnected(&self, status: Status) -> String {
+        let why = status.last_error.unwrap_or_else(|| "connecting".into());
+        format!("not connected to {}: {why}", self.config.server)
+    }
+}
+
 impl Plugin for Irc {
     type Config = Config;
 
@@ -182,18 +199,9 @@ impl Plugin for Irc {
     }
 
     fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
-        let status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let status = self.status();
         if !status.registered {
-            let why = status.last_error.unwrap_or_else(|| "connecting".into());
-            return Err(SendError::retryable(format!(
-                "not connected to {}: {why}",
-                self.config.server
-            )));
+            return Err(SendError::retryable(self.disconnected(status)));
         }
         let target = message.chat_id.trim();
         if target.is_empty() || target.contains([' ', ',', '\r', '\n']) {
@@ -234,12 +242,7 @@ impl Plugin for Irc {
     }
 
     fn health(&self) -> Health {
-        let status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let status = self.status();
         if status.registered {
             Health {
                 status: HealthStatus::Healthy,
@@ -249,11 +252,7 @@ impl Plugin for Irc {
                 ),
             }
         } else {
-            Health::unhealthy(format!(
-                "not connected to {}: {}",
-                self.config.server,
-                status.last_error.unwrap_or_else(|| "connecting".into())
-            ))
+            Health::unhealthy(self.disconnected(status))
         }
     }
 

@@ -117,6 +117,23 @@ fn split_broker(broker: &str) -> Result<(String, u16), String> {
     }
 }
 
+impl Mqtt {
+    /// A snapshot of what the connection thread reports.
+    fn status(&self) -> Status {
+        self.shared
+            .status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Why sends fail and health is down while not connected.
+    fn disconnected(&self, status: Status) -> String {
+        let why = status.last_error.unwrap_or_else(|| "connecting".into());
+        format!("not connected to {}: {why}", self.config.broker)
+    }
+}
+
 impl Plugin for Mqtt {
     type Config = Config;
 
@@ -184,18 +201,9 @@ impl Plugin for Mqtt {
                 "{topic:?} is not a topic one can publish to"
             )));
         }
-        let status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let status = self.status();
         if !status.connected {
-            let why = status.last_error.unwrap_or_else(|| "connecting".into());
-            return Err(SendError::retryable(format!(
-                "not connected to {}: {why}",
-                self.config.broker
-            )));
+            return Err(SendError::retryable(self.disconnected(status)));
         }
         self.client
             .try_publish(
@@ -212,12 +220,7 @@ impl Plugin for Mqtt {
     }
 
     fn health(&self) -> Health {
-        let status = self
-            .shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let status = self.status();
         if status.connected {
             Health {
                 status: HealthStatus::Healthy,
@@ -227,11 +230,7 @@ impl Plugin for Mqtt {
                 ),
             }
         } else {
-            Health::unhealthy(format!(
-                "not connected to {}: {}",
-                self.config.broker,
-                status.last_error.unwrap_or_else(|| "connecting".into())
-            ))
+            Health::unhealthy(self.disconnected(status))
         }
     }
 
