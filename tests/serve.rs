@@ -476,7 +476,7 @@ fn background_platforms_warm_up_and_idle_ones_unload_and_come_back() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(phases, ["config", "discover", "eager_start", "listen"]);
+    assert_eq!(phases, ["config", "discover", "listen", "eager_start"]);
     let platforms = profile["platforms"].as_array().unwrap();
     let warm = platforms.iter().find(|p| p["id"] == "warm").unwrap();
     assert!(

@@ -29,3 +29,5 @@ mod mqtt;
 mod webhook;
 // IRC and MQTT bridged by routes through `serve`.
 mod bridge;
+// Faults: kill -9, a full disk, a stuck journal, the control socket's path, start-up order.
+mod faults;

@@ -175,9 +175,10 @@ pub(crate) struct Recorder {
 }
 
 impl EventSink for Recorder {
-    fn inbound(&self, message: Inbound) {
+    fn inbound(&self, message: Inbound) -> Result<(), String> {
         self.messages.lock().unwrap().push(message);
         self.arrived.notify_all();
+        Ok(())
     }
 }
 
@@ -299,6 +300,12 @@ impl Server {
         let config = t.config(&format!(
             "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n[journal]\nflush_ms = 20\n\n{extra}"
         ));
+        Server::start_config(t, config, args)
+    }
+
+    /// Starts `serve` on the config file `config` (which sets its own listen address) and waits
+    /// for its ready line.
+    pub(crate) fn start_config(t: &TestDir, config: PathBuf, args: &[&str]) -> Server {
         let stderr = t.path().join("serve.log");
         let mut child = std::process::Command::new(bin())
             .arg("--config")
@@ -329,6 +336,12 @@ impl Server {
             config,
             stderr,
         }
+    }
+
+    /// Sends SIGKILL and waits for the exit.
+    pub(crate) fn kill9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
     }
 
     /// The server's log so far.

@@ -315,62 +315,20 @@ async fn startup_profile(State(gateway): State<Arc<Gateway>>) -> Response {
     .into_response()
 }
 
-/// The number of stale resident libraries, `-1` when it cannot be read.
-pub fn stale_libraries(gateway: &Gateway) -> i64 {
-    gateway
-        .registry
-        .resident_stale_libraries()
-        .map_or(-1, |v| v.len() as i64)
-}
-
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
-    let list = gateway.registry.list();
-    let (done, refused) = gateway
+    let platforms = gateway.registry.list();
+    let reloads = gateway
         .registry
         .entries()
         .map(|e| e.reload_stats())
         .fold((0, 0), |(d, r), s| (d + s.done, r + s.refused));
-    let running = list
-        .iter()
-        .filter(|s| s.state == crate::registry::EntryState::Running)
-        .count();
-    let loads: u64 = list.iter().map(|s| s.loads).sum();
-    let load_seconds: f64 = list.iter().map(|s| s.load_seconds).sum();
-    let gauges = [
-        (
-            "hermes_platforms_installed",
-            "Installed plugins.",
-            list.len() as f64,
-        ),
-        (
-            "hermes_platforms_running",
-            "Platforms loaded and running.",
-            running as f64,
-        ),
-        (
-            "hermes_loads",
-            "Library loads attempted since start.",
-            loads as f64,
-        ),
-        (
-            "hermes_load_seconds",
-            "Time spent loading and starting libraries since start.",
-            load_seconds,
-        ),
-        (
-            "hermes_calls_in_flight",
-            "Requests and plugin calls in progress.",
-            gateway.in_flight() as f64,
-        ),
-        (
-            "hermes_resident_stale_libraries",
-            "Shadow copies still mapped though not serving (-1: unknown).",
-            stale_libraries(&gateway) as f64,
-        ),
-    ];
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        gateway.metrics.render(&list, (done, refused), &gauges),
-    )
-        .into_response()
+    let journal = gateway.journal.status();
+    let text = gateway.metrics.render(&crate::metrics::Snapshot {
+        platforms: &platforms,
+        reloads,
+        in_flight: gateway.in_flight(),
+        resident_stale_libraries: gateway.registry.resident_stale_libraries().map(|v| v.len()),
+        journal: &journal,
+    });
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }

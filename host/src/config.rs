@@ -151,6 +151,8 @@ pub struct JournalConfig {
     pub path: PathBuf,
     /// How often batches are written.
     pub flush: Duration,
+    /// `flush` (every `flush_ms`) or `fsync` (on disk before the answer).
+    pub durability: crate::journal::Durability,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -200,6 +202,7 @@ struct RawHotReload {
 struct RawJournal {
     path: Option<PathBuf>,
     flush_ms: Option<u64>,
+    durability: Option<crate::journal::Durability>,
 }
 
 /// The default config file name, looked for in the working directory.
@@ -318,6 +321,7 @@ impl Config {
                     .map(at)
                     .unwrap_or_else(|| state_dir.join("journal.jsonl")),
                 flush: Duration::from_millis(flush_ms),
+                durability: raw.journal.durability.unwrap_or_default(),
             },
         })
     }

@@ -1,7 +1,8 @@
 //! The control API: HTTP over a Unix socket, for the CLI and operators.
 //!
-//! The socket is created mode 0600 in a folder made 0700, and removed on exit. A socket left by
-//! a dead server is replaced; one a live server answers on is an error. Nothing loads, unloads
+//! The socket is created mode 0600, and removed on exit; its folder is created 0700 when missing
+//! and otherwise left as it is (see [`bind`]). A socket left by a dead server is replaced; one a
+//! live server answers on is an error, and so is any other file at the path. Nothing loads, unloads
 //! or reloads through the public API: only through here (`curl --unix-socket` works too).
 //!
 //! | route | what it does |
@@ -64,6 +65,7 @@ async fn status(State(gateway): State<Arc<Gateway>>) -> Response {
         "config": gateway.config.source,
         "warmup": *gateway.warmup.borrow(),
         "in_flight": gateway.in_flight(),
+        "journal": gateway.journal.status(),
         "resident_stale_libraries": stale.as_ref().map(Vec::len),
         "stale_paths": stale,
         "platforms": gateway.registry.list(),
@@ -182,29 +184,95 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// Binds the control socket: folder 0700, socket 0600, a stale socket replaced.
-pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+/// Why the control socket could not be bound. Each names the path at fault.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BindError {
+    /// A server answers on the socket.
+    #[error("another hermes-host server is running on the control socket {}", .0.display())]
+    InUse(PathBuf),
+    /// Something other than a socket is at the path; it is never deleted.
+    #[error("control socket {}: a {} is at that path; refusing to replace it (remove it, or set `server.control_socket` to another path)", .path.display(), .kind)]
+    NotASocket {
+        /// The path.
+        path: PathBuf,
+        /// What is there.
+        kind: &'static str,
+    },
+    /// The folder is writable by others without the sticky bit: anyone could swap the socket.
+    #[error("control socket folder {} is writable by others without the sticky bit (mode {mode:o}); choose a private folder for `server.control_socket`", .path.display())]
+    UnsafeFolder {
+        /// The folder.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+    },
+    /// A file system call failed.
+    #[error("control socket {}: {what}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The step.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// Binds the control socket (mode 0600). It touches nothing but its own path:
+/// - a missing folder is created 0700; an existing one is never changed, and one that others
+///   can write without the sticky bit is refused;
+/// - a socket at the path is replaced only once a connection attempt is refused (nobody
+///   listens); a live one is [`BindError::InUse`]; any other file is refused, never deleted.
+pub fn bind(path: &Path) -> Result<tokio::net::UnixListener, BindError> {
+    use std::os::unix::fs::{DirBuilderExt as _, FileTypeExt as _};
+    let io = |what, source| BindError::Io {
+        path: path.to_owned(),
+        what,
+        source,
+    };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .map_err(|e| anyhow::anyhow!("control socket folder {}: {e}", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .map_err(|e| anyhow::anyhow!("control socket folder {}: {e}", dir.display()))?;
-    }
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
-            anyhow::bail!(
-                "another hermes-host server is running on the control socket {}",
-                path.display()
-            );
+        match std::fs::metadata(dir) {
+            Ok(meta) => {
+                let mode = meta.permissions().mode();
+                if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+                    return Err(BindError::UnsafeFolder {
+                        path: dir.to_owned(),
+                        mode: mode & 0o7777,
+                    });
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)
+                    .map_err(|e| io("creating its folder", e))?;
+            }
+            Err(e) => return Err(io("reading its folder", e)),
         }
-        std::fs::remove_file(path).map_err(|e| {
-            anyhow::anyhow!("removing stale control socket {}: {e}", path.display())
-        })?;
-        tracing::info!(socket = %path.display(), "replaced a stale control socket");
     }
-    let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| anyhow::anyhow!("control socket {}: {e}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => return Err(BindError::InUse(path.to_owned())),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|e| io("removing the stale socket", e))?;
+                tracing::info!(socket = %path.display(), "replaced a stale control socket (nobody listened on it)");
+            }
+            Err(e) => return Err(io("checking whether a server listens", e)),
+        },
+        Ok(meta) => {
+            return Err(BindError::NotASocket {
+                path: path.to_owned(),
+                kind: crate::manifest::describe_file_type(meta.file_type()),
+            });
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io("reading the path", e)),
+    }
+    let listener = tokio::net::UnixListener::bind(path).map_err(|e| io("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("setting mode 0600", e))?;
     Ok(listener)
 }
 

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, broadcast, watch};
 
 use crate::{
     config::{Config, Route, StartMode},
-    journal::{Journal, Record, RecordKind},
+    journal::{Durability, Journal, JournalOptions, Record, RecordKind},
     loader::{CallError, EventSink},
     message::{Inbound, Outbound},
     metrics::Metrics,
@@ -41,9 +41,10 @@ pub struct GatewaySink {
 }
 
 impl EventSink for GatewaySink {
-    fn inbound(&self, message: Inbound) {
-        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
-            dispatch(&gateway, message, &self.runtime);
+    fn inbound(&self, message: Inbound) -> Result<(), String> {
+        match self.gateway.get().and_then(Weak::upgrade) {
+            Some(gateway) => dispatch(&gateway, message, &self.runtime),
+            None => Err("the gateway is shutting down".into()),
         }
     }
 }
@@ -182,7 +183,7 @@ impl Gateway {
     pub fn new(
         config: Config,
         dev: bool,
-    ) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalTask)> {
+    ) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalThread)> {
         let slot = Arc::new(OnceLock::new());
         let sink = GatewaySink {
             gateway: Arc::clone(&slot),
@@ -200,8 +201,13 @@ impl Gateway {
                 }
             }
         }
-        let (journal, journal_task) = Journal::open(&config.journal.path, config.journal.flush)
-            .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
+        let (journal, journal_thread) = Journal::open(JournalOptions {
+            path: config.journal.path.clone(),
+            flush_every: config.journal.flush,
+            durability: config.journal.durability,
+            queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES,
+        })
+        .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
         let hotreload = crate::watch::HotReload::new(
             Arc::clone(&registry),
             config.hotreload.allowed || dev,
@@ -232,7 +238,7 @@ impl Gateway {
             start_order: Mutex::new(Vec::new()),
         });
         let _ = slot.set(Arc::downgrade(&gateway));
-        Ok((gateway, journal_task))
+        Ok((gateway, journal_thread))
     }
 
     /// When `serve` began.
@@ -361,6 +367,12 @@ impl Gateway {
         kind: RecordKind,
         route_from: Option<String>,
     ) -> Result<SendOk, SendFailure> {
+        // Nothing is sent that the journal could not record.
+        self.journal.admit().map_err(|e| SendFailure {
+            status: 503,
+            message: format!("{platform}: not sent: {e}"),
+            retryable: true,
+        })?;
         let started = Instant::now();
         let mut attempts = 0;
         let (instance, result) = loop {
@@ -380,7 +392,7 @@ impl Gateway {
         match result {
             Ok(receipt) => {
                 self.metrics.send(platform, "ok", started.elapsed());
-                self.journal.record(Record {
+                let kept = self.journal.record(&Record {
                     ts: hermes_plugin_api::now_ms(),
                     kind,
                     platform: platform.to_owned(),
@@ -391,6 +403,25 @@ impl Gateway {
                     generation: instance.generation(),
                     route_from,
                 });
+                let kept = match kept {
+                    Ok(ticket) => self.journal.committed(ticket).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = kept {
+                    // The message is out; only the record is missing. With `fsync` the answer
+                    // must not claim it is kept, and a retry would send it twice.
+                    tracing::error!(platform, message_id = %receipt.message_id, error = %e, "a sent message was not journaled");
+                    if self.journal.durability() == Durability::Fsync {
+                        return Err(SendFailure {
+                            status: 500,
+                            message: format!(
+                                "{platform}: sent as {}, but the journal could not record it: {e}",
+                                receipt.message_id
+                            ),
+                            retryable: false,
+                        });
+                    }
+                }
                 Ok(SendOk {
                     message_id: receipt.message_id,
                     platform: platform.to_owned(),
@@ -429,11 +460,17 @@ impl Drop for InFlightGuard {
 }
 
 /// Hands an inbound message to the journal, the routes and the SSE stream. Runs on the
-/// plugin's thread: everything here queues or spawns and returns at once.
-fn dispatch(gateway: &Arc<Gateway>, message: Inbound, runtime: &tokio::runtime::Handle) {
+/// plugin's thread: everything here queues or spawns and returns at once, except that with
+/// `fsync` durability the record is on disk first, and a message the journal could not keep is
+/// refused (the plugin sees the error) before anything else sees it.
+fn dispatch(
+    gateway: &Arc<Gateway>,
+    message: Inbound,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), String> {
     gateway.touch(&message.platform);
     gateway.metrics.inbound(&message.platform);
-    gateway.journal.record(Record {
+    let kept = gateway.journal.record(&Record {
         ts: message.timestamp,
         kind: RecordKind::Inbound,
         platform: message.platform.clone(),
@@ -444,6 +481,10 @@ fn dispatch(gateway: &Arc<Gateway>, message: Inbound, runtime: &tokio::runtime::
         generation: message.generation,
         route_from: None,
     });
+    if gateway.journal.durability() == Durability::Fsync {
+        kept.and_then(|ticket| gateway.journal.committed_blocking(ticket))
+            .map_err(|e| format!("not accepted: {e}"))?;
+    }
     let routed = message.metadata.contains_key(ROUTED_KEY);
     let message = Arc::new(message);
     // SSE first: a routed copy must never reach subscribers before its source message.
@@ -476,4 +517,5 @@ fn dispatch(gateway: &Arc<Gateway>, message: Inbound, runtime: &tokio::runtime::
             }
         }
     }
+    Ok(())
 }

@@ -105,7 +105,7 @@ struct ManifestFile {
 impl Manifest {
     /// Reads and checks the manifest at `path`.
     pub fn load(path: &Path) -> Result<Manifest, ManifestError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+        let text = read_small(path).map_err(|e| ManifestError {
             path: path.to_owned(),
             field: None,
             message: format!("cannot read: {e}"),
@@ -211,16 +211,46 @@ pub const MANIFEST_LIMIT: u64 = 64 * 1024;
 /// size hint (start-up reads hundreds of these; every system call shows).
 fn read_small(path: &Path) -> std::io::Result<String> {
     use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer, forever. The
+    // type is then checked on the open file (no extra path lookup): only a regular file is read.
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let kind = file.metadata()?.file_type();
+    if !kind.is_file() {
+        return Err(std::io::Error::other(format!(
+            "not a regular file (a {})",
+            describe_file_type(kind)
+        )));
+    }
     let mut bytes = Vec::with_capacity(1024);
-    std::fs::File::open(path)?
-        .take(MANIFEST_LIMIT + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(MANIFEST_LIMIT + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MANIFEST_LIMIT {
         return Err(std::io::Error::other(format!(
             "larger than {MANIFEST_LIMIT} bytes"
         )));
     }
     String::from_utf8(bytes).map_err(|_| std::io::Error::other("not UTF-8"))
+}
+
+/// A file type's name for messages: "FIFO", "folder", ...
+pub(crate) fn describe_file_type(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt as _;
+    if kind.is_dir() {
+        "folder"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else if kind.is_char_device() || kind.is_block_device() {
+        "device"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else {
+        "file"
+    }
 }
 
 /// Whether `id` is a valid plugin id: `^[a-z0-9][a-z0-9_-]{0,63}$`.

@@ -1,168 +1,212 @@
-//! Counters for `GET /metrics`, rendered as Prometheus text.
+//! `GET /metrics`: the gateway's counters in the OpenMetrics text format, encoded by the
+//! `prometheus-client` crate (no hand-written exposition).
+//!
+//! Counters the gateway counts as things happen (sends, their latency, inbound, routed sends)
+//! live here. Everything else (loads per platform, reloads, the journal, in-flight calls,
+//! resident libraries) is read at scrape time into a [`Snapshot`] and encoded beside them, so
+//! no value is kept twice. Each family has one name: counters end in `_total`, gauges do not.
 
-use std::{collections::BTreeMap, fmt::Write as _, sync::Mutex, time::Duration};
+use prometheus_client::{
+    encoding::text::encode,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
+};
 
-use crate::registry::PlatformStatus;
+use crate::{journal::JournalStatus, registry::PlatformStatus};
 
 /// Send latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
-/// The gateway's counters.
-#[derive(Default)]
+/// The content type of [`Metrics::render`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+type Labels = Vec<(&'static str, String)>;
+
+/// The gateway's counters. Handles are shared: cloning one counts into the same value.
+#[derive(Clone)]
 pub struct Metrics {
-    /// By platform, then by result label.
-    sends: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
-    latency: Mutex<Histogram>,
-    inbound: Mutex<BTreeMap<String, u64>>,
-    routed: Mutex<BTreeMap<&'static str, u64>>,
+    sends: Family<Labels, Counter>,
+    latency: Histogram,
+    inbound: Family<Labels, Counter>,
+    routed: Family<Labels, Counter>,
+    stale_deliveries: Family<Labels, Counter>,
 }
 
-#[derive(Default)]
-struct Histogram {
-    counts: [u64; BUCKETS.len()],
-    count: u64,
-    sum: f64,
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            sends: Family::default(),
+            latency: Histogram::new(BUCKETS),
+            inbound: Family::default(),
+            routed: Family::default(),
+            stale_deliveries: Family::default(),
+        }
+    }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
+/// Values read at scrape time.
+pub struct Snapshot<'a> {
+    /// Every platform's status.
+    pub platforms: &'a [PlatformStatus],
+    /// Reloads done and refused.
+    pub reloads: (u64, u64),
+    /// Requests and plugin calls in progress.
+    pub in_flight: usize,
+    /// Shadow copies still mapped though not serving; `None` when unknown.
+    pub resident_stale_libraries: Option<usize>,
+    /// The journal.
+    pub journal: &'a JournalStatus,
 }
 
 impl Metrics {
     /// A send through `platform` finished with `result` (`ok`, `error`, `timeout`...).
-    pub fn send(&self, platform: &str, result: &'static str, took: Duration) {
-        let mut sends = lock(&self.sends);
-        // Look up before inserting: no allocation on the hot path.
-        match sends.get_mut(platform) {
-            Some(by_result) => *by_result.entry(result).or_default() += 1,
-            None => {
-                sends.insert(platform.to_owned(), BTreeMap::from([(result, 1)]));
-            }
-        }
-        drop(sends);
-        let secs = took.as_secs_f64();
-        let mut h = lock(&self.latency);
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            if secs <= *bound {
-                h.counts[i] += 1;
-            }
-        }
-        h.count += 1;
-        h.sum += secs;
+    pub fn send(&self, platform: &str, result: &'static str, took: std::time::Duration) {
+        self.sends
+            .get_or_create(&vec![
+                ("platform", platform.to_owned()),
+                ("result", result.to_owned()),
+            ])
+            .inc();
+        self.latency.observe(took.as_secs_f64());
     }
 
     /// An inbound message arrived on `platform`.
     pub fn inbound(&self, platform: &str) {
-        let mut inbound = lock(&self.inbound);
-        match inbound.get_mut(platform) {
-            Some(n) => *n += 1,
-            None => {
-                inbound.insert(platform.to_owned(), 1);
-            }
-        }
+        self.inbound
+            .get_or_create(&vec![("platform", platform.to_owned())])
+            .inc();
     }
 
     /// A routed send finished (`ok` or `error`).
     pub fn routed(&self, result: &'static str) {
-        *lock(&self.routed).entry(result).or_default() += 1;
+        self.routed
+            .get_or_create(&vec![("result", result.to_owned())])
+            .inc();
     }
 
-    /// The Prometheus text, with per-platform load counters from `platforms` and the reloads
-    /// done and refused; `gauges` are extra `(name, help, value)` lines read at render time.
-    pub fn render(
-        &self,
-        platforms: &[PlatformStatus],
-        reloads: (u64, u64),
-        gauges: &[(&str, &str, f64)],
-    ) -> String {
+    /// A replaced or stopped generation of `platform` tried to deliver; refused.
+    pub fn stale_delivery(&self, platform: &str) {
+        self.stale_deliveries
+            .get_or_create(&vec![("platform", platform.to_owned())])
+            .inc();
+    }
+
+    /// The OpenMetrics text: the counters, then `snapshot`.
+    pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
+        let mut registry = Registry::default();
+        registry.register(
+            "hermes_sends",
+            "Sends by platform and result",
+            self.sends.clone(),
+        );
+        registry.register("hermes_send_seconds", "Send latency", self.latency.clone());
+        registry.register(
+            "hermes_inbound",
+            "Inbound messages by platform",
+            self.inbound.clone(),
+        );
+        registry.register(
+            "hermes_routed",
+            "Routed sends by result",
+            self.routed.clone(),
+        );
+        registry.register(
+            "hermes_stale_deliveries",
+            "Deliveries refused because their generation no longer serves",
+            self.stale_deliveries.clone(),
+        );
+
+        let loads = Family::<Labels, Counter>::default();
+        let load_seconds = Family::<Labels, Counter<f64>>::default();
+        for p in snapshot.platforms {
+            let labels = vec![("platform", p.id.clone())];
+            loads.get_or_create(&labels).inc_by(p.loads);
+            load_seconds.get_or_create(&labels).inc_by(p.load_seconds);
+        }
+        registry.register("hermes_loads", "Library loads by platform", loads);
+        registry.register(
+            "hermes_load_seconds",
+            "Time spent loading and starting, by platform",
+            load_seconds,
+        );
+        let reloads = Family::<Labels, Counter>::default();
+        reloads
+            .get_or_create(&vec![("outcome", "done".into())])
+            .inc_by(snapshot.reloads.0);
+        reloads
+            .get_or_create(&vec![("outcome", "refused".into())])
+            .inc_by(snapshot.reloads.1);
+        registry.register("hermes_reloads", "Reloads by outcome", reloads);
+
+        let journal = snapshot.journal;
+        for (name, help, value) in [
+            (
+                "hermes_journal_written",
+                "Journal records written",
+                journal.written,
+            ),
+            (
+                "hermes_journal_errors",
+                "Failed journal write attempts",
+                journal.errors,
+            ),
+            (
+                "hermes_journal_dropped",
+                "Journal records dropped (the queue was full)",
+                journal.dropped,
+            ),
+        ] {
+            let counter = Counter::<u64>::default();
+            counter.inc_by(value);
+            registry.register(name, help, counter);
+        }
+
+        let running = snapshot
+            .platforms
+            .iter()
+            .filter(|s| s.state == crate::registry::EntryState::Running)
+            .count();
+        let stale = snapshot.resident_stale_libraries.map_or(-1, |n| n as i64);
+        for (name, help, value) in [
+            (
+                "hermes_platforms_installed",
+                "Installed plugins",
+                snapshot.platforms.len() as i64,
+            ),
+            (
+                "hermes_platforms_running",
+                "Platforms loaded and running",
+                running as i64,
+            ),
+            (
+                "hermes_calls_in_flight",
+                "Requests and plugin calls in progress",
+                snapshot.in_flight as i64,
+            ),
+            (
+                "hermes_resident_stale_libraries",
+                "Shadow copies still mapped though not serving (-1: unknown)",
+                stale,
+            ),
+            (
+                "hermes_journal_degraded",
+                "1 while the journal cannot write or its queue is full",
+                i64::from(journal.state != "ok"),
+            ),
+            (
+                "hermes_journal_queued_bytes",
+                "Journal bytes waiting for the writer",
+                journal.queued_bytes as i64,
+            ),
+        ] {
+            let gauge = Gauge::<i64>::default();
+            gauge.set(value);
+            registry.register(name, help, gauge);
+        }
+
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP hermes_sends_total Sends by platform and result.\n# TYPE hermes_sends_total counter"
-        );
-        for (platform, by_result) in lock(&self.sends).iter() {
-            for (result, n) in by_result {
-                let _ = writeln!(
-                    out,
-                    "hermes_sends_total{{platform=\"{platform}\",result=\"{result}\"}} {n}"
-                );
-            }
-        }
-        let h = lock(&self.latency);
-        let _ = writeln!(
-            out,
-            "# HELP hermes_send_seconds Send latency.\n# TYPE hermes_send_seconds histogram"
-        );
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            let _ = writeln!(
-                out,
-                "hermes_send_seconds_bucket{{le=\"{bound}\"}} {}",
-                h.counts[i]
-            );
-        }
-        let _ = writeln!(out, "hermes_send_seconds_bucket{{le=\"+Inf\"}} {}", h.count);
-        let _ = writeln!(
-            out,
-            "hermes_send_seconds_sum {}\nhermes_send_seconds_count {}",
-            h.sum, h.count
-        );
-        drop(h);
-        let _ = writeln!(
-            out,
-            "# HELP hermes_inbound_total Inbound messages by platform.\n# TYPE hermes_inbound_total counter"
-        );
-        for (platform, n) in lock(&self.inbound).iter() {
-            let _ = writeln!(out, "hermes_inbound_total{{platform=\"{platform}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hermes_loads_total Library loads by platform.\n# TYPE hermes_loads_total counter"
-        );
-        for p in platforms {
-            let _ = writeln!(
-                out,
-                "hermes_loads_total{{platform=\"{}\"}} {}",
-                p.id, p.loads
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hermes_load_seconds_total Time spent loading and starting, by platform.\n# TYPE hermes_load_seconds_total counter"
-        );
-        for p in platforms {
-            let _ = writeln!(
-                out,
-                "hermes_load_seconds_total{{platform=\"{}\"}} {}",
-                p.id, p.load_seconds
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hermes_routed_total Routed sends by result.\n# TYPE hermes_routed_total counter"
-        );
-        for (result, n) in lock(&self.routed).iter() {
-            let _ = writeln!(out, "hermes_routed_total{{result=\"{result}\"}} {n}");
-        }
-        let _ = writeln!(
-            out,
-            "# HELP hermes_reloads_total Reloads by outcome.\n# TYPE hermes_reloads_total counter"
-        );
-        let _ = writeln!(
-            out,
-            "hermes_reloads_total{{outcome=\"done\"}} {}",
-            reloads.0
-        );
-        let _ = writeln!(
-            out,
-            "hermes_reloads_total{{outcome=\"refused\"}} {}",
-            reloads.1
-        );
-        for (name, help, value) in gauges {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}"
-            );
-        }
+        // Writing to a String cannot fail.
+        let _ = encode(&mut out, &registry);
         out
     }
 }

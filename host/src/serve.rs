@@ -1,10 +1,12 @@
 //! `hermes-host serve`: start-up, listeners, warm-up, idle unload and an orderly shutdown.
 //!
-//! Start-up: read the config, register every plugin from its manifest, start `eager` platforms
-//! (a platform configured only by its manifest's `enable_when` counts as `eager`), bind the
-//! public listener and the control socket, print `hermes-host ready: http://<addr>` on stdout,
-//! then start `background` platforms on a pool (the warm-up). `on_demand` and unconfigured
-//! platforms load at first use.
+//! Start-up: read the config, register every plugin from its manifest, bind the public
+//! listener and the control socket (before any platform starts, so a second server fails
+//! before it touches a peer), start `eager` platforms (a platform configured only by its
+//! manifest's `enable_when` counts as `eager`), print `hermes-host ready: http://<addr>` on
+//! stdout, then start `background` platforms on a pool (the warm-up). `on_demand` and
+//! unconfigured platforms load at first use. SIGTERM or Ctrl-C at any point of start-up ends
+//! it and goes to the shutdown, which stops whatever had started.
 //!
 //! Shutdown (SIGTERM or Ctrl-C): stop accepting, end SSE streams, let requests and routed sends
 //! in flight finish (bounded), stop every platform in reverse start order, flush the journal,
@@ -28,6 +30,9 @@ use crate::{
 /// How long shutdown waits for requests in flight, and for each platform to stop.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long shutdown waits for the journal's last write.
+pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
@@ -46,24 +51,15 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     if dev {
         tracing::info!("development mode: hot reload allowed");
     }
-    let (gateway, _journal_task) = Gateway::new(config, dev)?;
+    let (gateway, journal_thread) = Gateway::new(config, dev)?;
     let discover_ms = ms(t0.elapsed());
     tracing::info!(
         installed = gateway.registry.entries().count(),
         "plugins registered"
     );
 
-    let started_eager = Instant::now();
-    let eager = platforms_in_mode(&gateway, StartMode::Eager);
-    let results = start_platforms(&gateway, eager, StartMode::Eager).await;
-    gateway
-        .profile
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .platforms
-        .extend(results);
-    let eager_ms = ms(started_eager.elapsed());
-
+    // Both listeners are bound before any platform starts: a second server on the same port
+    // or socket must fail before it connects an adapter under the first one's identity.
     let started_listen = Instant::now();
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
@@ -72,10 +68,6 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     let socket_path = gateway.config.server.control_socket.clone();
     let unix = control::bind(&socket_path)?;
     let listen_ms = ms(started_listen.elapsed());
-    // Watches persisted by an earlier run are back before we report ready.
-    let restore = Arc::clone(&gateway);
-    tokio::task::spawn_blocking(move || restore.hotreload.restore()).await?;
-
     let public = {
         let mut down = gateway.shutdown.subscribe();
         let app = api::app(Arc::clone(&gateway));
@@ -98,26 +90,51 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
                 .await
         })
     };
-    {
-        let mut profile = gateway.profile.lock().unwrap_or_else(|e| e.into_inner());
-        profile.phases = vec![
-            ("config".into(), config_ms),
-            ("discover".into(), discover_ms),
-            ("eager_start".into(), eager_ms),
-            ("listen".into(), listen_ms),
-        ];
-        profile.ready_ms = Some(config_ms + ms(t0.elapsed()));
+
+    // A signal during start-up ends it at once; the shutdown below stops whatever started.
+    let start_up = async {
+        let started_eager = Instant::now();
+        let eager = platforms_in_mode(&gateway, StartMode::Eager);
+        let results = start_platforms(&gateway, eager, StartMode::Eager).await;
+        gateway
+            .profile
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .platforms
+            .extend(results);
+        let eager_ms = ms(started_eager.elapsed());
+        // Watches persisted by an earlier run are back before we report ready.
+        let restore = Arc::clone(&gateway);
+        let _ = tokio::task::spawn_blocking(move || restore.hotreload.restore()).await;
+        eager_ms
+    };
+    let mut signals = signals;
+    let started = tokio::select! {
+        eager_ms = start_up => Some(eager_ms),
+        _ = signals.wait() => None,
+    };
+    if let Some(eager_ms) = started {
+        {
+            let mut profile = gateway.profile.lock().unwrap_or_else(|e| e.into_inner());
+            profile.phases = vec![
+                ("config".into(), config_ms),
+                ("discover".into(), discover_ms),
+                ("listen".into(), listen_ms),
+                ("eager_start".into(), eager_ms),
+            ];
+            profile.ready_ms = Some(config_ms + ms(t0.elapsed()));
+        }
+        tracing::info!(http = %local, control = %socket_path.display(), "ready");
+        println!(
+            "hermes-host ready: http://{local} (control socket {})",
+            socket_path.display()
+        );
+        tokio::spawn(warm_up(Arc::clone(&gateway)));
+        tokio::spawn(idle_unloader(Arc::clone(&gateway)));
+        signals.wait().await;
+    } else {
+        tracing::info!("signal during start-up");
     }
-    tracing::info!(http = %local, control = %socket_path.display(), "ready");
-    println!(
-        "hermes-host ready: http://{local} (control socket {})",
-        socket_path.display()
-    );
-
-    tokio::spawn(warm_up(Arc::clone(&gateway)));
-    tokio::spawn(idle_unloader(Arc::clone(&gateway)));
-
-    signals.wait().await;
     tracing::info!("shutting down");
     let _ = gateway.shutdown.send_replace(true);
     for server in [public, control] {
@@ -148,9 +165,19 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         registry.shutdown();
     })
     .await?;
-    // Inbound messages delivered while platforms stopped are queued before this flush.
-    tokio::task::yield_now().await;
-    gateway.journal.flush().await;
+    // Inbound messages delivered while platforms stopped are queued before this: the writer
+    // writes them and ends. A stuck journal (a FIFO nobody reads) does not keep us from exiting.
+    gateway.journal.close();
+    let journal_done = tokio::task::spawn_blocking(move || journal_thread.join());
+    if tokio::time::timeout(JOURNAL_CLOSE_TIMEOUT, journal_done)
+        .await
+        .is_err()
+    {
+        tracing::error!(
+            journal = %gateway.journal.path().display(),
+            "the journal did not finish writing within {JOURNAL_CLOSE_TIMEOUT:?}; exiting without it"
+        );
+    }
     let _ = std::fs::remove_file(&socket_path);
     tracing::info!("stopped");
     Ok(())
@@ -275,7 +302,7 @@ impl Signals {
         })
     }
 
-    async fn wait(mut self) {
+    async fn wait(&mut self) {
         tokio::select! {
             _ = self.term.recv() => {}
             _ = self.int.recv() => {}

@@ -23,8 +23,9 @@ use crate::message::Inbound;
 
 /// Where a running instance's inbound messages and log records go.
 pub trait EventSink: Send + Sync + 'static {
-    /// An inbound message; must return quickly (queue it, do not call the plugin).
-    fn inbound(&self, message: Inbound);
+    /// An inbound message; must return quickly (queue it, do not call the plugin). An `Err`
+    /// reaches the plugin as its `deliver`'s error: the message was not accepted.
+    fn inbound(&self, message: Inbound) -> Result<(), String>;
 
     /// A log record written by the plugin; by default logged through `tracing` under the
     /// `plugin` target with the platform id.
@@ -38,7 +39,9 @@ pub trait EventSink: Send + Sync + 'static {
 pub struct DiscardInbound;
 
 impl EventSink for DiscardInbound {
-    fn inbound(&self, _message: Inbound) {}
+    fn inbound(&self, _message: Inbound) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// Writes a plugin's log record as a host `tracing` event.
@@ -139,8 +142,7 @@ unsafe extern "C" fn deliver(
             timestamp: message.timestamp_ms,
             metadata,
             generation,
-        });
-        Ok(())
+        })
     }));
     match result {
         Ok(Ok(())) => ROk(()),

@@ -1,0 +1,366 @@
+//! The journal: a JSONL record of inbound, outbound and routed messages that keeps what it
+//! acknowledged.
+//!
+//! - **Whole lines.** A record is encoded on the caller's thread into one line, and the writer
+//!   writes only whole lines: each `write()` ends at a line's end, and a short or failed write
+//!   is cut back with `ftruncate` before it is tried again, so no fragment stays in the file.
+//!   A partial last line left by a crash (`kill -9` inside a `write()`) is moved to
+//!   `<path>.corrupt` at the next start ([`repair`]).
+//! - **Its own thread.** The writer is a plain thread, never the async runtime: a journal on
+//!   slow or stuck storage (a FIFO nobody reads, a hung NFS mount) holds up nothing but itself.
+//! - **A bounded queue** of [`JournalOptions::queue_bytes`]. While the journal cannot take a
+//!   record (its queue is full, or writes fail), [`Journal::admit`] says so, and the gateway
+//!   refuses new sends with 503 (retryable) before they reach a plugin: nothing is sent that
+//!   could not be recorded. Inbound records that find the queue full are dropped and counted
+//!   (`dropped`); a plugin cannot be asked to hold them.
+//! - **Write errors** (a full disk) are counted, logged once when the journal turns degraded
+//!   and once when it recovers, and the batch is kept in memory and retried every 500 ms.
+//! - **Durability.** `flush` (default): records reach the OS at least every `flush_ms`, so a
+//!   crash of the gateway loses at most the last `flush_ms` of records (the OS keeps what it
+//!   was given; a power loss may lose more). `fsync`: an acknowledged send or inbound message
+//!   is on disk (`fdatasync`) before its answer. Commits group: the writer wakes at the first
+//!   waiting record, and every record queued while one `fdatasync` runs shares the next one,
+//!   as PostgreSQL's group commit does.
+//! - The file is created mode 0600 and opened for appending; the gateway never rotates it
+//!   (`logrotate`'s `copytruncate` works).
+
+mod repair;
+mod writer;
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Condvar, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use serde::{Deserialize, Serialize};
+
+pub use repair::{Repaired, repair};
+
+/// What happened to a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RecordKind {
+    /// Arrived on a platform.
+    Inbound,
+    /// Sent through a platform by a client.
+    Outbound,
+    /// Sent through a platform by a route.
+    Routed,
+}
+
+/// One journal line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Record {
+    /// Milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// What happened.
+    pub kind: RecordKind,
+    /// The platform.
+    pub platform: String,
+    /// The chat.
+    pub chat_id: String,
+    /// The sender (inbound only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    /// The text.
+    pub text: String,
+    /// The platform's message id.
+    pub message_id: String,
+    /// The generation that handled it.
+    pub generation: u64,
+    /// For routed messages: `platform/chat` of the source.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub route_from: Option<String>,
+}
+
+/// When a record counts as kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// Written to the OS every `flush_ms`.
+    #[default]
+    Flush,
+    /// On disk before the answer (group commit).
+    Fsync,
+}
+
+/// How the journal writes.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// The JSONL file.
+    pub path: PathBuf,
+    /// The batch interval (`flush` durability).
+    pub flush_every: Duration,
+    /// `flush` or `fsync`.
+    pub durability: Durability,
+    /// The most encoded bytes waiting for the writer.
+    pub queue_bytes: usize,
+}
+
+/// The queue's default bound: 16 MiB of encoded records.
+pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+
+/// Why the journal did not take or keep a record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum JournalError {
+    /// The queue is at its bound (the writer is behind or stuck).
+    #[error("the journal's queue is full ({0} bytes waiting); the writer is behind")]
+    Full(usize),
+    /// Writes fail.
+    #[error("the journal cannot write: {0}")]
+    Failing(String),
+    /// The journal was closed.
+    #[error("the journal is closed")]
+    Closed,
+}
+
+/// A queued record's place in the journal, to wait for its commit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ticket(u64);
+
+/// The journal's state, for status and metrics.
+#[derive(Debug, Clone, Serialize)]
+pub struct JournalStatus {
+    /// The file.
+    pub path: PathBuf,
+    /// `flush` or `fsync`.
+    pub durability: Durability,
+    /// `ok` or `degraded` (writes fail, or the queue is full).
+    pub state: &'static str,
+    /// The last write error, while degraded.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// Encoded bytes waiting for the writer.
+    pub queued_bytes: usize,
+    /// Records written since start.
+    pub written: u64,
+    /// Failed write attempts since start.
+    pub errors: u64,
+    /// Records dropped since start (the queue was full).
+    pub dropped: u64,
+}
+
+/// Everything the handles and the writer thread share.
+struct Shared {
+    options: JournalOptions,
+    queue: Mutex<Queue>,
+    /// Wakes the writer.
+    wake: Condvar,
+    /// Wakes threads waiting for a commit.
+    committed: Condvar,
+    /// The same for async waiters: bumped after every commit attempt.
+    progress: tokio::sync::watch::Sender<u64>,
+    written: AtomicU64,
+    errors: AtomicU64,
+    dropped: AtomicU64,
+}
+
+#[derive(Default)]
+struct Queue {
+    /// Whole encoded lines, in order.
+    buf: Vec<u8>,
+    /// The ticket of the last record in `buf` (or of the last record ever queued).
+    last: u64,
+    /// Every ticket up to this one is written (and synced, for `fsync`).
+    committed: u64,
+    /// Tickets up to this one were in a batch whose write failed (and are being retried).
+    failed_through: u64,
+    /// The last write error, while writes fail.
+    failing: Option<String>,
+    /// Someone waits: write now rather than at the next tick.
+    urgent: bool,
+    /// No more records; the writer ends once the queue is written.
+    closed: bool,
+    /// Set while the queue is at its bound; cleared (and logged) when it drains.
+    full: bool,
+}
+
+/// A handle on the journal; cheap to clone.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+/// The writer thread; [`Journal::close`] ends it.
+pub type JournalThread = std::thread::JoinHandle<()>;
+
+impl Journal {
+    /// Repairs a torn last line, opens (appending, creating the folder 0700 and the file 0600)
+    /// the journal and starts its writer thread.
+    pub fn open(options: JournalOptions) -> std::io::Result<(Journal, JournalThread)> {
+        let file = writer::open(&options.path)?;
+        let shared = Arc::new(Shared {
+            options,
+            queue: Mutex::new(Queue::default()),
+            wake: Condvar::new(),
+            committed: Condvar::new(),
+            progress: tokio::sync::watch::channel(0).0,
+            written: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+        });
+        let thread = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("hermes-journal".into())
+                .spawn(move || writer::run(&shared, file))?
+        };
+        Ok((Journal { shared }, thread))
+    }
+
+    fn queue(&self) -> std::sync::MutexGuard<'_, Queue> {
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether a new send may go ahead: `Err` while writes fail or the queue is full.
+    pub fn admit(&self) -> Result<(), JournalError> {
+        let queue = self.queue();
+        if let Some(e) = &queue.failing {
+            return Err(JournalError::Failing(e.clone()));
+        }
+        if queue.full || queue.buf.len() >= self.shared.options.queue_bytes {
+            return Err(JournalError::Full(queue.buf.len()));
+        }
+        Ok(())
+    }
+
+    /// Queues a record; never waits on the disk. `Err(Full)` when the queue is at its bound:
+    /// the record is dropped and counted.
+    pub fn record(&self, record: &Record) -> Result<Ticket, JournalError> {
+        let mut line = serde_json::to_vec(record).unwrap_or_default();
+        line.push(b'\n');
+        let fsync = self.shared.options.durability == Durability::Fsync;
+        let mut queue = self.queue();
+        if queue.closed {
+            return Err(JournalError::Closed);
+        }
+        if queue.buf.len() + line.len() > self.shared.options.queue_bytes {
+            let bytes = queue.buf.len();
+            if !queue.full {
+                queue.full = true;
+                tracing::error!(journal = %self.shared.options.path.display(), bytes, "journal queue full: records are dropped (and counted) and sends refused until it drains");
+            }
+            drop(queue);
+            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(JournalError::Full(bytes));
+        }
+        queue.buf.extend_from_slice(&line);
+        queue.last += 1;
+        let ticket = Ticket(queue.last);
+        if fsync && !queue.urgent {
+            // Only the first record of a batch wakes the writer; the rest ride along.
+            queue.urgent = true;
+            drop(queue);
+            self.shared.wake.notify_one();
+        }
+        Ok(ticket)
+    }
+
+    fn outcome(queue: &Queue, ticket: Ticket) -> Option<Result<(), JournalError>> {
+        if queue.committed >= ticket.0 {
+            Some(Ok(()))
+        } else if queue.failed_through >= ticket.0 {
+            Some(Err(JournalError::Failing(
+                queue.failing.clone().unwrap_or_default(),
+            )))
+        } else if queue.closed && queue.buf.is_empty() {
+            Some(Err(JournalError::Closed))
+        } else {
+            None
+        }
+    }
+
+    /// Waits until `ticket` is kept as the durability says: at once for `flush`, after its
+    /// `fdatasync` for `fsync`. `Err` when the write failed (it is retried, but the caller's
+    /// answer must not claim it is kept).
+    pub async fn committed(&self, ticket: Ticket) -> Result<(), JournalError> {
+        if self.shared.options.durability == Durability::Flush {
+            return Ok(());
+        }
+        self.wait_for(ticket).await
+    }
+
+    /// As [`Journal::committed`], blocking the calling (plugin) thread.
+    pub fn committed_blocking(&self, ticket: Ticket) -> Result<(), JournalError> {
+        if self.shared.options.durability == Durability::Flush {
+            return Ok(());
+        }
+        let mut queue = self.queue();
+        loop {
+            if let Some(outcome) = Self::outcome(&queue, ticket) {
+                return outcome;
+            }
+            queue = self
+                .shared
+                .committed
+                .wait(queue)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    async fn wait_for(&self, ticket: Ticket) -> Result<(), JournalError> {
+        let mut progress = self.shared.progress.subscribe();
+        loop {
+            if let Some(outcome) = Self::outcome(&self.queue(), ticket) {
+                return outcome;
+            }
+            if progress.changed().await.is_err() {
+                return Err(JournalError::Closed);
+            }
+        }
+    }
+
+    /// Writes every record queued before this call, and waits for it (whatever the
+    /// durability). Callers bound it: a stuck journal never answers.
+    pub async fn flush(&self) -> Result<(), JournalError> {
+        let ticket = {
+            let mut queue = self.queue();
+            queue.urgent = true;
+            Ticket(queue.last)
+        };
+        self.shared.wake.notify_one();
+        self.wait_for(ticket).await
+    }
+
+    /// No more records: the writer writes what is queued (trying once more if writes fail) and
+    /// ends. Join the [`JournalThread`] to wait for it.
+    pub fn close(&self) {
+        self.queue().closed = true;
+        self.shared.wake.notify_one();
+    }
+
+    /// The durability it writes with.
+    pub fn durability(&self) -> Durability {
+        self.shared.options.durability
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.shared.options.path
+    }
+
+    /// State and counters.
+    pub fn status(&self) -> JournalStatus {
+        let queue = self.queue();
+        let degraded = queue.failing.is_some() || queue.full;
+        JournalStatus {
+            path: self.shared.options.path.clone(),
+            durability: self.shared.options.durability,
+            state: if degraded { "degraded" } else { "ok" },
+            error: queue.failing.clone().or_else(|| {
+                queue
+                    .full
+                    .then(|| JournalError::Full(queue.buf.len()).to_string())
+            }),
+            queued_bytes: queue.buf.len(),
+            written: self.shared.written.load(Ordering::Relaxed),
+            errors: self.shared.errors.load(Ordering::Relaxed),
+            dropped: self.shared.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
