@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/hermes.toml
 
-.PHONY: build run test lint bench clean-state
+.PHONY: build run test test-deps lint bench clean-state
 
 ## Build the host and every plugin library (debug), and a second loopback build that reports
 ## another version (the reload tests swap between the two).
@@ -17,7 +17,11 @@ run: build
 ## Every test. The plugin libraries are built once, before the tests load them.
 ## cargo-nextest runs each test in its own process, so per-process counts (fds, threads,
 ## mappings) see one test only; without it, tests run one at a time.
-test: build
+## What the tests need beyond Rust (peers, the metrics parser): installed when run as root.
+test-deps:
+	scripts/test-deps
+
+test: test-deps build
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast; \

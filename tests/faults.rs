@@ -552,3 +552,154 @@ fn a_stuck_journal_blocks_nothing_but_itself() {
         server.log()
     );
 }
+
+#[test]
+fn a_flood_of_half_open_connections_leaves_health_and_the_control_socket_answering() {
+    const FLOOD: usize = 2000;
+    // This test holds FLOOD sockets itself.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    // A header timeout far longer than the test: only the connection limit's eviction of
+    // half-open connections can let /health in.
+    let conf = t.config(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\nheader_read_timeout_ms = 120000\n\n[platforms.loopback]\n",
+    );
+    let server = Server::start_wrapped(&t, conf, &[], &["prlimit", "--nofile=1024:1024"]);
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let mut flood = Vec::with_capacity(FLOOD);
+    for _ in 0..FLOOD {
+        let Ok(mut s) = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)) else {
+            continue;
+        };
+        // A request head that never ends.
+        let _ = std::io::Write::write_all(&mut s, b"GET /health HTTP/1.1\r\nHost: x\r\n");
+        flood.push(s);
+    }
+    assert!(
+        flood.len() > 1024,
+        "only {} connections were made",
+        flood.len()
+    );
+    let (status, body) = server.get("/health");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = server.post(
+        "/api/platforms/loopback/send",
+        r#"{"chat_id":"c","text":"in"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let out = server.cli(&["status"]);
+    assert!(out.status.success(), "{out:?}");
+    let log = server.log();
+    assert!(!log.contains("Too many open files"), "{log}");
+    drop(flood);
+}
+
+#[test]
+fn a_request_head_that_never_ends_is_closed_after_the_header_timeout() {
+    use std::io::{Read, Write};
+    let t = TestDir::new();
+    let conf = t.config(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\nheader_read_timeout_ms = 200\n",
+    );
+    let server = Server::start_config(&t, conf, &[]);
+    let mut s = std::net::TcpStream::connect(&server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n").unwrap();
+    let mut rest = Vec::new();
+    // The server closes the connection (an error is a reset: closed too).
+    let _ = s.read_to_end(&mut rest);
+    assert!(
+        !String::from_utf8_lossy(&rest).contains("\"status\":\"ok\""),
+        "the half-sent request was answered"
+    );
+    assert_eq!(server.get("/health").0, 200);
+}
+
+/// Parses OpenMetrics text with the reference parser (Python's `prometheus_client`); returns
+/// the family names, in order.
+fn parse_metrics(text: &str) -> Vec<String> {
+    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nfor f in parse(sys.stdin.read()):\n    print(f.name)\n";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 is needed to parse /metrics (`make test` installs it)");
+    std::io::Write::write_all(child.stdin.as_mut().unwrap(), text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("No module named"),
+        "the reference parser is missing: `pip install prometheus-client` (`make test` installs it)"
+    );
+    assert!(
+        out.status.success(),
+        "the reference parser refused /metrics: {stderr}\n{text}"
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[test]
+fn metrics_parse_with_the_reference_parser_one_family_per_name() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    t.install("bigid", "fixture_panicky", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.loopback]\n\n[platforms.bigid]\nmessage_id_bytes = 10000000\n",
+    );
+    assert_eq!(
+        server
+            .post(
+                "/api/platforms/loopback/send",
+                r#"{"chat_id":"c","text":"x"}"#
+            )
+            .0,
+        200
+    );
+    // A plugin's oversized answer is cut by the host before it is returned or journaled.
+    let (status, body) = server.post("/api/platforms/bigid/send", r#"{"chat_id":"c","text":"x"}"#);
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        v["message_id"].as_str().unwrap().len() <= 256,
+        "{}",
+        body.len()
+    );
+    let (_, text) = server.get("/metrics");
+    let families = parse_metrics(&text);
+    let unique: HashSet<&String> = families.iter().collect();
+    assert_eq!(
+        unique.len(),
+        families.len(),
+        "a family appears twice: {families:?}"
+    );
+    for name in [
+        "hermes_sends",
+        "hermes_send_seconds",
+        "hermes_inbound",
+        "hermes_loads",
+        "hermes_load_seconds",
+        "hermes_journal_errors",
+        "hermes_journal_dropped",
+        "hermes_journal_degraded",
+        "hermes_resident_stale_libraries",
+    ] {
+        assert!(
+            families.iter().any(|f| f == name),
+            "{name} missing: {families:?}"
+        );
+    }
+}

@@ -111,13 +111,53 @@ async fn bad_requests_get_clear_errors() {
     assert!(e["error"].as_str().unwrap().contains("`chat_id`"), "{e}");
     let (status, e) = send(&gateway, "loopback", "not json", None).await;
     assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("not JSON (line 1, column 2): expected ident"),
+        "{e}"
+    );
+    let (status, e) = send(&gateway, "loopback", r#"{"chat_id":1,"text":"x"}"#, None).await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("field `chat_id`: invalid type: integer"),
+        "{e}"
+    );
+    let (status, e) = send(
+        &gateway,
+        "loopback",
+        r#"{"chat_id":"c","text":"x","metadata":[]}"#,
+        None,
+    )
+    .await;
+    assert_eq!(status, 422, "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("field `metadata`"),
+        "{e}"
+    );
     let (status, _) = send(&gateway, "nope", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 404);
     let (status, _) = call(&gateway, "GET", "/api/platforms/nope", "", None).await;
     assert_eq!(status, 404);
+    // Every error is the documented JSON, axum's own answers included.
     let big = format!(r#"{{"chat_id":"c","text":"{}"}}"#, "x".repeat(100 * 1024));
-    let (status, _) = send(&gateway, "loopback", &big, None).await;
-    assert_eq!(status, 413);
+    for (method, uri, body, want) in [
+        ("POST", "/api/platforms/loopback/send", big.as_str(), 413),
+        ("GET", "/api/platforms/loopback/send", "", 405),
+        ("GET", "/no/such/route", "", 404),
+        ("GET", "/api/warmup_wait?timeout_ms=abc", "", 400),
+    ] {
+        let (status, e) = call(&gateway, method, uri, body, None).await;
+        assert_eq!(status, want, "{method} {uri}: {e}");
+        assert!(
+            e["error"].as_str().is_some_and(|m| !m.is_empty()) && e["retryable"] == false,
+            "{method} {uri}: {e}"
+        );
+    }
 
     // A platform whose load fails: 503 with the error, on the entry too; the rest serves.
     let (status, e) = send(&gateway, "broken", r#"{"chat_id":"c","text":"x"}"#, None).await;
@@ -146,7 +186,8 @@ async fn bad_requests_get_clear_errors() {
 async fn a_token_guards_every_route_but_health() {
     let t = TestDir::new();
     t.install("loopback", "hermes_loopback", 1);
-    let gateway = gateway(&t, "[server]\napi_token = \"s3cret\"\n");
+    const TOKEN: &str = "s3cret-token-0123";
+    let gateway = gateway(&t, &format!("[server]\napi_token = \"{TOKEN}\"\n"));
     assert_eq!(call(&gateway, "GET", "/health", "", None).await.0, 200);
     for uri in [
         "/api/platforms",
@@ -161,13 +202,34 @@ async fn a_token_guards_every_route_but_health() {
             "{uri}"
         );
         assert_eq!(
-            call(&gateway, "GET", uri, "", Some("s3cret!")).await.0,
+            call(&gateway, "GET", uri, "", Some(&format!("{TOKEN}!")))
+                .await
+                .0,
             401,
             "{uri}"
         );
     }
-    let (status, body) = call(&gateway, "GET", "/api/platforms", "", Some("s3cret")).await;
+    let (status, body) = call(&gateway, "GET", "/api/platforms", "", Some(TOKEN)).await;
     assert_eq!(status, 200, "{body}");
+    // The scheme is case-insensitive.
+    let request = Request::builder()
+        .uri("/api/platforms")
+        .header("authorization", format!("bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = hermes_host::api::app(Arc::clone(&gateway))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    // A short token is refused when the config is read.
+    let short = Config::load(&t.config("[server]\napi_token = \"s3cret\"\n")).unwrap_err();
+    assert!(
+        short
+            .to_string()
+            .contains("key `server.api_token`: at least 16 characters"),
+        "{short}"
+    );
     let (status, _) = send(&gateway, "loopback", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 401);
     assert_eq!(gateway.registry.loads(), 0);

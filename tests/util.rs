@@ -306,8 +306,27 @@ impl Server {
     /// Starts `serve` on the config file `config` (which sets its own listen address) and waits
     /// for its ready line.
     pub(crate) fn start_config(t: &TestDir, config: PathBuf, args: &[&str]) -> Server {
+        Server::start_wrapped(t, config, args, &[])
+    }
+
+    /// As [`Server::start_config`], run through `wrapper` (e.g. `prlimit --nofile=1024`), which
+    /// must exec the server in its own process.
+    pub(crate) fn start_wrapped(
+        t: &TestDir,
+        config: PathBuf,
+        args: &[&str],
+        wrapper: &[&str],
+    ) -> Server {
         let stderr = t.path().join("serve.log");
-        let mut child = std::process::Command::new(bin())
+        let mut command = match wrapper.split_first() {
+            Some((program, rest)) => {
+                let mut c = std::process::Command::new(program);
+                c.args(rest).arg(bin());
+                c
+            }
+            None => std::process::Command::new(bin()),
+        };
+        let mut child = command
             .arg("--config")
             .arg(&config)
             .args(["--log-level", "info", "serve"])

@@ -106,8 +106,45 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
     Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(api)
+        .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::map_response(json_errors))
         .with_state(gateway)
+}
+
+/// Unknown routes: the JSON error, naming the path.
+pub async fn not_found(uri: axum::http::Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route {}; see the README for the API", uri.path()),
+    )
+}
+
+/// Turns an error answer that is not JSON (axum's own: 400, 405, 413, 415...) into the
+/// documented `{"error", "retryable"}`, keeping its status and text.
+pub async fn json_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 4096)
+        .await
+        .ok()
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+    let mut answer = ApiError::new(status, text).into_response();
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            answer.headers_mut().insert(name, value.clone());
+        }
+    }
+    answer
 }
 
 /// Compares in time independent of where the inputs differ.
@@ -126,11 +163,13 @@ async fn authorize(
     next: Next,
 ) -> Response {
     if let Some(token) = &gateway.config.server.api_token {
+        // The scheme is case-insensitive (RFC 9110, 11.1); the token is not.
         let given = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, token)| token.trim());
         if !constant_time_eq(given.as_bytes(), token.as_bytes()) {
             return ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token")
                 .into_response();
@@ -187,20 +226,31 @@ pub fn installed(gateway: &Gateway, id: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Parses a send body, naming the field at fault.
+/// Parses a send body, naming the field at fault (a missing, unknown or mistyped one) or where
+/// the JSON breaks.
 pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
-    let message: Outbound = serde_json::from_slice(body).map_err(|e| {
-        let text = e.to_string();
+    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
+    let mut json = serde_json::Deserializer::from_slice(body);
+    let message: Outbound = serde_path_to_error::deserialize(&mut json).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let text = inner.to_string();
         let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("invalid send body: {text}"),
-        )
+        if inner.is_syntax() || inner.is_eof() {
+            unprocessable(format!(
+                "invalid send body: not JSON (line {}, column {}): {text}",
+                inner.line(),
+                inner.column()
+            ))
+        } else if path == "." {
+            unprocessable(format!("invalid send body: {text}"))
+        } else {
+            unprocessable(format!("invalid send body: field `{path}`: {text}"))
+        }
     })?;
     if message.chat_id.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "field `chat_id` must not be empty",
+        return Err(unprocessable(
+            "field `chat_id` must not be empty".to_owned(),
         ));
     }
     Ok(message)

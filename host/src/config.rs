@@ -52,8 +52,12 @@ pub struct ServerConfig {
     pub control_socket: PathBuf,
     /// Bearer token for the public API; required off loopback.
     pub api_token: Option<String>,
-    /// Threads of the async runtime (HTTP, routes, journal).
+    /// Threads of the async runtime (HTTP, routes).
     pub worker_threads: usize,
+    /// The public port's connection limit; `None`: derived from the open-file limit.
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a whole request head.
+    pub header_read_timeout: Duration,
 }
 
 /// `[plugins]`.
@@ -179,6 +183,8 @@ struct RawServer {
     control_socket: Option<PathBuf>,
     api_token: Option<String>,
     worker_threads: Option<usize>,
+    max_connections: Option<usize>,
+    header_read_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -283,11 +289,35 @@ impl Config {
                     .server
                     .control_socket
                     .unwrap_or_else(|| ".hermes/control.sock".into())),
-                api_token: raw.server.api_token.filter(|t| !t.is_empty()),
+                api_token: match raw.server.api_token {
+                    Some(t) if t.chars().count() < MIN_TOKEN_CHARS => {
+                        return Err(err(format!(
+                            "key `server.api_token`: at least {MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 24`)"
+                        )));
+                    }
+                    token => token,
+                },
                 worker_threads: match raw.server.worker_threads {
-                    Some(0) => return Err(err("key `server.worker_threads`: at least 1".into())),
+                    Some(n) if !(1..=MAX_WORKER_THREADS).contains(&n) => {
+                        return Err(err(format!(
+                            "key `server.worker_threads`: from 1 to {MAX_WORKER_THREADS}"
+                        )));
+                    }
                     Some(n) => n,
                     None => default_worker_threads(),
+                },
+                max_connections: match raw.server.max_connections {
+                    Some(0) => {
+                        return Err(err("key `server.max_connections`: at least 1".into()));
+                    }
+                    n => n,
+                },
+                header_read_timeout: match raw.server.header_read_timeout_ms {
+                    Some(0) => {
+                        return Err(err("key `server.header_read_timeout_ms`: at least 1".into()));
+                    }
+                    Some(ms) => Duration::from_millis(ms),
+                    None => crate::http::DEFAULT_HEADER_READ_TIMEOUT,
                 },
             },
             plugins: PluginsConfig {
@@ -326,6 +356,12 @@ impl Config {
         })
     }
 }
+
+/// The shortest `server.api_token` accepted.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+/// The most runtime threads `server.worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: usize = 512;
 
 /// One runtime thread per core but one: every call into a plugin runs on that plugin's own
 /// worker threads, which need a core too. Measured on 2 cores: 1 runtime thread served 0.67-0.72
@@ -465,5 +501,24 @@ mod tests {
         );
         let e = parse("[plugins]\ndirz = []\n").unwrap_err();
         assert!(e.to_string().contains("dirz"), "{e}");
+    }
+
+    #[test]
+    fn server_bounds_are_checked() {
+        let e = parse("[server]\nworker_threads = 100000\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("key `server.worker_threads`: from 1 to 512"),
+            "{e}"
+        );
+        let e = parse("[server]\napi_token = \"x\"\n").unwrap_err();
+        assert!(e.to_string().contains("at least 16 characters"), "{e}");
+        let c =
+            parse("[server]\nheader_read_timeout_ms = 500\n[journal]\ndurability = \"fsync\"\n")
+                .unwrap();
+        assert_eq!(c.server.header_read_timeout, Duration::from_millis(500));
+        assert_eq!(c.journal.durability, crate::journal::Durability::Fsync);
+        let e = parse("[journal]\ndurability = \"sometimes\"\n").unwrap_err();
+        assert!(e.to_string().contains("journal.durability"), "{e}");
     }
 }

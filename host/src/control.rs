@@ -52,7 +52,9 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
             post(hotreload_enable).delete(hotreload_disable),
         )
         .route("/hotreload", get(hotreload_status))
+        .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
+        .layer(axum::middleware::map_response(api::json_errors))
         .with_state(gateway)
 }
 

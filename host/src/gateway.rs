@@ -78,15 +78,17 @@ impl SendFailure {
     }
 
     fn from_call(platform: &str, e: CallError) -> Self {
-        let status = match e {
-            CallError::Plugin { .. } => 502,
-            CallError::Timeout { .. } => 504,
-            _ => 503,
+        let (status, retryable) = match e {
+            // A plugin that says "try later" (its peer is down) is unavailable, not refusing.
+            CallError::Plugin { retryable, .. } => (if retryable { 503 } else { 502 }, retryable),
+            CallError::Timeout { .. } => (504, false),
+            // A hung instance is replaced by a reload; the send may go through then.
+            CallError::Unhealthy | CallError::Stopped => (503, true),
         };
         SendFailure {
             status,
             message: format!("{platform}: {e}"),
-            retryable: e.retryable(),
+            retryable,
         }
     }
 }

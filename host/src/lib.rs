@@ -7,7 +7,7 @@
 //! - [`check`] runs a plugin through every load-time check without keeping it.
 //! - [`gateway`] routes messages: sends, inbound dispatch to SSE, [`journal`] and routes,
 //!   counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
-//!   socket. [`message`] holds the host's own message types.
+//!   socket, each served by [`http`] with a connection limit and a header-read timeout. [`message`] holds the host's own message types.
 //! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`watch`] does it
 //!   when the library file changes (hot reload).
 //! - [`cli`] is the `hermes-host` command.
@@ -20,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod gateway;
+pub mod http;
 pub mod journal;
 #[allow(unsafe_code)]
 pub mod loader;

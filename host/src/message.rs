@@ -98,3 +98,43 @@ pub struct PluginState {
     /// The state.
     pub bytes: Vec<u8>,
 }
+
+/// Caps on what a plugin hands the host, enforced where its values become the host's: a plugin
+/// cannot make the gateway journal, return or keep a value of any size.
+pub mod limits {
+    /// A message id returned by `send`; a longer one is cut (the message was sent).
+    pub const MESSAGE_ID_BYTES: usize = 256;
+    /// An error or health text; a longer one is cut.
+    pub const ERROR_BYTES: usize = 4096;
+    /// An inbound message's text; a longer message is refused.
+    pub const INBOUND_TEXT_BYTES: usize = 64 * 1024;
+    /// An inbound message's chat id, user and message id; a longer one is refused.
+    pub const INBOUND_FIELD_BYTES: usize = 1024;
+    /// An inbound message's metadata as JSON; a larger one is refused.
+    pub const METADATA_BYTES: usize = 16 * 1024;
+
+    /// `text` cut to at most `max` bytes at a character boundary, marked when cut.
+    pub fn cut(mut text: String, max: usize) -> String {
+        if text.len() <= max {
+            return text;
+        }
+        const MARK: &str = "…(cut)";
+        let mut end = max.saturating_sub(MARK.len());
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push_str(MARK);
+        text
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn cuts_at_a_character_boundary() {
+            assert_eq!(super::cut("short".into(), 10), "short");
+            let cut = super::cut("é".repeat(100), 20);
+            assert!(cut.len() <= 20 && cut.ends_with("…(cut)"), "{cut}");
+        }
+    }
+}

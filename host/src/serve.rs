@@ -68,28 +68,35 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     let socket_path = gateway.config.server.control_socket.clone();
     let unix = control::bind(&socket_path)?;
     let listen_ms = ms(started_listen.elapsed());
-    let public = {
-        let mut down = gateway.shutdown.subscribe();
-        let app = api::app(Arc::clone(&gateway));
-        tokio::spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(async move {
-                    let _ = down.wait_for(|d| *d).await;
-                })
-                .await
-        })
+    let nofile = crate::http::raise_open_file_limit();
+    let limits = crate::http::Limits {
+        max_connections: gateway
+            .config
+            .server
+            .max_connections
+            .unwrap_or_else(|| crate::http::default_max_connections(nofile)),
+        header_read_timeout: gateway.config.server.header_read_timeout,
     };
-    let control = {
-        let mut down = gateway.shutdown.subscribe();
-        let app = control::app(Arc::clone(&gateway));
-        tokio::spawn(async move {
-            axum::serve(unix, app)
-                .with_graceful_shutdown(async move {
-                    let _ = down.wait_for(|d| *d).await;
-                })
-                .await
-        })
-    };
+    tracing::debug!(
+        nofile,
+        max_connections = limits.max_connections,
+        "connection limit"
+    );
+    let public = tokio::spawn(crate::http::serve(
+        tcp,
+        api::app(Arc::clone(&gateway)),
+        limits,
+        gateway.shutdown.subscribe(),
+    ));
+    let control = tokio::spawn(crate::http::serve(
+        unix,
+        control::app(Arc::clone(&gateway)),
+        crate::http::Limits {
+            max_connections: crate::http::CONTROL_MAX_CONNECTIONS,
+            ..limits
+        },
+        gateway.shutdown.subscribe(),
+    ));
 
     // A signal during start-up ends it at once; the shutdown below stops whatever started.
     let start_up = async {
@@ -139,8 +146,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     let _ = gateway.shutdown.send_replace(true);
     for server in [public, control] {
         match tokio::time::timeout(DRAIN_TIMEOUT, server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server ended with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("requests still open after {DRAIN_TIMEOUT:?}; going on"),
         }

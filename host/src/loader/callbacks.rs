@@ -19,7 +19,7 @@ use hermes_plugin_api::abi::{
     HostContext, InboundFfi, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
 };
 
-use crate::message::Inbound;
+use crate::message::{Inbound, limits};
 
 /// Where a running instance's inbound messages and log records go.
 pub trait EventSink: Send + Sync + 'static {
@@ -128,6 +128,33 @@ unsafe extern "C" fn deliver(
                 "{} generation {generation} is stopped; message not accepted",
                 ctx.platform
             ));
+        }
+        for (field, value, max) in [
+            (
+                "chat_id",
+                message.chat_id.as_str(),
+                limits::INBOUND_FIELD_BYTES,
+            ),
+            ("user", message.user.as_str(), limits::INBOUND_FIELD_BYTES),
+            (
+                "message_id",
+                message.message_id.as_str(),
+                limits::INBOUND_FIELD_BYTES,
+            ),
+            ("text", message.text.as_str(), limits::INBOUND_TEXT_BYTES),
+            (
+                "metadata",
+                message.metadata_json.as_str(),
+                limits::METADATA_BYTES,
+            ),
+        ] {
+            if value.len() > max {
+                return Err(format!(
+                    "{}: inbound `{field}` of {} bytes is over the host's limit of {max}; message not accepted",
+                    ctx.platform,
+                    value.len()
+                ));
+            }
         }
         let metadata = match serde_json::from_str(message.metadata_json.as_str()) {
             Ok(serde_json::Value::Object(map)) => map,

@@ -134,8 +134,9 @@ impl CallError {
     pub fn retryable(&self) -> bool {
         match self {
             CallError::Plugin { retryable, .. } => *retryable,
-            CallError::Timeout { .. } | CallError::Unhealthy => false,
-            CallError::Stopped => true,
+            CallError::Timeout { .. } => false,
+            // A reload replaces the hung or stopped instance; the call may go through then.
+            CallError::Unhealthy | CallError::Stopped => true,
         }
     }
 }

@@ -19,7 +19,7 @@ use super::{
     library::{Library, LoadedLibrary},
     worker::{Drained, Workers, await_answer, run_once},
 };
-use crate::message::{Health, HealthStatus, Outbound, PluginState, Receipt};
+use crate::message::{Health, HealthStatus, Outbound, PluginState, Receipt, limits};
 
 /// How to start an instance.
 pub struct StartOptions {
@@ -449,9 +449,9 @@ fn health_job(vtable: &PluginVTable, ptr: InstancePtr) -> Result<Health, String>
                 HEALTH_DEGRADED => HealthStatus::Degraded,
                 _ => HealthStatus::Unhealthy,
             },
-            detail: h.detail.into_string(),
+            detail: limits::cut(h.detail.into_string(), limits::ERROR_BYTES),
         }),
-        Err(e) => Err(e.into_string()),
+        Err(e) => Err(limits::cut(e.into_string(), limits::ERROR_BYTES)),
     }
 }
 
@@ -481,9 +481,12 @@ fn send_job(
         let result = unsafe { (vtable.send)(ptr, &ffi) };
         match result.into_result() {
             Ok(r) => Ok(Receipt {
-                message_id: r.message_id.into_string(),
+                message_id: limits::cut(r.message_id.into_string(), limits::MESSAGE_ID_BYTES),
             }),
-            Err(e) => Err((e.message.into_string(), e.retryable)),
+            Err(e) => Err((
+                limits::cut(e.message.into_string(), limits::ERROR_BYTES),
+                e.retryable,
+            )),
         }
     }
 }
