@@ -703,3 +703,61 @@ fn metrics_parse_with_the_reference_parser_one_family_per_name() {
         );
     }
 }
+
+/// The server's resident memory, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn an_sse_client_that_never_reads_is_told_it_lagged_and_pins_bounded_memory() {
+    use std::io::{Read, Write};
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let server = Server::start(&t, "[platforms.loopback]\n");
+    let text = "z".repeat(60_000);
+    let body = |i: usize| format!(r#"{{"chat_id":"c","text":"{i}-{text}"}}"#);
+    assert_eq!(server.post("/api/platforms/loopback/send", &body(0)).0, 200);
+    let before = rss_kib(server.child.id());
+
+    let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
+    write!(
+        slow,
+        "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    // A reader that keeps up, beside it, gets every message.
+    let mut fast = util::Sse::connect(&server.addr);
+    // 600 x 60 KB: far past the kernel's socket buffers and the 4 MiB bound.
+    for i in 1..=600 {
+        assert_eq!(server.post("/api/platforms/loopback/send", &body(i)).0, 200);
+        let event = fast.next();
+        assert!(
+            event["text"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{i}-"))
+        );
+    }
+    let grew = rss_kib(server.child.id()).saturating_sub(before);
+    assert!(
+        grew < 16 * 1024,
+        "the server grew by {grew} KiB with a client that never reads (36 MB of events)"
+    );
+    // The slow client, reading at last: what fit in its queue, then `lagged`, then the end.
+    slow.set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut raw = Vec::new();
+    slow.read_to_end(&mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.contains("event: lagged"), "no lagged event");
+    assert!(
+        raw.trim_end().ends_with("0\r\n\r\n") || raw.trim_end().ends_with('0'),
+        "the stream did not end"
+    );
+}

@@ -34,7 +34,6 @@ use axum::{
 use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::json;
-use tokio_stream::wrappers::{BroadcastStream, errors::BroadcastStreamRecvError};
 
 use crate::{
     gateway::{Gateway, SendFailure, Warmup},
@@ -274,14 +273,14 @@ async fn events(
     State(gateway): State<Arc<Gateway>>,
 ) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
     let mut shutdown = gateway.shutdown.subscribe();
-    let stream = BroadcastStream::new(gateway.events.subscribe())
-        .map(|item| {
-            Ok(match item {
-                Ok(message) => Event::default()
-                    .json_data(&*message)
-                    .unwrap_or_else(|_| Event::default().comment("unencodable")),
-                Err(BroadcastStreamRecvError::Lagged(n)) => {
-                    Event::default().event("lagged").data(n.to_string())
+    let stream = gateway
+        .events
+        .subscribe()
+        .map(|event| {
+            Ok(match event {
+                crate::events::Event::Message(json) => Event::default().data(&*json),
+                crate::events::Event::Lagged { queued } => {
+                    Event::default().event("lagged").data(queued.to_string())
                 }
             })
         })

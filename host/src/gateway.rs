@@ -1,7 +1,7 @@
 //! The gateway: the registry plus everything `serve` does with messages.
 //!
 //! Inbound messages arrive on plugin threads through [`GatewaySink`], which hands each to the
-//! SSE stream (a broadcast channel), the journal (a queue) and the routes (spawned tasks) right
+//! SSE subscribers (bounded queues, see [`crate::events`]), the journal (a queue) and the routes (spawned tasks) right
 //! there: all of it queues and returns at once, and no task has to be woken per message. Sends (from HTTP clients, the control socket or routes) go through
 //! [`Gateway::send`], which loads the platform on first use and never blocks the runtime.
 //!
@@ -20,7 +20,7 @@ use std::{
 };
 
 use serde::Serialize;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, watch};
 
 use crate::{
     config::{Config, Route, StartMode},
@@ -153,7 +153,7 @@ pub struct Gateway {
     /// Every installed plugin.
     pub registry: Arc<Registry>,
     /// Inbound messages for SSE subscribers.
-    pub events: broadcast::Sender<Arc<Inbound>>,
+    pub events: Arc<crate::events::Events>,
     /// The journal.
     pub journal: Journal,
     /// Counters.
@@ -224,7 +224,7 @@ impl Gateway {
             config,
             hotreload,
             registry,
-            events: broadcast::channel(4096).0,
+            events: Arc::default(),
             journal,
             metrics: Metrics::default(),
             profile: Mutex::new(StartupProfile::default()),
@@ -490,7 +490,7 @@ fn dispatch(
     let routed = message.metadata.contains_key(ROUTED_KEY);
     let message = Arc::new(message);
     // SSE first: a routed copy must never reach subscribers before its source message.
-    let _ = gateway.events.send(Arc::clone(&message));
+    gateway.events.publish(&message);
     if !routed {
         for route in gateway.routes_for(&message) {
             for target in &route.to {

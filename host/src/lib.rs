@@ -5,7 +5,8 @@
 //! - [`registry`] knows every installed plugin from its manifest and loads one only when it
 //!   is used, through [`loader`], the one module with `unsafe` code.
 //! - [`check`] runs a plugin through every load-time check without keeping it.
-//! - [`gateway`] routes messages: sends, inbound dispatch to SSE, [`journal`] and routes,
+//! - [`gateway`] routes messages: sends, inbound dispatch to SSE ([`events`]), [`journal`]
+//!   and routes,
 //!   counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
 //!   socket, each served by [`http`] with a connection limit and a header-read timeout. [`message`] holds the host's own message types.
 //! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`watch`] does it
@@ -19,6 +20,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod events;
 pub mod gateway;
 pub mod http;
 pub mod journal;
