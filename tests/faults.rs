@@ -761,3 +761,67 @@ fn an_sse_client_that_never_reads_is_told_it_lagged_and_pins_bounded_memory() {
         "the stream did not end"
     );
 }
+
+#[test]
+fn shadow_copies_left_by_a_dead_process_are_removed_at_start() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    // What a killed server leaves: its folder, its lock file (nobody holds the lock) and a copy.
+    let dead = t.shadow().join("p999999-dead");
+    fs::create_dir_all(&dead).unwrap();
+    fs::write(dead.join(".lock"), "").unwrap();
+    fs::write(dead.join("libhermes_loopback-abc.so"), vec![0u8; 4096]).unwrap();
+    let mut server = Server::start(&t, "[platforms.loopback]\n");
+    assert!(!dead.exists(), "the dead process's folder is still there");
+    assert!(
+        server
+            .log()
+            .contains("removed shadow copies left by processes that died")
+    );
+    // A live server's folder is not touched by another process's start.
+    let live: Vec<_> = fs::read_dir(t.shadow())
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert_eq!(live.len(), 1, "{live:?}");
+    let out = server.cli(&["plugin", "check", "loopback", "--start"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        live[0].exists(),
+        "a `plugin check` removed the live server's folder"
+    );
+    assert!(server.terminate().success());
+}
+
+#[test]
+fn a_stop_that_times_out_is_reported_as_that() {
+    let t = TestDir::new();
+    t.install("stuck", "fixture_panicky", 1);
+    let mut server = Server::start(
+        &t,
+        "[platforms.stuck]\nhang_stop_ms = 3000\ncall_timeout_ms = 200\n",
+    );
+    let socket = t.path().join("state/control.sock");
+    let answer = {
+        use std::io::{Read, Write};
+        let mut s = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+        write!(
+            s,
+            "POST /platforms/stuck/unload HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+        )
+        .unwrap();
+        let mut raw = String::new();
+        s.read_to_string(&mut raw).unwrap();
+        raw
+    };
+    assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
+    assert!(
+        answer.contains("did not stop") && answer.contains("did not return within"),
+        "{answer}"
+    );
+    assert!(!answer.contains("was_running"), "{answer}");
+    let p = server.platform("stuck");
+    assert_eq!(p["state"], "failed", "{p}");
+    assert!(server.terminate().success());
+}

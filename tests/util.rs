@@ -217,9 +217,20 @@ pub(crate) fn mapped_containing(needle: &str) -> Vec<PathBuf> {
         .collect()
 }
 
-/// Files in `dir` (0 when it does not exist).
+/// Files in `dir` and its subfolders (0 when it does not exist), not counting the shadow
+/// folders' `.lock` files.
 pub(crate) fn file_count(dir: &Path) -> usize {
-    fs::read_dir(dir).map(|r| r.count()).unwrap_or(0)
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => file_count(&e.path()),
+            _ if e.file_name() == ".lock" => 0,
+            _ => 1,
+        })
+        .sum()
 }
 
 /// Open file descriptors of this process.

@@ -104,27 +104,16 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         format!("{} ({:.1} MiB)", path.display(), size as f64 / 1048576.0),
     );
 
-    let shadow_root = &registry.options().shadow_dir;
-    let scratch = match std::fs::create_dir_all(shadow_root).and_then(|()| {
-        tempfile::Builder::new()
-            .prefix("check-")
-            .tempdir_in(shadow_root)
-    }) {
-        Ok(dir) => dir,
+    // This process's own shadow folder: removed with the process, swept if it dies.
+    let scratch = match registry.shadow_dir() {
+        Ok(dir) => dir.to_owned(),
         Err(e) => {
-            report.step(
-                "load",
-                Some(false),
-                format!(
-                    "cannot make a scratch dir in {}: {e}",
-                    shadow_root.display()
-                ),
-            );
+            report.step("load", Some(false), e);
             return Ok(report);
         }
     };
     let started = Instant::now();
-    let library = match Library::open(&path, scratch.path()) {
+    let library = match Library::open(&path, &scratch) {
         Ok(library) => library,
         Err(e) => {
             report.step("load", Some(false), e.to_string());

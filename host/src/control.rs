@@ -92,7 +92,12 @@ async fn unload(
     let platform = id.clone();
     let report = blocking(move || registry.unload(&platform))
         .await?
-        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+        .map_err(|e| match e {
+            crate::registry::RegistryError::Unknown(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
+            }
+            _ => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
+        })?;
     Ok(
         Json(json!({ "platform": id, "was_running": report.is_some(), "report": report }))
             .into_response(),

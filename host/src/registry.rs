@@ -103,6 +103,14 @@ pub enum RegistryError {
         /// The error.
         message: String,
     },
+    /// Its instance did not stop: a call or the plugin's `stop` did not return in time.
+    #[error("platform `{id}` did not stop: {reason}")]
+    StopFailed {
+        /// The platform.
+        id: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// How the registry loads libraries.
@@ -321,6 +329,8 @@ pub struct Registry {
     problems: Vec<DiscoveryProblem>,
     options: RegistryOptions,
     loads: AtomicU64,
+    /// This process's folder under the shadow root, claimed at the first load.
+    shadow: std::sync::OnceLock<Result<crate::loader::ShadowDir, String>>,
 }
 
 impl Registry {
@@ -405,6 +415,7 @@ impl Registry {
             problems,
             options,
             loads: AtomicU64::new(0),
+            shadow: std::sync::OnceLock::new(),
         }
     }
 
@@ -438,6 +449,29 @@ impl Registry {
     /// How many libraries this registry has loaded so far.
     pub fn loads(&self) -> u64 {
         self.loads.load(Ordering::Relaxed)
+    }
+
+    /// This process's own folder of shadow copies under `shadow_dir`; the first call claims it
+    /// and removes the folders that dead processes left (see [`crate::loader::ShadowDir`]).
+    pub fn shadow_dir(&self) -> Result<&Path, String> {
+        let root = &self.options.shadow_dir;
+        self.shadow
+            .get_or_init(|| match crate::loader::ShadowDir::claim(root) {
+                Ok((dir, removed)) => {
+                    if !removed.is_empty() {
+                        tracing::info!(
+                            shadow_dir = %root.display(),
+                            removed = removed.len(),
+                            "removed shadow copies left by processes that died"
+                        );
+                    }
+                    Ok(dir)
+                }
+                Err(e) => Err(format!("shadow folder {}: {e}", root.display())),
+            })
+            .as_ref()
+            .map(|dir| dir.path())
+            .map_err(Clone::clone)
     }
 
     /// The options this registry loads with.
@@ -577,7 +611,7 @@ impl Registry {
         }
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let library = Library::open(&path, &self.options.shadow_dir).map_err(|e| e.to_string())?;
+        let library = Library::open(&path, self.shadow_dir()?).map_err(|e| e.to_string())?;
         let opened = started.elapsed();
         entry.lock().last_open_ms = Some(opened.as_secs_f64() * 1e3);
         match library.start(self.start_options(entry, generation, None)) {
@@ -605,7 +639,8 @@ impl Registry {
         }
     }
 
-    /// Stops and unloads `id` if it is running; `Ok(None)` when it was not.
+    /// Stops and unloads `id` if it is running; `Ok(None)` when it was not, `StopFailed` when
+    /// a call or the plugin's `stop` did not return in time (the entry is `failed` then).
     pub fn unload(&self, id: &str) -> Result<Option<UnloadReport>, RegistryError> {
         let entry = self.entry(id)?;
         let _no_reload = entry.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
@@ -639,7 +674,16 @@ impl Registry {
             Err(e) => {
                 slot.state = EntryState::Failed;
                 slot.error = Some(format!("stop: {e}"));
-                None
+                drop(slot);
+                entry.notify();
+                if e == crate::loader::StopError::Busy {
+                    // Its library is unloaded once the running call returns.
+                    crate::reload::reap(instance);
+                }
+                return Err(RegistryError::StopFailed {
+                    id: id.to_owned(),
+                    reason: e.to_string(),
+                });
             }
         };
         drop(slot);

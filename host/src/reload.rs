@@ -204,8 +204,9 @@ impl Registry {
             .resolve_library(entry)
             .map_err(|e| refused(id, e, serving))?;
         self.count_load();
-        let new_library = Library::open(&path, &self.options().shadow_dir)
-            .map_err(|e| refused(id, e.to_string(), serving))?;
+        let shadow_dir = self.shadow_dir().map_err(|e| refused(id, e, serving))?;
+        let new_library =
+            Library::open(&path, shadow_dir).map_err(|e| refused(id, e.to_string(), serving))?;
         let timeout = self.call_timeout(entry);
         let config = entry
             .platform_config()
@@ -317,7 +318,7 @@ impl Registry {
 }
 
 /// Stops and unloads an instance a hung call kept from stopping, once that call returns.
-fn reap(instance: Arc<crate::loader::Instance>) {
+pub(crate) fn reap(instance: Arc<crate::loader::Instance>) {
     let name = format!(
         "hermes-reap-{}-g{}",
         instance.platform(),

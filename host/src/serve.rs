@@ -165,7 +165,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
                     tracing::warn!(platform = %id, ?report, "library still resident after unload")
                 }
                 Ok(_) => {}
-                Err(e) => tracing::warn!(platform = %id, error = %e, "stop failed"),
+                Err(e) => tracing::error!(platform = %id, error = %e, "stop failed; going on"),
             }
         }
         registry.shutdown();

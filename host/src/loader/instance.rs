@@ -113,6 +113,12 @@ pub enum StopError {
     /// Already stopped.
     #[error("the instance is already stopped")]
     AlreadyStopped,
+    /// The plugin's `stop` did not return in time; its library stays mapped for good.
+    #[error("the plugin's stop did not return within {} ms; its library stays mapped", after.as_millis())]
+    StopTimedOut {
+        /// The time it had.
+        after: Duration,
+    },
 }
 
 impl Library {
@@ -129,6 +135,11 @@ impl Library {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(Arc::clone(&context));
+        self.inner
+            .threads_before_start
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert_with(|| super::maps::thread_ids().unwrap_or_default());
         let name = format!("hermes-{}-g{}", options.platform, options.generation);
         let workers = match Workers::spawn(&self.inner, &name, options.workers) {
             Ok(w) => w,
@@ -422,7 +433,7 @@ impl Instance {
                     retryable: false,
                 }),
             }),
-            Err(_) => Err(StopError::Busy),
+            Err(_) => Err(StopError::StopTimedOut { after: left }),
         }
     }
 }

@@ -44,6 +44,9 @@ pub(crate) struct LoadedLibrary {
     shadow_path: PathBuf,
     /// Contexts lent to instances of this library; they must outlive its code.
     pub(crate) contexts: Mutex<Vec<Arc<CallbackContext>>>,
+    /// The process's threads before the plugin first started: a thread started since then
+    /// and still alive after its stop is named when the library stays resident.
+    pub(crate) threads_before_start: Mutex<Option<std::collections::HashSet<u32>>>,
 }
 
 // SAFETY: the vtable pointer refers to immutable statics of the library, which stays loaded
@@ -123,6 +126,7 @@ impl Library {
                     shadow: Some(shadow),
                     shadow_path,
                     contexts: Mutex::new(Vec::new()),
+                    threads_before_start: Mutex::new(None),
                 }),
             }),
             Err(e) => {
@@ -303,11 +307,27 @@ impl Library {
         };
         let unmapped = maps::is_mapped(&shadow_path).map(|m| !m);
         if unmapped == Some(false) {
-            detail.get_or_insert(
+            let before = loaded
+                .threads_before_start
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+            let alive = before
+                .zip(maps::thread_ids())
+                .map(|(before, now)| maps::describe_threads(now.difference(&before).copied()))
+                .unwrap_or_default();
+            detail.get_or_insert(if alive.is_empty() {
                 "dlclose returned but the copy is still mapped (a thread-local destructor \
                  or another reference pins it)"
-                    .into(),
-            );
+                    .into()
+            } else {
+                format!(
+                    "dlclose returned but the copy is still mapped; threads started since the \
+                     plugin started are still alive and may run its code or hold its \
+                     thread-locals: {}",
+                    alive.join(", ")
+                )
+            });
         }
         tracing::debug!(path = %shadow_path.display(), ?unmapped, elapsed = ?started.elapsed(), "unloaded");
         UnloadReport {

@@ -37,3 +37,26 @@ pub fn mapped_under(dir: &Path) -> Option<Vec<PathBuf>> {
             .collect(),
     )
 }
+
+/// The ids of this process's threads, or `None` where `/proc/self/task` cannot be read.
+pub(crate) fn thread_ids() -> Option<std::collections::HashSet<u32>> {
+    Some(
+        std::fs::read_dir("/proc/self/task")
+            .ok()?
+            .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// `name (tid)` of each thread in `tids` that still runs.
+pub(crate) fn describe_threads(tids: impl IntoIterator<Item = u32>) -> Vec<String> {
+    let mut names: Vec<String> = tids
+        .into_iter()
+        .filter_map(|tid| {
+            let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm")).ok()?;
+            Some(format!("{} ({tid})", name.trim()))
+        })
+        .collect();
+    names.sort();
+    names
+}

@@ -29,3 +29,4 @@ pub use error::{CallError, LoadError};
 pub use instance::{Instance, StartFailure, StartOptions, StopError, Stopped};
 pub use library::{Library, UnloadReport};
 pub use maps::{is_mapped, mapped_files, mapped_under};
+pub use shadow::ShadowDir;

@@ -241,12 +241,11 @@ fn session(config: &Config, shared: &Shared, host: &Host, mut conn: Conn) -> Str
                         status.nick = nick.clone();
                         status.last_error = None;
                     }
-                    if !config.channels.is_empty() {
-                        if let Err(e) =
+                    if !config.channels.is_empty()
+                        && let Err(e) =
                             write_line(&mut conn, &format!("JOIN {}", config.channels.join(",")))
-                        {
-                            return format!("joining: {e}");
-                        }
+                    {
+                        return format!("joining: {e}");
                     }
                     tracing::info!(server = %config.server, nick = %nick, "registered");
                 }
