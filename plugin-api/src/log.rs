@@ -2,18 +2,21 @@
 //!
 //! A plugin library has its own copy of `tracing`, so the host's subscriber never sees its
 //! events. When an instance starts, the export glue installs a global subscriber in the plugin's
-//! copy whose [`HostLayer`] hands every event at `DEBUG` or above to the host, which logs it
-//! under the platform's id. A plugin that builds its own subscriber can add [`HostLayer`] to it.
+//! copy that hands every event at `DEBUG` or above to the host, which logs it under the
+//! platform's id. A plugin that builds its own subscriber can add [`HostLayer`] to it.
+//!
+//! The installed subscriber keeps no span storage: what it allocates can never be freed (a
+//! global default lives as long as the process, and the library's code is unmapped long
+//! before), so it must be next to nothing. `tracing-subscriber`'s `Registry` allocates 32 KiB
+//! of shard table per load, which grew the host by that much at every load and unload.
 
 use std::{
     fmt::Write as _,
     sync::{Once, RwLock},
 };
 
-use tracing::{Event, Level, Subscriber, field::Field};
-use tracing_subscriber::{
-    Layer, filter::LevelFilter, layer::Context, layer::SubscriberExt, registry::Registry,
-};
+use tracing::{Event, Level, Metadata, Subscriber, field::Field, span};
+use tracing_subscriber::{Layer, filter::LevelFilter, layer::Context};
 
 use crate::{abi, export::Host};
 
@@ -24,9 +27,8 @@ static INSTALL: Once = Once::new();
 pub(crate) fn install(host: Host) {
     *CURRENT.write().unwrap_or_else(|e| e.into_inner()) = Some(host);
     INSTALL.call_once(|| {
-        let subscriber = Registry::default().with(HostLayer.with_filter(LevelFilter::DEBUG));
         // The plugin may have installed its own subscriber; then it keeps it.
-        let _ = tracing::subscriber::set_global_default(subscriber);
+        let _ = tracing::subscriber::set_global_default(HostSubscriber::default());
     });
 }
 
@@ -49,21 +51,62 @@ pub struct HostLayer;
 
 impl<S: Subscriber> Layer<S> for HostLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let Some(host) = *CURRENT.read().unwrap_or_else(|e| e.into_inner()) else {
-            return;
-        };
-        let meta = event.metadata();
-        let level = match *meta.level() {
-            Level::ERROR => abi::LOG_ERROR,
-            Level::WARN => abi::LOG_WARN,
-            Level::INFO => abi::LOG_INFO,
-            Level::DEBUG => abi::LOG_DEBUG,
-            Level::TRACE => abi::LOG_TRACE,
-        };
-        let mut text = TextVisitor::default();
-        event.record(&mut text);
-        host.log(level, meta.target(), &text.0);
+        forward(event);
     }
+}
+
+/// Hands `event` to the host, if an instance is running.
+fn forward(event: &Event<'_>) {
+    let Some(host) = *CURRENT.read().unwrap_or_else(|e| e.into_inner()) else {
+        return;
+    };
+    let meta = event.metadata();
+    let level = match *meta.level() {
+        Level::ERROR => abi::LOG_ERROR,
+        Level::WARN => abi::LOG_WARN,
+        Level::INFO => abi::LOG_INFO,
+        Level::DEBUG => abi::LOG_DEBUG,
+        Level::TRACE => abi::LOG_TRACE,
+    };
+    let mut text = TextVisitor::default();
+    event.record(&mut text);
+    host.log(level, meta.target(), &text.0);
+}
+
+/// The global subscriber the glue installs: events at `DEBUG` and above go to the host; spans
+/// get ids and nothing else.
+#[derive(Debug, Default)]
+struct HostSubscriber {
+    next_span: std::sync::atomic::AtomicU64,
+}
+
+impl Subscriber for HostSubscriber {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        *metadata.level() <= Level::DEBUG
+    }
+
+    fn max_level_hint(&self) -> Option<LevelFilter> {
+        Some(LevelFilter::DEBUG)
+    }
+
+    fn new_span(&self, _span: &span::Attributes<'_>) -> span::Id {
+        let n = self
+            .next_span
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        span::Id::from_u64(n + 1)
+    }
+
+    fn record(&self, _span: &span::Id, _values: &span::Record<'_>) {}
+
+    fn record_follows_from(&self, _span: &span::Id, _follows: &span::Id) {}
+
+    fn event(&self, event: &Event<'_>) {
+        forward(event);
+    }
+
+    fn enter(&self, _span: &span::Id) {}
+
+    fn exit(&self, _span: &span::Id) {}
 }
 
 /// Renders an event as `message key=value ...`.
