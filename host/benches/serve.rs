@@ -1,5 +1,6 @@
 //! `serve` benchmarks: start-up until `/health` answers (200 installed against 1, lazy against
-//! eager), and send throughput through the gateway against a bare axum handler.
+//! eager), send throughput through the gateway against a bare axum handler, and the journal's
+//! `fsync` durability against `flush`.
 //!
 //! Run with `make bench`. Both servers run as child processes on loopback, measured in the same
 //! run by the same client; each start-up figure is a median over interleaved runs.
@@ -165,19 +166,25 @@ fn load(
     (latencies.len() as f64 / duration.as_secs_f64(), latencies)
 }
 
-fn bench_throughput() {
-    let base = target().join("bench-tmp");
-    let dir = tempfile::tempdir_in(&base).unwrap();
-    let config = dir.path().join("hermes.toml");
+/// A config in `dir` serving the release loopback, with `extra` appended.
+fn loopback_config(dir: &Path, extra: &str) -> PathBuf {
+    let config = dir.join("hermes.toml");
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [{:?}]\nlibrary_dirs = [{:?}]\nstate_dir = \"state\"\n[platforms.loopback]\n",
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [{:?}]\nlibrary_dirs = [{:?}]\nstate_dir = \"state\"\n[platforms.loopback]\n{extra}",
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugins").display().to_string(),
             target().join("release").display().to_string()
         ),
     )
     .unwrap();
+    config
+}
+
+fn bench_throughput() {
+    let base = target().join("bench-tmp");
+    let dir = tempfile::tempdir_in(&base).unwrap();
+    let config = loopback_config(dir.path(), "");
     let (gw, _) = gateway(&config);
     let mut bare_cmd = Command::new(std::env::current_exe().unwrap());
     bare_cmd.arg("bare-server");
@@ -230,6 +237,61 @@ fn bench_throughput() {
             us(percentile(&mut g, 0.5)),
             us(percentile(&mut g, 0.99)),
             gw_rps / bare_rps
+        );
+    }
+    println!();
+}
+
+/// Journal durability: the same sends with `durability = "fsync"` against `"flush"`, two
+/// gateways side by side in one run, their journals on the same disk (target/bench-tmp).
+fn bench_durability() {
+    let base = target().join("bench-tmp");
+    let flush_dir = tempfile::tempdir_in(&base).unwrap();
+    let fsync_dir = tempfile::tempdir_in(&base).unwrap();
+    let (flush, _) = gateway(&loopback_config(
+        flush_dir.path(),
+        "[journal]\ndurability = \"flush\"\n",
+    ));
+    let (fsync, _) = gateway(&loopback_config(
+        fsync_dir.path(),
+        "[journal]\ndurability = \"fsync\"\n",
+    ));
+    let path = "/api/platforms/loopback/send";
+    let body = r#"{"chat_id":"bench","text":"hello"}"#;
+    let secs = Duration::from_secs(2);
+    load(&flush.addr, path, body, 4, Duration::from_millis(500));
+    load(&fsync.addr, path, body, 4, Duration::from_millis(500));
+    let us = |d: Duration| format!("{:.0} µs", d.as_secs_f64() * 1e6);
+    println!(
+        "### Journal durability: sends with `fsync` against `flush` (release, keep-alive clients, median of 3 interleaved {} s rounds per cell; each send journals 2 records: the send and its echo)\n",
+        secs.as_secs()
+    );
+    println!(
+        "| clients | flush req/s | flush p50 | flush p99 | fsync req/s | fsync p50 | fsync p99 | fsync / flush |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for clients in [1, 16, 64] {
+        let (mut a_runs, mut b_runs, mut a, mut b) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..3 {
+            let (rps, lat) = load(&flush.addr, path, body, clients, secs);
+            a_runs.push(rps);
+            a.extend(lat);
+            let (rps, lat) = load(&fsync.addr, path, body, clients, secs);
+            b_runs.push(rps);
+            b.extend(lat);
+        }
+        a_runs.sort_by(f64::total_cmp);
+        b_runs.sort_by(f64::total_cmp);
+        println!(
+            "| {clients} | {:.0} | {} | {} | {:.0} | {} | {} | {:.2} |",
+            a_runs[1],
+            us(percentile(&mut a, 0.5)),
+            us(percentile(&mut a, 0.99)),
+            b_runs[1],
+            us(percentile(&mut b, 0.5)),
+            us(percentile(&mut b, 0.99)),
+            b_runs[1] / a_runs[1]
         );
     }
     println!();
@@ -332,6 +394,9 @@ fn main() {
     }
     if run("throughput") {
         bench_throughput();
+    }
+    if run("durability") {
+        bench_durability();
     }
     if run("adapters") {
         bench_adapters();

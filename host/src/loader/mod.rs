@@ -1,6 +1,6 @@
 //! Loading, calling and unloading plugin libraries: the only module of the host with `unsafe`.
 //!
-//! The invariants, each measured on Linux (see DESIGN.md):
+//! The invariants, each measured on Linux/glibc (ARCHITECTURE.md, "Invariants", says why):
 //! 1. Every load reads a fresh shadow copy ([`Library::open`]), opened `RTLD_NOW | RTLD_LOCAL`,
 //!    checked (ELF bounds, magic, ABI version, header size, vtable layout with fresh
 //!    `CheckingGlobals`) before any plugin function is called.
