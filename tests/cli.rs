@@ -185,7 +185,17 @@ fn plugin_check_refuses_broken_plugins_with_the_reason() {
     assert!(refusal(&t, "truncated").contains("truncated"));
     assert!(refusal(&t, "noentry").contains("no `hermes_plugin_entry` symbol"));
     assert!(refusal(&t, "badmagic").contains("wrong magic"));
-    assert!(refusal(&t, "drift").contains("vtable layout is incompatible"));
+    assert!(refusal(&t, "drift").contains("built against another plugin API: PluginVTable"));
+    // The full layout comparison only when asked.
+    let terse = text(&run(&t, &["plugin", "check", "drift"]).stdout);
+    assert!(
+        terse.contains("--verbose` shows the full layout comparison") && terse.lines().count() < 8,
+        "{terse}"
+    );
+    let verbose = text(&run(&t, &["plugin", "check", "drift", "--verbose"]).stdout);
+    assert!(verbose.contains("Compared <this>"), "{verbose}");
+    let json = text(&run(&t, &["plugin", "check", "drift", "--json"]).stdout);
+    assert!(json.contains("\"layout_details\""), "{json}");
     assert!(
         refusal(&t, "future").contains("field `plugin.api`: declares API 2, this host speaks 1")
     );

@@ -38,6 +38,9 @@ pub struct CheckReport {
     pub sound: bool,
     /// The steps, in order.
     pub steps: Vec<Step>,
+    /// For a vtable layout mismatch: abi_stable's full comparison (`--verbose`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layout_details: Option<String>,
 }
 
 impl CheckReport {
@@ -69,6 +72,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         id: id.to_owned(),
         sound: true,
         steps: Vec::new(),
+        layout_details: None,
     };
 
     if manifest.api != ABI_VERSION {
@@ -117,6 +121,9 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         Ok(library) => library,
         Err(e) => {
             report.step("load", Some(false), e.to_string());
+            if let crate::loader::LoadError::Layout { details, .. } = e {
+                report.layout_details = Some(details);
+            }
             return Ok(report);
         }
     };

@@ -111,6 +111,8 @@ impl Registry {
         match &result {
             Ok(outcome) => {
                 stats.done += 1;
+                // An older refusal is no longer the last word.
+                stats.last_error = None;
                 stats.last = Some(LastReload {
                     at_ms,
                     outcome: "done",

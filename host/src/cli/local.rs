@@ -132,7 +132,12 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
-        PluginCommand::Check { id, start, json } => {
+        PluginCommand::Check {
+            id,
+            start,
+            json,
+            verbose,
+        } => {
             let report = check::check(&registry(config), &id, start)?;
             if json {
                 writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
@@ -145,6 +150,14 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                         None => "--  ",
                     };
                     writeln!(out, "  {mark} {:<9} {}", step.name, step.detail)?;
+                }
+                match (&report.layout_details, verbose) {
+                    (Some(details), true) => writeln!(out, "\n{details}")?,
+                    (Some(_), false) => writeln!(
+                        out,
+                        "  (`plugin check {id} --verbose` shows the full layout comparison)"
+                    )?,
+                    _ => {}
                 }
                 match report.reason() {
                     None => writeln!(out, "{id}: sound")?,

@@ -103,6 +103,9 @@ pub enum PluginCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+        /// On an ABI mismatch, print abi_stable's full layout comparison too.
+        #[arg(long)]
+        verbose: bool,
     },
 }
 

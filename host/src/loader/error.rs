@@ -81,11 +81,13 @@ pub enum LoadError {
         expected: usize,
     },
     /// The vtable's layout differs from the host's.
-    #[error("{}: plugin vtable layout is incompatible with the host's:\n{details}", path.display())]
+    #[error("{}: built against another plugin API: {summary}", path.display())]
     Layout {
         /// The file.
         path: PathBuf,
-        /// abi_stable's description of every mismatch.
+        /// One line: the path to the first difference and what differs.
+        summary: String,
+        /// abi_stable's description of every mismatch (`plugin check --verbose`).
         details: String,
     },
 }

@@ -226,6 +226,7 @@ impl Library {
             // The errors point into the library: render them before it can be unloaded.
             return Err(LoadError::Layout {
                 path,
+                summary: super::layout::summarize(&errors),
                 details: errors.to_string(),
             });
         }

@@ -19,6 +19,7 @@ mod callbacks;
 mod elf;
 mod error;
 mod instance;
+mod layout;
 mod library;
 mod maps;
 mod shadow;
