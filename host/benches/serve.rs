@@ -183,6 +183,7 @@ fn loopback_config(dir: &Path, extra: &str) -> PathBuf {
 
 fn bench_throughput() {
     let base = target().join("bench-tmp");
+    std::fs::create_dir_all(&base).unwrap();
     let dir = tempfile::tempdir_in(&base).unwrap();
     let config = loopback_config(dir.path(), "");
     let (gw, _) = gateway(&config);
@@ -246,6 +247,7 @@ fn bench_throughput() {
 /// gateways side by side in one run, their journals on the same disk (target/bench-tmp).
 fn bench_durability() {
     let base = target().join("bench-tmp");
+    std::fs::create_dir_all(&base).unwrap();
     let flush_dir = tempfile::tempdir_in(&base).unwrap();
     let fsync_dir = tempfile::tempdir_in(&base).unwrap();
     let (flush, _) = gateway(&loopback_config(

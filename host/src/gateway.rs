@@ -47,6 +47,17 @@ impl EventSink for GatewaySink {
             None => Err("the gateway is shutting down".into()),
         }
     }
+
+    fn stale_delivery(&self, platform: &str, generation: u64) {
+        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
+            gateway.metrics.stale_delivery(platform);
+        }
+        tracing::debug!(
+            platform,
+            generation,
+            "refused a delivery from a generation that no longer serves"
+        );
+    }
 }
 
 /// Why a send failed, with what an HTTP client should see.
@@ -370,7 +381,7 @@ impl Gateway {
         route_from: Option<String>,
     ) -> Result<SendOk, SendFailure> {
         // Nothing is sent that the journal could not record.
-        self.journal.admit().map_err(|e| SendFailure {
+        self.journal.admit().await.map_err(|e| SendFailure {
             status: 503,
             message: format!("{platform}: not sent: {e}"),
             retryable: true,
@@ -394,7 +405,7 @@ impl Gateway {
         match result {
             Ok(receipt) => {
                 self.metrics.send(platform, "ok", started.elapsed());
-                let kept = self.journal.record(&Record {
+                let kept = self.journal.record(Record {
                     ts: hermes_plugin_api::now_ms(),
                     kind,
                     platform: platform.to_owned(),
@@ -472,7 +483,7 @@ fn dispatch(
 ) -> Result<(), String> {
     gateway.touch(&message.platform);
     gateway.metrics.inbound(&message.platform);
-    let kept = gateway.journal.record(&Record {
+    let kept = gateway.journal.record(Record {
         ts: message.timestamp,
         kind: RecordKind::Inbound,
         platform: message.platform.clone(),

@@ -1,14 +1,16 @@
 //! `GET /metrics`: the gateway's counters in the OpenMetrics text format, encoded by the
 //! `prometheus-client` crate (no hand-written exposition).
 //!
-//! Counters the gateway counts as things happen (sends, their latency, inbound, routed sends)
-//! live here. Everything else (loads per platform, reloads, the journal, in-flight calls,
+//! Counters the gateway counts as things happen (sends, their latency, inbound, routed sends,
+//! stale deliveries) live here, in plain maps that cost the hot path one lock and no allocation. Everything else (loads per platform, reloads, the journal, in-flight calls,
 //! resident libraries) is read at scrape time into a [`Snapshot`] and encoded beside them, so
 //! no value is kept twice. Each family has one name: counters end in `_total`, gauges do not.
 
+use std::{collections::BTreeMap, sync::Mutex};
+
 use prometheus_client::{
-    encoding::text::encode,
-    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    encoding::{EncodeMetric, MetricEncoder, NoLabelSet, text::encode},
+    metrics::{MetricType, counter::Counter, family::Family, gauge::Gauge},
     registry::Registry,
 };
 
@@ -22,24 +24,54 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 
 type Labels = Vec<(&'static str, String)>;
 
-/// The gateway's counters. Handles are shared: cloning one counts into the same value.
-#[derive(Clone)]
+/// The gateway's counters. The hot path (a send, an inbound message) takes one uncontended lock
+/// and allocates nothing once a platform has been seen; the `prometheus-client` families are
+/// built from these values at scrape time.
+#[derive(Default)]
 pub struct Metrics {
-    sends: Family<Labels, Counter>,
-    latency: Histogram,
-    inbound: Family<Labels, Counter>,
-    routed: Family<Labels, Counter>,
-    stale_deliveries: Family<Labels, Counter>,
+    /// By platform, then by result label.
+    sends: Mutex<BTreeMap<String, BTreeMap<&'static str, u64>>>,
+    latency: Mutex<LatencyBuckets>,
+    inbound: Mutex<BTreeMap<String, u64>>,
+    routed: Mutex<BTreeMap<&'static str, u64>>,
+    stale_deliveries: Mutex<BTreeMap<String, u64>>,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics {
-            sends: Family::default(),
-            latency: Histogram::new(BUCKETS),
-            inbound: Family::default(),
-            routed: Family::default(),
-            stale_deliveries: Family::default(),
+/// Send latencies: a count per bucket (not cumulative), the sum and the count.
+#[derive(Debug, Default, Clone)]
+struct LatencyBuckets {
+    counts: [u64; BUCKETS.len() + 1],
+    sum: f64,
+    count: u64,
+}
+
+impl EncodeMetric for LatencyBuckets {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = BUCKETS
+            .iter()
+            .copied()
+            .chain([f64::INFINITY])
+            .zip(self.counts)
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(self.sum, self.count, &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Counts one more under `key`, allocating the key only the first time.
+fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+    let mut map = lock(map);
+    match map.get_mut(key) {
+        Some(n) => *n += 1,
+        None => {
+            map.insert(key.to_owned(), 1);
         }
     }
 }
@@ -61,60 +93,90 @@ pub struct Snapshot<'a> {
 impl Metrics {
     /// A send through `platform` finished with `result` (`ok`, `error`, `timeout`...).
     pub fn send(&self, platform: &str, result: &'static str, took: std::time::Duration) {
-        self.sends
-            .get_or_create(&vec![
-                ("platform", platform.to_owned()),
-                ("result", result.to_owned()),
-            ])
-            .inc();
-        self.latency.observe(took.as_secs_f64());
+        {
+            let mut sends = lock(&self.sends);
+            match sends.get_mut(platform) {
+                Some(by_result) => *by_result.entry(result).or_default() += 1,
+                None => {
+                    sends.insert(platform.to_owned(), BTreeMap::from([(result, 1)]));
+                }
+            }
+        }
+        let secs = took.as_secs_f64();
+        let bucket = BUCKETS
+            .iter()
+            .position(|bound| secs <= *bound)
+            .unwrap_or(BUCKETS.len());
+        let mut latency = lock(&self.latency);
+        latency.counts[bucket] += 1;
+        latency.count += 1;
+        latency.sum += secs;
     }
 
     /// An inbound message arrived on `platform`.
     pub fn inbound(&self, platform: &str) {
-        self.inbound
-            .get_or_create(&vec![("platform", platform.to_owned())])
-            .inc();
+        bump(&self.inbound, platform);
     }
 
     /// A routed send finished (`ok` or `error`).
     pub fn routed(&self, result: &'static str) {
-        self.routed
-            .get_or_create(&vec![("result", result.to_owned())])
-            .inc();
+        *lock(&self.routed).entry(result).or_default() += 1;
     }
 
     /// A replaced or stopped generation of `platform` tried to deliver; refused.
     pub fn stale_delivery(&self, platform: &str) {
-        self.stale_deliveries
-            .get_or_create(&vec![("platform", platform.to_owned())])
-            .inc();
+        bump(&self.stale_deliveries, platform);
     }
 
     /// The OpenMetrics text: the counters, then `snapshot`.
     pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
         let mut registry = Registry::default();
+        let sends = Family::<Labels, Counter>::default();
+        for (platform, by_result) in lock(&self.sends).iter() {
+            for (result, n) in by_result {
+                sends
+                    .get_or_create(&vec![
+                        ("platform", platform.clone()),
+                        ("result", (*result).to_owned()),
+                    ])
+                    .inc_by(*n);
+            }
+        }
+        registry.register("hermes_sends", "Sends by platform and result", sends);
         registry.register(
-            "hermes_sends",
-            "Sends by platform and result",
-            self.sends.clone(),
+            "hermes_send_seconds",
+            "Send latency",
+            lock(&self.latency).clone(),
         );
-        registry.register("hermes_send_seconds", "Send latency", self.latency.clone());
-        registry.register(
-            "hermes_inbound",
-            "Inbound messages by platform",
-            self.inbound.clone(),
-        );
-        registry.register(
-            "hermes_routed",
-            "Routed sends by result",
-            self.routed.clone(),
-        );
-        registry.register(
-            "hermes_stale_deliveries",
-            "Deliveries refused because their generation no longer serves",
-            self.stale_deliveries.clone(),
-        );
+        for (name, help, label, values) in [
+            (
+                "hermes_inbound",
+                "Inbound messages by platform",
+                "platform",
+                lock(&self.inbound).clone(),
+            ),
+            (
+                "hermes_stale_deliveries",
+                "Deliveries refused because their generation no longer serves",
+                "platform",
+                lock(&self.stale_deliveries).clone(),
+            ),
+            (
+                "hermes_routed",
+                "Routed sends by result",
+                "result",
+                lock(&self.routed)
+                    .iter()
+                    .map(|(k, v)| ((*k).to_owned(), *v))
+                    .collect(),
+            ),
+        ] {
+            let family = Family::<Labels, Counter>::default();
+            for (value, n) in values {
+                family.get_or_create(&vec![(label, value)]).inc_by(n);
+            }
+            registry.register(name, help, family);
+        }
 
         let loads = Family::<Labels, Counter>::default();
         let load_seconds = Family::<Labels, Counter<f64>>::default();

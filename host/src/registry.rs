@@ -678,6 +678,7 @@ impl Registry {
                 entry.notify();
                 if e == crate::loader::StopError::Busy {
                     // Its library is unloaded once the running call returns.
+                    instance.retire();
                     crate::reload::reap(instance);
                 }
                 return Err(RegistryError::StopFailed {

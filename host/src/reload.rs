@@ -230,6 +230,7 @@ impl Registry {
             // takes over; a reaper stops and unloads the old one once the call returns (until
             // then its library is reported as stale).
             Err(e) => {
+                old.retire();
                 reap(Arc::clone(&old));
                 (None, None, Some(e.to_string()))
             }

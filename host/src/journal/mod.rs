@@ -1,21 +1,24 @@
 //! The journal: a JSONL record of inbound, outbound and routed messages that keeps what it
 //! acknowledged.
 //!
-//! - **Whole lines.** A record is encoded on the caller's thread into one line, and the writer
-//!   writes only whole lines: each `write()` ends at a line's end, and a short or failed write
-//!   is cut back with `ftruncate` before it is tried again, so no fragment stays in the file.
+//! - **Whole lines.** Requests hand the writer a record (a move, no encoding on their path);
+//!   the writer encodes each into one line and writes only whole lines: each `write()` ends at a
+//!   line's end, and a short or failed write is cut back with `ftruncate` before it is tried
+//!   again, so no fragment stays in the file.
 //!   A partial last line left by a crash (`kill -9` inside a `write()`) is moved to
 //!   `<path>.corrupt` at the next start ([`repair`]).
 //! - **Its own thread.** The writer is a plain thread, never the async runtime: a journal on
 //!   slow or stuck storage (a FIFO nobody reads, a hung NFS mount) holds up nothing but itself.
-//! - **A bounded queue** of [`JournalOptions::queue_bytes`]. While the journal cannot take a
-//!   record (its queue is full, or writes fail), [`Journal::admit`] says so, and the gateway
-//!   refuses new sends with 503 (retryable) before they reach a plugin: nothing is sent that
-//!   could not be recorded. Inbound records that find the queue full are dropped and counted
+//! - **A bounded queue** of [`JournalOptions::queue_bytes`] (records' sizes as lines, estimated). While the journal cannot take a
+//!   record (writes fail, or its queue stays full for [`ADMIT_WAIT`]: a burst waits for room,
+//!   a stuck writer does not hold sends for longer), [`Journal::admit`] says so, and the
+//!   gateway refuses new sends with 503 (retryable) before they reach a plugin: nothing is sent
+//!   that could not be recorded. Inbound records that find the queue full are dropped and counted
 //!   (`dropped`); a plugin cannot be asked to hold them.
 //! - **Write errors** (a full disk) are counted, logged once when the journal turns degraded
 //!   and once when it recovers, and the batch is kept in memory and retried every 500 ms.
-//! - **Durability.** `flush` (default): records reach the OS at least every `flush_ms`, so a
+//! - **Durability.** `flush` (default): records reach the OS at least every `flush_ms` (and
+//!   as soon as a megabyte is queued), so a
 //!   crash of the gateway loses at most the last `flush_ms` of records (the OS keeps what it
 //!   was given; a power loss may lose more). `fsync`: an acknowledged send or inbound message
 //!   is on disk (`fdatasync`) before its answer. Commits group: the writer wakes at the first
@@ -104,6 +107,12 @@ pub struct JournalOptions {
 /// The queue's default bound: 16 MiB of encoded records.
 pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 
+/// How long a send waits for room in a full queue before it is refused.
+pub const ADMIT_WAIT: Duration = Duration::from_millis(500);
+
+/// Queued bytes that wake the writer before its tick.
+const WAKE_AT_BYTES: usize = 1 << 20;
+
 /// Why the journal did not take or keep a record.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
@@ -162,9 +171,14 @@ struct Shared {
 
 #[derive(Default)]
 struct Queue {
-    /// Whole encoded lines, in order.
-    buf: Vec<u8>,
-    /// The ticket of the last record in `buf` (or of the last record ever queued).
+    /// Records waiting for the writer, in order. The writer encodes them: requests pay for a
+    /// move into this vector, not for JSON.
+    records: Vec<Record>,
+    /// Their size as lines, estimated.
+    records_bytes: usize,
+    /// Encoded lines the writer holds because writing them failed.
+    unwritten_bytes: usize,
+    /// The ticket of the last record queued.
     last: u64,
     /// Every ticket up to this one is written (and synced, for `fsync`).
     committed: u64,
@@ -178,6 +192,27 @@ struct Queue {
     closed: bool,
     /// Set while the queue is at its bound; cleared (and logged) when it drains.
     full: bool,
+}
+
+impl Queue {
+    /// Bytes waiting, queued and unwritten.
+    fn bytes(&self) -> usize {
+        self.records_bytes + self.unwritten_bytes
+    }
+}
+
+impl Record {
+    /// About the length of its line: the texts, plus room for keys and numbers.
+    fn estimated_len(&self) -> usize {
+        const FIXED: usize = 160;
+        FIXED
+            + self.platform.len()
+            + self.chat_id.len()
+            + self.user.as_ref().map_or(0, String::len)
+            + self.text.len()
+            + self.message_id.len()
+            + self.route_from.as_ref().map_or(0, String::len)
+    }
 }
 
 /// A handle on the journal; cheap to clone.
@@ -217,30 +252,53 @@ impl Journal {
         self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a new send may go ahead: `Err` while writes fail or the queue is full.
-    pub fn admit(&self) -> Result<(), JournalError> {
+    /// Whether a new send may go ahead, waiting up to [`ADMIT_WAIT`] for room while the queue
+    /// is full and the writer is writing (a burst): `Err` while writes fail, or when the queue
+    /// stays full.
+    pub async fn admit(&self) -> Result<(), JournalError> {
+        if let Err(JournalError::Full(_)) = self.try_admit() {
+            let mut progress = self.shared.progress.subscribe();
+            let room = async {
+                loop {
+                    match self.try_admit() {
+                        Err(JournalError::Full(_)) => {}
+                        other => return other,
+                    }
+                    if progress.changed().await.is_err() {
+                        return Err(JournalError::Closed);
+                    }
+                }
+            };
+            return tokio::time::timeout(ADMIT_WAIT, room)
+                .await
+                .unwrap_or_else(|_| self.try_admit());
+        }
+        self.try_admit()
+    }
+
+    /// As [`Journal::admit`], without waiting.
+    pub fn try_admit(&self) -> Result<(), JournalError> {
         let queue = self.queue();
         if let Some(e) = &queue.failing {
             return Err(JournalError::Failing(e.clone()));
         }
-        if queue.full || queue.buf.len() >= self.shared.options.queue_bytes {
-            return Err(JournalError::Full(queue.buf.len()));
+        if queue.full || queue.bytes() >= self.shared.options.queue_bytes {
+            return Err(JournalError::Full(queue.bytes()));
         }
         Ok(())
     }
 
     /// Queues a record; never waits on the disk. `Err(Full)` when the queue is at its bound:
     /// the record is dropped and counted.
-    pub fn record(&self, record: &Record) -> Result<Ticket, JournalError> {
-        let mut line = serde_json::to_vec(record).unwrap_or_default();
-        line.push(b'\n');
+    pub fn record(&self, record: Record) -> Result<Ticket, JournalError> {
+        let bytes = record.estimated_len();
         let fsync = self.shared.options.durability == Durability::Fsync;
         let mut queue = self.queue();
         if queue.closed {
             return Err(JournalError::Closed);
         }
-        if queue.buf.len() + line.len() > self.shared.options.queue_bytes {
-            let bytes = queue.buf.len();
+        if queue.bytes() + bytes > self.shared.options.queue_bytes {
+            let bytes = queue.bytes();
             if !queue.full {
                 queue.full = true;
                 tracing::error!(journal = %self.shared.options.path.display(), bytes, "journal queue full: records are dropped (and counted) and sends refused until it drains");
@@ -249,10 +307,13 @@ impl Journal {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(JournalError::Full(bytes));
         }
-        queue.buf.extend_from_slice(&line);
+        queue.records.push(record);
+        queue.records_bytes += bytes;
+        // A burst does not wait for the tick: past a megabyte, the writer starts now.
+        let burst = queue.records_bytes >= WAKE_AT_BYTES;
         queue.last += 1;
         let ticket = Ticket(queue.last);
-        if fsync && !queue.urgent {
+        if (fsync || burst) && !queue.urgent {
             // Only the first record of a batch wakes the writer; the rest ride along.
             queue.urgent = true;
             drop(queue);
@@ -268,7 +329,7 @@ impl Journal {
             Some(Err(JournalError::Failing(
                 queue.failing.clone().unwrap_or_default(),
             )))
-        } else if queue.closed && queue.buf.is_empty() {
+        } else if queue.closed && queue.bytes() == 0 {
             Some(Err(JournalError::Closed))
         } else {
             None
@@ -355,9 +416,9 @@ impl Journal {
             error: queue.failing.clone().or_else(|| {
                 queue
                     .full
-                    .then(|| JournalError::Full(queue.buf.len()).to_string())
+                    .then(|| JournalError::Full(queue.bytes()).to_string())
             }),
-            queued_bytes: queue.buf.len(),
+            queued_bytes: queue.bytes(),
             written: self.shared.written.load(Ordering::Relaxed),
             errors: self.shared.errors.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),

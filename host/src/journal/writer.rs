@@ -1,4 +1,5 @@
-//! The writer thread: takes the queued lines, writes them whole, keeps them on failure.
+//! The writer thread: takes the queued records, encodes them, writes whole lines, and keeps
+//! what it could not write.
 
 use std::{
     fs::{File, OpenOptions},
@@ -53,20 +54,30 @@ pub(super) fn run(shared: &Shared, mut file: File) {
     let path = shared.options.path.display().to_string();
     // Lines written to the file but not yet synced (an `fdatasync` that failed).
     let mut unsynced = false;
+    // Encoded lines not yet written: a batch, or what is left of it after a failed write.
+    let mut pending: Vec<u8> = Vec::new();
+    // Two vectors take turns: requests fill one while this thread encodes the other.
+    let mut records: Vec<super::Record> = Vec::new();
     loop {
-        let (mut batch, last, closed) = {
+        let (last, closed) = {
             let mut queue = wait(shared);
             queue.urgent = false;
-            (std::mem::take(&mut queue.buf), queue.last, queue.closed)
+            std::mem::swap(&mut queue.records, &mut records);
+            queue.records_bytes = 0;
+            (queue.last, queue.closed)
         };
-        if batch.is_empty() && !unsynced {
+        for record in records.drain(..) {
+            // A record of plain strings and numbers always encodes.
+            let _ = serde_json::to_writer(&mut pending, &record);
+            pending.push(b'\n');
+        }
+        if pending.is_empty() && !unsynced {
             if closed {
                 return;
             }
             continue;
         }
-        let lines = batch.iter().filter(|&&b| b == b'\n').count() as u64;
-        let written = write_lines(&mut file, &batch, regular);
+        let written = write_lines(&mut file, &pending, regular);
         let done = written.as_ref().map_or_else(|(n, _)| *n, |n| *n);
         let mut result = written.map(|_| ()).map_err(|(_, e)| e);
         if result.is_ok() && fsync && (done > 0 || unsynced) {
@@ -76,16 +87,18 @@ pub(super) fn run(shared: &Shared, mut file: File) {
         if result.is_ok() {
             unsynced = false;
         }
-        batch.drain(..done);
+        let lines = pending[..done].iter().filter(|&&b| b == b'\n').count() as u64;
+        pending.drain(..done);
         let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
+        shared.written.fetch_add(lines, Ordering::Relaxed);
+        queue.unwritten_bytes = pending.len();
         match result {
             Ok(()) => {
-                shared.written.fetch_add(lines, Ordering::Relaxed);
                 queue.committed = last;
                 if queue.failing.take().is_some() {
                     tracing::info!(journal = %path, "the journal writes again");
                 }
-                if queue.full && queue.buf.len() < shared.options.queue_bytes / 2 {
+                if queue.full && queue.bytes() < shared.options.queue_bytes / 2 {
                     queue.full = false;
                     tracing::info!(journal = %path, "the journal queue drained");
                 }
@@ -97,19 +110,19 @@ pub(super) fn run(shared: &Shared, mut file: File) {
                     tracing::error!(journal = %path, error = %e, "journal write failed: sends are refused and records kept in memory (up to the queue's bound) until it writes again; retrying every {RETRY_EVERY:?}");
                 }
                 queue.failing = Some(e.to_string());
-                // What was not written goes back in front of what came since.
-                batch.extend_from_slice(&queue.buf);
-                queue.buf = batch;
             }
         }
         let give_up = closed && queue.failing.is_some();
         if give_up {
-            let lost = queue.buf.iter().filter(|&&b| b == b'\n').count() as u64;
-            shared.dropped.fetch_add(lost, Ordering::Relaxed);
+            let lost = pending.iter().filter(|&&b| b == b'\n').count() + queue.records.len();
+            shared.dropped.fetch_add(lost as u64, Ordering::Relaxed);
             tracing::error!(journal = %path, records = lost, "the journal is closing and cannot write; records lost");
-            queue.buf.clear();
+            pending.clear();
+            queue.records.clear();
+            queue.records_bytes = 0;
+            queue.unwritten_bytes = 0;
         }
-        let finished = closed && (give_up || (queue.buf.is_empty() && !unsynced));
+        let finished = closed && (give_up || (queue.bytes() == 0 && !unsynced));
         drop(queue);
         shared.committed.notify_all();
         shared.progress.send_modify(|n| *n += 1);

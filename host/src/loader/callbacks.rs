@@ -27,6 +27,10 @@ pub trait EventSink: Send + Sync + 'static {
     /// reaches the plugin as its `deliver`'s error: the message was not accepted.
     fn inbound(&self, message: Inbound) -> Result<(), String>;
 
+    /// A delivery from an instance that no longer serves (replaced, stopping, hung) was
+    /// refused; counted by the gateway.
+    fn stale_delivery(&self, _platform: &str, _generation: u64) {}
+
     /// A log record written by the plugin; by default logged through `tracing` under the
     /// `plugin` target with the platform id.
     fn log(&self, platform: &str, generation: u64, level: u8, target: &str, message: &str) {
@@ -72,7 +76,10 @@ pub fn forward_log(platform: &str, generation: u64, level: u8, target: &str, mes
 pub(crate) struct CallbackContext {
     platform: String,
     generation: u64,
+    /// Calls are accepted (until the instance's `stop` returned).
     active: AtomicBool,
+    /// Deliveries are accepted (until the instance stops serving: replaced, stopping, hung).
+    serving: AtomicBool,
     sink: Arc<dyn EventSink>,
 }
 
@@ -82,12 +89,20 @@ impl CallbackContext {
             platform: platform.to_owned(),
             generation,
             active: AtomicBool::new(true),
+            serving: AtomicBool::new(true),
             sink,
         })
     }
 
+    /// From now on, deliveries through this context are refused (log records still pass, so
+    /// what a plugin logs while it stops reaches the host's log).
+    pub(crate) fn retire(&self) {
+        self.serving.store(false, Ordering::Release);
+    }
+
     /// From now on, calls through this context are refused.
     pub(crate) fn deactivate(&self) {
+        self.retire();
         self.active.store(false, Ordering::Release);
     }
 
@@ -123,9 +138,10 @@ unsafe extern "C" fn deliver(
     let result = catch_unwind(AssertUnwindSafe(|| {
         // SAFETY: plugins call back with the `ctx` they were lent in `start`.
         let ctx = unsafe { context(ctx) };
-        if !ctx.accepts(generation) {
+        if !ctx.accepts(generation) || !ctx.serving.load(Ordering::Acquire) {
+            ctx.sink.stale_delivery(&ctx.platform, generation);
             return Err(format!(
-                "{} generation {generation} is stopped; message not accepted",
+                "{} generation {generation} no longer serves; message not accepted",
                 ctx.platform
             ));
         }

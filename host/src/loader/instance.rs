@@ -256,6 +256,12 @@ impl Instance {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// From now on, this instance's `deliver` and `log` callbacks are refused: it no longer
+    /// serves (replaced, stopping, hung). The plugin sees the refusal as `deliver`'s error.
+    pub fn retire(&self) {
+        self.context.retire();
+    }
+
     /// Whether a call timed out (the instance then refuses new calls).
     pub fn is_hung(&self) -> bool {
         self.hung.load(Ordering::Acquire)
@@ -397,6 +403,8 @@ impl Instance {
             *self.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(library);
             return Err(StopError::Busy);
         }
+        // No longer serving: whatever its threads deliver from here on is refused.
+        self.retire();
         let ptr = self.ptr;
         let left = deadline
             .saturating_duration_since(Instant::now())
