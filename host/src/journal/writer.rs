@@ -49,6 +49,11 @@ pub(super) fn open(path: &Path) -> io::Result<File> {
 
 /// The writer's loop; returns once the journal is closed and its queue written (or given up).
 pub(super) fn run(shared: &Shared, mut file: File) {
+    if shared.options.durability == Durability::Flush {
+        // Nice 5 (this thread only, as Linux applies it): with `flush`, nobody waits on this
+        // thread, and on a small machine requests and plugin calls should get the cores first.
+        let _ = rustix::process::setpriority_process(None, 5);
+    }
     let regular = file.metadata().is_ok_and(|m| m.is_file());
     let fsync = shared.options.durability == Durability::Fsync;
     let path = shared.options.path.display().to_string();
