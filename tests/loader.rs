@@ -18,6 +18,7 @@ fn options(platform: &str, config_json: &str, sink: Arc<dyn EventSink>) -> Start
         sink,
         workers: 2,
         call_timeout: Duration::from_secs(10),
+        max_queue: 1024,
         state: None,
     }
 }
@@ -423,10 +424,13 @@ fn a_hung_call_times_out_and_keeps_the_library_mapped_until_it_returns() {
         Arc::new(DiscardInbound),
     );
     opts.call_timeout = Duration::from_millis(100);
+    // One worker: once its call is stuck past the timeout, the instance can take no call.
+    opts.workers = 1;
     let instance = library.start(opts).unwrap();
 
     let e = instance.send(&Outbound::new("c", "x")).unwrap_err();
     assert!(matches!(e, CallError::Timeout { call: "send", .. }), "{e}");
+    assert!(e.retryable(), "a timeout fails that call only");
     assert!(instance.is_hung());
     assert_eq!(
         instance.send(&Outbound::new("c", "y")),

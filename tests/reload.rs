@@ -377,7 +377,7 @@ fn a_reload_replaces_a_hung_instance_and_reports_its_library_resident() {
     let t = TestDir::new();
     t.install("stuck", "fixture_panicky", 1);
     let registry = t.registry(
-        "[platforms.stuck]\ncall_timeout_ms = 100\nhang_send_ms = 1500\n",
+        "[platforms.stuck]\ncall_timeout_ms = 100\nhang_send_ms = 1500\nworkers = 1\n",
         Arc::new(DiscardInbound),
     );
     let old = registry.instance("stuck").unwrap();
@@ -393,6 +393,12 @@ fn a_reload_replaces_a_hung_instance_and_reports_its_library_resident() {
     let outcome = registry.reload("stuck", "test").unwrap();
     assert_eq!(outcome.new_generation, 2);
     assert!(outcome.old_unload.is_none(), "{outcome:?}");
+    assert!(outcome.state_lost, "{outcome:?}");
+    // Not a timing goal: before, the swap waited out a drain of at least a second.
+    assert!(
+        outcome.held_ms < 1000.0,
+        "the swap waited on the hung instance: {outcome:?}"
+    );
     let new = registry.instance("stuck").unwrap();
     assert!(!new.is_hung());
     assert_eq!(

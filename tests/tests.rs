@@ -29,5 +29,7 @@ mod mqtt;
 mod webhook;
 // IRC and MQTT bridged by routes through `serve`.
 mod bridge;
+// The lifecycle under load and hangs: queue deadlines, timeouts, the supervisor, fencing.
+mod lifecycle;
 // Faults: kill -9, a full disk, a stuck journal, the control socket's path, start-up order.
 mod faults;

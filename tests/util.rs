@@ -580,6 +580,7 @@ pub(crate) fn start_plugin(
             sink,
             workers: 2,
             call_timeout: Duration::from_secs(20),
+            max_queue: 1024,
             state: None,
         })
         .unwrap()

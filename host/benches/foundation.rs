@@ -157,6 +157,7 @@ fn bench_calls() {
             sink: Arc::new(DiscardInbound),
             workers: 1,
             call_timeout: Duration::from_secs(5),
+            max_queue: 1024,
             state: None,
         })
         .unwrap();

@@ -182,6 +182,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
             sink: Arc::new(DiscardInbound),
             workers: 1,
             call_timeout: timeout,
+            max_queue: 16,
             state: None,
         };
         match library.start(options) {

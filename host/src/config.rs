@@ -3,7 +3,8 @@
 //! Every key, its default and its meaning are listed in the README ("Configuration"). Relative
 //! paths are relative to the folder of the config file (the working directory when there is no
 //! file). Unknown keys are errors, except inside `[platforms.<id>]`, whose keys beyond the
-//! host's own (`start`, `call_timeout_ms`, `idle_unload_secs`, `workers`) belong to the plugin.
+//! host's own (`start`, `call_timeout_ms`, `idle_unload_secs`, `workers`, `max_queue`,
+//! `on_hang`) belong to the plugin.
 
 use std::{
     collections::BTreeMap,
@@ -94,6 +95,16 @@ pub enum StartMode {
     OnDemand,
 }
 
+/// What the supervisor does with a hung instance (every worker stuck past the call timeout).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnHang {
+    /// Replace it with a fresh generation (without its state), with backoff.
+    Restart,
+    /// Leave it hung (sends answer 503) until `plugin reload`.
+    Fail,
+}
+
 /// `[platforms.<id>]`: the host's keys, and the rest for the plugin.
 #[derive(Debug, Clone)]
 pub struct PlatformConfig {
@@ -105,6 +116,10 @@ pub struct PlatformConfig {
     pub idle_unload: Option<Duration>,
     /// `workers`, default 2: threads serving the instance's calls.
     pub workers: usize,
+    /// `max_queue`, default 1024: calls that may wait for a worker; more get 503 at once.
+    pub max_queue: usize,
+    /// `on_hang`, default `restart`: what a hung instance gets.
+    pub on_hang: OnHang,
     /// Every other key: the plugin's config.
     pub plugin: toml::Table,
 }
@@ -116,6 +131,8 @@ impl Default for PlatformConfig {
             call_timeout: Duration::from_millis(30_000),
             idle_unload: None,
             workers: 2,
+            max_queue: 1024,
+            on_hang: OnHang::Restart,
             plugin: toml::Table::new(),
         }
     }
@@ -420,6 +437,14 @@ fn platform_config(mut table: toml::Table) -> Result<PlatformConfig, (&'static s
             return Err(("workers", "at most 64".to_owned()));
         }
         config.workers = n as usize;
+    }
+    if let Some(v) = table.remove("max_queue") {
+        config.max_queue = positive("max_queue", v)?.min(1 << 20) as usize;
+    }
+    if let Some(v) = table.remove("on_hang") {
+        config.on_hang = v
+            .try_into()
+            .map_err(|_| ("on_hang", "expected \"restart\" or \"fail\"".to_owned()))?;
     }
     config.plugin = table;
     Ok(config)

@@ -92,9 +92,14 @@ impl SendFailure {
         let (status, retryable) = match e {
             // A plugin that says "try later" (its peer is down) is unavailable, not refusing.
             CallError::Plugin { retryable, .. } => (if retryable { 503 } else { 502 }, retryable),
-            CallError::Timeout { .. } => (504, false),
-            // A hung instance is replaced by a reload; the send may go through then.
-            CallError::Unhealthy | CallError::Stopped => (503, true),
+            // The call failed alone; the platform serves on.
+            CallError::Timeout { .. } => (504, true),
+            // Hung (being replaced), stopping, busy past the deadline or with a full queue: the
+            // call never ran, and may go through later.
+            CallError::Unhealthy
+            | CallError::Stopped
+            | CallError::Expired { .. }
+            | CallError::QueueFull { .. } => (503, true),
         };
         SendFailure {
             status,
@@ -445,6 +450,7 @@ impl Gateway {
                 let label = match e {
                     CallError::Timeout { .. } => "timeout",
                     CallError::Plugin { .. } => "error",
+                    CallError::Expired { .. } | CallError::QueueFull { .. } => "busy",
                     _ => "unavailable",
                 };
                 self.metrics.send(platform, label, started.elapsed());

@@ -39,6 +39,9 @@ pub enum EntryState {
     Loading,
     /// Loaded and started.
     Running,
+    /// Running, but every worker is stuck in a call past its timeout: no call can be taken.
+    /// Sends answer 503 (retryable); the supervisor replaces it (`on_hang = "restart"`).
+    Hung,
     /// Being stopped.
     Stopping,
     /// Was running; stopped and unloaded.
@@ -54,6 +57,7 @@ impl EntryState {
             EntryState::Registered => "registered",
             EntryState::Loading => "loading",
             EntryState::Running => "running",
+            EntryState::Hung => "hung",
             EntryState::Stopping => "stopping",
             EntryState::Unloaded => "unloaded",
             EntryState::Failed => "failed",
@@ -287,13 +291,19 @@ impl Entry {
             Some(instance) => instance.plugin_version().to_owned(),
             None => self.manifest.version.clone(),
         };
+        let state = match &slot.instance {
+            Some(instance) if slot.state == EntryState::Running && instance.is_hung() => {
+                EntryState::Hung
+            }
+            _ => slot.state,
+        };
         PlatformStatus {
             id: self.manifest.id.clone(),
             name: self.manifest.name.clone(),
             version,
             manifest_version: self.manifest.version.clone(),
             api: self.manifest.api,
-            state: slot.state,
+            state,
             generation: slot.generation,
             configured: self.configured,
             error: slot.error.clone(),
@@ -587,6 +597,7 @@ impl Registry {
             sink: Arc::clone(&self.options.sink),
             workers: platform.workers,
             call_timeout: platform.call_timeout,
+            max_queue: platform.max_queue,
             state,
         }
     }

@@ -48,6 +48,8 @@ pub struct ReloadOutcome {
     pub held_ms: f64,
     /// Bytes of state handed from the old generation to the new.
     pub state_bytes: Option<usize>,
+    /// The old generation was hung: its state was lost.
+    pub state_lost: bool,
     /// The old library's unload, checked against the process's mappings.
     pub old_unload: Option<UnloadReport>,
 }
@@ -199,6 +201,7 @@ impl Registry {
                 elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
                 held_ms: 0.0,
                 state_bytes: None,
+                state_lost: false,
                 old_unload: None,
             });
         };
@@ -223,7 +226,16 @@ impl Registry {
         entry.lock().held = true;
         entry.notify();
         let held_at = Instant::now();
-        let stopped = old.stop(true, timeout.max(Duration::from_secs(1)));
+        // A hung instance cannot drain: waiting for it would only hold the door. Its state is
+        // lost (it cannot export it while its calls are stuck); the new generation starts
+        // without one.
+        let hung = old.is_hung();
+        let drain_for = if hung {
+            Duration::ZERO
+        } else {
+            timeout.max(Duration::from_secs(1))
+        };
+        let stopped = old.stop(true, drain_for);
         let (old_library, state, stop_note) = match stopped {
             Ok(s) => (Some(s.library), s.state, s.error.map(|e| e.to_string())),
             // A call never returned: that instance cannot be stopped now. The new generation
@@ -257,7 +269,13 @@ impl Registry {
                     slot.instance = Some(instance);
                     slot.generation = new_generation;
                     slot.state = EntryState::Running;
-                    slot.error = None;
+                    // A running entry's error is a note: the state a hung generation took along.
+                    slot.error = hung.then(|| {
+                        format!(
+                            "generation {old_generation} hung (its calls did not return within {} ms) and was replaced by generation {new_generation}, which started without its state",
+                            timeout.as_millis()
+                        )
+                    });
                     slot.held = false;
                 }
                 entry.notify();
@@ -276,6 +294,7 @@ impl Registry {
                     elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
                     held_ms,
                     state_bytes,
+                    state_lost: hung,
                     old_unload,
                 })
             }

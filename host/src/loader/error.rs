@@ -115,17 +115,31 @@ pub enum CallError {
         /// Whether the plugin said a retry may succeed.
         retryable: bool,
     },
-    /// The call did not return in time; the instance gets no new calls.
-    #[error("{call} did not return within {} ms; the instance is marked unhealthy", after.as_millis())]
+    /// The call ran for longer than its timeout (it may still be running: its result is lost).
+    #[error("{call} did not return within {} ms", after.as_millis())]
     Timeout {
         /// The call.
         call: &'static str,
         /// The timeout.
         after: Duration,
     },
-    /// An earlier call never returned: the instance is refusing calls.
-    #[error("the instance is unhealthy: an earlier call did not return")]
+    /// Every worker is stuck in a call past its timeout: the instance is hung.
+    #[error("the instance is hung: its calls did not return; it is being replaced")]
     Unhealthy,
+    /// The call waited in the queue past its deadline and was dropped: it never ran.
+    #[error("{call} waited {} ms in the queue and was not run (the plugin is busy)", waited.as_millis())]
+    Expired {
+        /// The call.
+        call: &'static str,
+        /// How long it waited.
+        waited: Duration,
+    },
+    /// The instance's queue is full: the call was refused at once.
+    #[error("the plugin's queue is full ({capacity} calls waiting)")]
+    QueueFull {
+        /// The queue's bound.
+        capacity: usize,
+    },
     /// The instance is stopping or stopped.
     #[error("the instance is stopped")]
     Stopped,
@@ -136,9 +150,14 @@ impl CallError {
     pub fn retryable(&self) -> bool {
         match self {
             CallError::Plugin { retryable, .. } => *retryable,
-            CallError::Timeout { .. } => false,
-            // A reload replaces the hung or stopped instance; the call may go through then.
-            CallError::Unhealthy | CallError::Stopped => true,
+            // A timed-out call failed alone; a retry may go through (it may also run twice if
+            // the first attempt still completes: the plugin's message id tells).
+            CallError::Timeout { .. } => true,
+            // A hung instance is replaced; a queue drains: the call may go through then.
+            CallError::Unhealthy
+            | CallError::Stopped
+            | CallError::Expired { .. }
+            | CallError::QueueFull { .. } => true,
         }
     }
 }

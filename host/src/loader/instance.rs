@@ -3,7 +3,7 @@
 use std::{
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicUsize, Ordering},
     },
     time::{Duration, Instant},
 };
@@ -17,7 +17,7 @@ use super::{
     callbacks::{CallbackContext, EventSink},
     error::CallError,
     library::{Library, LoadedLibrary},
-    worker::{Drained, Workers, await_answer, run_once},
+    worker::{CallState, Drained, Workers, await_answer, run_once},
 };
 use crate::message::{Health, HealthStatus, Outbound, PluginState, Receipt, limits};
 
@@ -33,8 +33,10 @@ pub struct StartOptions {
     pub sink: Arc<dyn EventSink>,
     /// How many worker threads serve its calls (at least 1).
     pub workers: usize,
-    /// How long any one call may take.
+    /// How long any one call may run, and wait in the queue before it runs.
     pub call_timeout: Duration,
+    /// Calls that may wait for a worker; more are refused at once.
+    pub max_queue: usize,
     /// State exported by the previous generation.
     pub state: Option<PluginState>,
 }
@@ -59,7 +61,6 @@ pub struct Instance {
     library: Mutex<Option<Arc<LoadedLibrary>>>,
     context: Arc<CallbackContext>,
     call_timeout: Duration,
-    hung: AtomicBool,
     in_flight: Arc<AtomicUsize>,
 }
 
@@ -141,7 +142,7 @@ impl Library {
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| super::maps::thread_ids().unwrap_or_default());
         let name = format!("hermes-{}-g{}", options.platform, options.generation);
-        let workers = match Workers::spawn(&self.inner, &name, options.workers) {
+        let workers = match Workers::spawn(&self.inner, &name, options.workers, options.max_queue) {
             Ok(w) => w,
             Err(e) => {
                 let message = format!("cannot start worker threads: {e}");
@@ -189,7 +190,6 @@ impl Library {
                     library: Mutex::new(Some(Arc::clone(&self.inner))),
                     context,
                     call_timeout: options.call_timeout,
-                    hung: AtomicBool::new(false),
                     in_flight: Arc::new(AtomicUsize::new(0)),
                 });
             }
@@ -262,17 +262,19 @@ impl Instance {
         self.context.retire();
     }
 
-    /// Whether a call timed out (the instance then refuses new calls).
+    /// Whether the instance is hung: every worker is inside a call that has run for longer
+    /// than the call timeout, so no call can be taken. New calls are refused (503, retryable)
+    /// until the supervisor replaces it, or a stuck call returns.
     pub fn is_hung(&self) -> bool {
-        self.hung.load(Ordering::Acquire)
+        self.workers.all_stuck(self.call_timeout)
     }
 
-    /// Queues `f` on the workers, counted in flight until the plugin returns; the answer comes
-    /// through the returned receiver.
+    /// Queues `f` on the workers, counted in flight until the plugin returns (or the call is
+    /// dropped unrun); the answer comes through the returned receiver.
     fn submit<R: Send + 'static>(
         &self,
         f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
-    ) -> Result<oneshot::Receiver<R>, CallError> {
+    ) -> Result<(oneshot::Receiver<R>, Arc<CallState>), CallError> {
         if self.is_hung() {
             return Err(CallError::Unhealthy);
         }
@@ -281,32 +283,62 @@ impl Instance {
         in_flight.fetch_add(1, Ordering::AcqRel);
         let guard = InFlight(in_flight);
         let (tx, rx) = oneshot::channel();
+        let state = CallState::new();
+        let job_state = Arc::clone(&state);
         self.workers.submit(Box::new(move |vtable| {
             let guard = guard;
+            // Its caller gave up while it waited: it never runs.
+            if !job_state.start() {
+                return;
+            }
             let r = f(vtable, ptr.get());
             drop(guard);
             let _ = tx.send(r);
         }))?;
-        Ok(rx)
+        Ok((rx, state))
     }
 
-    /// Marks the instance hung after `call` timed out.
+    /// After the queue deadline passed without an answer: the call is dropped if it is still
+    /// queued (`Expired`), otherwise the time left from its start.
+    fn queue_deadline_passed(
+        &self,
+        call: &'static str,
+        state: &CallState,
+    ) -> Result<Instant, CallError> {
+        if state.cancel() {
+            return Err(CallError::Expired {
+                call,
+                waited: self.call_timeout,
+            });
+        }
+        Ok(state.started().unwrap_or_else(Instant::now) + self.call_timeout)
+    }
+
+    /// A call ran past its timeout: it fails alone (the instance is hung only once every
+    /// worker is stuck, see [`Instance::is_hung`]).
     fn timed_out(&self, call: &'static str) -> CallError {
-        self.hung.store(true, Ordering::Release);
-        tracing::error!(platform = %self.platform, generation = self.generation, call, "plugin call timed out; instance marked unhealthy");
+        tracing::warn!(platform = %self.platform, generation = self.generation, call, timeout_ms = self.call_timeout.as_millis() as u64, "plugin call timed out");
         CallError::Timeout {
             call,
             after: self.call_timeout,
         }
     }
 
+    /// A call, waiting on this thread: up to the call timeout for a worker to take it, then up
+    /// to the call timeout from when it started.
     fn call<R: Send + 'static>(
         &self,
         call: &'static str,
         f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
     ) -> Result<R, CallError> {
-        let rx = self.submit(f)?;
+        let (rx, state) = self.submit(f)?;
         match await_answer(&rx, self.call_timeout) {
+            Ok(r) => return Ok(r),
+            Err(oneshot::RecvTimeoutError::Disconnected) => return Err(CallError::Stopped),
+            Err(oneshot::RecvTimeoutError::Timeout) => {}
+        }
+        let deadline = self.queue_deadline_passed(call, &state)?;
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(r) => Ok(r),
             Err(oneshot::RecvTimeoutError::Timeout) => Err(self.timed_out(call)),
             Err(oneshot::RecvTimeoutError::Disconnected) => Err(CallError::Stopped),
@@ -339,14 +371,21 @@ impl Instance {
         call: &'static str,
         f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
     ) -> Result<R, CallError> {
-        let rx = self.submit(f)?;
+        let (rx, state) = self.submit(f)?;
         // Let the runtime run whatever else is ready first: a worker that is awake answers in
         // a few microseconds, and an answer already there needs no wake-up of this thread.
         tokio::task::yield_now().await;
         if let Ok(r) = rx.try_recv() {
             return Ok(r);
         }
-        match tokio::time::timeout(self.call_timeout, rx).await {
+        let mut rx = std::future::IntoFuture::into_future(rx);
+        match tokio::time::timeout(self.call_timeout, &mut rx).await {
+            Ok(Ok(r)) => return Ok(r),
+            Ok(Err(_)) => return Err(CallError::Stopped),
+            Err(_) => {}
+        }
+        let deadline = self.queue_deadline_passed(call, &state)?;
+        match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(r)) => Ok(r),
             Ok(Err(_)) => Err(CallError::Stopped),
             Err(_) => Err(self.timed_out(call)),

@@ -6,7 +6,11 @@
 //! threads owned by the instance, which are joined before `dlclose`.
 
 use std::{
-    sync::{Arc, Mutex, mpsc},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU8, AtomicU64, Ordering},
+        mpsc,
+    },
     thread::JoinHandle,
     time::{Duration, Instant},
 };
@@ -17,12 +21,55 @@ use super::{error::CallError, library::LoadedLibrary};
 
 pub(crate) type Job = Box<dyn FnOnce(&PluginVTable) + Send>;
 
-/// A pool of threads serving one instance's calls, in arrival order.
+/// A pool of threads serving one instance's calls, in arrival order, from a bounded queue.
 pub(crate) struct Workers {
     sender: Mutex<Option<crossbeam_channel::Sender<Job>>>,
     handles: Mutex<Vec<JoinHandle<()>>>,
     /// Exit notices, one per worker, and how many were received so far.
     exited: Mutex<(mpsc::Receiver<()>, usize)>,
+    /// Per worker: when its current call started (ns since `epoch`), 0 while idle.
+    busy_since: Arc<[AtomicU64]>,
+    epoch: Instant,
+}
+
+/// Where a queued call is: a worker takes it (`Running`) or its caller gives up on it
+/// (`Cancelled`), whichever comes first; a cancelled call never runs.
+pub(crate) struct CallState {
+    state: AtomicU8,
+    started: std::sync::OnceLock<Instant>,
+}
+
+const QUEUED: u8 = 0;
+const RUNNING: u8 = 1;
+const CANCELLED: u8 = 2;
+
+impl CallState {
+    pub(crate) fn new() -> Arc<CallState> {
+        Arc::new(CallState {
+            state: AtomicU8::new(QUEUED),
+            started: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// The worker's side: `true` if the call is to run (it was not cancelled).
+    pub(crate) fn start(&self) -> bool {
+        let _ = self.started.set(Instant::now());
+        self.state
+            .compare_exchange(QUEUED, RUNNING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The caller's side: `true` if the call was still queued and now never runs.
+    pub(crate) fn cancel(&self) -> bool {
+        self.state
+            .compare_exchange(QUEUED, CANCELLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// When a worker took the call.
+    pub(crate) fn started(&self) -> Option<Instant> {
+        self.started.get().copied()
+    }
 }
 
 /// How a pool ended.
@@ -38,20 +85,29 @@ impl Workers {
         library: &Arc<LoadedLibrary>,
         name: &str,
         count: usize,
+        max_queue: usize,
     ) -> std::io::Result<Workers> {
         // A multi-consumer queue: each worker holds its own receiver, no lock between them.
-        let (sender, receiver) = crossbeam_channel::unbounded::<Job>();
+        let (sender, receiver) = crossbeam_channel::bounded::<Job>(max_queue.max(1));
         let (exit_tx, exit_rx) = mpsc::channel();
+        let count = count.max(1);
+        let epoch = Instant::now();
+        let busy_since: Arc<[AtomicU64]> = (0..count).map(|_| AtomicU64::new(0)).collect();
         let mut handles = Vec::with_capacity(count);
-        for i in 0..count.max(1) {
+        for i in 0..count {
             let library = Arc::clone(library);
             let receiver = receiver.clone();
             let exit_tx = exit_tx.clone();
+            let busy_since = Arc::clone(&busy_since);
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-w{i}"))
                 .spawn(move || {
                     while let Ok(job) = receiver.recv() {
+                        // Never 0 while busy, even in the first nanosecond after `epoch`.
+                        let now = epoch.elapsed().as_nanos().max(1) as u64;
+                        busy_since[i].store(now, Ordering::Release);
                         job(library.vtable());
+                        busy_since[i].store(0, Ordering::Release);
                     }
                     drop(library);
                     let _ = exit_tx.send(());
@@ -62,16 +118,35 @@ impl Workers {
             sender: Mutex::new(Some(sender)),
             handles: Mutex::new(handles),
             exited: Mutex::new((exit_rx, 0)),
+            busy_since,
+            epoch,
         })
     }
 
-    /// Queues a job; `Err(Stopped)` once the pool is closed.
+    /// Queues a job; `Err(Stopped)` once the pool is closed, `Err(QueueFull)` when its queue
+    /// is at its bound (the caller is answered at once rather than waiting behind it).
     pub(crate) fn submit(&self, job: Job) -> Result<(), CallError> {
         let sender = self.sender.lock().unwrap_or_else(|e| e.into_inner());
         match sender.as_ref() {
-            Some(sender) => sender.send(job).map_err(|_| CallError::Stopped),
+            Some(sender) => sender.try_send(job).map_err(|e| match e {
+                crossbeam_channel::TrySendError::Full(_) => CallError::QueueFull {
+                    capacity: sender.capacity().unwrap_or(0),
+                },
+                crossbeam_channel::TrySendError::Disconnected(_) => CallError::Stopped,
+            }),
             None => Err(CallError::Stopped),
         }
+    }
+
+    /// Whether every worker is inside a call that has run for longer than `timeout`: the
+    /// instance can take no call at all.
+    pub(crate) fn all_stuck(&self, timeout: Duration) -> bool {
+        let now = self.epoch.elapsed().as_nanos() as u64;
+        let limit = timeout.as_nanos() as u64;
+        self.busy_since.iter().all(|since| {
+            let since = since.load(Ordering::Acquire);
+            since != 0 && now.saturating_sub(since) > limit
+        })
     }
 
     /// Closes the queue, lets the workers finish what is queued, and joins them. When they are
