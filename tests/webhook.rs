@@ -194,6 +194,26 @@ fn webhook_posts_each_format_retries_and_honours_retry_after() {
     stop(webhook);
 }
 
+#[test]
+fn webhook_retries_stop_at_their_budget() {
+    let t = TestDir::new();
+    // Always 429 with a 1 s Retry-After: ten retries would take ten seconds.
+    let server = Target::start(vec![("/slow", vec![(429, "Retry-After: 1\r\n")])]);
+    let config = serde_json::json!({
+        "max_retries": 10,
+        "timeout_ms": 500,
+        "retry_budget_ms": 1500,
+        "targets": [{ "chat": "slow", "url": format!("http://{}/slow", server.addr), "format": "slack" }],
+    });
+    let webhook = start(&t, config, &Recorder::new());
+    let e = webhook.send(&Outbound::new("slow", "x")).unwrap_err();
+    assert!(e.retryable(), "{e}");
+    assert!(e.to_string().contains("1500 ms retry budget"), "{e}");
+    // The first attempt, one wait of 1 s, the second: the third would pass the budget.
+    assert_eq!(server.seen("/slow").len(), 2);
+    stop(webhook);
+}
+
 fn sign(secret: &str, body: &str) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(body.as_bytes());

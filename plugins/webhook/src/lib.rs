@@ -7,6 +7,8 @@
 //! secret = "..."              # HMAC key for inbound (or WEBHOOK_SECRET); required with listen
 //! max_retries = 3             # after the first attempt, on 5xx, 429 and network errors
 //! timeout_ms = 5000           # per HTTP attempt
+//! retry_budget_ms = 20000     # attempts and waits of one send, in all; keep it below the
+//!                             # host's call_timeout_ms (30000 by default)
 //! [[platforms.webhook.targets]]
 //! chat = "ops"                # the chat id sends use
 //! url = "https://hooks.slack.com/services/..."
@@ -55,6 +57,9 @@ pub struct Config {
     /// Timeout of one HTTP attempt.
     #[serde(default = "default_timeout")]
     pub timeout_ms: u64,
+    /// The most one send may take, attempts and waits included.
+    #[serde(default = "default_retry_budget")]
+    pub retry_budget_ms: u64,
     /// Where sends go.
     #[serde(default)]
     pub targets: Vec<Target>,
@@ -65,6 +70,9 @@ fn default_retries() -> u32 {
 }
 fn default_timeout() -> u64 {
     5000
+}
+fn default_retry_budget() -> u64 {
+    20_000
 }
 
 /// One outbound webhook.
@@ -143,6 +151,9 @@ impl Plugin for Webhook {
         if config.timeout_ms == 0 {
             return Err("`timeout_ms`: at least 1".into());
         }
+        if config.retry_budget_ms < config.timeout_ms {
+            return Err("`retry_budget_ms`: at least `timeout_ms` (one attempt)".into());
+        }
         if config.max_retries > 10 {
             return Err("`max_retries`: at most 10".into());
         }
@@ -185,7 +196,13 @@ impl Plugin for Webhook {
             .ok_or_else(|| {
                 SendError::permanent(format!("no webhook target for chat {:?}", message.chat_id))
             })?;
-        outbound::post(&self.agent, target, &message.text, self.config.max_retries)?;
+        outbound::post(
+            &self.agent,
+            target,
+            &message.text,
+            self.config.max_retries,
+            std::time::Duration::from_millis(self.config.retry_budget_ms),
+        )?;
         let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
         Ok(SendReceipt {
             message_id: format!("webhook-{n}"),

@@ -22,13 +22,17 @@ pub(crate) fn body(target: &Target, text: &str) -> serde_json::Value {
 /// The longest `Retry-After` honoured; beyond it the send fails (retryable) at once.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// POSTs `text` to `target`: 2xx is done; 5xx, 429 and network errors are retried.
+/// POSTs `text` to `target`: 2xx is done; 5xx, 429 and network errors are retried, as long as
+/// the whole send (attempts and waits) stays within `budget`, which the config keeps below the
+/// host's call timeout: the send then fails (retryable) before the host gives up on the call.
 pub(crate) fn post(
     agent: &ureq::Agent,
     target: &Target,
     text: &str,
     max_retries: u32,
+    budget: Duration,
 ) -> Result<(), SendError> {
+    let started = std::time::Instant::now();
     let payload = body(target, text).to_string();
     let mut backoff = Duration::from_millis(100);
     let mut last = String::new();
@@ -72,6 +76,14 @@ pub(crate) fn post(
                 backoff
             }
         };
+        if started.elapsed() + wait > budget {
+            return Err(SendError::retryable(format!(
+                "{}: gave up after {} attempts ({last}): the next would pass the {} ms retry budget",
+                target.chat,
+                attempt + 1,
+                budget.as_millis()
+            )));
+        }
         if attempt < max_retries {
             tracing::debug!(chat = %target.chat, attempt, "webhook failed ({last}); retrying in {wait:?}");
             std::thread::sleep(wait);
