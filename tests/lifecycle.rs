@@ -146,3 +146,75 @@ fn a_hung_call_fails_alone_and_the_instance_is_replaced_without_a_manual_step() 
         "a replaced generation's delivery reached the journal: {echoes:?}"
     );
 }
+
+#[test]
+fn a_thread_started_in_start_sees_the_previous_state_across_20_reloads() {
+    let t = TestDir::new();
+    t.install("resume", "fixture_threaded", 1);
+    let recorder = crate::util::Recorder::new();
+    let registry = t.registry(
+        "[platforms.resume]\nthreads = 0\nresume = true\n",
+        recorder.clone(),
+    );
+    registry.instance("resume").unwrap();
+    for _ in 0..20 {
+        registry.reload("resume", "test").unwrap();
+    }
+    let resumed: Vec<String> = recorder.wait_for(21).into_iter().map(|m| m.text).collect();
+    let want: Vec<String> = (0..=20).map(|n| format!("resume-{n}")).collect();
+    assert_eq!(
+        resumed, want,
+        "a generation's thread ran before its state arrived"
+    );
+    registry.shutdown();
+}
+
+#[test]
+fn a_replaced_generation_never_delivers_across_20_reloads_and_a_hang() {
+    let t = TestDir::new();
+    t.install("ticker", "fixture_threaded", 1);
+    let recorder = crate::util::Recorder::new();
+    let registry = t.registry(
+        "[platforms.ticker]\nthreads = 2\ndeliver_ticks = true\nworkers = 1\ncall_timeout_ms = 200\nhang_ms = 1500\n",
+        recorder.clone(),
+    );
+    registry.instance("ticker").unwrap();
+    let ticks_of_this_generation = || {
+        let seen = recorder.messages().len();
+        recorder.wait_for(seen + 2);
+    };
+    for generation in 1..=20 {
+        ticks_of_this_generation();
+        let outcome = registry.reload("ticker", "test").unwrap();
+        assert_eq!(outcome.new_generation, generation + 1);
+    }
+    // Generation 21 hangs: its threads tick on while generation 22 takes over.
+    ticks_of_this_generation();
+    let hung = registry.instance("ticker").unwrap();
+    let e = hung
+        .send(&hermes_host::message::Outbound::new("c", "hang"))
+        .unwrap_err();
+    assert!(
+        matches!(e, hermes_host::loader::CallError::Timeout { .. }),
+        "{e}"
+    );
+    assert!(hung.is_hung());
+    drop(hung);
+    let outcome = registry.reload("ticker", "test").unwrap();
+    assert!(outcome.state_lost);
+    for _ in 0..10 {
+        ticks_of_this_generation();
+    }
+    let generations: Vec<u64> = recorder.messages().iter().map(|m| m.generation).collect();
+    assert!(
+        generations.windows(2).all(|w| w[0] <= w[1]),
+        "a replaced generation delivered after its successor started: {generations:?}"
+    );
+    let distinct: HashSet<u64> = generations.iter().copied().collect();
+    assert_eq!(
+        distinct.len(),
+        22,
+        "every generation delivered: {distinct:?}"
+    );
+    registry.shutdown();
+}

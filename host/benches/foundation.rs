@@ -115,7 +115,7 @@ struct Direct;
 
 impl Plugin for Direct {
     type Config = ();
-    fn start(_: (), _: Host) -> Result<Self, String> {
+    fn start(_: (), _: Host, _: Option<hermes_plugin_api::State>) -> Result<Self, String> {
         Ok(Direct)
     }
     fn send(&self, _: OutboundMessage) -> Result<SendReceipt, SendError> {

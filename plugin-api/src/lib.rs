@@ -5,7 +5,9 @@
 //! checked by the host before it calls anything; plugin authors never touch it.
 //!
 //! ```
-//! use hermes_plugin_api::{Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt};
+//! use hermes_plugin_api::{
+//!     Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
+//! };
 //!
 //! #[derive(serde::Deserialize)]
 //! struct Config {
@@ -21,7 +23,8 @@
 //! impl Plugin for Echo {
 //!     type Config = Config;
 //!
-//!     fn start(config: Config, host: Host) -> Result<Self, String> {
+//!     // `previous`: the state the last generation exported, on a reload.
+//!     fn start(config: Config, host: Host, previous: Option<State>) -> Result<Self, String> {
 //!         Ok(Echo { prefix: config.prefix, host })
 //!     }
 //!

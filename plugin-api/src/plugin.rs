@@ -23,13 +23,13 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     }
 
     /// Starts an instance: connect, spawn threads, whatever the platform needs.
-    fn start(config: Self::Config, host: Host) -> Result<Self, String>;
-
-    /// Takes the state a previous generation exported, right after `start`.
-    fn import_state(&mut self, state: State) -> Result<(), String> {
-        let _ = state;
-        Ok(())
-    }
+    ///
+    /// `previous` is the state the previous generation exported ([`Plugin::export_state`])
+    /// when this start is a reload's; `None` on a first start, and when the previous
+    /// generation exported nothing or hung (a hung instance cannot export). It arrives here,
+    /// before any thread of this instance runs, so a thread spawned in `start` sees it from its
+    /// first instruction: there is no window in which it works from a blank state.
+    fn start(config: Self::Config, host: Host, previous: Option<State>) -> Result<Self, String>;
 
     /// Sends one message.
     fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError>;

@@ -5,7 +5,9 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use hermes_plugin_api::{Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt};
+use hermes_plugin_api::{
+    Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
+};
 use serde::Deserialize;
 
 /// `[platforms.echo]`.
@@ -27,7 +29,7 @@ pub struct Echo {
 impl Plugin for Echo {
     type Config = Config;
 
-    fn start(config: Config, host: Host) -> Result<Self, String> {
+    fn start(config: Config, host: Host, _previous: Option<State>) -> Result<Self, String> {
         Ok(Echo {
             shout: config.shout,
             host,

@@ -132,21 +132,14 @@ unsafe extern "C" fn start<P: Plugin>(
         P::validate_config(&config)?;
         let host = Host::new(host);
         log::install(host);
-        let mut plugin = P::start(config, host)?;
-        if let ROption::RSome(state) = state {
-            let state = State {
+        let previous = match state {
+            ROption::RSome(state) => Some(State {
                 schema: state.schema,
                 bytes: state.bytes.to_vec(),
-            };
-            if let Err(e) = plugin.import_state(state) {
-                let stopped = plugin.stop();
-                log::uninstall();
-                return Err(match stopped {
-                    Ok(()) => format!("import_state: {e}"),
-                    Err(stop) => format!("import_state: {e}; stop after it: {stop}"),
-                });
-            }
-        }
+            }),
+            ROption::RNone => None,
+        };
+        let plugin = P::start(config, host, previous)?;
         Ok(InstancePtr(Box::into_raw(Box::new(plugin)).cast()))
     }))
 }

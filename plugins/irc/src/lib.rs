@@ -171,7 +171,11 @@ impl Plugin for Irc {
         Ok(())
     }
 
-    fn start(mut config: Config, host: Host) -> Result<Self, String> {
+    fn start(
+        mut config: Config,
+        host: Host,
+        _previous: Option<hermes_plugin_api::State>,
+    ) -> Result<Self, String> {
         if config.password.is_none() {
             config.password = std::env::var("IRC_PASSWORD").ok().filter(|p| !p.is_empty());
         }

@@ -58,23 +58,20 @@ impl Plugin for Loopback {
         Ok(())
     }
 
-    fn start(config: Config, host: Host) -> Result<Self, String> {
-        tracing::debug!(generation = host.generation(), "loopback started");
+    fn start(config: Config, host: Host, previous: Option<State>) -> Result<Self, String> {
+        let echoed = match previous {
+            None => 0,
+            Some(state) => match (state.schema, <[u8; 8]>::try_from(state.bytes.as_slice())) {
+                (STATE_SCHEMA, Ok(bytes)) => u64::from_le_bytes(bytes),
+                (schema, _) => return Err(format!("unknown state schema {schema}")),
+            },
+        };
+        tracing::debug!(generation = host.generation(), echoed, "loopback started");
         Ok(Loopback {
             config,
             host,
-            echoed: AtomicU64::new(0),
+            echoed: AtomicU64::new(echoed),
         })
-    }
-
-    fn import_state(&mut self, state: State) -> Result<(), String> {
-        match (state.schema, <[u8; 8]>::try_from(state.bytes.as_slice())) {
-            (STATE_SCHEMA, Ok(bytes)) => {
-                self.echoed = AtomicU64::new(u64::from_le_bytes(bytes));
-                Ok(())
-            }
-            (schema, _) => Err(format!("unknown state schema {schema}")),
-        }
     }
 
     fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {

@@ -157,7 +157,11 @@ impl Plugin for Mqtt {
         Ok(())
     }
 
-    fn start(config: Config, host: Host) -> Result<Self, String> {
+    fn start(
+        config: Config,
+        host: Host,
+        _previous: Option<hermes_plugin_api::State>,
+    ) -> Result<Self, String> {
         let (broker_host, port) = split_broker(&config.broker)?;
         let client_id = config
             .client_id

@@ -160,7 +160,11 @@ impl Plugin for Webhook {
         Ok(())
     }
 
-    fn start(mut config: Config, host: Host) -> Result<Self, String> {
+    fn start(
+        mut config: Config,
+        host: Host,
+        _previous: Option<hermes_plugin_api::State>,
+    ) -> Result<Self, String> {
         if config.secret.is_none() {
             config.secret = std::env::var("WEBHOOK_SECRET").ok();
         }
