@@ -335,8 +335,36 @@ fn hot_reload_picks_up_a_rebuilt_library_and_refuses_a_broken_one() {
     let json: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(json["resident_stale_libraries"], 0);
 
+    // A later good build clears the old error from hotreload-status.
+    util::replace_like_cargo(&util::lib("hermes_loopback"), &library);
+    server.wait_platform("lb", |p| p["generation"] == 4);
+    let status = server.cli(&["plugin", "hotreload-status"]);
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(!text.contains("last error"), "{text}");
+
     let out = server.cli(&["plugin", "hotreload-disable", "lb"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("hot reload off for lb"));
+}
+
+#[test]
+fn a_finished_library_linked_in_reloads_without_waiting_for_the_debounce() {
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    // A debounce longer than the wait below: only the complete-file path can reload in time.
+    let server = Server::start_with(
+        &t,
+        "[hotreload]\ndebounce_ms = 600000\n\n[platforms.lb]\n",
+        &["--dev"],
+    );
+    assert!(
+        server
+            .cli(&["plugin", "hotreload-enable", "lb"])
+            .status
+            .success()
+    );
+    util::replace_like_cargo(&util::variant_lib(), &library);
+    server.wait_platform("lb", |p| p["generation"] == 2);
+    assert_eq!(server.platform("lb")["version"], "0.2.0-next");
 }
 
 #[test]

@@ -46,6 +46,10 @@ pub struct ReloadOutcome {
     pub elapsed_ms: f64,
     /// How long new calls were held at the door.
     pub held_ms: f64,
+    /// Of that, the old instance's drain and `stop` (with `export_state`).
+    pub stop_ms: f64,
+    /// Of that, the new instance's `start`.
+    pub start_ms: f64,
     /// Bytes of state handed from the old generation to the new.
     pub state_bytes: Option<usize>,
     /// The old generation was hung: its state was lost.
@@ -92,6 +96,10 @@ pub struct LastReload {
     pub generation: Option<u64>,
     /// How long new calls were held at the door (0 when refused before the swap).
     pub held_ms: f64,
+    /// Of that, the old instance's stop.
+    pub stop_ms: f64,
+    /// Of that, the new instance's start.
+    pub start_ms: f64,
     /// What triggered it: `cli`, `watcher`...
     pub trigger: String,
 }
@@ -121,6 +129,8 @@ impl Registry {
                     latency_ms,
                     generation: Some(outcome.new_generation),
                     held_ms: outcome.held_ms,
+                    stop_ms: outcome.stop_ms,
+                    start_ms: outcome.start_ms,
                     trigger: trigger.to_owned(),
                 });
                 tracing::info!(
@@ -142,6 +152,8 @@ impl Registry {
                     latency_ms,
                     generation: refused.serving_generation,
                     held_ms: 0.0,
+                    stop_ms: 0.0,
+                    start_ms: 0.0,
                     trigger: trigger.to_owned(),
                 });
                 tracing::warn!(platform = id, reason = %refused.reason, "reload refused; the old generation serves");
@@ -200,6 +212,8 @@ impl Registry {
                 new_version: instance.plugin_version().to_owned(),
                 elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
                 held_ms: 0.0,
+                stop_ms: 0.0,
+                start_ms: 0.0,
                 state_bytes: None,
                 state_lost: false,
                 old_unload: None,
@@ -236,6 +250,7 @@ impl Registry {
             timeout.max(Duration::from_secs(1))
         };
         let stopped = old.stop(true, drain_for);
+        let stop_ms = held_at.elapsed().as_secs_f64() * 1e3;
         let (old_library, state, stop_note) = match stopped {
             Ok(s) => (Some(s.library), s.state, s.error.map(|e| e.to_string())),
             // A call never returned: that instance cannot be stopped now. The new generation
@@ -260,7 +275,10 @@ impl Registry {
 
         // 3. Start the new generation with the old one's state.
         let new_generation = old_generation + 1;
-        match new_library.start(self.start_options(entry, new_generation, state.clone())) {
+        let starting = Instant::now();
+        let new_start = new_library.start(self.start_options(entry, new_generation, state.clone()));
+        let start_ms = starting.elapsed().as_secs_f64() * 1e3;
+        match new_start {
             Ok(instance) => {
                 let instance = Arc::new(instance);
                 let new_version = instance.plugin_version().to_owned();
@@ -293,6 +311,8 @@ impl Registry {
                     new_version,
                     elapsed_ms: started.elapsed().as_secs_f64() * 1e3,
                     held_ms,
+                    stop_ms,
+                    start_ms,
                     state_bytes,
                     state_lost: hung,
                     old_unload,

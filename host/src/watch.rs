@@ -7,8 +7,11 @@
 //!   itself goes stale when the file is replaced);
 //! - reacts to create, modify and remove of those two exact paths, ignores access events (taking
 //!   the shadow copy reads the file) and every other file;
-//! - waits for `debounce` of quiet, then skips when the library's inode, size and mtime and the
-//!   manifest's are what it last saw;
+//! - reloads at once when the library event leaves a complete shared object in place (every
+//!   segment inside the file) that keeps its inode, size and mtime for 5 ms: cargo's hard link
+//!   of a finished file, or a rename; anything else (a file still being written, the manifest)
+//!   waits for `debounce` of quiet;
+//! - skips when the library's inode, size and mtime and the manifest's are what it last saw;
 //! - reloads through the transaction in [`crate::reload`]: a half-written or broken library is a
 //!   refused reload, and the old generation goes on serving.
 //!
@@ -340,7 +343,15 @@ fn watch_loop(
         match msg {
             Some(Msg::Stop) => return,
             Some(Msg::Event(Ok(event))) => {
-                if relevant(&event, library, manifest) {
+                if !relevant(&event, library, manifest) {
+                    continue;
+                }
+                // A library put in place whole (cargo links the finished file in) reloads at
+                // once; anything else waits for the quiet period.
+                if event.paths.iter().any(|p| p == library) && complete_and_settled(library) {
+                    pending = None;
+                    reload_if_changed(registry, id, library, manifest, &mut seen);
+                } else {
                     // Every relevant event restarts the quiet period.
                     pending = Some(Instant::now());
                 }
@@ -349,31 +360,60 @@ fn watch_loop(
             None => {
                 // Quiet for `debounce`.
                 pending = None;
-                let now = (fingerprint(library), fingerprint(manifest));
-                if now.0.is_none() {
-                    // Removed and not back yet: cargo's Create follows, or the user deleted it.
-                    continue;
-                }
-                if now == seen {
-                    tracing::debug!(
-                        platform = id,
-                        "library unchanged (inode, size, mtime); no reload"
-                    );
-                    continue;
-                }
-                seen = now;
-                let running = registry
-                    .entry(id)
-                    .is_ok_and(|e| e.status().state == EntryState::Running);
-                if !running {
-                    tracing::info!(
-                        platform = id,
-                        "library changed; not running, the next load uses it"
-                    );
-                    continue;
-                }
-                let _ = registry.reload(id, "watcher");
+                reload_if_changed(registry, id, library, manifest, &mut seen);
             }
         }
     }
+}
+
+/// How long a complete library must keep its inode, size and mtime to count as settled.
+const SETTLE: Duration = Duration::from_millis(5);
+
+/// Whether `library` is a complete shared object (every segment inside the file) that stays
+/// the same file for [`SETTLE`]: a finished file linked or renamed into place, not one being
+/// written.
+fn complete_and_settled(library: &Path) -> bool {
+    let Some(before) = fingerprint(library) else {
+        return false;
+    };
+    if !crate::loader::is_complete_shared_object(library) {
+        return false;
+    }
+    std::thread::sleep(SETTLE);
+    fingerprint(library) == Some(before)
+}
+
+/// Reloads `id` if its library or manifest is another file than the one last seen and the
+/// platform is running.
+fn reload_if_changed(
+    registry: &Registry,
+    id: &str,
+    library: &Path,
+    manifest: &Path,
+    seen: &mut (Fingerprint, Fingerprint),
+) {
+    let now = (fingerprint(library), fingerprint(manifest));
+    if now.0.is_none() {
+        // Removed and not back yet: cargo's Create follows, or the user deleted it.
+        return;
+    }
+    if now == *seen {
+        tracing::debug!(
+            platform = id,
+            "library unchanged (inode, size, mtime); no reload"
+        );
+        return;
+    }
+    *seen = now;
+    let running = registry
+        .entry(id)
+        .is_ok_and(|e| e.status().state == EntryState::Running);
+    if !running {
+        tracing::info!(
+            platform = id,
+            "library changed; not running, the next load uses it"
+        );
+        return;
+    }
+    let _ = registry.reload(id, "watcher");
 }

@@ -105,13 +105,20 @@ pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
             None => "",
         };
         println!(
-            "reloaded {id}: generation {} ({}) -> {} ({}) in {:.1} ms, calls held {:.2} ms{unmapped}",
+            "reloaded {id}: generation {} ({}) -> {} ({}) in {:.1} ms, calls held {:.2} ms (old stop {:.2} ms, new start {:.2} ms){unmapped}{lost}",
             generation(&body["old_generation"]),
             body["old_version"].as_str().unwrap_or("-"),
             generation(&body["new_generation"]),
             body["new_version"].as_str().unwrap_or("?"),
             body["elapsed_ms"].as_f64().unwrap_or(0.0),
             body["held_ms"].as_f64().unwrap_or(0.0),
+            body["stop_ms"].as_f64().unwrap_or(0.0),
+            body["start_ms"].as_f64().unwrap_or(0.0),
+            lost = if body["state_lost"] == true {
+                "; the old generation was hung: its state was lost"
+            } else {
+                ""
+            },
         );
         Ok(ExitCode::SUCCESS)
     } else {

@@ -31,3 +31,9 @@ pub use instance::{Instance, StartFailure, StartOptions, StopError, Stopped};
 pub use library::{Library, UnloadReport};
 pub use maps::{is_mapped, mapped_files, mapped_under};
 pub use shadow::ShadowDir;
+
+/// Whether `path` is a complete shared object: an ELF file whose every segment lies inside it
+/// (a file still being written, or cut short, is not). Reads headers only; maps nothing.
+pub fn is_complete_shared_object(path: &std::path::Path) -> bool {
+    matches!(elf::check_shared_object(path), Ok(Ok(())))
+}
