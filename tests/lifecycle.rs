@@ -218,3 +218,119 @@ fn a_replaced_generation_never_delivers_across_20_reloads_and_a_hang() {
     );
     registry.shutdown();
 }
+
+/// Rewrites the server's config with `extra` after the parts `Server::start` writes.
+fn rewrite(t: &TestDir, extra: &str) {
+    t.config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n[journal]\nflush_ms = 20\n\n{extra}"
+    ));
+}
+
+/// Waits until the server's log has `needle` `n` times (panics after 10 s).
+fn wait_log(server: &Server, needle: &str, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.log().matches(needle).count() < n {
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} in:\n{}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn config_reload_applies_a_valid_change_whole_and_refuses_an_invalid_one_whole() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    t.install("lb2", "hermes_loopback", 1);
+    let first = "[platforms.lb]\nuser = \"a\"\n\n[[routes]]\nfrom = { platform = \"lb\", chat = \"lobby\" }\nto = [{ platform = \"lb\", chat = \"archive\" }]\n";
+    let mut server = Server::start(&t, first);
+    let pid = server.child.id().to_string();
+
+    // Invalid (the loopback refuses an empty user) together with a valid change: refused as a
+    // whole, by SIGHUP, which does not stop the server.
+    rewrite(&t, "[platforms.lb]\nuser = \"\"\n\n[platforms.lb2]\n");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_log(&server, "config reload refused", 1);
+    assert!(
+        server
+            .log()
+            .contains("[platforms.lb]: validate_config: `user` must not be empty")
+    );
+    assert_eq!(server.get("/health").0, 200);
+    assert_eq!(server.platform("lb")["generation"], 1);
+    assert_eq!(server.platform("lb2")["state"], "registered");
+
+    // A change only a restart can apply: refused, naming the key.
+    t.config("[server]\nlisten = \"127.0.0.1:1\"\ncontrol_socket = \"state/control.sock\"\n\n[journal]\nflush_ms = 20\n\n[platforms.lb]\nuser = \"a\"\n");
+    let out = server.cli(&["reload-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("changing server.listen needs a restart"),
+        "{out:?}"
+    );
+
+    // Valid: lb changes (reloaded as generation 2 with its new table), lb2 is added (eager:
+    // started), the route now goes to `other`.
+    rewrite(
+        &t,
+        "[platforms.lb]\nuser = \"b\"\n\n[platforms.lb2]\n\n[[routes]]\nfrom = { platform = \"lb\", chat = \"lobby\" }\nto = [{ platform = \"lb2\", chat = \"other\" }]\n",
+    );
+    let out = server.cli(&["reload-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("added lb2; removed none; changed lb; routes replaced"),
+        "{stdout}"
+    );
+    assert_eq!(server.platform("lb")["generation"], 2);
+    assert_eq!(server.platform("lb2")["state"], "running");
+    let mut sse = crate::util::Sse::connect(&server.addr);
+    assert_eq!(
+        server
+            .post(
+                "/api/platforms/lb/send",
+                r#"{"chat_id":"lobby","text":"hi"}"#
+            )
+            .0,
+        200
+    );
+    let echo = sse.next();
+    assert_eq!(
+        (echo["user"].as_str(), echo["chat_id"].as_str()),
+        (Some("b"), Some("lobby")),
+        "{echo}"
+    );
+    let routed = sse.next();
+    assert_eq!(
+        (routed["platform"].as_str(), routed["chat_id"].as_str()),
+        (Some("lb2"), Some("other")),
+        "{routed}"
+    );
+
+    // Removed: lb2 stops and unloads.
+    rewrite(&t, "[platforms.lb]\nuser = \"b\"\n");
+    let out = server.cli(&["reload-config"]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(server.platform("lb2")["state"], "unloaded");
+
+    // `plugin reload` takes the platform's table as the file has it now.
+    rewrite(&t, "[platforms.lb]\nuser = \"c\"\n");
+    assert!(server.cli(&["plugin", "reload", "lb"]).status.success());
+    let mut sse = crate::util::Sse::connect(&server.addr);
+    assert_eq!(
+        server
+            .post("/api/platforms/lb/send", r#"{"chat_id":"x","text":"hi"}"#)
+            .0,
+        200
+    );
+    assert_eq!(sse.next()["user"], "c");
+    assert!(server.terminate().success());
+}

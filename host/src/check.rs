@@ -148,7 +148,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         );
     }
 
-    let platform = entry.platform_config().cloned();
+    let platform = entry.platform_config().map(|p| (*p).clone());
     let timeout = platform
         .as_ref()
         .map_or(Duration::from_secs(30), |p| p.call_timeout);

@@ -106,7 +106,7 @@ pub enum OnHang {
 }
 
 /// `[platforms.<id>]`: the host's keys, and the rest for the plugin.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PlatformConfig {
     /// `start`, default `eager`.
     pub start: StartMode,
@@ -124,11 +124,14 @@ pub struct PlatformConfig {
     pub plugin: toml::Table,
 }
 
+/// `call_timeout_ms` when a platform's table does not say.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 impl Default for PlatformConfig {
     fn default() -> Self {
         PlatformConfig {
             start: StartMode::Eager,
-            call_timeout: Duration::from_millis(30_000),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
             idle_unload: None,
             workers: 2,
             max_queue: 1024,

@@ -14,6 +14,7 @@
 //! | `POST /platforms/{id}/reload` | the reload transaction; 409 with the reason when refused |
 //! | `POST` / `DELETE /platforms/{id}/hotreload` | start / stop watching the plugin's library |
 //! | `GET /hotreload` | every watched or reloaded plugin's hot-reload status |
+//! | `POST /config/reload` | re-read hermes.toml, applied or refused as a whole (as SIGHUP) |
 
 use std::{
     io::{Read as _, Write as _},
@@ -52,6 +53,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
             post(hotreload_enable).delete(hotreload_disable),
         )
         .route("/hotreload", get(hotreload_status))
+        .route("/config/reload", post(reload_config))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
         .layer(axum::middleware::map_response(api::json_errors))
@@ -117,13 +119,43 @@ async fn send(
     Ok(Json(ok).into_response())
 }
 
+async fn reload_config(State(gateway): State<Arc<Gateway>>) -> Response {
+    match gateway.reload_config().await {
+        Ok(change) => Json(change).into_response(),
+        Err(e) => (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": e.to_string(), "retryable": false })),
+        )
+            .into_response(),
+    }
+}
+
 async fn reload(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
     api::installed(&gateway, &id)?;
+    // The reload takes the platform's table as hermes.toml has it now (a file that does not
+    // parse leaves the table in force); a refused reload puts the old table back.
+    let entry = gateway
+        .registry
+        .entry(&id)
+        .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, e.to_string()))?;
+    let previous = entry.platform_config();
+    if let Some(file) = &gateway.config.source {
+        match crate::config::Config::load(file) {
+            Ok(now) => entry.set_platform_config(now.platforms.get(&id).cloned()),
+            Err(e) => {
+                tracing::warn!(error = %e, "plugin reload: the config file does not parse; the platform's table in force is kept")
+            }
+        }
+    }
     let registry = Arc::clone(&gateway.registry);
-    let result = blocking(move || registry.reload(&id, "cli")).await?;
+    let platform = id.clone();
+    let result = blocking(move || registry.reload(&platform, "cli")).await?;
+    if result.is_err() {
+        entry.set_platform_config(previous.map(|p| (*p).clone()));
+    }
     Ok(match result {
         Ok(outcome) => Json(outcome).into_response(),
         Err(refused) => (

@@ -182,6 +182,8 @@ pub struct Gateway {
     pub shutdown: watch::Sender<bool>,
     /// Hot reload: the watched plugins.
     pub hotreload: crate::watch::HotReload,
+    /// The routes in force: `config.routes` at start, swapped by a config reload.
+    routes: std::sync::RwLock<Arc<Vec<Route>>>,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -236,7 +238,9 @@ impl Gateway {
                 .as_deref()
                 .map_or("hermes.toml".into(), |p| p.display().to_string()),
         );
+        let routes = std::sync::RwLock::new(Arc::new(config.routes.clone()));
         let gateway = Arc::new(Gateway {
+            routes,
             config,
             hotreload,
             registry,
@@ -328,12 +332,7 @@ impl Gateway {
             .map_err(SendFailure::from_registry)?;
         // Held at the door by a reload: wait for the swap without taking a thread.
         if entry.is_held() {
-            let timeout = self
-                .registry
-                .options()
-                .platforms
-                .get(platform)
-                .map_or(Duration::from_secs(30), |p| p.call_timeout);
+            let timeout = self.registry.call_timeout(entry);
             if tokio::time::timeout(timeout, entry.wait_released())
                 .await
                 .is_err()
@@ -459,11 +458,14 @@ impl Gateway {
         }
     }
 
-    fn routes_for<'a>(&'a self, message: &'a Inbound) -> impl Iterator<Item = &'a Route> + 'a {
-        self.config
-            .routes
-            .iter()
-            .filter(|r| r.from.platform == message.platform && r.from.chat == message.chat_id)
+    /// The routes in force (a config reload swaps them whole).
+    pub fn routes(&self) -> Arc<Vec<Route>> {
+        Arc::clone(&self.routes.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Swaps the routes in force.
+    pub(crate) fn set_routes(&self, routes: Vec<Route>) {
+        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
     }
 }
 
@@ -509,7 +511,11 @@ fn dispatch(
     // SSE first: a routed copy must never reach subscribers before its source message.
     gateway.events.publish(&message);
     if !routed {
-        for route in gateway.routes_for(&message) {
+        let routes = gateway.routes();
+        let source_routes = routes
+            .iter()
+            .filter(|r| r.from.platform == message.platform && r.from.chat == message.chat_id);
+        for route in source_routes {
             for target in &route.to {
                 if target.platform == message.platform && target.chat == message.chat_id {
                     continue;

@@ -11,6 +11,7 @@
 //!   socket, each served by [`http`] with a connection limit and a header-read timeout. [`message`] holds the host's own message types.
 //! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`watch`] does it
 //!   when the library file changes (hot reload).
+//! - [`reconfigure`] applies a changed hermes.toml (SIGHUP, `reload-config`) as a whole.
 //! - [`cli`] is the `hermes-host` command.
 //!
 //! Measured figures for each piece are in BENCHMARKS.md; the README says how to run it.
@@ -29,6 +30,7 @@ pub mod loader;
 pub mod manifest;
 pub mod message;
 pub mod metrics;
+pub mod reconfigure;
 pub mod registry;
 pub mod reload;
 pub mod serve;

@@ -146,8 +146,10 @@ impl RegistryOptions {
 pub struct Entry {
     manifest: Manifest,
     manifest_path: PathBuf,
-    configured: bool,
-    platform: Option<PlatformConfig>,
+    /// Its manifest's `enable_when` held at discovery.
+    enabled_by_env: bool,
+    /// Its `[platforms.<id>]` table; a config reload replaces it.
+    platform: std::sync::RwLock<Option<Arc<PlatformConfig>>>,
     pub(crate) slot: Mutex<Slot>,
     changed: Condvar,
     /// Bumped on every change of the slot, for async waiters.
@@ -238,12 +240,20 @@ impl Entry {
 
     /// Whether the platform is configured (table or `enable_when`).
     pub fn configured(&self) -> bool {
-        self.configured
+        self.enabled_by_env || self.platform_config().is_some()
     }
 
     /// The platform's `[platforms.<id>]` table, if any.
-    pub fn platform_config(&self) -> Option<&PlatformConfig> {
-        self.platform.as_ref()
+    pub fn platform_config(&self) -> Option<Arc<PlatformConfig>> {
+        self.platform
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Replaces the platform's table (a config reload); the next start uses it.
+    pub(crate) fn set_platform_config(&self, platform: Option<PlatformConfig>) {
+        *self.platform.write().unwrap_or_else(|e| e.into_inner()) = platform.map(Arc::new);
     }
 
     pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
@@ -305,7 +315,7 @@ impl Entry {
             api: self.manifest.api,
             state,
             generation: slot.generation,
-            configured: self.configured,
+            configured: self.configured(),
             error: slot.error.clone(),
             description: self.manifest.description.clone(),
             emoji: self.manifest.emoji.clone(),
@@ -384,12 +394,11 @@ impl Registry {
                 });
                 continue;
             }
-            let platform = options.platforms.get(&manifest.id).cloned();
-            let configured = platform.is_some()
-                || manifest
-                    .enable_when
-                    .as_ref()
-                    .is_some_and(|rule| rule.holds());
+            let platform = options.platforms.get(&manifest.id).cloned().map(Arc::new);
+            let enabled_by_env = manifest
+                .enable_when
+                .as_ref()
+                .is_some_and(|rule| rule.holds());
             let (state, error) = if manifest.api == ABI_VERSION {
                 (EntryState::Registered, None)
             } else {
@@ -398,8 +407,8 @@ impl Registry {
             let entry = Entry {
                 manifest,
                 manifest_path: path,
-                configured,
-                platform,
+                enabled_by_env,
+                platform: std::sync::RwLock::new(platform),
                 slot: Mutex::new(Slot {
                     state,
                     held: false,
@@ -589,7 +598,7 @@ impl Registry {
         generation: u64,
         state: Option<crate::message::PluginState>,
     ) -> StartOptions {
-        let platform = entry.platform.clone().unwrap_or_default();
+        let platform = entry.platform_config().unwrap_or_default();
         StartOptions {
             platform: entry.manifest.id.clone(),
             generation,
@@ -602,12 +611,28 @@ impl Registry {
         }
     }
 
+    /// Checks `table` as `id`'s new `[platforms.<id>]` with its plugin's `validate_config`: the
+    /// library is loaded from a scratch copy for that and unloaded. Nothing else changes.
+    pub fn validate_table(&self, id: &str, table: &PlatformConfig) -> Result<(), String> {
+        let entry = self.entry(id).map_err(|e| e.to_string())?;
+        if entry.manifest.api != ABI_VERSION {
+            return Err(api_mismatch(&entry.manifest, &entry.manifest_path));
+        }
+        let path = self.resolve_library(entry)?;
+        let library = Library::open(&path, self.shadow_dir()?).map_err(|e| e.to_string())?;
+        let checked = library.validate_config(&table.plugin_json(), table.call_timeout);
+        let report = library.unload();
+        if !report.clean() {
+            tracing::warn!(platform = id, ?report, "a validation copy stayed resident");
+        }
+        checked.map_err(|e| e.to_string())
+    }
+
     /// How long one call into `entry`'s plugin may take.
-    pub(crate) fn call_timeout(&self, entry: &Entry) -> Duration {
+    pub fn call_timeout(&self, entry: &Entry) -> Duration {
         entry
-            .platform
-            .as_ref()
-            .map_or(Duration::from_secs(30), |p| p.call_timeout)
+            .platform_config()
+            .map_or(crate::config::DEFAULT_CALL_TIMEOUT, |p| p.call_timeout)
     }
 
     /// Counts a load (for `loads()`).
@@ -666,10 +691,7 @@ impl Registry {
         slot.state = EntryState::Stopping;
         drop(slot);
 
-        let timeout = entry
-            .platform
-            .as_ref()
-            .map_or(Duration::from_secs(30), |p| p.call_timeout);
+        let timeout = self.call_timeout(entry);
         let result = instance.stop(false, timeout);
         let mut slot = entry.lock();
         let report = match result {

@@ -139,7 +139,17 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         tokio::spawn(warm_up(Arc::clone(&gateway)));
         tokio::spawn(idle_unloader(Arc::clone(&gateway)));
         tokio::spawn(supervise(Arc::clone(&gateway)));
-        signals.wait().await;
+        // SIGHUP re-reads hermes.toml (applied or refused as a whole); SIGTERM and Ctrl-C stop.
+        loop {
+            tokio::select! {
+                _ = signals.term.recv() => break,
+                _ = signals.int.recv() => break,
+                _ = signals.hup.recv() => {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = gateway.reload_config().await;
+                }
+            }
+        }
     } else {
         tracing::info!("signal during start-up");
     }
@@ -257,25 +267,22 @@ async fn warm_up(gateway: Arc<Gateway>) {
     });
 }
 
-/// Unloads platforms with `idle_unload_secs` once they had no traffic for that long.
+/// Unloads platforms with `idle_unload_secs` once they had no traffic for that long (each
+/// platform's current table: a config reload may change it).
 async fn idle_unloader(gateway: Arc<Gateway>) {
-    let watched: Vec<(String, Duration)> = gateway
-        .registry
-        .entries()
-        .filter_map(|e| Some((e.manifest().id.clone(), e.platform_config()?.idle_unload?)))
-        .collect();
-    let Some(shortest) = watched.iter().map(|(_, d)| *d).min() else {
-        return;
-    };
-    let mut tick = tokio::time::interval(
-        (shortest / 4).clamp(Duration::from_millis(100), Duration::from_secs(5)),
-    );
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down = gateway.shutdown.subscribe();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = down.wait_for(|d| *d) => return,
         }
+        let watched: Vec<(String, Duration)> = gateway
+            .registry
+            .entries()
+            .filter_map(|e| Some((e.manifest().id.clone(), e.platform_config()?.idle_unload?)))
+            .collect();
         for (id, idle) in &watched {
             let Some(instance) = gateway.registry.running(id) else {
                 continue;
@@ -357,10 +364,12 @@ async fn supervise(gateway: Arc<Gateway>) {
     }
 }
 
-/// SIGTERM and SIGINT (Ctrl-C), registered at start-up.
+/// SIGTERM, SIGINT (Ctrl-C) and SIGHUP, registered at start-up.
 struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
+    /// Installed at start, so a SIGHUP never kills the server (the default action).
+    hup: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -369,6 +378,7 @@ impl Signals {
         Ok(Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
         })
     }
 

@@ -45,6 +45,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Make the running server re-read its config file (as SIGHUP does): applied or refused
+    /// as a whole.
+    ReloadConfig,
     /// Send a message through the running server.
     Send {
         /// The platform id.
@@ -139,6 +142,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Status { json } => remote::status(&config, json),
+        Command::ReloadConfig => remote::reload_config(&config),
         Command::Send {
             platform,
             chat,

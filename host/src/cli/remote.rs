@@ -87,6 +87,51 @@ fn utf8_percent(s: &str) -> String {
         .collect()
 }
 
+pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
+    let (code, body) = control::request(
+        &config.server.control_socket,
+        "POST",
+        "/config/reload",
+        None,
+        CLIENT_TIMEOUT,
+    )?;
+    if code != 200 {
+        eprintln!(
+            "error: {}",
+            body["error"].as_str().unwrap_or("config reload refused")
+        );
+        return Ok(ExitCode::FAILURE);
+    }
+    let list = |key: &str| {
+        let names: Vec<&str> = body[key]
+            .as_array()
+            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    println!(
+        "config reloaded: added {}; removed {}; changed {}; routes {}",
+        list("added"),
+        list("removed"),
+        list("changed"),
+        if body["routes_changed"] == true {
+            "replaced"
+        } else {
+            "unchanged"
+        }
+    );
+    let failures = list("failures");
+    if failures != "none" {
+        eprintln!("error: applying it partly failed: {failures}");
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
     let path = format!("/platforms/{}/reload", utf8_percent(id));
     let (code, body) = control::request(

@@ -1,0 +1,227 @@
+//! Config reload, as nginx does it: SIGHUP or `hermes-host reload-config` re-reads hermes.toml.
+//!
+//! The whole change is checked before anything changes: the file must parse; a change to a key
+//! that only a restart can apply (the listen address, the control socket, the token, runtime
+//! threads, connection limits, the plugin folders, the state and shadow folders, hot reload,
+//! the journal) refuses the reload, naming the keys; every added or changed `[platforms.<id>]`
+//! is validated by its plugin's `validate_config` (the library is loaded from a scratch copy
+//! for that, and unloaded). Anything wrong refuses it as a whole: nothing changes, and the
+//! reason is logged and answered. Otherwise it is applied: the routes are swapped whole;
+//! removed platforms stop and unload; changed running ones reload through the reload
+//! transaction with their new table; added ones start by their `start` mode.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::{
+    config::{Config, ConfigError, PlatformConfig, StartMode},
+    gateway::Gateway,
+};
+
+/// What a config reload changed.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ConfigChange {
+    /// Platforms that got a table.
+    pub added: Vec<String>,
+    /// Platforms whose table was removed (stopped and unloaded).
+    pub removed: Vec<String>,
+    /// Platforms whose table changed (reloaded when running).
+    pub changed: Vec<String>,
+    /// Whether the routes changed.
+    pub routes_changed: bool,
+    /// Steps that failed while applying (a changed platform whose reload was refused keeps its
+    /// old generation serving).
+    pub failures: Vec<String>,
+}
+
+/// Why a config reload was refused; nothing changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReconfigureError {
+    /// There is no config file to read (the server runs on defaults).
+    #[error("the server runs without a config file; nothing to reload")]
+    NoFile,
+    /// The file does not parse.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Keys that only a restart can apply changed.
+    #[error("{file}: changing {} needs a restart; nothing was changed", .keys.join(", "))]
+    NeedsRestart {
+        /// The config file.
+        file: String,
+        /// The keys.
+        keys: Vec<&'static str>,
+    },
+    /// A platform's new table is refused by its plugin.
+    #[error("{file}: [platforms.{platform}]: {reason}; nothing was changed")]
+    Invalid {
+        /// The config file.
+        file: String,
+        /// The platform.
+        platform: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The keys whose change needs a restart, and whether each differs between `old` and `new`.
+fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
+    // Debug renderings compare every field of these plain values.
+    let differs =
+        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
+    let checks: [(&'static str, bool); 13] = [
+        (
+            "server.listen",
+            differs(&old.server.listen, &new.server.listen),
+        ),
+        (
+            "server.control_socket",
+            differs(&old.server.control_socket, &new.server.control_socket),
+        ),
+        (
+            "server.api_token",
+            old.server.api_token != new.server.api_token,
+        ),
+        (
+            "server.worker_threads",
+            old.server.worker_threads != new.server.worker_threads,
+        ),
+        (
+            "server.max_connections",
+            old.server.max_connections != new.server.max_connections,
+        ),
+        (
+            "server.header_read_timeout_ms",
+            old.server.header_read_timeout != new.server.header_read_timeout,
+        ),
+        ("plugins.dirs", old.plugins.dirs != new.plugins.dirs),
+        (
+            "plugins.library_dirs",
+            old.plugins.library_dirs != new.plugins.library_dirs,
+        ),
+        (
+            "plugins.state_dir",
+            old.plugins.state_dir != new.plugins.state_dir,
+        ),
+        (
+            "plugins.shadow_dir",
+            old.plugins.shadow_dir != new.plugins.shadow_dir,
+        ),
+        ("hotreload", differs(&old.hotreload, &new.hotreload)),
+        ("journal", differs(&old.journal, &new.journal)),
+        ("(the file itself)", old.source != new.source),
+    ];
+    checks
+        .into_iter()
+        .filter(|(_, changed)| *changed)
+        .map(|(key, _)| key)
+        .collect()
+}
+
+impl Gateway {
+    /// Re-reads the config file and applies the change as a whole, or refuses it as a whole.
+    pub async fn reload_config(self: &Arc<Self>) -> Result<ConfigChange, ReconfigureError> {
+        let result = self.try_reload_config().await;
+        match &result {
+            Ok(change) => tracing::info!(?change, "config reloaded"),
+            Err(e) => tracing::error!(error = %e, "config reload refused; nothing changed"),
+        }
+        result
+    }
+
+    async fn try_reload_config(self: &Arc<Self>) -> Result<ConfigChange, ReconfigureError> {
+        let file = self.config.source.clone().ok_or(ReconfigureError::NoFile)?;
+        let name = file.display().to_string();
+        let new = Config::load(&file)?;
+        let keys = restart_keys(&self.config, &new);
+        if !keys.is_empty() {
+            return Err(ReconfigureError::NeedsRestart { file: name, keys });
+        }
+
+        // Which installed platforms' tables change.
+        let mut change = ConfigChange::default();
+        let mut tables: Vec<(String, Option<PlatformConfig>)> = Vec::new();
+        for entry in self.registry.entries() {
+            let id = entry.manifest().id.clone();
+            let old = entry.platform_config();
+            let now = new.platforms.get(&id).cloned();
+            match (old.as_deref(), now.as_ref()) {
+                (None, None) => continue,
+                (Some(a), Some(b)) if a == b => continue,
+                (None, Some(_)) => change.added.push(id.clone()),
+                (Some(_), None) => change.removed.push(id.clone()),
+                (Some(_), Some(_)) => change.changed.push(id.clone()),
+            }
+            tables.push((id, now));
+        }
+        for id in new.platforms.keys() {
+            if !self.registry.is_registered(id) {
+                tracing::warn!(platform = %id, "[platforms.{id}] names a plugin that is not installed");
+            }
+        }
+        let routes = new.routes.clone();
+        change.routes_changed = *self.routes() != routes;
+
+        // Every new table, validated by its plugin before anything changes.
+        for (id, table) in &tables {
+            let Some(table) = table else { continue };
+            let registry = Arc::clone(&self.registry);
+            let (id2, table2) = (id.clone(), table.clone());
+            let checked =
+                tokio::task::spawn_blocking(move || registry.validate_table(&id2, &table2))
+                    .await
+                    .unwrap_or_else(|e| Err(format!("validation task: {e}")));
+            if let Err(reason) = checked {
+                return Err(ReconfigureError::Invalid {
+                    file: name,
+                    platform: id.clone(),
+                    reason,
+                });
+            }
+        }
+
+        // Apply.
+        self.set_routes(routes);
+        for (id, table) in tables {
+            let Ok(entry) = self.registry.entry(&id) else {
+                continue;
+            };
+            let start = table.as_ref().map(|t| t.start);
+            entry.set_platform_config(table);
+            let registry = Arc::clone(&self.registry);
+            let platform = id.clone();
+            let applied = if change.removed.contains(&id) {
+                tokio::task::spawn_blocking(move || {
+                    registry
+                        .unload(&platform)
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                })
+                .await
+                .unwrap_or_else(|e| Err(e.to_string()))
+            } else if change.changed.contains(&id) {
+                if entry.running().is_some() {
+                    tokio::task::spawn_blocking(move || {
+                        registry
+                            .reload(&platform, "config")
+                            .map(|_| ())
+                            .map_err(|e| e.reason)
+                    })
+                    .await
+                    .unwrap_or_else(|e| Err(e.to_string()))
+                } else {
+                    Ok(())
+                }
+            } else if matches!(start, Some(StartMode::Eager | StartMode::Background)) {
+                self.instance(&id).await.map(|_| ()).map_err(|e| e.message)
+            } else {
+                Ok(())
+            };
+            if let Err(e) = applied {
+                change.failures.push(format!("{id}: {e}"));
+            }
+        }
+        Ok(change)
+    }
+}
