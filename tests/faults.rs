@@ -704,16 +704,6 @@ fn metrics_parse_with_the_reference_parser_one_family_per_name() {
     }
 }
 
-/// The server's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn an_sse_client_that_never_reads_is_told_it_lagged_and_pins_bounded_memory() {
     use std::io::{Read, Write};
@@ -744,7 +734,7 @@ fn an_sse_client_that_never_reads_is_told_it_lagged_and_pins_bounded_memory() {
     // grows by beyond the first round is what that client pins. 500 x 60 KB is far past the
     // kernel's socket buffers and the 4 MiB bound.
     send(1..=500);
-    let first = rss_kib(server.child.id());
+    let first = util::rss_kib(&server.child.id().to_string());
     let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
     write!(
         slow,
@@ -752,7 +742,7 @@ fn an_sse_client_that_never_reads_is_told_it_lagged_and_pins_bounded_memory() {
     )
     .unwrap();
     send(501..=1000);
-    let grew = rss_kib(server.child.id()).saturating_sub(first);
+    let grew = util::rss_kib(&server.child.id().to_string()).saturating_sub(first);
     assert!(
         grew < 12 * 1024,
         "the server grew by {grew} KiB with a client that never read 30 MB of events"

@@ -129,16 +129,6 @@ fn two_hundred_cycles_leave_nothing_behind() {
     assert_eq!(recorder.messages().len(), 203);
 }
 
-/// This process's resident memory, in KiB.
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap()
-}
-
 #[test]
 fn a_thousand_cycles_keep_memory_flat() {
     let t = TestDir::new();
@@ -158,11 +148,11 @@ fn a_thousand_cycles_keep_memory_flat() {
         cycle(i);
     }
     let baseline = util::ProcessCounts::take();
-    let before = rss_kib();
+    let before = util::rss_kib("self");
     for i in 0..1000 {
         cycle(i);
     }
-    let grew = rss_kib().saturating_sub(before);
+    let grew = util::rss_kib("self").saturating_sub(before);
     // Goal: under 1 KiB a cycle (each load once leaked the plugin's tracing registry: 32 KiB).
     assert!(
         grew < 1000,

@@ -233,6 +233,16 @@ pub(crate) fn file_count(dir: &Path) -> usize {
         .sum()
 }
 
+/// The resident memory of process `pid` (`"self"` for this one), in KiB.
+pub(crate) fn rss_kib(pid: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap()
+}
+
 /// Open file descriptors of this process.
 pub(crate) fn fd_count() -> usize {
     fs::read_dir("/proc/self/fd").unwrap().count()

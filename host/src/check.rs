@@ -1,14 +1,11 @@
 //! `plugin check`: put a plugin through every load-time check, keeping nothing.
 //!
-//! The library is loaded from a scratch shadow copy (a fresh folder under the shadow dir,
-//! removed afterwards), its ABI checked, its `[platforms.<id>]` table validated when there is
+//! The library is loaded from a scratch shadow copy (in this process's own folder under the
+//! shadow dir, removed with it), its ABI checked, its `[platforms.<id>]` table validated when there is
 //! one, and, only when asked, a throwaway instance started and stopped. Then it is unloaded
 //! and `/proc/self/maps` says whether it is really gone.
 
-use std::{
-    sync::Arc,
-    time::{Duration, Instant},
-};
+use std::{sync::Arc, time::Instant};
 
 use hermes_plugin_api::abi::ABI_VERSION;
 use serde::Serialize;
@@ -151,7 +148,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
     let platform = entry.platform_config().map(|p| (*p).clone());
     let timeout = platform
         .as_ref()
-        .map_or(Duration::from_secs(30), |p| p.call_timeout);
+        .map_or(crate::config::DEFAULT_CALL_TIMEOUT, |p| p.call_timeout);
     let config_ok = match &platform {
         Some(p) => match library.validate_config(&p.plugin_json(), timeout) {
             Ok(()) => {
