@@ -159,16 +159,17 @@ async fn bad_requests_get_clear_errors() {
         );
     }
 
-    // A platform whose load fails: 503 with the error, on the entry too; the rest serves.
+    // A platform whose load fails: 503 naming the platform and where to look, never a path or
+    // a loader message; the error is on the entry; the rest serves.
     let (status, e) = send(&gateway, "broken", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 503, "{e}");
+    let text = e["error"].as_str().unwrap();
     assert!(
-        e["error"]
-            .as_str()
-            .unwrap()
-            .contains("not a plugin library"),
+        text.contains("platform `broken` is unavailable: it failed to load")
+            && text.contains("plugin check broken"),
         "{e}"
     );
+    assert!(!text.contains('/') && !text.contains("not a plugin library"), "{e}");
     let (_, detail) = call(&gateway, "GET", "/api/platforms/broken", "", None).await;
     assert_eq!(detail["state"], "failed");
     assert!(

@@ -80,6 +80,18 @@ impl SendFailure {
                 message: e.to_string(),
                 retryable: false,
             },
+            // The cause (paths, loader details) is for the operator: logged and on the
+            // platform's status, not in a client's answer.
+            RegistryError::LoadFailed { id, message } => {
+                tracing::warn!(platform = %id, error = %message, "send refused: the platform failed to load");
+                SendFailure {
+                    status: 503,
+                    message: format!(
+                        "platform `{id}` is unavailable: it failed to load; `hermes-host status`, `hermes-host plugin check {id}` or the server log say why"
+                    ),
+                    retryable: false,
+                }
+            }
             _ => SendFailure {
                 status: 503,
                 message: e.to_string(),
