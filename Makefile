@@ -4,11 +4,13 @@ CONFIG ?= examples/hermes.toml
 
 .PHONY: build run test test-deps lint bench clean-state
 
-## Build the host and every plugin library (debug), and a second loopback build that reports
-## another version (the reload tests swap between the two).
+## Build the host and every plugin library (debug), a second loopback build that reports
+## another version (the reload tests swap between the two), and plugins built against modified
+## copies of plugin-api (the ABI-mismatch tests).
 build:
 	$(CARGO) build --workspace
 	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build -p hermes-loopback --target-dir target/variant
+	scripts/abi-variants
 
 ## The main job: serve the example config (loopback + a route; needs nothing external).
 run: build

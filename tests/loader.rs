@@ -255,6 +255,28 @@ fn a_drifted_vtable_is_refused_naming_the_mismatch() {
         "{text}"
     );
     assert_eq!(text.lines().count(), 1, "{text}");
+
+    // Plugins built against modified copies of plugin-api: the refusal is one line naming the
+    // path to the first difference.
+    for (variant, want) in [
+        (
+            "added_field",
+            "PluginVTable: 7 fields in the plugin, the host has 6",
+        ),
+        (
+            "changed_type",
+            "PluginVTable.start -> HostContext.deliver -> InboundFfi.timestamp_ms: i64 in the host, u64 in the plugin",
+        ),
+    ] {
+        let e = Library::open(&util::abi_variant_lib(variant), &t.shadow()).expect_err(variant);
+        let text = e.to_string();
+        assert!(matches!(e, LoadError::Layout { .. }), "{text}");
+        assert!(
+            text.ends_with(&format!("built against another plugin API: {want}")),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 1, "{text}");
+    }
     assert_eq!(util::file_count(&t.shadow()), 0);
     assert!(util::mapped_containing("fixture_drift").is_empty());
     still_serving(&t);

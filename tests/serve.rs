@@ -169,7 +169,10 @@ async fn bad_requests_get_clear_errors() {
             && text.contains("plugin check broken"),
         "{e}"
     );
-    assert!(!text.contains('/') && !text.contains("not a plugin library"), "{e}");
+    assert!(
+        !text.contains('/') && !text.contains("not a plugin library"),
+        "{e}"
+    );
     let (_, detail) = call(&gateway, "GET", "/api/platforms/broken", "", None).await;
     assert_eq!(detail["state"], "failed");
     assert!(

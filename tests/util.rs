@@ -56,6 +56,21 @@ pub(crate) fn variant_lib() -> PathBuf {
     path
 }
 
+/// A plugin built against a modified copy of plugin-api (`make build` runs
+/// scripts/abi-variants): `added_field` or `changed_type`.
+pub(crate) fn abi_variant_lib(name: &str) -> PathBuf {
+    let path = target_debug()
+        .parent()
+        .unwrap()
+        .join(format!("variant/debug/libabi_variant_{name}.so"));
+    assert!(
+        path.is_file(),
+        "{} is missing: build it with `make build` (scripts/abi-variants)",
+        path.display()
+    );
+    path
+}
+
 /// Replaces `dest` with a copy of `src` the way cargo does: a new file beside it, then the old
 /// name unlinked and the new file linked in (a new inode; watchers see Remove then Create).
 pub(crate) fn replace_like_cargo(src: &Path, dest: &Path) {

@@ -18,7 +18,11 @@ pub(crate) fn summarize(errors: &AbiInstabilityErrors) -> String {
     for step in first.stack_trace.iter() {
         match &step.expected {
             TLFieldOrFunction::Field(field) => {
-                path.push(format!("{owner}.{}", field.name()));
+                // Hops through a function pointer's parameters or a reference say nothing a
+                // reader needs: `PluginVTable.start -> HostContext.deliver` is the path.
+                if owner != "AFunctionPointer" && owner != "&" {
+                    path.push(format!("{owner}.{}", field.name()));
+                }
                 owner = field.layout().name().to_owned();
             }
             // A function's parameters come next as fields; its own name is the field's.
@@ -28,11 +32,22 @@ pub(crate) fn summarize(errors: &AbiInstabilityErrors) -> String {
     if path.is_empty() {
         path.push(owner);
     }
+    // The most telling difference first: a size follows from a field count or a type.
     let what = first
         .errs
-        .first()
+        .iter()
+        .min_by_key(|e| rank(e))
         .map_or_else(|| "differs".to_owned(), describe);
     format!("{}: {what}", path.join(" -> "))
+}
+
+fn rank(error: &AbiInstability) -> u8 {
+    match error {
+        AbiInstability::FieldCountMismatch(_) | AbiInstability::UnexpectedField(_) => 0,
+        AbiInstability::MismatchedPrimitive(_) | AbiInstability::Name(_) => 1,
+        AbiInstability::Size(_) | AbiInstability::Alignment(_) => 3,
+        _ => 2,
+    }
 }
 
 fn describe(error: &AbiInstability) -> String {
@@ -45,6 +60,9 @@ fn describe(error: &AbiInstability) -> String {
         }
         AbiInstability::MismatchedPrimitive(v) => {
             format!("{:?} in the host, {:?} in the plugin", v.expected, v.found).to_lowercase()
+        }
+        AbiInstability::Name(v) if v.expected.to_string().len() < 24 => {
+            format!("{} in the host, {} in the plugin", v.expected, v.found)
         }
         AbiInstability::Name(v) => {
             format!(
