@@ -32,6 +32,6 @@ pub mod message;
 pub mod metrics;
 pub mod reconfigure;
 pub mod registry;
-pub mod reload;
+pub use registry::reload;
 pub mod serve;
 pub mod watch;
