@@ -45,7 +45,7 @@ pub struct Config {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// The public HTTP API's address.
     pub listen: SocketAddr,
@@ -62,7 +62,7 @@ pub struct ServerConfig {
 }
 
 /// `[plugins]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct PluginsConfig {
     /// Folders holding `<plugin>/plugin.toml`.
     pub dirs: Vec<PathBuf>,
@@ -75,7 +75,7 @@ pub struct PluginsConfig {
 }
 
 /// `[hotreload]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HotReloadConfig {
     /// Whether hot reload may be enabled.
     pub allowed: bool,
@@ -169,7 +169,7 @@ pub struct Route {
 }
 
 /// `[journal]`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct JournalConfig {
     /// The JSONL file.
     pub path: PathBuf,

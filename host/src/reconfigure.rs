@@ -65,58 +65,35 @@ pub enum ReconfigureError {
     },
 }
 
-/// The keys whose change needs a restart, and whether each differs between `old` and `new`.
+/// The keys, among those only a restart can apply, whose values differ between `old` and `new`.
 fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
-    // Debug renderings compare every field of these plain values.
-    let differs =
-        |a: &dyn std::fmt::Debug, b: &dyn std::fmt::Debug| format!("{a:?}") != format!("{b:?}");
-    let checks: [(&'static str, bool); 13] = [
-        (
-            "server.listen",
-            differs(&old.server.listen, &new.server.listen),
-        ),
+    let (o, n) = (&old.server, &new.server);
+    [
+        ("server.listen", o.listen != n.listen),
         (
             "server.control_socket",
-            differs(&old.server.control_socket, &new.server.control_socket),
+            o.control_socket != n.control_socket,
         ),
-        (
-            "server.api_token",
-            old.server.api_token != new.server.api_token,
-        ),
+        ("server.api_token", o.api_token != n.api_token),
         (
             "server.worker_threads",
-            old.server.worker_threads != new.server.worker_threads,
+            o.worker_threads != n.worker_threads,
         ),
         (
             "server.max_connections",
-            old.server.max_connections != new.server.max_connections,
+            o.max_connections != n.max_connections,
         ),
         (
             "server.header_read_timeout_ms",
-            old.server.header_read_timeout != new.server.header_read_timeout,
+            o.header_read_timeout != n.header_read_timeout,
         ),
-        ("plugins.dirs", old.plugins.dirs != new.plugins.dirs),
-        (
-            "plugins.library_dirs",
-            old.plugins.library_dirs != new.plugins.library_dirs,
-        ),
-        (
-            "plugins.state_dir",
-            old.plugins.state_dir != new.plugins.state_dir,
-        ),
-        (
-            "plugins.shadow_dir",
-            old.plugins.shadow_dir != new.plugins.shadow_dir,
-        ),
-        ("hotreload", differs(&old.hotreload, &new.hotreload)),
-        ("journal", differs(&old.journal, &new.journal)),
-        ("(the file itself)", old.source != new.source),
-    ];
-    checks
-        .into_iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(key, _)| key)
-        .collect()
+        ("plugins", old.plugins != new.plugins),
+        ("hotreload", old.hotreload != new.hotreload),
+        ("journal", old.journal != new.journal),
+    ]
+    .into_iter()
+    .filter_map(|(key, changed)| changed.then_some(key))
+    .collect()
 }
 
 impl Gateway {

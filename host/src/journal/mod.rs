@@ -256,24 +256,25 @@ impl Journal {
     /// is full and the writer is writing (a burst): `Err` while writes fail, or when the queue
     /// stays full.
     pub async fn admit(&self) -> Result<(), JournalError> {
-        if let Err(JournalError::Full(_)) = self.try_admit() {
-            let mut progress = self.shared.progress.subscribe();
-            let room = async {
-                loop {
-                    match self.try_admit() {
-                        Err(JournalError::Full(_)) => {}
-                        other => return other,
-                    }
-                    if progress.changed().await.is_err() {
-                        return Err(JournalError::Closed);
-                    }
-                }
-            };
-            return tokio::time::timeout(ADMIT_WAIT, room)
-                .await
-                .unwrap_or_else(|_| self.try_admit());
+        match self.try_admit() {
+            Err(JournalError::Full(_)) => {}
+            other => return other,
         }
-        self.try_admit()
+        let mut progress = self.shared.progress.subscribe();
+        let room = async {
+            loop {
+                if progress.changed().await.is_err() {
+                    return Err(JournalError::Closed);
+                }
+                match self.try_admit() {
+                    Err(JournalError::Full(_)) => {}
+                    other => return other,
+                }
+            }
+        };
+        tokio::time::timeout(ADMIT_WAIT, room)
+            .await
+            .unwrap_or_else(|_| self.try_admit())
     }
 
     /// As [`Journal::admit`], without waiting.
