@@ -7,7 +7,7 @@ use std::{
 
 use hermes_host::{
     loader::DiscardInbound,
-    registry::{DiscoveryProblem, EntryState, RegistryError},
+    registry::{DiscoveryProblem, EntryState, LoadFailure, RegistryError},
 };
 
 use crate::util::{self, TestDir};
@@ -87,7 +87,18 @@ fn a_failed_load_leaves_its_error_and_the_rest_serves() {
     // A use right after the failure gets the same error without another load.
     let loads = registry.loads();
     let again = registry.instance("broken").unwrap_err();
-    assert_eq!(again, e);
+    assert_eq!(again.to_string(), e.to_string());
+    // The cause is kept as it is, shared by both answers.
+    match (&again, &e) {
+        (
+            RegistryError::LoadFailed { cause: a, .. },
+            RegistryError::LoadFailed { cause: b, .. },
+        ) => {
+            assert!(Arc::ptr_eq(a, b));
+            assert!(matches!(**a, LoadFailure::Library(_)), "{a:?}");
+        }
+        other => panic!("{other:?}"),
+    }
     assert_eq!(
         registry.loads(),
         loads,

@@ -36,9 +36,11 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::{
-    gateway::{Gateway, SendFailure, Warmup},
+    gateway::{Gateway, SendError, Warmup},
     journal::RecordKind,
+    loader::CallError,
     message::Outbound,
+    registry::RegistryError,
 };
 
 /// Request bodies larger than this are refused with 413.
@@ -66,12 +68,55 @@ impl ApiError {
     }
 }
 
-impl From<SendFailure> for ApiError {
-    fn from(e: SendFailure) -> Self {
+/// The one place where a platform's errors become HTTP statuses. A cause that is the
+/// operator's business (paths, loader messages) is logged and left on the platform's status;
+/// the client is told which platform and where to look.
+impl From<RegistryError> for ApiError {
+    fn from(e: RegistryError) -> Self {
+        match &e {
+            RegistryError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
+            RegistryError::LoadFailed { id, cause } => {
+                tracing::warn!(platform = %id, error = %cause, "refused: the platform failed to load");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!(
+                        "platform `{id}` is unavailable: it failed to load; `hermes-host status`, `hermes-host plugin check {id}` or the server log say why"
+                    ),
+                )
+            }
+            RegistryError::StopFailed { .. } => {
+                ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
+            }
+        }
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        let e = match e {
+            SendError::Platform(e) => return e.into(),
+            other => other,
+        };
+        let status = match &e {
+            SendError::NotJournaled { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            SendError::Call { source, .. } => match source {
+                // A plugin that says "try later" (its peer is down) is unavailable, not failing.
+                CallError::Plugin {
+                    retryable: true, ..
+                } => StatusCode::SERVICE_UNAVAILABLE,
+                CallError::Plugin { .. } => StatusCode::BAD_GATEWAY,
+                // The call failed alone; the platform serves on.
+                CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+                // Hung (being replaced), stopping, busy past the deadline or with a full
+                // queue: the call never ran and may go through later.
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            },
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
         ApiError {
-            status: StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_GATEWAY),
-            message: e.message,
-            retryable: e.retryable,
+            status,
+            message: e.to_string(),
+            retryable: e.retryable(),
         }
     }
 }
@@ -203,7 +248,7 @@ pub async fn platform(
     }
     detail["library"] = match gateway.registry.resolve_library(entry) {
         Ok(p) => json!(p),
-        Err(e) => json!({ "error": e }),
+        Err(e) => json!({ "error": e.to_string() }),
     };
     if let Some(report) = entry.last_unload() {
         detail["last_unload"] = json!(report);

@@ -94,7 +94,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
     let path = match registry.resolve_library(entry) {
         Ok(path) => path,
         Err(e) => {
-            report.step("library", Some(false), e);
+            report.step("library", Some(false), e.to_string());
             return Ok(report);
         }
     };
@@ -109,7 +109,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
     let scratch = match registry.shadow_dir() {
         Ok(dir) => dir.to_owned(),
         Err(e) => {
-            report.step("load", Some(false), e);
+            report.step("load", Some(false), e.to_string());
             return Ok(report);
         }
     };

@@ -92,14 +92,7 @@ async fn unload(
     api::installed(&gateway, &id)?;
     let registry = Arc::clone(&gateway.registry);
     let platform = id.clone();
-    let report = blocking(move || registry.unload(&platform))
-        .await?
-        .map_err(|e| match e {
-            crate::registry::RegistryError::Unknown(_) => {
-                ApiError::new(StatusCode::NOT_FOUND, e.to_string())
-            }
-            _ => ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string()),
-        })?;
+    let report = blocking(move || registry.unload(&platform)).await??;
     Ok(
         Json(json!({ "platform": id, "was_running": report.is_some(), "report": report }))
             .into_response(),

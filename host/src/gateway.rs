@@ -5,10 +5,8 @@
 //! there: all of it queues and returns at once, and no task has to be woken per message. Sends (from HTTP clients, the control socket or routes) go through
 //! [`Gateway::send`], which loads the platform on first use and never blocks the runtime.
 //!
-//! Routes: an inbound message on a route's source chat is sent to each target in its own task,
-//! so a failing or slow target never holds up the others. A routed send carries the metadata key
-//! [`ROUTED_KEY`]; a message that comes back carrying it (loopback echoes metadata) is never
-//! routed again, and a target equal to the source is skipped: no loops.
+//! Which inbound messages go on to which platforms is [`crate::routing`]'s to say; the gateway
+//! sends each routed copy in its own task.
 
 use std::{
     collections::HashMap,
@@ -23,16 +21,14 @@ use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use crate::{
-    config::{Config, Route, StartMode},
-    journal::{Durability, Journal, JournalOptions, Record, RecordKind},
+    config::{Config, StartMode},
+    journal::{Durability, Journal, JournalError, JournalOptions, Record, RecordKind},
     loader::{CallError, EventSink},
     message::{Inbound, Outbound},
     metrics::Metrics,
     registry::{Instance, Registry, RegistryError, RegistryOptions},
+    routing::{RoutedSend, Routes},
 };
-
-/// The metadata key a routed send carries: `platform/chat` of the source.
-pub const ROUTED_KEY: &str = "hermes_routed_from";
 
 /// Takes inbound messages on plugin threads and dispatches them without blocking.
 pub struct GatewaySink {
@@ -60,63 +56,91 @@ impl EventSink for GatewaySink {
     }
 }
 
-/// Why a send failed, with what an HTTP client should see.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct SendFailure {
-    /// 404, 422, 502, 503 or 504.
-    pub status: u16,
-    /// What went wrong.
-    pub message: String,
-    /// Whether the same send may succeed later.
-    pub retryable: bool,
+/// Why a send failed. Each variant keeps its cause; [`crate::api`] alone turns one into an
+/// HTTP status and the words a client sees.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The platform is not installed, failed to load or did not stop.
+    #[error(transparent)]
+    Platform(#[from] RegistryError),
+    /// A reload held new calls at the door for longer than the platform's call timeout.
+    #[error("platform `{platform}` was held by a reload for longer than {} ms", timeout.as_millis())]
+    HeldByReload {
+        /// The platform.
+        platform: String,
+        /// How long the send waited.
+        timeout: Duration,
+    },
+    /// The task that loads the platform failed (it panicked).
+    #[error("platform `{platform}`: the load task failed: {message}")]
+    LoadTask {
+        /// The platform.
+        platform: String,
+        /// The task's error.
+        message: String,
+    },
+    /// The journal could not take the record: nothing was sent.
+    #[error("platform `{platform}`: not sent: {source}")]
+    NotAdmitted {
+        /// The platform.
+        platform: String,
+        /// The journal's state.
+        #[source]
+        source: JournalError,
+    },
+    /// The call into the plugin failed.
+    #[error("{platform}: {source}")]
+    Call {
+        /// The platform.
+        platform: String,
+        /// How it failed.
+        #[source]
+        source: CallError,
+    },
+    /// Sent, but with `fsync` durability the journal could not record it: the answer must not
+    /// claim it is kept, and a retry would send it twice.
+    #[error("{platform}: sent as {message_id}, but the journal could not record it: {source}")]
+    NotJournaled {
+        /// The platform.
+        platform: String,
+        /// The platform's id of the sent message.
+        message_id: String,
+        /// The journal's error.
+        #[source]
+        source: JournalError,
+    },
 }
 
-impl SendFailure {
-    fn from_registry(e: RegistryError) -> Self {
-        match e {
-            RegistryError::Unknown(_) => SendFailure {
-                status: 404,
-                message: e.to_string(),
-                retryable: false,
-            },
-            // The cause (paths, loader details) is for the operator: logged and on the
-            // platform's status, not in a client's answer.
-            RegistryError::LoadFailed { id, message } => {
-                tracing::warn!(platform = %id, error = %message, "send refused: the platform failed to load");
-                SendFailure {
-                    status: 503,
-                    message: format!(
-                        "platform `{id}` is unavailable: it failed to load; `hermes-host status`, `hermes-host plugin check {id}` or the server log say why"
-                    ),
-                    retryable: false,
-                }
-            }
-            _ => SendFailure {
-                status: 503,
-                message: e.to_string(),
-                retryable: false,
+impl SendError {
+    /// Whether the same send may succeed later.
+    pub fn retryable(&self) -> bool {
+        match self {
+            SendError::Platform(_) | SendError::NotJournaled { .. } => false,
+            SendError::HeldByReload { .. }
+            | SendError::LoadTask { .. }
+            | SendError::NotAdmitted { .. } => true,
+            SendError::Call { source, .. } => match source {
+                CallError::Plugin { retryable, .. } => *retryable,
+                CallError::Timeout { .. }
+                | CallError::Unhealthy
+                | CallError::Stopped
+                | CallError::Expired { .. }
+                | CallError::QueueFull { .. } => true,
             },
         }
     }
 
-    fn from_call(platform: &str, e: CallError) -> Self {
-        let (status, retryable) = match e {
-            // A plugin that says "try later" (its peer is down) is unavailable, not refusing.
-            CallError::Plugin { retryable, .. } => (if retryable { 503 } else { 502 }, retryable),
-            // The call failed alone; the platform serves on.
-            CallError::Timeout { .. } => (504, true),
-            // Hung (being replaced), stopping, busy past the deadline or with a full queue: the
-            // call never ran, and may go through later.
-            CallError::Unhealthy
-            | CallError::Stopped
-            | CallError::Expired { .. }
-            | CallError::QueueFull { .. } => (503, true),
-        };
-        SendFailure {
-            status,
-            message: format!("{platform}: {e}"),
-            retryable,
+    /// The metrics label of a failed call.
+    fn label(&self) -> &'static str {
+        match self {
+            SendError::Call { source, .. } => match source {
+                CallError::Timeout { .. } => "timeout",
+                CallError::Plugin { .. } => "error",
+                CallError::Expired { .. } | CallError::QueueFull { .. } => "busy",
+                _ => "unavailable",
+            },
+            _ => "unavailable",
         }
     }
 }
@@ -195,7 +219,7 @@ pub struct Gateway {
     /// Hot reload: the watched plugins.
     pub hotreload: crate::watch::HotReload,
     /// The routes in force: `config.routes` at start, swapped by a config reload.
-    routes: std::sync::RwLock<Arc<Vec<Route>>>,
+    pub routes: Routes,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -250,7 +274,7 @@ impl Gateway {
                 .as_deref()
                 .map_or("hermes.toml".into(), |p| p.display().to_string()),
         );
-        let routes = std::sync::RwLock::new(Arc::new(config.routes.clone()));
+        let routes = Routes::new(config.routes.clone());
         let gateway = Arc::new(Gateway {
             routes,
             config,
@@ -334,14 +358,11 @@ impl Gateway {
     }
 
     /// The running instance of `platform`, loading it on first use (off the runtime's threads).
-    pub async fn instance(self: &Arc<Self>, platform: &str) -> Result<Arc<Instance>, SendFailure> {
+    pub async fn instance(self: &Arc<Self>, platform: &str) -> Result<Arc<Instance>, SendError> {
         if let Some(instance) = self.registry.running(platform) {
             return Ok(instance);
         }
-        let entry = self
-            .registry
-            .entry(platform)
-            .map_err(SendFailure::from_registry)?;
+        let entry = self.registry.entry(platform)?;
         // Held at the door by a reload: wait for the swap without taking a thread.
         if entry.is_held() {
             let timeout = self.registry.call_timeout(entry);
@@ -349,10 +370,9 @@ impl Gateway {
                 .await
                 .is_err()
             {
-                return Err(SendFailure {
-                    status: 503,
-                    message: format!("{platform}: held by a reload for longer than {timeout:?}"),
-                    retryable: true,
+                return Err(SendError::HeldByReload {
+                    platform: platform.to_owned(),
+                    timeout,
                 });
             }
             if let Some(instance) = self.registry.running(platform) {
@@ -363,12 +383,11 @@ impl Gateway {
         let id = platform.to_owned();
         let result = tokio::task::spawn_blocking(move || registry.instance(&id))
             .await
-            .map_err(|e| SendFailure {
-                status: 503,
-                message: format!("load task: {e}"),
-                retryable: true,
+            .map_err(|e| SendError::LoadTask {
+                platform: platform.to_owned(),
+                message: e.to_string(),
             })?;
-        let instance = result.map_err(SendFailure::from_registry)?;
+        let instance = result?;
         self.note_started(platform);
         Ok(instance)
     }
@@ -395,13 +414,15 @@ impl Gateway {
         message: Outbound,
         kind: RecordKind,
         route_from: Option<String>,
-    ) -> Result<SendOk, SendFailure> {
+    ) -> Result<SendOk, SendError> {
         // Nothing is sent that the journal could not record.
-        self.journal.admit().await.map_err(|e| SendFailure {
-            status: 503,
-            message: format!("{platform}: not sent: {e}"),
-            retryable: true,
-        })?;
+        self.journal
+            .admit()
+            .await
+            .map_err(|source| SendError::NotAdmitted {
+                platform: platform.to_owned(),
+                source,
+            })?;
         let started = Instant::now();
         let mut attempts = 0;
         let (instance, result) = loop {
@@ -436,18 +457,15 @@ impl Gateway {
                     Ok(ticket) => self.journal.committed(ticket).await,
                     Err(e) => Err(e),
                 };
-                if let Err(e) = kept {
+                if let Err(source) = kept {
                     // The message is out; only the record is missing. With `fsync` the answer
                     // must not claim it is kept, and a retry would send it twice.
-                    tracing::error!(platform, message_id = %receipt.message_id, error = %e, "a sent message was not journaled");
+                    tracing::error!(platform, message_id = %receipt.message_id, error = %source, "a sent message was not journaled");
                     if self.journal.durability() == Durability::Fsync {
-                        return Err(SendFailure {
-                            status: 500,
-                            message: format!(
-                                "{platform}: sent as {}, but the journal could not record it: {e}",
-                                receipt.message_id
-                            ),
-                            retryable: false,
+                        return Err(SendError::NotJournaled {
+                            platform: platform.to_owned(),
+                            message_id: receipt.message_id,
+                            source,
                         });
                     }
                 }
@@ -457,27 +475,15 @@ impl Gateway {
                     generation: instance.generation(),
                 })
             }
-            Err(e) => {
-                let label = match e {
-                    CallError::Timeout { .. } => "timeout",
-                    CallError::Plugin { .. } => "error",
-                    CallError::Expired { .. } | CallError::QueueFull { .. } => "busy",
-                    _ => "unavailable",
+            Err(source) => {
+                let e = SendError::Call {
+                    platform: platform.to_owned(),
+                    source,
                 };
-                self.metrics.send(platform, label, started.elapsed());
-                Err(SendFailure::from_call(platform, e))
+                self.metrics.send(platform, e.label(), started.elapsed());
+                Err(e)
             }
         }
-    }
-
-    /// The routes in force (a config reload swaps them whole).
-    pub fn routes(&self) -> Arc<Vec<Route>> {
-        Arc::clone(&self.routes.read().unwrap_or_else(|e| e.into_inner()))
-    }
-
-    /// Swaps the routes in force.
-    pub(crate) fn set_routes(&self, routes: Vec<Route>) {
-        *self.routes.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(routes);
     }
 }
 
@@ -518,41 +524,30 @@ fn dispatch(
         kept.and_then(|ticket| gateway.journal.committed_blocking(ticket))
             .map_err(|e| format!("not accepted: {e}"))?;
     }
-    let routed = message.metadata.contains_key(ROUTED_KEY);
-    let message = Arc::new(message);
+    let sends = crate::routing::plan(&gateway.routes.current(), &message);
     // SSE first: a routed copy must never reach subscribers before its source message.
     gateway.events.publish(&message);
-    if !routed {
-        let routes = gateway.routes();
-        let source_routes = routes
-            .iter()
-            .filter(|r| r.from.platform == message.platform && r.from.chat == message.chat_id);
-        for route in source_routes {
-            for target in &route.to {
-                if target.platform == message.platform && target.chat == message.chat_id {
-                    continue;
+    for RoutedSend {
+        platform,
+        message,
+        source,
+    } in sends
+    {
+        let gateway2 = Arc::clone(gateway);
+        let guard = gateway.begin();
+        runtime.spawn(async move {
+            let _guard = guard;
+            let sent = gateway2
+                .send(&platform, message, RecordKind::Routed, Some(source.clone()))
+                .await;
+            match sent {
+                Ok(_) => gateway2.metrics.routed("ok"),
+                Err(e) => {
+                    gateway2.metrics.routed("error");
+                    tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
                 }
-                let source = format!("{}/{}", message.platform, message.chat_id);
-                let mut out = Outbound::new(target.chat.clone(), message.text.clone());
-                out.metadata
-                    .insert(ROUTED_KEY.into(), source.clone().into());
-                out.metadata
-                    .insert("hermes_routed_user".into(), message.user.clone().into());
-                let gateway2 = Arc::clone(gateway);
-                let guard = gateway.begin();
-                let platform = target.platform.clone();
-                runtime.spawn(async move {
-                    let _guard = guard;
-                    match gateway2.send(&platform, out, RecordKind::Routed, Some(source.clone())).await {
-                        Ok(_) => gateway2.metrics.routed("ok"),
-                        Err(e) => {
-                            gateway2.metrics.routed("error");
-                            tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
-                        }
-                    }
-                });
             }
-        }
+        });
     }
     Ok(())
 }

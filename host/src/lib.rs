@@ -5,9 +5,8 @@
 //! - [`registry`] knows every installed plugin from its manifest and loads one only when it
 //!   is used, through [`loader`], the one module with `unsafe` code.
 //! - [`check`] runs a plugin through every load-time check without keeping it.
-//! - [`gateway`] routes messages: sends, inbound dispatch to SSE ([`events`]), [`journal`]
-//!   and routes,
-//!   counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
+//! - [`gateway`] moves messages: sends, inbound dispatch to SSE ([`events`]), [`journal`]
+//!   and the routes that [`routing`] plans, counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
 //!   socket, each served by [`http`] with a connection limit and a header-read timeout. [`message`] holds the host's own message types.
 //! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`watch`] does it
 //!   when the library file changes (hot reload).
@@ -33,5 +32,7 @@ pub mod metrics;
 pub mod reconfigure;
 pub mod registry;
 pub use registry::reload;
+pub mod routing;
 pub mod serve;
+mod toml_error;
 pub mod watch;

@@ -138,7 +138,7 @@ impl Manifest {
         let file: ManifestFile = toml::from_str(text).map_err(|e| ManifestError {
             path: path.to_owned(),
             field: None,
-            message: crate::config::describe_toml_error(text, &e),
+            message: crate::toml_error::describe(text, &e),
         })?;
         let manifest = file.plugin;
         let bad = |field: &str, message: String| ManifestError {

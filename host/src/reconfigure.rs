@@ -54,14 +54,27 @@ pub enum ReconfigureError {
         keys: Vec<&'static str>,
     },
     /// A platform's new table is refused by its plugin.
-    #[error("{file}: [platforms.{platform}]: {reason}; nothing was changed")]
+    #[error("{file}: [platforms.{platform}] is refused: {cause}; nothing was changed")]
     Invalid {
         /// The config file.
         file: String,
         /// The platform.
         platform: String,
         /// Why.
-        reason: String,
+        #[source]
+        cause: crate::registry::LoadFailure,
+    },
+    /// The validation task itself failed (it panicked).
+    #[error(
+        "{file}: [platforms.{platform}] could not be validated: {message}; nothing was changed"
+    )]
+    Validation {
+        /// The config file.
+        file: String,
+        /// The platform.
+        platform: String,
+        /// The task's error.
+        message: String,
     },
 }
 
@@ -138,7 +151,7 @@ impl Gateway {
             }
         }
         let routes = new.routes.clone();
-        change.routes_changed = *self.routes() != routes;
+        change.routes_changed = *self.routes.current() != routes;
 
         // Every new table, validated by its plugin before anything changes.
         for (id, table) in &tables {
@@ -146,20 +159,28 @@ impl Gateway {
             let registry = Arc::clone(&self.registry);
             let (id2, table2) = (id.clone(), table.clone());
             let checked =
-                tokio::task::spawn_blocking(move || registry.validate_table(&id2, &table2))
-                    .await
-                    .unwrap_or_else(|e| Err(format!("validation task: {e}")));
-            if let Err(reason) = checked {
-                return Err(ReconfigureError::Invalid {
-                    file: name,
-                    platform: id.clone(),
-                    reason,
-                });
+                tokio::task::spawn_blocking(move || registry.validate_table(&id2, &table2)).await;
+            match checked {
+                Ok(Ok(())) => {}
+                Ok(Err(cause)) => {
+                    return Err(ReconfigureError::Invalid {
+                        file: name,
+                        platform: id.clone(),
+                        cause,
+                    });
+                }
+                Err(e) => {
+                    return Err(ReconfigureError::Validation {
+                        file: name,
+                        platform: id.clone(),
+                        message: e.to_string(),
+                    });
+                }
             }
         }
 
         // Apply.
-        self.set_routes(routes);
+        self.routes.replace(routes);
         for (id, table) in tables {
             let Ok(entry) = self.registry.entry(&id) else {
                 continue;
@@ -191,7 +212,10 @@ impl Gateway {
                     Ok(())
                 }
             } else if matches!(start, Some(StartMode::Eager | StartMode::Background)) {
-                self.instance(&id).await.map(|_| ()).map_err(|e| e.message)
+                self.instance(&id)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| e.to_string())
             } else {
                 Ok(())
             };

@@ -233,7 +233,7 @@ async fn start_platforms(
             let started = Instant::now();
             let result = gateway.instance(&id).await;
             let ms = ms(started.elapsed());
-            let error = result.err().map(|e| e.message);
+            let error = result.err().map(|e| e.to_string());
             if let Some(e) = &error {
                 tracing::error!(platform = %id, error = %e, "platform failed to start; the gateway goes on");
             }

@@ -243,7 +243,7 @@ impl HotReload {
         let library = self
             .registry
             .resolve_library(entry)
-            .map_err(HotReloadError::Setup)?;
+            .map_err(|e| HotReloadError::Setup(e.to_string()))?;
         // Compare like the kernel reports them: absolute paths.
         let library = std::path::absolute(&library).unwrap_or(library);
         let manifest = std::path::absolute(entry.manifest_path())

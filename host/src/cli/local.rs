@@ -6,12 +6,12 @@ use anyhow::Result;
 use hermes_plugin_api::abi::ABI_VERSION;
 use serde_json::json;
 
-use super::{PluginCommand, remote};
+use super::{PluginCommand, remote, table::write_table};
 use crate::{
     check,
     config::Config,
     loader::DiscardInbound,
-    registry::{PlatformStatus, Registry, RegistryOptions},
+    registry::{Registry, RegistryOptions},
 };
 
 /// Builds the registry for a CLI command, printing discovery problems as warnings.
@@ -53,7 +53,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     "manifest": manifest,
                     "manifest_path": entry.manifest_path(),
                     "library_path": library.as_ref().ok(),
-                    "library_error": library.as_ref().err(),
+                    "library_error": library.as_ref().err().map(ToString::to_string),
                     "required_env": env(&manifest.required_env),
                     "optional_env": env(&manifest.optional_env),
                     "status": entry.status(),
@@ -84,7 +84,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     "library",
                     match &library {
                         Ok(p) => p.display().to_string(),
-                        Err(e) => e.clone(),
+                        Err(e) => e.to_string(),
                     },
                 )?;
                 match remote::live_status(config, &id) {
@@ -181,48 +181,4 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
         PluginCommand::HotreloadDisable { id } => remote::hotreload_switch(config, &id, "DELETE"),
         PluginCommand::HotreloadStatus { json } => remote::hotreload_status(config, json),
     }
-}
-
-pub(super) fn write_table(
-    out: &mut impl std::io::Write,
-    list: &[PlatformStatus],
-) -> std::io::Result<()> {
-    let rows: Vec<[String; 6]> = list
-        .iter()
-        .map(|s| {
-            [
-                s.id.clone(),
-                s.name.clone(),
-                s.version.clone(),
-                s.api.to_string(),
-                s.state.as_str().to_owned(),
-                if s.configured { "yes" } else { "no" }.to_owned(),
-            ]
-        })
-        .collect();
-    let header = ["ID", "NAME", "VERSION", "API", "STATE", "CONFIGURED"];
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let line = |cells: [&str; 6]| {
-        cells
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ")
-            .trim_end()
-            .to_owned()
-    };
-    writeln!(out, "{}", line(header))?;
-    for row in &rows {
-        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
-    }
-    if list.is_empty() {
-        writeln!(out, "(no plugins installed)")?;
-    }
-    Ok(())
 }

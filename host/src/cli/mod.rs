@@ -6,6 +6,7 @@
 
 mod local;
 mod remote;
+mod table;
 
 use std::{path::PathBuf, process::ExitCode};
 

@@ -5,7 +5,7 @@ use std::{io::Write as _, process::ExitCode};
 use anyhow::Result;
 use serde_json::json;
 
-use super::local::write_table;
+use super::table::write_table;
 use crate::{config::Config, control, registry::PlatformStatus};
 
 const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);

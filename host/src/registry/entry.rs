@@ -77,6 +77,8 @@ pub(crate) struct Slot {
     pub(crate) generation: u64,
     pub(crate) instance: Option<Arc<Instance>>,
     pub(crate) error: Option<String>,
+    /// The last load's failure, shared with the callers that waited on it.
+    pub(crate) failure: Option<Arc<super::LoadFailure>>,
     pub(crate) last_unload: Option<UnloadReport>,
     /// When the last load failed; uses within [`RETRY_FAILED_LOAD_AFTER`] get its error.
     pub(crate) failed_at: Option<Instant>,

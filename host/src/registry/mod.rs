@@ -26,65 +26,15 @@ use crate::{
 pub use crate::loader::Instance;
 
 mod entry;
+mod error;
 pub mod reload;
 
 pub(crate) use entry::Slot;
 pub use entry::{Entry, EntryState, PlatformStatus};
+pub use error::{DiscoveryProblem, LoadFailure, RegistryError};
 
 /// After a failed load, uses within this time get that error instead of another attempt.
 pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(1);
-
-/// Something discovery could not register. The other plugins register all the same.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum DiscoveryProblem {
-    /// A manifest that could not be read.
-    #[error(transparent)]
-    Manifest(#[from] ManifestError),
-    /// Two manifests with one id; the first one found is kept.
-    #[error("plugin id `{id}` is declared twice: {} and {}; keeping the first", first.display(), second.display())]
-    DuplicateId {
-        /// The id.
-        id: String,
-        /// The manifest kept.
-        first: PathBuf,
-        /// The manifest ignored.
-        second: PathBuf,
-    },
-    /// A plugins folder that could not be read.
-    #[error("{}: cannot read plugins folder: {message}", path.display())]
-    Folder {
-        /// The folder.
-        path: PathBuf,
-        /// Why.
-        message: String,
-    },
-}
-
-/// Why a platform could not be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum RegistryError {
-    /// No plugin has this id.
-    #[error("no plugin with id `{0}` is installed")]
-    Unknown(String),
-    /// Loading or starting it failed.
-    #[error("platform `{id}` failed to load: {message}")]
-    LoadFailed {
-        /// The platform.
-        id: String,
-        /// The error.
-        message: String,
-    },
-    /// Its instance did not stop: a call or the plugin's `stop` did not return in time.
-    #[error("platform `{id}` did not stop: {reason}")]
-    StopFailed {
-        /// The platform.
-        id: String,
-        /// Why.
-        reason: String,
-    },
-}
 
 /// How the registry loads libraries.
 #[derive(Clone)]
@@ -118,7 +68,7 @@ pub struct Registry {
     options: RegistryOptions,
     loads: AtomicU64,
     /// This process's folder under the shadow root, claimed at the first load.
-    shadow: std::sync::OnceLock<Result<crate::loader::ShadowDir, String>>,
+    shadow: std::sync::OnceLock<Result<crate::loader::ShadowDir, Arc<std::io::Error>>>,
 }
 
 impl Registry {
@@ -167,11 +117,12 @@ impl Registry {
                 .enable_when
                 .as_ref()
                 .is_some_and(|rule| rule.holds());
-            let (state, error) = if manifest.api == ABI_VERSION {
+            let (state, failure) = if manifest.api == ABI_VERSION {
                 (EntryState::Registered, None)
             } else {
                 (EntryState::Failed, Some(api_mismatch(&manifest, &path)))
             };
+            let error = failure.as_ref().map(ToString::to_string);
             let entry = Entry {
                 manifest,
                 manifest_path: path,
@@ -183,6 +134,7 @@ impl Registry {
                     generation: 0,
                     instance: None,
                     error,
+                    failure: failure.map(Arc::new),
                     last_unload: None,
                     failed_at: None,
                     loads: 0,
@@ -240,7 +192,7 @@ impl Registry {
 
     /// This process's own folder of shadow copies under `shadow_dir`; the first call claims it
     /// and removes the folders that dead processes left (see [`crate::loader::ShadowDir`]).
-    pub fn shadow_dir(&self) -> Result<&Path, String> {
+    pub fn shadow_dir(&self) -> Result<&Path, LoadFailure> {
         let root = &self.options.shadow_dir;
         self.shadow
             .get_or_init(|| match crate::loader::ShadowDir::claim(root) {
@@ -254,11 +206,14 @@ impl Registry {
                     }
                     Ok(dir)
                 }
-                Err(e) => Err(format!("shadow folder {}: {e}", root.display())),
+                Err(e) => Err(Arc::new(e)),
             })
             .as_ref()
             .map(|dir| dir.path())
-            .map_err(Clone::clone)
+            .map_err(|e| LoadFailure::ShadowDir {
+                dir: root.clone(),
+                source: Arc::clone(e),
+            })
     }
 
     /// The options this registry loads with.
@@ -267,7 +222,7 @@ impl Registry {
     }
 
     /// Where the entry's library is: the plugin folder first, then the library dirs.
-    pub fn resolve_library(&self, entry: &Entry) -> Result<PathBuf, String> {
+    pub fn resolve_library(&self, entry: &Entry) -> Result<PathBuf, LoadFailure> {
         let file = entry.manifest.library_file_name();
         let mut looked = Vec::new();
         for dir in std::iter::once(entry.dir())
@@ -277,12 +232,9 @@ impl Registry {
             if candidate.is_file() {
                 return Ok(candidate);
             }
-            looked.push(dir.display().to_string());
+            looked.push(dir.to_owned());
         }
-        Err(format!(
-            "library {file} not found (looked in {})",
-            looked.join(", ")
-        ))
+        Err(LoadFailure::NotFound { file, looked })
     }
 
     /// The running instance of `id`, loading and starting it if it is not running. Concurrent
@@ -316,10 +268,13 @@ impl Registry {
                             .failed_at
                             .is_some_and(|at| at.elapsed() < RETRY_FAILED_LOAD_AFTER) =>
                 {
-                    return Err(RegistryError::LoadFailed {
-                        id: id.to_owned(),
-                        message: slot.error.clone().unwrap_or_default(),
-                    });
+                    if let Some(cause) = &slot.failure {
+                        return Err(RegistryError::LoadFailed {
+                            id: id.to_owned(),
+                            cause: Arc::clone(cause),
+                        });
+                    }
+                    break;
                 }
                 _ => break,
             }
@@ -341,16 +296,19 @@ impl Registry {
                 slot.state = EntryState::Running;
                 slot.generation = generation;
                 slot.error = None;
+                slot.failure = None;
                 slot.instance = Some(Arc::clone(&instance));
                 Ok(instance)
             }
-            Err(message) => {
+            Err(failure) => {
+                let cause = Arc::new(failure);
                 slot.state = EntryState::Failed;
-                slot.error = Some(message.clone());
+                slot.error = Some(cause.to_string());
+                slot.failure = Some(Arc::clone(&cause));
                 slot.failed_at = Some(Instant::now());
                 Err(RegistryError::LoadFailed {
                     id: id.to_owned(),
-                    message,
+                    cause,
                 })
             }
         };
@@ -381,19 +339,25 @@ impl Registry {
 
     /// Checks `table` as `id`'s new `[platforms.<id>]` with its plugin's `validate_config`: the
     /// library is loaded from a scratch copy for that and unloaded. Nothing else changes.
-    pub fn validate_table(&self, id: &str, table: &PlatformConfig) -> Result<(), String> {
-        let entry = self.entry(id).map_err(|e| e.to_string())?;
+    pub fn validate_table(&self, id: &str, table: &PlatformConfig) -> Result<(), LoadFailure> {
+        let Ok(entry) = self.entry(id) else {
+            // Not installed: nothing to validate it with (a config reload warns about it).
+            return Ok(());
+        };
         if entry.manifest.api != ABI_VERSION {
             return Err(api_mismatch(&entry.manifest, &entry.manifest_path));
         }
         let path = self.resolve_library(entry)?;
-        let library = Library::open(&path, self.shadow_dir()?).map_err(|e| e.to_string())?;
+        let library = Library::open(&path, self.shadow_dir()?)?;
         let checked = library.validate_config(&table.plugin_json(), table.call_timeout);
         let report = library.unload();
         if !report.clean() {
             tracing::warn!(platform = id, ?report, "a validation copy stayed resident");
         }
-        checked.map_err(|e| e.to_string())
+        checked.map_err(|source| LoadFailure::Config {
+            platform: id.to_owned(),
+            source,
+        })
     }
 
     /// How long one call into `entry`'s plugin may take.
@@ -408,14 +372,14 @@ impl Registry {
         self.loads.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn load_and_start(&self, entry: &Entry, generation: u64) -> Result<Arc<Instance>, String> {
+    fn load_and_start(&self, entry: &Entry, generation: u64) -> Result<Arc<Instance>, LoadFailure> {
         let started = Instant::now();
         if entry.manifest.api != ABI_VERSION {
             return Err(api_mismatch(&entry.manifest, &entry.manifest_path));
         }
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let library = Library::open(&path, self.shadow_dir()?).map_err(|e| e.to_string())?;
+        let library = Library::open(&path, self.shadow_dir()?)?;
         let opened = started.elapsed();
         entry.lock().last_open_ms = Some(opened.as_secs_f64() * 1e3);
         match library.start(self.start_options(entry, generation, None)) {
@@ -435,10 +399,10 @@ impl Registry {
                 if !report.clean() {
                     tracing::warn!(platform = %entry.manifest.id, ?report, "failed start left the library resident");
                 }
-                Err(format!(
-                    "[platforms.{}]: {}",
-                    entry.manifest.id, failure.error
-                ))
+                Err(LoadFailure::Start {
+                    platform: entry.manifest.id.clone(),
+                    source: failure.error,
+                })
             }
         }
     }
@@ -484,7 +448,7 @@ impl Registry {
                 }
                 return Err(RegistryError::StopFailed {
                     id: id.to_owned(),
-                    reason: e.to_string(),
+                    cause: e,
                 });
             }
         };
@@ -560,11 +524,9 @@ fn load_manifests(paths: &[PathBuf]) -> Vec<Option<Result<Manifest, ManifestErro
     })
 }
 
-fn api_mismatch(manifest: &Manifest, path: &Path) -> String {
-    format!(
-        "{}: field `plugin.api`: the plugin declares API {}, this host speaks {}; refused before loading",
-        path.display(),
-        manifest.api,
-        ABI_VERSION
-    )
+fn api_mismatch(manifest: &Manifest, path: &Path) -> LoadFailure {
+    LoadFailure::ApiMismatch {
+        manifest: path.to_owned(),
+        declared: manifest.api,
+    }
 }

@@ -201,7 +201,7 @@ impl Registry {
         let Some(old) = old else {
             // Not running: a reload is a first load.
             let instance = self.instance(id).map_err(|e| match e {
-                RegistryError::LoadFailed { message, .. } => refused(id, message, None),
+                RegistryError::LoadFailed { cause, .. } => refused(id, cause, None),
                 other => refused(id, other.to_string(), None),
             })?;
             return Ok(ReloadOutcome {
@@ -389,10 +389,14 @@ pub(crate) fn reap(instance: Arc<crate::loader::Instance>) {
     }
 }
 
-fn refused(platform: &str, reason: String, serving_generation: Option<u64>) -> ReloadRefused {
+fn refused(
+    platform: &str,
+    reason: impl ToString,
+    serving_generation: Option<u64>,
+) -> ReloadRefused {
     ReloadRefused {
         platform: platform.to_owned(),
-        reason,
+        reason: reason.to_string(),
         serving_generation,
     }
 }

@@ -1,0 +1,130 @@
+//! Why a platform could not be found, loaded, started or stopped. Each error keeps its source;
+//! only the HTTP layer ([`crate::api`]) turns one into a status code and a client's message.
+
+use std::{path::PathBuf, sync::Arc};
+
+use hermes_plugin_api::abi::ABI_VERSION;
+
+use crate::{
+    loader::{CallError, LoadError, StopError},
+    manifest::ManifestError,
+};
+
+/// Something discovery could not register. The other plugins register all the same.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DiscoveryProblem {
+    /// A manifest that could not be read.
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// Two manifests with one id; the first one found is kept.
+    #[error("plugin id `{id}` is declared twice: {} and {}; keeping the first", first.display(), second.display())]
+    DuplicateId {
+        /// The id.
+        id: String,
+        /// The manifest kept.
+        first: PathBuf,
+        /// The manifest ignored.
+        second: PathBuf,
+    },
+    /// A plugins folder that could not be read.
+    #[error("{}: cannot read plugins folder: {message}", path.display())]
+    Folder {
+        /// The folder.
+        path: PathBuf,
+        /// Why.
+        message: String,
+    },
+}
+
+/// Why a platform could not be used.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum RegistryError {
+    /// No plugin has this id.
+    #[error("no plugin with id `{0}` is installed")]
+    Unknown(String),
+    /// Loading or starting it failed. Callers that waited on one load share its failure.
+    #[error("platform `{id}` failed to load: {cause}")]
+    LoadFailed {
+        /// The platform.
+        id: String,
+        /// Why.
+        #[source]
+        cause: Arc<LoadFailure>,
+    },
+    /// Its instance did not stop: a call or the plugin's `stop` did not return in time.
+    #[error("platform `{id}` did not stop: {cause}")]
+    StopFailed {
+        /// The platform.
+        id: String,
+        /// Why.
+        #[source]
+        cause: StopError,
+    },
+}
+
+/// Why a library could not be loaded, validated or started.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadFailure {
+    /// The manifest declares another plugin API: refused before anything is opened.
+    #[error("{}: field `plugin.api`: the plugin declares API {declared}, this host speaks {ABI_VERSION}; refused before loading", manifest.display())]
+    ApiMismatch {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The API it declares.
+        declared: u32,
+    },
+    /// The manifest could not be read again (a reload re-reads it).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+    /// The manifest file is gone (a reload re-reads it).
+    #[error("{}: the manifest is gone", .0.display())]
+    ManifestGone(PathBuf),
+    /// No library file where the manifest says.
+    #[error("library {file} not found (looked in {})", looked_in(.looked))]
+    NotFound {
+        /// The file name looked for.
+        file: String,
+        /// The folders looked in.
+        looked: Vec<PathBuf>,
+    },
+    /// This process's shadow folder could not be claimed.
+    #[error("shadow folder {}: {source}", dir.display())]
+    ShadowDir {
+        /// The shadow root.
+        dir: PathBuf,
+        /// Why.
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// The library did not pass the loader's checks.
+    #[error(transparent)]
+    Library(#[from] LoadError),
+    /// The plugin refused its `[platforms.<id>]` table.
+    #[error("[platforms.{platform}]: {source}")]
+    Config {
+        /// The platform.
+        platform: String,
+        /// The plugin's answer.
+        #[source]
+        source: CallError,
+    },
+    /// The plugin's `start` failed.
+    #[error("[platforms.{platform}]: {source}")]
+    Start {
+        /// The platform.
+        platform: String,
+        /// The plugin's answer.
+        #[source]
+        source: CallError,
+    },
+}
+
+fn looked_in(dirs: &[PathBuf]) -> String {
+    dirs.iter()
+        .map(|d| d.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
