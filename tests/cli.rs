@@ -197,7 +197,8 @@ fn plugin_check_refuses_broken_plugins_with_the_reason() {
     let json = text(&run(&t, &["plugin", "check", "drift", "--json"]).stdout);
     assert!(json.contains("\"layout_details\""), "{json}");
     assert!(
-        refusal(&t, "future").contains("field `plugin.api`: declares API 2, this host speaks 1")
+        refusal(&t, "future")
+            .contains("field `plugin.api`: the plugin declares API 2, this host speaks 1")
     );
     assert!(
         refusal(&t, "loopback")

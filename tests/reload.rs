@@ -1,7 +1,7 @@
 //! Reload as a transaction and hot reload, against real libraries: loopback built twice (the
 //! second build reports 0.2.0-next), broken files, and a fixture whose new start fails.
 
-use std::{collections::BTreeSet, sync::Arc};
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
 use hermes_host::{loader::DiscardInbound, message::Outbound, registry::EntryState};
 
@@ -187,18 +187,11 @@ fn sends_during_twenty_reloads_are_all_answered_and_echoed_once() {
         })
         .collect();
     let reloads = std::thread::spawn(move || {
+        let client = hermes_host::control::Client::new(&socket, Duration::from_secs(30));
         (0..20)
             .map(|_| {
-                let (status, body) = hermes_host::control::request(
-                    &socket,
-                    "POST",
-                    "/platforms/loopback/reload",
-                    None,
-                    std::time::Duration::from_secs(30),
-                )
-                .unwrap();
-                assert_eq!(status, 200, "{body}");
-                body["held_ms"].as_f64().unwrap()
+                let outcome = client.blocking(client.reload("loopback")).unwrap();
+                outcome.expect("the reload is done").held_ms
             })
             .collect::<Vec<_>>()
     });

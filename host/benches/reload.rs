@@ -120,10 +120,11 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
     let addr = server.addr.clone();
     let socket = dir.path().join("state/control.sock");
     let timeout = Duration::from_secs(30);
-    let (status, body) =
-        hermes_host::control::request(&socket, "POST", "/platforms/lb/hotreload", None, timeout)
-            .unwrap();
-    assert_eq!(status, 200, "{body}");
+    let control = hermes_host::control::Client::new(&socket, timeout);
+    control
+        .blocking(control.hotreload("lb", true))
+        .unwrap()
+        .expect("hot reload is on");
 
     // Background traffic: two clients sending all along, counting failures.
     let stop = Arc::new(AtomicBool::new(false));
@@ -177,13 +178,13 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
         // The new generation serves before the reload finishes its bookkeeping (the old library
         // is unloaded after the swap): wait for the record of this reload.
         loop {
-            let (_, status) =
-                hermes_host::control::request(&socket, "GET", "/hotreload", None, timeout).unwrap();
-            if status["plugins"][0]["done"].as_u64() == Some(i as u64 + 1) {
-                let last = &status["plugins"][0]["last"];
-                held.push(last["held_ms"].as_f64().unwrap());
-                stop_ms.push(last["stop_ms"].as_f64().unwrap_or(f64::NAN));
-                start_ms.push(last["start_ms"].as_f64().unwrap_or(f64::NAN));
+            let status = control.blocking(control.hotreload_status()).unwrap();
+            let reloads = &status.plugins[0].reloads;
+            if reloads.done == i as u64 + 1 {
+                let last = reloads.last.as_ref().expect("a reload was recorded");
+                held.push(last.held_ms);
+                stop_ms.push(last.stop_ms);
+                start_ms.push(last.start_ms);
                 break;
             }
         }
@@ -192,8 +193,7 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
     for t in load {
         t.join().unwrap();
     }
-    let (_, status) =
-        hermes_host::control::request(&socket, "GET", "/hotreload", None, timeout).unwrap();
+    let status = control.blocking(control.hotreload_status()).unwrap();
     let size = std::fs::metadata(&builds[0]).map_or(0, |m| m.len()) as f64 / 1048576.0;
     println!("### {profile} loopback ({size:.1} MiB)\n");
     println!("| measure | p50 | p95 | p99 | max |");
@@ -218,8 +218,10 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
         "\nSends during the run: {} answered, {} failed; reloads done {}, refused {}; resident stale libraries {}.\n",
         sent.load(Ordering::Relaxed),
         failed.load(Ordering::Relaxed),
-        status["plugins"][0]["done"],
-        status["plugins"][0]["refused"],
-        status["resident_stale_libraries"]
+        status.plugins[0].reloads.done,
+        status.plugins[0].reloads.refused,
+        status
+            .resident_stale_libraries
+            .map_or("unknown".to_owned(), |n| n.to_string())
     );
 }

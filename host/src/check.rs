@@ -76,12 +76,11 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         report.step(
             "manifest",
             Some(false),
-            format!(
-                "{}: field `plugin.api`: declares API {}, this host speaks {}; not loaded",
-                entry.manifest_path().display(),
-                manifest.api,
-                ABI_VERSION
-            ),
+            crate::registry::LoadFailure::ApiMismatch {
+                manifest: entry.manifest_path().to_owned(),
+                declared: manifest.api,
+            }
+            .to_string(),
         );
         return Ok(report);
     }

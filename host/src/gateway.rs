@@ -146,7 +146,7 @@ impl SendError {
 }
 
 /// A successful send.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct SendOk {
     /// The platform's id for the message.
     pub message_id: String,
@@ -157,7 +157,7 @@ pub struct SendOk {
 }
 
 /// Warm-up of `background` platforms.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Warmup {
     /// Still starting.
@@ -166,6 +166,17 @@ pub enum Warmup {
     Completed,
     /// At least one failed (the others run).
     Failed,
+}
+
+impl Warmup {
+    /// The lowercase name used in the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Warmup::Pending => "pending",
+            Warmup::Completed => "completed",
+            Warmup::Failed => "failed",
+        }
+    }
 }
 
 /// Timings of start-up, for `GET /api/startup_profile`.

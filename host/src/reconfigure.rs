@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// What a config reload changed.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct ConfigChange {
     /// Platforms that got a table.
     pub added: Vec<String>,

@@ -59,7 +59,7 @@ pub enum HotReloadError {
 }
 
 /// One plugin's hot-reload status.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WatchStatus {
     /// The platform.
     pub id: String,

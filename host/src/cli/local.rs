@@ -92,9 +92,9 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                         "serving",
                         format!(
                             "{} in the running server: generation {}, version {}",
-                            live["state"].as_str().unwrap_or("?"),
-                            live["generation"],
-                            live["version"].as_str().unwrap_or("?")
+                            live.state.as_str(),
+                            live.generation,
+                            live.version
                         ),
                     )?,
                     None => row("serving", "no server running".to_owned())?,
@@ -177,8 +177,8 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
             })
         }
         PluginCommand::Reload { id } => remote::reload(config, &id),
-        PluginCommand::HotreloadEnable { id } => remote::hotreload_switch(config, &id, "POST"),
-        PluginCommand::HotreloadDisable { id } => remote::hotreload_switch(config, &id, "DELETE"),
+        PluginCommand::HotreloadEnable { id } => remote::hotreload_switch(config, &id, true),
+        PluginCommand::HotreloadDisable { id } => remote::hotreload_switch(config, &id, false),
         PluginCommand::HotreloadStatus { json } => remote::hotreload_status(config, json),
     }
 }

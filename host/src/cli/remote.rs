@@ -1,112 +1,86 @@
-//! The commands that talk to the running server through its control socket.
+//! The commands that talk to the running server through its control socket, with the typed
+//! answers of [`control::Client`].
 
-use std::{io::Write as _, process::ExitCode};
+use std::{io::Write as _, process::ExitCode, time::Duration};
 
 use anyhow::Result;
-use serde_json::json;
 
 use super::table::write_table;
-use crate::{config::Config, control, registry::PlatformStatus};
+use crate::{
+    config::Config,
+    control::{self, Answer, Client},
+    message::Outbound,
+    registry::PlatformStatus,
+};
 
-const CLIENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long a command waits for the server (a reload may wait out a call timeout).
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn client(config: &Config) -> Client {
+    Client::new(&config.server.control_socket, CLIENT_TIMEOUT)
+}
+
+/// Prints a refusal (`error: ...`) and returns the failing exit code.
+fn refused(refusal: &control::Refusal, extra: &str) -> ExitCode {
+    let retry = if refusal.retryable {
+        " (retryable)"
+    } else {
+        ""
+    };
+    eprintln!("error: {}{extra}{retry}", refusal.error);
+    ExitCode::FAILURE
+}
 
 pub(super) fn status(config: &Config, json: bool) -> Result<ExitCode> {
-    let socket = &config.server.control_socket;
-    let (code, body) = control::request(socket, "GET", "/status", None, CLIENT_TIMEOUT)?;
-    if code != 200 {
-        anyhow::bail!("status: HTTP {code}: {body}");
-    }
+    let client = client(config);
+    let status = client.blocking(client.status())?;
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::to_string_pretty(&body)?)?;
+        writeln!(out, "{}", serde_json::to_string_pretty(&status)?)?;
         return Ok(ExitCode::SUCCESS);
     }
+    let stale = status
+        .resident_stale_libraries
+        .map_or("unknown".to_owned(), |n| n.to_string());
     writeln!(
         out,
-        "hermes-host pid {} up {:.0} s, http://{}, warm-up {}, in flight {}, resident stale libraries {}",
-        body["pid"],
-        body["uptime_secs"].as_f64().unwrap_or(0.0),
-        body["listen"].as_str().unwrap_or("?"),
-        body["warmup"].as_str().unwrap_or("?"),
-        body["in_flight"],
-        body["resident_stale_libraries"],
+        "hermes-host pid {} up {:.0} s, http://{}, warm-up {}, in flight {}, journal {}, resident stale libraries {stale}",
+        status.pid,
+        status.uptime_secs,
+        status.listen,
+        status.warmup.as_str(),
+        status.in_flight,
+        status.journal.state,
     )?;
-    let list: Vec<PlatformStatus> = body["platforms"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|p| serde_json::from_value(p.clone()).ok())
-                .collect()
-        })
-        .unwrap_or_default();
-    write_table(&mut out, &list)?;
+    write_table(&mut out, &status.platforms)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn send(config: &Config, platform: &str, chat: &str, text: &str) -> Result<ExitCode> {
-    let body = json!({ "chat_id": chat, "text": text });
-    let path = format!("/platforms/{}/send", utf8_percent(platform));
-    let (code, answer) = control::request(
-        &config.server.control_socket,
-        "POST",
-        &path,
-        Some(&body),
-        CLIENT_TIMEOUT,
-    )?;
-    if code == 200 {
-        println!(
-            "sent {} through {} (generation {})",
-            answer["message_id"].as_str().unwrap_or("?"),
-            answer["platform"].as_str().unwrap_or(platform),
-            answer["generation"]
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        let retry = if answer["retryable"] == true {
-            " (retryable)"
-        } else {
-            ""
-        };
-        eprintln!(
-            "error: send failed (HTTP {code}): {}{retry}",
-            answer["error"].as_str().unwrap_or("unknown error")
-        );
-        Ok(ExitCode::FAILURE)
-    }
-}
-
-/// Percent-encodes everything but unreserved characters: ids go into a URL path, never a file path.
-fn utf8_percent(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
+    let client = client(config);
+    let message = Outbound::new(chat.to_owned(), text.to_owned());
+    Ok(match client.blocking(client.send(platform, &message))? {
+        Ok(sent) => {
+            println!(
+                "sent {} through {} (generation {})",
+                sent.message_id, sent.platform, sent.generation
+            );
+            ExitCode::SUCCESS
+        }
+        Err(refusal) => refused(
+            &refusal,
+            &format!(" (send failed, HTTP {})", refusal.status),
+        ),
+    })
 }
 
 pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
-    let (code, body) = control::request(
-        &config.server.control_socket,
-        "POST",
-        "/config/reload",
-        None,
-        CLIENT_TIMEOUT,
-    )?;
-    if code != 200 {
-        eprintln!(
-            "error: {}",
-            body["error"].as_str().unwrap_or("config reload refused")
-        );
-        return Ok(ExitCode::FAILURE);
-    }
-    let list = |key: &str| {
-        let names: Vec<&str> = body[key]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
-            .unwrap_or_default();
+    let client = client(config);
+    let change = match client.blocking(client.reload_config())? {
+        Ok(change) => change,
+        Err(refusal) => return Ok(refused(&refusal, "")),
+    };
+    let list = |names: &[String]| {
         if names.is_empty() {
             "none".to_owned()
         } else {
@@ -115,148 +89,120 @@ pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
     };
     println!(
         "config reloaded: added {}; removed {}; changed {}; routes {}",
-        list("added"),
-        list("removed"),
-        list("changed"),
-        if body["routes_changed"] == true {
+        list(&change.added),
+        list(&change.removed),
+        list(&change.changed),
+        if change.routes_changed {
             "replaced"
         } else {
             "unchanged"
         }
     );
-    let failures = list("failures");
-    if failures != "none" {
-        eprintln!("error: applying it partly failed: {failures}");
+    if !change.failures.is_empty() {
+        eprintln!(
+            "error: applying it partly failed: {}",
+            list(&change.failures)
+        );
         return Ok(ExitCode::FAILURE);
     }
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
-    let path = format!("/platforms/{}/reload", utf8_percent(id));
-    let (code, body) = control::request(
-        &config.server.control_socket,
-        "POST",
-        &path,
-        None,
-        CLIENT_TIMEOUT,
-    )?;
-    let generation =
-        |v: &serde_json::Value| v.as_u64().map_or("none".to_owned(), |g| g.to_string());
-    if code == 200 {
-        let unmapped = match body["old_unload"]["unmapped"].as_bool() {
-            Some(true) => "; old copy unmapped",
-            Some(false) => "; old copy STILL MAPPED",
-            None => "",
-        };
-        println!(
-            "reloaded {id}: generation {} ({}) -> {} ({}) in {:.1} ms, calls held {:.2} ms (old stop {:.2} ms, new start {:.2} ms){unmapped}{lost}",
-            generation(&body["old_generation"]),
-            body["old_version"].as_str().unwrap_or("-"),
-            generation(&body["new_generation"]),
-            body["new_version"].as_str().unwrap_or("?"),
-            body["elapsed_ms"].as_f64().unwrap_or(0.0),
-            body["held_ms"].as_f64().unwrap_or(0.0),
-            body["stop_ms"].as_f64().unwrap_or(0.0),
-            body["start_ms"].as_f64().unwrap_or(0.0),
-            lost = if body["state_lost"] == true {
-                "; the old generation was hung: its state was lost"
-            } else {
-                ""
-            },
-        );
-        Ok(ExitCode::SUCCESS)
+    let client = client(config);
+    let outcome = match client.blocking(client.reload(id))? {
+        Ok(outcome) => outcome,
+        Err(refusal) => {
+            let serving = refusal
+                .serving_generation
+                .map(|g| format!("; generation {g} still serving"))
+                .unwrap_or_default();
+            return Ok(refused(&refusal, &serving));
+        }
+    };
+    let generation = |g: Option<u64>| g.map_or("none".to_owned(), |g| g.to_string());
+    let unmapped = match outcome.old_unload.as_ref().and_then(|r| r.unmapped) {
+        Some(true) => "; old copy unmapped",
+        Some(false) => "; old copy STILL MAPPED",
+        None => "",
+    };
+    let lost = if outcome.state_lost {
+        "; the old generation was hung: its state was lost"
     } else {
-        let serving = match body["serving_generation"].as_u64() {
-            Some(g) => format!("; generation {g} still serving"),
-            None => String::new(),
-        };
-        eprintln!(
-            "error: {}{serving}",
-            body["error"].as_str().unwrap_or("reload failed")
-        );
-        Ok(ExitCode::FAILURE)
-    }
+        ""
+    };
+    println!(
+        "reloaded {id}: generation {} ({}) -> {} ({}) in {:.1} ms, calls held {:.2} ms (old stop {:.2} ms, new start {:.2} ms){unmapped}{lost}",
+        generation(outcome.old_generation),
+        outcome.old_version.as_deref().unwrap_or("-"),
+        outcome.new_generation,
+        outcome.new_version,
+        outcome.elapsed_ms,
+        outcome.held_ms,
+        outcome.stop_ms,
+        outcome.start_ms,
+    );
+    Ok(ExitCode::SUCCESS)
 }
 
-pub(super) fn hotreload_switch(config: &Config, id: &str, method: &str) -> Result<ExitCode> {
-    let path = format!("/platforms/{}/hotreload", utf8_percent(id));
-    let (code, body) = control::request(
-        &config.server.control_socket,
-        method,
-        &path,
-        None,
-        CLIENT_TIMEOUT,
-    )?;
-    if code == 200 {
-        match body["path"].as_str() {
-            Some(p) if body["watching"] == true => println!("hot reload on for {id}: watching {p}"),
-            _ => println!("hot reload off for {id}"),
+pub(super) fn hotreload_switch(config: &Config, id: &str, on: bool) -> Result<ExitCode> {
+    let client = client(config);
+    let answer: Answer<_> = client.blocking(client.hotreload(id, on))?;
+    Ok(match answer {
+        Ok(status) => {
+            match status.path.filter(|_| status.watching) {
+                Some(path) => println!("hot reload on for {id}: watching {}", path.display()),
+                None => println!("hot reload off for {id}"),
+            }
+            ExitCode::SUCCESS
         }
-        Ok(ExitCode::SUCCESS)
-    } else {
-        eprintln!(
-            "error: {}",
-            body["error"].as_str().unwrap_or("request failed")
-        );
-        Ok(ExitCode::FAILURE)
-    }
+        Err(refusal) => refused(&refusal, ""),
+    })
 }
 
 pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> {
-    let (code, body) = control::request(
-        &config.server.control_socket,
-        "GET",
-        "/hotreload",
-        None,
-        CLIENT_TIMEOUT,
-    )?;
-    if code != 200 {
-        anyhow::bail!("hotreload-status: HTTP {code}: {body}");
-    }
+    let client = client(config);
+    let overview = client.blocking(client.hotreload_status())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&body)?);
+        println!("{}", serde_json::to_string_pretty(&overview)?);
         return Ok(ExitCode::SUCCESS);
     }
     println!(
         "hot reload {} (debounce {} ms); resident stale libraries {}",
-        if body["allowed"] == true {
+        if overview.allowed {
             "allowed"
         } else {
             "not allowed"
         },
-        body["debounce_ms"],
-        body["resident_stale_libraries"]
+        overview.debounce_ms,
+        overview
+            .resident_stale_libraries
+            .map_or("unknown".to_owned(), |n| n.to_string())
     );
-    let plugins = body["plugins"].as_array().cloned().unwrap_or_default();
-    if plugins.is_empty() {
+    if overview.plugins.is_empty() {
         println!("(no plugin watched or reloaded)");
     }
-    for p in plugins {
-        let last = &p["last"];
-        let last = if last.is_null() {
-            "never reloaded".to_owned()
-        } else {
-            format!(
+    for p in overview.plugins {
+        let last = match &p.reloads.last {
+            None => "never reloaded".to_owned(),
+            Some(last) => format!(
                 "last reload {} by {} in {:.1} ms",
-                last["outcome"].as_str().unwrap_or("?"),
-                last["trigger"].as_str().unwrap_or("?"),
-                last["latency_ms"].as_f64().unwrap_or(0.0)
-            )
+                last.outcome, last.trigger, last.latency_ms
+            ),
         };
-        let watching = match p["path"].as_str() {
-            Some(path) if p["watching"] == true => format!("watching {path},"),
-            _ => "not watching,".to_owned(),
+        let watching = match p.path.as_ref().filter(|_| p.watching) {
+            Some(path) => format!("watching {},", path.display()),
+            None => "not watching,".to_owned(),
         };
         println!(
             "{}: {watching} generation {} ({}); {} done, {} refused; {last}",
-            p["id"].as_str().unwrap_or("?"),
-            p["generation"],
-            p["state"].as_str().unwrap_or("?"),
-            p["done"],
-            p["refused"],
+            p.id,
+            p.generation,
+            p.state.as_str(),
+            p.reloads.done,
+            p.reloads.refused,
         );
-        if let Some(error) = p["last_error"].as_str() {
+        if let Some(error) = &p.reloads.last_error {
             println!("  last error: {error}");
         }
     }
@@ -264,20 +210,12 @@ pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> 
 }
 
 /// The running server's view of `id` (generation, loaded version), if a server answers.
-pub(super) fn live_status(config: &Config, id: &str) -> Option<serde_json::Value> {
-    let timeout = std::time::Duration::from_secs(2);
-    let (code, body) = control::request(
-        &config.server.control_socket,
-        "GET",
-        "/status",
-        None,
-        timeout,
-    )
-    .ok()?;
-    (code == 200).then_some(())?;
-    body["platforms"]
-        .as_array()?
-        .iter()
-        .find(|p| p["id"] == id)
-        .cloned()
+pub(super) fn live_status(config: &Config, id: &str) -> Option<PlatformStatus> {
+    let client = Client::new(&config.server.control_socket, Duration::from_secs(2));
+    client
+        .blocking(client.status())
+        .ok()?
+        .platforms
+        .into_iter()
+        .find(|p| p.id == id)
 }

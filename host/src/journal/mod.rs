@@ -133,16 +133,16 @@ pub enum JournalError {
 pub struct Ticket(u64);
 
 /// The journal's state, for status and metrics.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct JournalStatus {
     /// The file.
     pub path: PathBuf,
     /// `flush` or `fsync`.
     pub durability: Durability,
     /// `ok` or `degraded` (writes fail, or the queue is full).
-    pub state: &'static str,
+    pub state: std::borrow::Cow<'static, str>,
     /// The last write error, while degraded.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Encoded bytes waiting for the writer.
     pub queued_bytes: usize,
@@ -413,7 +413,7 @@ impl Journal {
         JournalStatus {
             path: self.shared.options.path.clone(),
             durability: self.shared.options.durability,
-            state: if degraded { "degraded" } else { "ok" },
+            state: if degraded { "degraded" } else { "ok" }.into(),
             error: queue.failing.clone().or_else(|| {
                 queue
                     .full

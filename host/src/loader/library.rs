@@ -78,7 +78,7 @@ impl Drop for LoadedLibrary {
 }
 
 /// What unloading did, checked against the process's real mappings.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct UnloadReport {
     /// The shadow copy that was loaded.
     pub shadow_path: PathBuf,

@@ -1,139 +1,147 @@
-//! A registry entry: what the registry knows of one plugin, its lifecycle state and the waits
-//! on it.
+//! A registry entry: what the registry knows of one plugin, and the one home of its
+//! lifecycle: every state transition and every wait on the platform happens here.
+//!
+//! The entry's [`Slot`] lives in a `tokio::sync::watch` channel. A change goes through
+//! [`Entry::update`] (or `update_if`), which changes the slot under the channel's lock and wakes
+//! every waiter; a wait is a future on that channel ([`Entry::wait_until`]), awaited by async
+//! callers and blocked on by the registry's blocking ones (loads, reloads and unloads run on
+//! blocking threads). One mechanism: there is no second condition variable to forget. The
+//! transitions are in [`EntryState::can_become`].
+//!
+//! `hung` is never stored: it is how a running entry shows while every worker of its instance
+//! is stuck in a call past its timeout (the supervisor then reloads it, `running -> draining`).
+//! Reloads and unloads are exclusive ([`Entry::exclusive_blocking`]): one at a time per entry.
 
 use std::{
     path::{Path, PathBuf},
-    sync::{Arc, Condvar, Mutex, MutexGuard},
-    time::Instant,
+    sync::{Arc, Mutex, RwLock},
+    time::{Duration, Instant},
 };
 
-use serde::Serialize;
+use tokio::sync::watch;
 
+use super::{EntryState, LoadFailure, PlatformStatus, RETRY_FAILED_LOAD_AFTER};
 use crate::{
     config::PlatformConfig,
     loader::{Instance, UnloadReport},
     manifest::Manifest,
+    reload::ReloadStats,
 };
-
-/// An entry's lifecycle state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum EntryState {
-    /// Known from its manifest; nothing loaded.
-    Registered,
-    /// A load is in progress.
-    Loading,
-    /// Loaded and started.
-    Running,
-    /// Running, but every worker is stuck in a call past its timeout: no call can be taken.
-    /// Sends answer 503 (retryable); the supervisor replaces it (`on_hang = "restart"`).
-    Hung,
-    /// Being stopped.
-    Stopping,
-    /// Was running; stopped and unloaded.
-    Unloaded,
-    /// The last load or start failed; the error is on the entry.
-    Failed,
-}
-
-impl EntryState {
-    /// The lowercase name used in the CLI and the API.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryState::Registered => "registered",
-            EntryState::Loading => "loading",
-            EntryState::Running => "running",
-            EntryState::Hung => "hung",
-            EntryState::Stopping => "stopping",
-            EntryState::Unloaded => "unloaded",
-            EntryState::Failed => "failed",
-        }
-    }
-}
 
 /// What the registry knows of a plugin.
 pub struct Entry {
-    pub(super) manifest: Manifest,
-    pub(super) manifest_path: PathBuf,
+    manifest: Manifest,
+    manifest_path: PathBuf,
     /// Its manifest's `enable_when` held at discovery.
-    pub(super) enabled_by_env: bool,
+    enabled_by_env: bool,
     /// Its `[platforms.<id>]` table; a config reload replaces it.
-    pub(super) platform: std::sync::RwLock<Option<Arc<PlatformConfig>>>,
-    pub(crate) slot: Mutex<Slot>,
-    pub(super) changed: Condvar,
-    /// Bumped on every change of the slot, for async waiters.
-    pub(super) changed_async: tokio::sync::watch::Sender<u64>,
-    /// One reload at a time.
-    pub(crate) reload_lock: Mutex<()>,
+    platform: RwLock<Option<Arc<PlatformConfig>>>,
+    /// The lifecycle; see the module docs.
+    slot: watch::Sender<Slot>,
     /// Reload counts and the last outcome.
-    pub(crate) reloads: Mutex<crate::reload::ReloadStats>,
+    reloads: Mutex<ReloadStats>,
 }
 
-pub(crate) struct Slot {
-    pub(crate) state: EntryState,
-    /// New calls wait at the door (a reload is swapping instances).
-    pub(crate) held: bool,
+/// The lifecycle of one entry. Invariant: `instance` is set exactly in `running` and
+/// `draining` (the instance being replaced), and `stopping` holds none.
+struct Slot {
+    state: EntryState,
+    /// A reload or unload owns the entry.
+    exclusive: bool,
     /// The generation of the last successful load (0: never loaded).
-    pub(crate) generation: u64,
-    pub(crate) instance: Option<Arc<Instance>>,
-    pub(crate) error: Option<String>,
+    generation: u64,
+    instance: Option<Arc<Instance>>,
+    /// The last error, or a note on a running entry (the state a hung generation lost).
+    error: Option<String>,
     /// The last load's failure, shared with the callers that waited on it.
-    pub(crate) failure: Option<Arc<super::LoadFailure>>,
-    pub(crate) last_unload: Option<UnloadReport>,
+    failure: Option<Arc<LoadFailure>>,
+    last_unload: Option<UnloadReport>,
     /// When the last load failed; uses within [`RETRY_FAILED_LOAD_AFTER`] get its error.
-    pub(crate) failed_at: Option<Instant>,
+    failed_at: Option<Instant>,
     /// Loads attempted, and the time they took (load + start), in seconds.
-    pub(super) loads: u64,
-    pub(super) load_seconds: f64,
-    pub(super) last_load_ms: Option<f64>,
+    loads: u64,
+    load_seconds: f64,
+    last_load_ms: Option<f64>,
     /// Of that, the library load (copy, dlopen, checks); the rest is `start`.
-    pub(super) last_open_ms: Option<f64>,
+    last_open_ms: Option<f64>,
 }
 
-/// An entry's status: what `plugin list`, `/api/platforms` and `status` show.
-#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
-pub struct PlatformStatus {
-    /// The platform id.
-    pub id: String,
-    /// The display name.
-    pub name: String,
-    /// The loaded library's version while loaded, the manifest's otherwise.
-    pub version: String,
-    /// The manifest's version.
-    pub manifest_version: String,
-    /// The plugin ABI version the manifest declares.
-    pub api: u32,
-    /// The lifecycle state.
-    pub state: EntryState,
-    /// The generation serving (or last served); 0 when never loaded.
-    pub generation: u64,
-    /// Whether a `[platforms.<id>]` table or the manifest's `enable_when` enables it.
-    pub configured: bool,
-    /// The last load or start error.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    /// The manifest's description.
-    pub description: String,
-    /// The manifest's emoji.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub emoji: Option<String>,
-    /// The manifest file.
-    pub manifest_path: PathBuf,
-    /// Loads attempted so far.
-    pub loads: u64,
-    /// Time spent in loads and starts so far, in seconds.
-    pub load_seconds: f64,
-    /// How long the last load and start took.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_load_ms: Option<f64>,
-    /// Of `last_load_ms`, the library load (shadow copy, dlopen, checks); the rest is `start`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_open_ms: Option<f64>,
-    /// Calls running or queued on the serving instance.
-    pub in_flight: usize,
+impl Slot {
+    fn become_(&mut self, next: EntryState) {
+        debug_assert!(
+            self.state.can_become(next),
+            "illegal transition {:?} -> {next:?}",
+            self.state
+        );
+        if !self.state.can_become(next) {
+            tracing::error!(from = ?self.state, to = ?next, "illegal platform state transition");
+        }
+        self.state = next;
+    }
+}
+
+/// What a caller that wants the instance gets: the serving one, the failure of a load that
+/// just failed, or the job of loading it.
+pub(crate) enum Admission {
+    Serving(Arc<Instance>),
+    Failed(Arc<LoadFailure>),
+    Load { generation: u64 },
+}
+
+/// The entry as a reload or unload found it once no transition was in progress.
+pub(crate) struct Settled {
+    /// The serving instance, if running.
+    pub(crate) instance: Option<Arc<Instance>>,
+    pub(crate) generation: u64,
+}
+
+/// Ownership of an entry by one reload or unload; released when dropped.
+pub(crate) struct Exclusive<'a>(&'a Entry);
+
+impl Drop for Exclusive<'_> {
+    fn drop(&mut self) {
+        self.0.update(|slot| slot.exclusive = false);
+    }
 }
 
 impl Entry {
+    /// A registered entry; `failure` refuses it before any load (its manifest's API).
+    pub(super) fn new(
+        manifest: Manifest,
+        manifest_path: PathBuf,
+        enabled_by_env: bool,
+        platform: Option<PlatformConfig>,
+        failure: Option<LoadFailure>,
+    ) -> Entry {
+        let failure = failure.map(Arc::new);
+        let slot = Slot {
+            state: if failure.is_some() {
+                EntryState::Failed
+            } else {
+                EntryState::Registered
+            },
+            exclusive: false,
+            generation: 0,
+            instance: None,
+            error: failure.as_ref().map(ToString::to_string),
+            failure,
+            last_unload: None,
+            failed_at: None,
+            loads: 0,
+            load_seconds: 0.0,
+            last_load_ms: None,
+            last_open_ms: None,
+        };
+        Entry {
+            manifest,
+            manifest_path,
+            enabled_by_env,
+            platform: RwLock::new(platform.map(Arc::new)),
+            slot: watch::channel(slot).0,
+            reloads: Mutex::new(ReloadStats::default()),
+        }
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -167,47 +175,232 @@ impl Entry {
         *self.platform.write().unwrap_or_else(|e| e.into_inner()) = platform.map(Arc::new);
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Slot> {
-        self.slot.lock().unwrap_or_else(|e| e.into_inner())
+    // --- The one mechanism: change and wake, or wait. ---
+
+    /// Changes the slot and wakes every waiter.
+    fn update<R>(&self, change: impl FnOnce(&mut Slot) -> R) -> R {
+        let mut out = None;
+        self.slot.send_modify(|slot| out = Some(change(slot)));
+        out.expect("send_modify runs the change")
     }
 
-    /// Wakes every waiter, blocking and async, after a change of the slot.
-    pub(crate) fn notify(&self) {
-        self.changed.notify_all();
-        self.changed_async.send_modify(|n| *n += 1);
+    /// Looks at the slot and maybe changes it: `decide` returns its answer and whether it
+    /// changed the slot (only then are waiters woken).
+    fn update_if<R>(&self, decide: impl FnOnce(&mut Slot) -> (R, bool)) -> R {
+        let mut out = None;
+        self.slot.send_if_modified(|slot| {
+            let (answer, changed) = decide(slot);
+            out = Some(answer);
+            changed
+        });
+        out.expect("send_if_modified runs the decision")
     }
 
-    /// Blocks while a load, stop or swap is in progress; returns the slot then.
-    pub(crate) fn wait_settled(&self) -> MutexGuard<'_, Slot> {
-        let mut slot = self.lock();
-        while slot.held || matches!(slot.state, EntryState::Loading | EntryState::Stopping) {
-            slot = self.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
+    /// Waits, without holding a thread, until `ready` holds for the slot.
+    async fn wait_until(&self, mut ready: impl FnMut(&Slot) -> bool) {
+        let mut changes = self.slot.subscribe();
+        // The sender lives as long as `self`: the wait ends only by `ready`.
+        let _ = changes.wait_for(|slot| ready(slot)).await;
+    }
+
+    /// [`Entry::wait_until`] for the registry's blocking threads.
+    fn wait_until_blocking(&self, ready: impl FnMut(&Slot) -> bool) {
+        futures_executor::block_on(self.wait_until(ready));
+    }
+
+    // --- Loads (first use). ---
+
+    /// Waits while a load, swap or stop is in progress, then: the serving instance; the
+    /// failure of a load that failed a moment ago or that this caller waited on (no load per
+    /// call into a broken library); or the job of loading it (`-> loading`).
+    pub(crate) fn admit_blocking(&self) -> Admission {
+        let mut waited = false;
+        loop {
+            let admitted = self.update_if(|slot| match slot.state {
+                EntryState::Running => (slot.instance.clone().map(Admission::Serving), false),
+                EntryState::Failed
+                    if slot.failure.is_some()
+                        && (waited
+                            || slot
+                                .failed_at
+                                .is_some_and(|at| at.elapsed() < RETRY_FAILED_LOAD_AFTER)) =>
+                {
+                    (slot.failure.clone().map(Admission::Failed), false)
+                }
+                state if state.is_settled() => {
+                    slot.become_(EntryState::Loading);
+                    let generation = slot.generation + 1;
+                    (Some(Admission::Load { generation }), true)
+                }
+                _ => (None, false),
+            });
+            if let Some(admitted) = admitted {
+                return admitted;
+            }
+            waited = true;
+            self.wait_until_blocking(|slot| slot.state.is_settled());
         }
-        slot
     }
 
-    /// Whether new calls are held at the door by a reload.
+    /// The library of a load is open (`loading -> starting`).
+    pub(crate) fn opened(&self, took: Duration) {
+        self.update(|slot| {
+            slot.last_open_ms = Some(took.as_secs_f64() * 1e3);
+            slot.become_(EntryState::Starting);
+        });
+    }
+
+    /// A load ended (`-> running` or `-> failed`); wakes the callers waiting for it.
+    pub(crate) fn load_finished(
+        &self,
+        generation: u64,
+        took: Duration,
+        result: Result<Arc<Instance>, LoadFailure>,
+    ) -> Result<Arc<Instance>, Arc<LoadFailure>> {
+        self.update(|slot| {
+            slot.loads += 1;
+            slot.load_seconds += took.as_secs_f64();
+            slot.last_load_ms = Some(took.as_secs_f64() * 1e3);
+            match result {
+                Ok(instance) => {
+                    slot.become_(EntryState::Running);
+                    slot.generation = generation;
+                    slot.error = None;
+                    slot.failure = None;
+                    slot.instance = Some(Arc::clone(&instance));
+                    Ok(instance)
+                }
+                Err(failure) => {
+                    let failure = Arc::new(failure);
+                    slot.become_(EntryState::Failed);
+                    slot.error = Some(failure.to_string());
+                    slot.failure = Some(Arc::clone(&failure));
+                    slot.failed_at = Some(Instant::now());
+                    Err(failure)
+                }
+            }
+        })
+    }
+
+    // --- Reloads and unloads. ---
+
+    /// Takes the entry for one reload or unload, waiting for the one in progress.
+    pub(crate) fn exclusive_blocking(&self) -> Exclusive<'_> {
+        loop {
+            let taken = self.update_if(|slot| {
+                let free = !slot.exclusive;
+                slot.exclusive = true;
+                (free, free)
+            });
+            if taken {
+                return Exclusive(self);
+            }
+            self.wait_until_blocking(|slot| !slot.exclusive);
+        }
+    }
+
+    /// Waits until no load is in progress; the serving instance then, if any.
+    pub(crate) fn settled_blocking(&self, _owner: &Exclusive<'_>) -> Settled {
+        self.wait_until_blocking(|slot| slot.state.is_settled());
+        let slot = self.slot.borrow();
+        Settled {
+            instance: (slot.state == EntryState::Running)
+                .then(|| slot.instance.clone())
+                .flatten(),
+            generation: slot.generation,
+        }
+    }
+
+    /// Closes the door for a reload (`running -> draining`): new calls wait for the swap.
+    pub(crate) fn hold(&self, _owner: &Exclusive<'_>) {
+        self.update(|slot| slot.become_(EntryState::Draining));
+    }
+
+    /// Opens the door on `instance` (`draining -> running`); `note` stays on the status.
+    pub(crate) fn serve(
+        &self,
+        _owner: &Exclusive<'_>,
+        instance: Arc<Instance>,
+        generation: u64,
+        note: Option<String>,
+    ) {
+        self.update(|slot| {
+            slot.become_(EntryState::Running);
+            slot.instance = Some(instance);
+            slot.generation = generation;
+            slot.error = note;
+            slot.failure = None;
+        });
+    }
+
+    /// Neither the new instance nor the old could start (`draining -> failed`).
+    pub(crate) fn swap_failed(&self, _owner: &Exclusive<'_>, error: String) {
+        self.update(|slot| {
+            slot.become_(EntryState::Failed);
+            slot.instance = None;
+            slot.error = Some(error);
+        });
+    }
+
+    /// Begins an unload (`running -> stopping`): the instance to stop, if one was running.
+    pub(crate) fn begin_stop(&self, _owner: &Exclusive<'_>) -> Option<Arc<Instance>> {
+        self.update_if(|slot| {
+            if slot.state != EntryState::Running {
+                return (None, false);
+            }
+            slot.become_(EntryState::Stopping);
+            (slot.instance.take(), true)
+        })
+    }
+
+    /// An unload ended (`stopping -> unloaded`, or `-> failed` with `error`).
+    pub(crate) fn stopped(&self, _owner: &Exclusive<'_>, result: Result<UnloadReport, String>) {
+        self.update(|slot| match result {
+            Ok(report) => {
+                slot.become_(EntryState::Unloaded);
+                slot.last_unload = Some(report);
+            }
+            Err(error) => {
+                slot.become_(EntryState::Failed);
+                slot.error = Some(error);
+            }
+        });
+    }
+
+    /// Keeps the report of an old library's unload.
+    pub(crate) fn set_last_unload(&self, report: UnloadReport) {
+        self.update(|slot| slot.last_unload = Some(report));
+    }
+
+    // --- Reads. ---
+
+    /// Whether a reload holds new calls at the door.
     pub fn is_held(&self) -> bool {
-        self.lock().held
+        self.slot.borrow().state == EntryState::Draining
     }
 
     /// Waits, without blocking a thread, until no reload holds calls at the door.
     pub async fn wait_released(&self) {
-        let mut rx = self.changed_async.subscribe();
-        let _ = rx.wait_for(|_| !self.is_held()).await;
+        self.wait_until(|slot| slot.state != EntryState::Draining)
+            .await;
     }
 
     /// Reload counts and the last outcome.
-    pub fn reload_stats(&self) -> crate::reload::ReloadStats {
+    pub fn reload_stats(&self) -> ReloadStats {
         self.reloads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
     }
 
+    /// Changes the reload counts.
+    pub(crate) fn record_reload<R>(&self, change: impl FnOnce(&mut ReloadStats) -> R) -> R {
+        change(&mut self.reloads.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
     /// The entry's status, without loading anything.
     pub fn status(&self) -> PlatformStatus {
-        let slot = self.lock();
+        let slot = self.slot.borrow();
         let version = match &slot.instance {
             Some(instance) => instance.plugin_version().to_owned(),
             None => self.manifest.version.clone(),
@@ -241,15 +434,15 @@ impl Entry {
 
     /// The serving instance, if running and not held by a reload; never loads.
     pub fn running(&self) -> Option<Arc<Instance>> {
-        let slot = self.lock();
+        let slot = self.slot.borrow();
         match slot.state {
-            EntryState::Running if !slot.held => slot.instance.clone(),
+            EntryState::Running => slot.instance.clone(),
             _ => None,
         }
     }
 
     /// The last unload's report, if any.
     pub fn last_unload(&self) -> Option<UnloadReport> {
-        self.lock().last_unload.clone()
+        self.slot.borrow().last_unload.clone()
     }
 }

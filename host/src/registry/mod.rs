@@ -9,7 +9,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, Condvar, Mutex,
+        Arc,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -28,10 +28,12 @@ pub use crate::loader::Instance;
 mod entry;
 mod error;
 pub mod reload;
+mod status;
 
-pub(crate) use entry::Slot;
-pub use entry::{Entry, EntryState, PlatformStatus};
+pub use entry::Entry;
+pub(crate) use entry::{Admission, Exclusive, Settled};
 pub use error::{DiscoveryProblem, LoadFailure, RegistryError};
+pub use status::{EntryState, PlatformStatus};
 
 /// After a failed load, uses within this time get that error instead of another attempt.
 pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(1);
@@ -107,47 +109,20 @@ impl Registry {
             if let Some(first) = entries.get(&manifest.id) {
                 problems.push(DiscoveryProblem::DuplicateId {
                     id: manifest.id.clone(),
-                    first: first.manifest_path.clone(),
+                    first: first.manifest_path().to_owned(),
                     second: path,
                 });
                 continue;
             }
-            let platform = options.platforms.get(&manifest.id).cloned().map(Arc::new);
             let enabled_by_env = manifest
                 .enable_when
                 .as_ref()
                 .is_some_and(|rule| rule.holds());
-            let (state, failure) = if manifest.api == ABI_VERSION {
-                (EntryState::Registered, None)
-            } else {
-                (EntryState::Failed, Some(api_mismatch(&manifest, &path)))
-            };
-            let error = failure.as_ref().map(ToString::to_string);
-            let entry = Entry {
-                manifest,
-                manifest_path: path,
-                enabled_by_env,
-                platform: std::sync::RwLock::new(platform),
-                slot: Mutex::new(Slot {
-                    state,
-                    held: false,
-                    generation: 0,
-                    instance: None,
-                    error,
-                    failure: failure.map(Arc::new),
-                    last_unload: None,
-                    failed_at: None,
-                    loads: 0,
-                    load_seconds: 0.0,
-                    last_load_ms: None,
-                    last_open_ms: None,
-                }),
-                changed: Condvar::new(),
-                changed_async: tokio::sync::watch::channel(0).0,
-                reload_lock: Mutex::new(()),
-                reloads: Mutex::new(Default::default()),
-            };
-            entries.insert(entry.manifest.id.clone(), Arc::new(entry));
+            let failure = (manifest.api != ABI_VERSION).then(|| api_mismatch(&manifest, &path));
+            let id = manifest.id.clone();
+            let platform = options.platforms.get(&id).cloned();
+            let entry = Entry::new(manifest, path, enabled_by_env, platform, failure);
+            entries.insert(id, Arc::new(entry));
         }
         Registry {
             entries,
@@ -223,7 +198,7 @@ impl Registry {
 
     /// Where the entry's library is: the plugin folder first, then the library dirs.
     pub fn resolve_library(&self, entry: &Entry) -> Result<PathBuf, LoadFailure> {
-        let file = entry.manifest.library_file_name();
+        let file = entry.manifest().library_file_name();
         let mut looked = Vec::new();
         for dir in std::iter::once(entry.dir())
             .chain(self.options.library_dirs.iter().map(PathBuf::as_path))
@@ -241,80 +216,24 @@ impl Registry {
     /// callers share one load; callers that waited on a load that failed get its error.
     pub fn instance(&self, id: &str) -> Result<Arc<Instance>, RegistryError> {
         let entry = self.entry(id)?;
-        let mut slot = entry.lock();
-        let mut waited = false;
-        loop {
-            if slot.held {
-                waited = true;
-                slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
-                continue;
-            }
-            match slot.state {
-                EntryState::Running => {
-                    if let Some(instance) = &slot.instance {
-                        return Ok(Arc::clone(instance));
-                    }
-                    break;
-                }
-                EntryState::Loading | EntryState::Stopping => {
-                    waited = true;
-                    slot = entry.changed.wait(slot).unwrap_or_else(|e| e.into_inner());
-                }
-                // Waited on a load that failed, or one failed a moment ago: answer its error
-                // rather than hammering a broken library with a load per call.
-                EntryState::Failed
-                    if waited
-                        || slot
-                            .failed_at
-                            .is_some_and(|at| at.elapsed() < RETRY_FAILED_LOAD_AFTER) =>
-                {
-                    if let Some(cause) = &slot.failure {
-                        return Err(RegistryError::LoadFailed {
-                            id: id.to_owned(),
-                            cause: Arc::clone(cause),
-                        });
-                    }
-                    break;
-                }
-                _ => break,
-            }
-        }
-        slot.state = EntryState::Loading;
-        let generation = slot.generation + 1;
-        drop(slot);
-
-        let started = Instant::now();
-        let result = self.load_and_start(entry, generation);
-        let took = started.elapsed().as_secs_f64();
-
-        let mut slot = entry.lock();
-        slot.loads += 1;
-        slot.load_seconds += took;
-        slot.last_load_ms = Some(took * 1e3);
-        let outcome = match result {
-            Ok(instance) => {
-                slot.state = EntryState::Running;
-                slot.generation = generation;
-                slot.error = None;
-                slot.failure = None;
-                slot.instance = Some(Arc::clone(&instance));
-                Ok(instance)
-            }
-            Err(failure) => {
-                let cause = Arc::new(failure);
-                slot.state = EntryState::Failed;
-                slot.error = Some(cause.to_string());
-                slot.failure = Some(Arc::clone(&cause));
-                slot.failed_at = Some(Instant::now());
-                Err(RegistryError::LoadFailed {
+        let generation = match entry.admit_blocking() {
+            Admission::Serving(instance) => return Ok(instance),
+            Admission::Failed(cause) => {
+                return Err(RegistryError::LoadFailed {
                     id: id.to_owned(),
                     cause,
-                })
+                });
             }
+            Admission::Load { generation } => generation,
         };
-        drop(slot);
-        entry.notify();
-        outcome
+        let started = Instant::now();
+        let result = self.load_and_start(entry, generation);
+        entry
+            .load_finished(generation, started.elapsed(), result)
+            .map_err(|cause| RegistryError::LoadFailed {
+                id: id.to_owned(),
+                cause,
+            })
     }
 
     /// How to start an instance of `entry` as `generation`.
@@ -326,7 +245,7 @@ impl Registry {
     ) -> StartOptions {
         let platform = entry.platform_config().unwrap_or_default();
         StartOptions {
-            platform: entry.manifest.id.clone(),
+            platform: entry.manifest().id.clone(),
             generation,
             config_json: platform.plugin_json(),
             sink: Arc::clone(&self.options.sink),
@@ -344,8 +263,8 @@ impl Registry {
             // Not installed: nothing to validate it with (a config reload warns about it).
             return Ok(());
         };
-        if entry.manifest.api != ABI_VERSION {
-            return Err(api_mismatch(&entry.manifest, &entry.manifest_path));
+        if entry.manifest().api != ABI_VERSION {
+            return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
         }
         let path = self.resolve_library(entry)?;
         let library = Library::open(&path, self.shadow_dir()?)?;
@@ -374,18 +293,18 @@ impl Registry {
 
     fn load_and_start(&self, entry: &Entry, generation: u64) -> Result<Arc<Instance>, LoadFailure> {
         let started = Instant::now();
-        if entry.manifest.api != ABI_VERSION {
-            return Err(api_mismatch(&entry.manifest, &entry.manifest_path));
+        if entry.manifest().api != ABI_VERSION {
+            return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
         }
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         let library = Library::open(&path, self.shadow_dir()?)?;
         let opened = started.elapsed();
-        entry.lock().last_open_ms = Some(opened.as_secs_f64() * 1e3);
+        entry.opened(opened);
         match library.start(self.start_options(entry, generation, None)) {
             Ok(instance) => {
                 tracing::info!(
-                    platform = %entry.manifest.id,
+                    platform = %entry.manifest().id,
                     generation,
                     version = instance.plugin_version(),
                     load_ms = opened.as_secs_f64() * 1e3,
@@ -397,10 +316,10 @@ impl Registry {
             Err(failure) => {
                 let report = failure.library.unload();
                 if !report.clean() {
-                    tracing::warn!(platform = %entry.manifest.id, ?report, "failed start left the library resident");
+                    tracing::warn!(platform = %entry.manifest().id, ?report, "failed start left the library resident");
                 }
                 Err(LoadFailure::Start {
-                    platform: entry.manifest.id.clone(),
+                    platform: entry.manifest().id.clone(),
                     source: failure.error,
                 })
             }
@@ -411,50 +330,33 @@ impl Registry {
     /// a call or the plugin's `stop` did not return in time (the entry is `failed` then).
     pub fn unload(&self, id: &str) -> Result<Option<UnloadReport>, RegistryError> {
         let entry = self.entry(id)?;
-        let _no_reload = entry.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
-        let mut slot = entry.wait_settled();
-        let Some(instance) = slot
-            .instance
-            .take()
-            .filter(|_| slot.state == EntryState::Running)
-        else {
+        let owner = entry.exclusive_blocking();
+        entry.settled_blocking(&owner);
+        let Some(instance) = entry.begin_stop(&owner) else {
             return Ok(None);
         };
-        slot.state = EntryState::Stopping;
-        drop(slot);
-
-        let timeout = self.call_timeout(entry);
-        let result = instance.stop(false, timeout);
-        let mut slot = entry.lock();
-        let report = match result {
+        match instance.stop(false, self.call_timeout(entry)) {
             Ok(stopped) => {
                 if let Some(e) = &stopped.error {
                     tracing::warn!(platform = id, error = %e, "plugin reported an error while stopping");
                 }
                 let report = stopped.library.unload();
-                slot.state = EntryState::Unloaded;
-                slot.last_unload = Some(report.clone());
-                Some(report)
+                entry.stopped(&owner, Ok(report.clone()));
+                Ok(Some(report))
             }
             Err(e) => {
-                slot.state = EntryState::Failed;
-                slot.error = Some(format!("stop: {e}"));
-                drop(slot);
-                entry.notify();
+                entry.stopped(&owner, Err(format!("stop: {e}")));
                 if e == crate::loader::StopError::Busy {
                     // Its library is unloaded once the running call returns.
                     instance.retire();
                     crate::reload::reap(instance);
                 }
-                return Err(RegistryError::StopFailed {
+                Err(RegistryError::StopFailed {
                     id: id.to_owned(),
                     cause: e,
-                });
+                })
             }
-        };
-        drop(slot);
-        entry.notify();
-        Ok(report)
+        }
     }
 
     /// The running instance of `id`, if it is running; never loads.

@@ -21,16 +21,16 @@ use std::{
 };
 
 use hermes_plugin_api::abi::ABI_VERSION;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::{
     loader::{Library, UnloadReport},
     manifest::Manifest,
-    registry::{EntryState, Registry, RegistryError},
+    registry::{Entry, Exclusive, LoadFailure, Registry, RegistryError, Settled},
 };
 
 /// A completed reload.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReloadOutcome {
     /// The platform.
     pub platform: String,
@@ -59,7 +59,7 @@ pub struct ReloadOutcome {
 }
 
 /// A refused reload: the old generation (if any) still serves.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
 #[error("reload of `{platform}` refused: {reason}")]
 pub struct ReloadRefused {
     /// The platform.
@@ -71,7 +71,7 @@ pub struct ReloadRefused {
 }
 
 /// Reload counts and the last outcome of one platform.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ReloadStats {
     /// Completed reloads.
     pub done: u64,
@@ -84,12 +84,12 @@ pub struct ReloadStats {
 }
 
 /// The last reload of a platform.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LastReload {
     /// Milliseconds since the Unix epoch.
     pub at_ms: i64,
     /// `done` or `refused`.
-    pub outcome: &'static str,
+    pub outcome: std::borrow::Cow<'static, str>,
     /// How long it took.
     pub latency_ms: f64,
     /// Generation serving afterwards.
@@ -112,92 +112,29 @@ impl Registry {
             reason: e.to_string(),
             serving_generation: None,
         })?;
-        let _one_at_a_time = entry.reload_lock.lock().unwrap_or_else(|e| e.into_inner());
+        let owner = entry.exclusive_blocking();
         let started = Instant::now();
-        let result = self.reload_locked(id, started);
-        let mut stats = entry.reloads.lock().unwrap_or_else(|e| e.into_inner());
-        let latency_ms = started.elapsed().as_secs_f64() * 1e3;
-        let at_ms = hermes_plugin_api::now_ms();
-        match &result {
-            Ok(outcome) => {
-                stats.done += 1;
-                // An older refusal is no longer the last word.
-                stats.last_error = None;
-                stats.last = Some(LastReload {
-                    at_ms,
-                    outcome: "done",
-                    latency_ms,
-                    generation: Some(outcome.new_generation),
-                    held_ms: outcome.held_ms,
-                    stop_ms: outcome.stop_ms,
-                    start_ms: outcome.start_ms,
-                    trigger: trigger.to_owned(),
-                });
-                tracing::info!(
-                    platform = id,
-                    old = ?outcome.old_generation,
-                    new = outcome.new_generation,
-                    version = %outcome.new_version,
-                    ms = latency_ms,
-                    held_ms = outcome.held_ms,
-                    "reloaded"
-                );
-            }
-            Err(refused) => {
-                stats.refused += 1;
-                stats.last_error = Some(refused.reason.clone());
-                stats.last = Some(LastReload {
-                    at_ms,
-                    outcome: "refused",
-                    latency_ms,
-                    generation: refused.serving_generation,
-                    held_ms: 0.0,
-                    stop_ms: 0.0,
-                    start_ms: 0.0,
-                    trigger: trigger.to_owned(),
-                });
-                tracing::warn!(platform = id, reason = %refused.reason, "reload refused; the old generation serves");
-            }
-        }
+        let result = self.reload_owned(entry, &owner, started);
+        drop(owner);
+        entry.record_reload(|stats| record(stats, id, trigger, started, &result));
         result
     }
 
-    fn reload_locked(&self, id: &str, started: Instant) -> Result<ReloadOutcome, ReloadRefused> {
-        let entry = self
-            .entry(id)
-            .map_err(|e| refused(id, e.to_string(), None))?;
-        let (old, old_generation) = {
-            let slot = entry.wait_settled();
-            let old = (slot.state == EntryState::Running)
-                .then(|| slot.instance.clone())
-                .flatten();
-            (old, slot.generation)
-        };
+    fn reload_owned(
+        &self,
+        entry: &Entry,
+        owner: &Exclusive<'_>,
+        started: Instant,
+    ) -> Result<ReloadOutcome, ReloadRefused> {
+        let id = entry.manifest().id.as_str();
+        let Settled {
+            instance: old,
+            generation: old_generation,
+        } = entry.settled_blocking(owner);
         let serving = old.as_ref().map(|i| i.generation());
 
         // 1. Everything that can fail without touching the serving instance.
-        match Manifest::load_if_present(entry.manifest_path()) {
-            Some(Ok(m)) if m.api != ABI_VERSION => {
-                return Err(refused(
-                    id,
-                    format!(
-                        "{}: field `plugin.api`: declares API {}, this host speaks {ABI_VERSION}",
-                        entry.manifest_path().display(),
-                        m.api
-                    ),
-                    serving,
-                ));
-            }
-            Some(Ok(_)) => {}
-            Some(Err(e)) => return Err(refused(id, e.to_string(), serving)),
-            None => {
-                return Err(refused(
-                    id,
-                    format!("{}: the manifest is gone", entry.manifest_path().display()),
-                    serving,
-                ));
-            }
-        }
+        check_manifest(entry).map_err(|e| refused(id, e, serving))?;
         let Some(old) = old else {
             // Not running: a reload is a first load.
             let instance = self.instance(id).map_err(|e| match e {
@@ -219,26 +156,13 @@ impl Registry {
                 old_unload: None,
             });
         };
-        let path = self
-            .resolve_library(entry)
+        let new_library = self
+            .open_validated(entry)
             .map_err(|e| refused(id, e, serving))?;
-        self.count_load();
-        let shadow_dir = self.shadow_dir().map_err(|e| refused(id, e, serving))?;
-        let new_library =
-            Library::open(&path, shadow_dir).map_err(|e| refused(id, e.to_string(), serving))?;
         let timeout = self.call_timeout(entry);
-        let config = entry
-            .platform_config()
-            .map(|p| p.plugin_json())
-            .unwrap_or_else(|| "{}".into());
-        if let Err(e) = new_library.validate_config(&config, timeout) {
-            let _ = new_library.unload();
-            return Err(refused(id, format!("[platforms.{id}]: {e}"), serving));
-        }
 
         // 2. Hold the door, drain the old instance.
-        entry.lock().held = true;
-        entry.notify();
+        entry.hold(owner);
         let held_at = Instant::now();
         // A hung instance cannot drain: waiting for it would only hold the door. Its state is
         // lost (it cannot export it while its calls are stuck); the new generation starts
@@ -282,26 +206,19 @@ impl Registry {
             Ok(instance) => {
                 let instance = Arc::new(instance);
                 let new_version = instance.plugin_version().to_owned();
-                {
-                    let mut slot = entry.lock();
-                    slot.instance = Some(instance);
-                    slot.generation = new_generation;
-                    slot.state = EntryState::Running;
-                    // A running entry's error is a note: the state a hung generation took along.
-                    slot.error = hung.then(|| {
-                        format!(
-                            "generation {old_generation} hung (its calls did not return within {} ms) and was replaced by generation {new_generation}, which started without its state",
-                            timeout.as_millis()
-                        )
-                    });
-                    slot.held = false;
-                }
-                entry.notify();
+                // A running entry's error is a note: the state a hung generation took along.
+                let note = hung.then(|| {
+                    format!(
+                        "generation {old_generation} hung (its calls did not return within {} ms) and was replaced by generation {new_generation}, which started without its state",
+                        timeout.as_millis()
+                    )
+                });
+                entry.serve(owner, instance, new_generation, note);
                 let held_ms = held_at.elapsed().as_secs_f64() * 1e3;
                 // 4. The held calls run on the new generation; now the old library goes.
                 let old_unload = old_library.map(Library::unload);
                 if let Some(report) = &old_unload {
-                    entry.lock().last_unload = Some(report.clone());
+                    entry.set_last_unload(report.clone());
                 }
                 Ok(ReloadOutcome {
                     platform: id.to_owned(),
@@ -333,28 +250,109 @@ impl Registry {
                         None => Err(stop_note
                             .unwrap_or_else(|| "the old instance could not be stopped".into())),
                     };
-                let serving = {
-                    let mut slot = entry.lock();
-                    slot.held = false;
-                    match restarted {
-                        Ok(instance) => {
-                            slot.instance = Some(Arc::new(instance));
-                            slot.state = EntryState::Running;
-                            Some(old_generation)
-                        }
-                        Err(e) => {
-                            slot.instance = None;
-                            slot.state = EntryState::Failed;
-                            slot.error = Some(format!(
-                                "{reason}; restarting the old library failed too: {e}"
-                            ));
-                            None
-                        }
+                let serving = match restarted {
+                    Ok(instance) => {
+                        entry.serve(owner, Arc::new(instance), old_generation, None);
+                        Some(old_generation)
+                    }
+                    Err(e) => {
+                        entry.swap_failed(
+                            owner,
+                            format!("{reason}; restarting the old library failed too: {e}"),
+                        );
+                        None
                     }
                 };
-                entry.notify();
                 Err(refused(id, reason, serving))
             }
+        }
+    }
+}
+
+impl Registry {
+    /// Opens `entry`'s library from a fresh shadow copy and has it check the platform's table.
+    fn open_validated(&self, entry: &Entry) -> Result<Library, LoadFailure> {
+        let path = self.resolve_library(entry)?;
+        self.count_load();
+        let library = Library::open(&path, self.shadow_dir()?)?;
+        let config = entry
+            .platform_config()
+            .map(|p| p.plugin_json())
+            .unwrap_or_else(|| "{}".into());
+        if let Err(source) = library.validate_config(&config, self.call_timeout(entry)) {
+            let _ = library.unload();
+            return Err(LoadFailure::Config {
+                platform: entry.manifest().id.clone(),
+                source,
+            });
+        }
+        Ok(library)
+    }
+}
+
+/// Reads the manifest again: a reload refuses one that is gone, broken or for another API.
+fn check_manifest(entry: &Entry) -> Result<(), LoadFailure> {
+    let path = entry.manifest_path();
+    match Manifest::load_if_present(path) {
+        Some(Ok(m)) if m.api != ABI_VERSION => Err(LoadFailure::ApiMismatch {
+            manifest: path.to_owned(),
+            declared: m.api,
+        }),
+        Some(Ok(_)) => Ok(()),
+        Some(Err(e)) => Err(e.into()),
+        None => Err(LoadFailure::ManifestGone(path.to_owned())),
+    }
+}
+
+/// Counts a reload's outcome and logs it.
+fn record(
+    stats: &mut ReloadStats,
+    id: &str,
+    trigger: &str,
+    started: Instant,
+    result: &Result<ReloadOutcome, ReloadRefused>,
+) {
+    let latency_ms = started.elapsed().as_secs_f64() * 1e3;
+    let at_ms = hermes_plugin_api::now_ms();
+    match &result {
+        Ok(outcome) => {
+            stats.done += 1;
+            // An older refusal is no longer the last word.
+            stats.last_error = None;
+            stats.last = Some(LastReload {
+                at_ms,
+                outcome: "done".into(),
+                latency_ms,
+                generation: Some(outcome.new_generation),
+                held_ms: outcome.held_ms,
+                stop_ms: outcome.stop_ms,
+                start_ms: outcome.start_ms,
+                trigger: trigger.to_owned(),
+            });
+            tracing::info!(
+                platform = id,
+                old = ?outcome.old_generation,
+                new = outcome.new_generation,
+                version = %outcome.new_version,
+                ms = latency_ms,
+                held_ms = outcome.held_ms,
+                "reloaded"
+            );
+        }
+        Err(refused) => {
+            stats.refused += 1;
+            stats.last_error = Some(refused.reason.clone());
+            stats.last = Some(LastReload {
+                at_ms,
+                outcome: "refused".into(),
+                latency_ms,
+                generation: refused.serving_generation,
+                held_ms: 0.0,
+                stop_ms: 0.0,
+                start_ms: 0.0,
+                trigger: trigger.to_owned(),
+            });
+            tracing::warn!(platform = id, reason = %refused.reason, "reload refused; the old generation serves");
         }
     }
 }

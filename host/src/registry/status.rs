@@ -1,0 +1,127 @@
+//! What an entry shows: its lifecycle state (the state machine's states and transitions; the
+//! machine itself runs in [`super::Entry`]) and its status.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+/// An entry's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EntryState {
+    /// Known from its manifest; nothing loaded.
+    Registered,
+    /// Its library is being opened and checked.
+    Loading,
+    /// The plugin's `start` is running.
+    Starting,
+    /// Loaded and started: serving calls.
+    Running,
+    /// A reload is swapping instances: new calls wait at the door, the old instance drains
+    /// and stops, the new one starts.
+    Draining,
+    /// Running, but every worker is stuck in a call past its timeout: no call can be taken.
+    /// Sends answer 503 (retryable); the supervisor replaces it (`on_hang = "restart"`).
+    /// Observed, never stored: the entry is `running` underneath.
+    Hung,
+    /// Being stopped.
+    Stopping,
+    /// Was running; stopped and unloaded.
+    Unloaded,
+    /// The last load or start failed, or a stop did not finish; the error is on the entry.
+    Failed,
+}
+
+impl EntryState {
+    /// The lowercase name used in the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryState::Registered => "registered",
+            EntryState::Loading => "loading",
+            EntryState::Starting => "starting",
+            EntryState::Running => "running",
+            EntryState::Draining => "draining",
+            EntryState::Hung => "hung",
+            EntryState::Stopping => "stopping",
+            EntryState::Unloaded => "unloaded",
+            EntryState::Failed => "failed",
+        }
+    }
+
+    /// Whether the state machine allows `self -> next`:
+    ///
+    /// ```text
+    /// registered | unloaded | failed --first use--> loading --opened--> starting --started--> running
+    /// loading | starting --the load or start failed--> failed
+    /// running --reload--> draining --new one swapped in, or the old one restarted--> running
+    /// draining --neither could start--> failed
+    /// running --unload--> stopping --stopped and unloaded--> unloaded
+    /// stopping --a call or `stop` did not return--> failed
+    /// ```
+    pub fn can_become(self, next: EntryState) -> bool {
+        use EntryState::*;
+        matches!(
+            (self, next),
+            (Registered | Unloaded | Failed, Loading)
+                | (Loading, Starting | Failed)
+                | (Starting, Running | Failed)
+                | (Running, Draining | Stopping)
+                | (Draining, Running | Failed)
+                | (Stopping, Unloaded | Failed)
+        )
+    }
+
+    /// Whether no load, swap or stop is in progress.
+    pub fn is_settled(self) -> bool {
+        !matches!(
+            self,
+            EntryState::Loading
+                | EntryState::Starting
+                | EntryState::Draining
+                | EntryState::Stopping
+        )
+    }
+}
+
+/// An entry's status: what `plugin list`, `/api/platforms` and `status` show.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PlatformStatus {
+    /// The platform id.
+    pub id: String,
+    /// The display name.
+    pub name: String,
+    /// The loaded library's version while loaded, the manifest's otherwise.
+    pub version: String,
+    /// The manifest's version.
+    pub manifest_version: String,
+    /// The plugin ABI version the manifest declares.
+    pub api: u32,
+    /// The lifecycle state.
+    pub state: EntryState,
+    /// The generation serving (or last served); 0 when never loaded.
+    pub generation: u64,
+    /// Whether a `[platforms.<id>]` table or the manifest's `enable_when` enables it.
+    pub configured: bool,
+    /// The last load or start error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The manifest's description.
+    pub description: String,
+    /// The manifest's emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// The manifest file.
+    pub manifest_path: PathBuf,
+    /// Loads attempted so far.
+    pub loads: u64,
+    /// Time spent in loads and starts so far, in seconds.
+    pub load_seconds: f64,
+    /// How long the last load and start took.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_load_ms: Option<f64>,
+    /// Of `last_load_ms`, the library load (shadow copy, dlopen, checks); the rest is `start`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_open_ms: Option<f64>,
+    /// Calls running or queued on the serving instance.
+    pub in_flight: usize,
+}
