@@ -226,3 +226,42 @@ fn unload_then_use_loads_the_next_generation() {
     assert_eq!(registry.loads(), 2);
     registry.shutdown();
 }
+
+#[test]
+fn a_slow_start_shows_as_starting_and_an_unload_waits_for_it() {
+    let t = TestDir::new();
+    t.install("slow", "fixture_panicky", 1);
+    let registry = Arc::new(t.registry(
+        "[platforms.slow]\nhang_start_ms = 400\n",
+        Arc::new(DiscardInbound),
+    ));
+    let entry = Arc::clone(registry.entry("slow").unwrap());
+    assert_eq!(entry.status().state, EntryState::Registered);
+    let user = {
+        let registry = Arc::clone(&registry);
+        thread::spawn(move || registry.instance("slow").map(|i| i.generation()))
+    };
+    // The plugin's start sleeps: the entry shows `starting` until it returns.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while entry.status().state != EntryState::Starting {
+        assert!(std::time::Instant::now() < deadline, "{:?}", entry.status());
+        thread::yield_now();
+    }
+    assert!(
+        entry.running().is_none(),
+        "nothing serves before start returns"
+    );
+    // An unload now waits for the load in progress, then stops what it started.
+    let report = registry.unload("slow").unwrap();
+    assert!(
+        report.is_some_and(|r| r.clean()),
+        "the started instance was unloaded"
+    );
+    assert_eq!(user.join().unwrap().unwrap(), 1);
+    let status = entry.status();
+    assert_eq!((status.state, status.generation), (EntryState::Unloaded, 1));
+    // Every step of the machine is allowed, and the ones it skips are not.
+    assert!(EntryState::Starting.can_become(EntryState::Running));
+    assert!(!EntryState::Registered.can_become(EntryState::Running));
+    assert!(!EntryState::Stopping.can_become(EntryState::Loading));
+}

@@ -161,3 +161,21 @@ impl CallError {
         }
     }
 }
+
+/// Why an instance could not be stopped in order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StopError {
+    /// A call is still running; the library stays mapped until it returns.
+    #[error("a call into the plugin has not returned; its library stays mapped")]
+    Busy,
+    /// Already stopped.
+    #[error("the instance is already stopped")]
+    AlreadyStopped,
+    /// The plugin's `stop` did not return in time; its library stays mapped for good.
+    #[error("the plugin's stop did not return within {} ms; its library stays mapped", after.as_millis())]
+    StopTimedOut {
+        /// The time it had.
+        after: Duration,
+    },
+}

@@ -8,65 +8,34 @@ use std::{
     time::{Duration, Instant},
 };
 
-use abi_stable::std_types::{ROption, RSlice, RStr};
-use hermes_plugin_api::abi::{
-    HEALTH_DEGRADED, HEALTH_HEALTHY, HostContext, InstancePtr, OutboundFfi, PluginVTable, StateRef,
-};
+use hermes_plugin_api::abi::{InstancePtr, PluginVTable};
 
 use super::{
-    callbacks::{CallbackContext, EventSink},
-    error::CallError,
+    callbacks::CallbackContext,
+    error::{CallError, StopError},
+    jobs::{health_error, health_job, send_job},
     library::{Library, LoadedLibrary},
     worker::{CallState, Drained, Workers, await_answer, run_once},
 };
-use crate::message::{Health, HealthStatus, Outbound, PluginState, Receipt, limits};
-
-/// How to start an instance.
-pub struct StartOptions {
-    /// The platform id (for logs, thread names and inbound messages).
-    pub platform: String,
-    /// The generation this instance will be.
-    pub generation: u64,
-    /// The platform's config table as JSON text.
-    pub config_json: String,
-    /// Where inbound messages and log records go.
-    pub sink: Arc<dyn EventSink>,
-    /// How many worker threads serve its calls (at least 1).
-    pub workers: usize,
-    /// How long any one call may run, and wait in the queue before it runs.
-    pub call_timeout: Duration,
-    /// Calls that may wait for a worker; more are refused at once.
-    pub max_queue: usize,
-    /// State exported by the previous generation.
-    pub state: Option<PluginState>,
-}
-
-/// A failed start: the error, and the library (still loaded) to unload or try again.
-#[derive(Debug)]
-pub struct StartFailure {
-    /// Why it failed.
-    pub error: CallError,
-    /// The library, whose workers are joined.
-    pub library: Library,
-}
+use crate::message::{Health, Outbound, PluginState, Receipt};
 
 /// A plugin instance, started and serving calls on its own worker threads.
 pub struct Instance {
-    platform: String,
-    shadow_path: std::path::PathBuf,
-    generation: u64,
-    plugin_version: String,
-    ptr: SendPtr,
-    workers: Workers,
-    library: Mutex<Option<Arc<LoadedLibrary>>>,
-    context: Arc<CallbackContext>,
-    call_timeout: Duration,
-    in_flight: Arc<AtomicUsize>,
+    pub(super) platform: String,
+    pub(super) shadow_path: std::path::PathBuf,
+    pub(super) generation: u64,
+    pub(super) plugin_version: String,
+    pub(super) ptr: SendPtr,
+    pub(super) workers: Workers,
+    pub(super) library: Mutex<Option<Arc<LoadedLibrary>>>,
+    pub(super) context: Arc<CallbackContext>,
+    pub(super) call_timeout: Duration,
+    pub(super) in_flight: Arc<AtomicUsize>,
 }
 
 /// The instance pointer, moved into worker jobs.
 #[derive(Clone, Copy)]
-struct SendPtr(InstancePtr);
+pub(super) struct SendPtr(pub(super) InstancePtr);
 
 // SAFETY: the pointer is only dereferenced by the plugin's own functions, which the `Plugin`
 // trait requires to be `Send + Sync`.
@@ -81,18 +50,6 @@ impl SendPtr {
     }
 }
 
-/// The host context, moved into the `start` job.
-struct SendHost(HostContext);
-
-// SAFETY: the context points at a `CallbackContext`, which is `Send + Sync`.
-unsafe impl Send for SendHost {}
-
-impl SendHost {
-    fn get(self) -> HostContext {
-        self.0
-    }
-}
-
 /// A stopped instance: its library (loaded, workers joined) and what it exported.
 #[derive(Debug)]
 pub struct Stopped {
@@ -102,132 +59,6 @@ pub struct Stopped {
     pub state: Option<PluginState>,
     /// An error from `export_state` or `stop` (the instance is stopped all the same).
     pub error: Option<CallError>,
-}
-
-/// Why an instance could not be stopped in order.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum StopError {
-    /// A call is still running; the library stays mapped until it returns.
-    #[error("a call into the plugin has not returned; its library stays mapped")]
-    Busy,
-    /// Already stopped.
-    #[error("the instance is already stopped")]
-    AlreadyStopped,
-    /// The plugin's `stop` did not return in time; its library stays mapped for good.
-    #[error("the plugin's stop did not return within {} ms; its library stays mapped", after.as_millis())]
-    StopTimedOut {
-        /// The time it had.
-        after: Duration,
-    },
-}
-
-impl Library {
-    /// Starts an instance on new worker threads. On failure the workers are joined and the
-    /// library comes back, still loaded.
-    pub fn start(self, options: StartOptions) -> Result<Instance, StartFailure> {
-        let context = CallbackContext::new(
-            &options.platform,
-            options.generation,
-            Arc::clone(&options.sink),
-        );
-        self.inner
-            .contexts
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Arc::clone(&context));
-        self.inner
-            .threads_before_start
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get_or_insert_with(|| super::maps::thread_ids().unwrap_or_default());
-        let name = format!("hermes-{}-g{}", options.platform, options.generation);
-        let workers = match Workers::spawn(&self.inner, &name, options.workers, options.max_queue) {
-            Ok(w) => w,
-            Err(e) => {
-                let message = format!("cannot start worker threads: {e}");
-                return Err(StartFailure {
-                    error: CallError::Plugin {
-                        call: "start",
-                        message,
-                        retryable: true,
-                    },
-                    library: self,
-                });
-            }
-        };
-        let host = SendHost(context.host_context());
-        let config = options.config_json;
-        let state = options.state;
-        let started = call_on(&workers, "start", options.call_timeout, move |vtable| {
-            let state_ref = state.as_ref().map(|s| StateRef {
-                schema: s.schema,
-                bytes: RSlice::from_slice(&s.bytes),
-            });
-            // SAFETY: the config and state are borrowed for the call; `host` stays valid until
-            // the library is unloaded (the library keeps its context).
-            let result = unsafe {
-                (vtable.start)(
-                    RStr::from_str(&config),
-                    host.get(),
-                    ROption::from(state_ref),
-                )
-            };
-            result
-                .into_result()
-                .map(SendPtr)
-                .map_err(|e| e.into_string())
-        });
-        let failure = match started {
-            Ok(Ok(ptr)) => {
-                return Ok(Instance {
-                    platform: options.platform,
-                    shadow_path: self.shadow_path().to_owned(),
-                    generation: options.generation,
-                    plugin_version: self.plugin_version().to_owned(),
-                    ptr,
-                    workers,
-                    library: Mutex::new(Some(Arc::clone(&self.inner))),
-                    context,
-                    call_timeout: options.call_timeout,
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                });
-            }
-            Ok(Err(message)) => CallError::Plugin {
-                call: "start",
-                message,
-                retryable: false,
-            },
-            Err(e) => e,
-        };
-        context.deactivate();
-        let _ = workers.drain(Instant::now() + Duration::from_secs(1));
-        Err(StartFailure {
-            error: failure,
-            library: self,
-        })
-    }
-}
-
-/// Submits `f` to the pool and waits up to `timeout` for its answer.
-fn call_on<R: Send + 'static>(
-    workers: &Workers,
-    call: &'static str,
-    timeout: Duration,
-    f: impl FnOnce(&PluginVTable) -> R + Send + 'static,
-) -> Result<R, CallError> {
-    let (tx, rx) = oneshot::channel();
-    workers.submit(Box::new(move |vtable| {
-        let _ = tx.send(f(vtable));
-    }))?;
-    match await_answer(&rx, timeout) {
-        Ok(r) => Ok(r),
-        Err(oneshot::RecvTimeoutError::Timeout) => Err(CallError::Timeout {
-            call,
-            after: timeout,
-        }),
-        Err(oneshot::RecvTimeoutError::Disconnected) => Err(CallError::Stopped),
-    }
 }
 
 impl Instance {
@@ -492,60 +323,6 @@ impl std::fmt::Debug for Instance {
             .field("generation", &self.generation)
             .field("version", &self.plugin_version)
             .finish()
-    }
-}
-
-/// The `health` job: the call and the conversion to std types, on the worker.
-fn health_job(vtable: &PluginVTable, ptr: InstancePtr) -> Result<Health, String> {
-    // SAFETY: `ptr` came from this library's `start` and `stop` has not run (see `send_job`).
-    let result = unsafe { (vtable.health)(ptr) };
-    // Converted here, on the worker: the RStrings are freed by the plugin's allocator.
-    match result.into_result() {
-        Ok(h) => Ok(Health {
-            status: match h.status {
-                HEALTH_HEALTHY => HealthStatus::Healthy,
-                HEALTH_DEGRADED => HealthStatus::Degraded,
-                _ => HealthStatus::Unhealthy,
-            },
-            detail: limits::cut(h.detail.into_string(), limits::ERROR_BYTES),
-        }),
-        Err(e) => Err(limits::cut(e.into_string(), limits::ERROR_BYTES)),
-    }
-}
-
-fn health_error(message: String) -> CallError {
-    CallError::Plugin {
-        call: "health",
-        message,
-        retryable: false,
-    }
-}
-
-/// The `send` job: builds the FFI message, calls the plugin, converts the answer to std types
-/// while the library is certainly loaded (the `RString`s are freed by the plugin's allocator).
-fn send_job(
-    message: Outbound,
-) -> impl FnOnce(&PluginVTable, InstancePtr) -> Result<Receipt, (String, bool)> + Send + 'static {
-    move |vtable, ptr| {
-        let metadata = serde_json::Value::Object(message.metadata).to_string();
-        let ffi = OutboundFfi {
-            chat_id: RStr::from_str(&message.chat_id),
-            text: RStr::from_str(&message.text),
-            reply_to: message.reply_to.as_deref().map(RStr::from_str).into(),
-            metadata_json: RStr::from_str(&metadata),
-        };
-        // SAFETY: `ptr` came from this library's `start` and `stop` has not run: the pool is
-        // closed before `stop`, and this job was queued before that.
-        let result = unsafe { (vtable.send)(ptr, &ffi) };
-        match result.into_result() {
-            Ok(r) => Ok(Receipt {
-                message_id: limits::cut(r.message_id.into_string(), limits::MESSAGE_ID_BYTES),
-            }),
-            Err(e) => Err((
-                limits::cut(e.message.into_string(), limits::ERROR_BYTES),
-                e.retryable,
-            )),
-        }
     }
 }
 

@@ -19,18 +19,21 @@ mod callbacks;
 mod elf;
 mod error;
 mod instance;
+mod jobs;
 mod layout;
 mod library;
 mod maps;
 mod shadow;
+mod start;
 mod worker;
 
 pub use callbacks::{DiscardInbound, EventSink, forward_log};
-pub use error::{CallError, LoadError};
-pub use instance::{Instance, StartFailure, StartOptions, StopError, Stopped};
+pub use error::{CallError, LoadError, StopError};
+pub use instance::{Instance, Stopped};
 pub use library::{Library, UnloadReport};
 pub use maps::{is_mapped, mapped_files, mapped_under};
 pub use shadow::ShadowDir;
+pub use start::{StartFailure, StartOptions};
 
 /// Whether `path` is a complete shared object: an ELF file whose every segment lies inside it
 /// (a file still being written, or cut short, is not). Reads headers only; maps nothing.

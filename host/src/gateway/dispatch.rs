@@ -1,0 +1,92 @@
+//! Inbound dispatch: a message a plugin delivers goes to the journal, the SSE subscribers and
+//! the routes, on the plugin's own thread and without blocking it.
+
+use std::sync::{Arc, OnceLock, Weak};
+
+use super::Gateway;
+use crate::{
+    journal::{Durability, Record, RecordKind},
+    loader::EventSink,
+    message::Inbound,
+    routing::RoutedSend,
+};
+
+/// Takes inbound messages on plugin threads and dispatches them without blocking.
+pub struct GatewaySink {
+    pub(super) gateway: Arc<OnceLock<Weak<Gateway>>>,
+    pub(super) runtime: tokio::runtime::Handle,
+}
+
+impl EventSink for GatewaySink {
+    fn inbound(&self, message: Inbound) -> Result<(), String> {
+        match self.gateway.get().and_then(Weak::upgrade) {
+            Some(gateway) => dispatch(&gateway, message, &self.runtime),
+            None => Err("the gateway is shutting down".into()),
+        }
+    }
+
+    fn stale_delivery(&self, platform: &str, generation: u64) {
+        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
+            gateway.metrics.stale_delivery(platform);
+        }
+        tracing::debug!(
+            platform,
+            generation,
+            "refused a delivery from a generation that no longer serves"
+        );
+    }
+}
+
+/// Hands an inbound message to the journal, the routes and the SSE stream. Runs on the
+/// plugin's thread: everything here queues or spawns and returns at once, except that with
+/// `fsync` durability the record is on disk first, and a message the journal could not keep is
+/// refused (the plugin sees the error) before anything else sees it.
+fn dispatch(
+    gateway: &Arc<Gateway>,
+    message: Inbound,
+    runtime: &tokio::runtime::Handle,
+) -> Result<(), String> {
+    gateway.touch(&message.platform);
+    gateway.metrics.inbound(&message.platform);
+    let kept = gateway.journal.record(Record {
+        ts: message.timestamp,
+        kind: RecordKind::Inbound,
+        platform: message.platform.clone(),
+        chat_id: message.chat_id.clone(),
+        user: Some(message.user.clone()),
+        text: message.text.clone(),
+        message_id: message.message_id.clone(),
+        generation: message.generation,
+        route_from: None,
+    });
+    if gateway.journal.durability() == Durability::Fsync {
+        kept.and_then(|ticket| gateway.journal.committed_blocking(ticket))
+            .map_err(|e| format!("not accepted: {e}"))?;
+    }
+    let sends = crate::routing::plan(&gateway.routes.current(), &message);
+    // SSE first: a routed copy must never reach subscribers before its source message.
+    gateway.events.publish(&message);
+    for RoutedSend {
+        platform,
+        message,
+        source,
+    } in sends
+    {
+        let gateway2 = Arc::clone(gateway);
+        let guard = gateway.begin();
+        runtime.spawn(async move {
+            let _guard = guard;
+            let sent = gateway2
+                .send(&platform, message, RecordKind::Routed, Some(source.clone()))
+                .await;
+            match sent {
+                Ok(_) => gateway2.metrics.routed("ok"),
+                Err(e) => {
+                    gateway2.metrics.routed("error");
+                    tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
+                }
+            }
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The gateway: the registry plus everything `serve` does with messages.
+//!
+//! - [`dispatch`]: inbound messages arrive on plugin threads through [`GatewaySink`], which
+//!   hands each to the SSE subscribers (bounded queues, see [`crate::events`]), the journal (a
+//!   queue) and the routes that [`crate::routing`] plans (spawned tasks): all of it queues and
+//!   returns at once, and no task has to be woken per message.
+//! - [`send`]: sends from HTTP clients, the control socket or routes go through
+//!   [`Gateway::send`], which loads the platform on first use and never blocks the runtime.
+//!   Its errors ([`SendError`]) keep their causes; the HTTP layer picks the status.
+//! - Here: the gateway itself, its activity clock (for idle unload) and the requests in flight.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, OnceLock,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use crate::{
+    config::{Config, StartMode},
+    journal::{Journal, JournalOptions},
+    metrics::Metrics,
+    registry::{Registry, RegistryOptions},
+    routing::Routes,
+};
+
+pub mod dispatch;
+pub mod send;
+
+pub use dispatch::GatewaySink;
+pub use send::{SendError, SendOk};
+
+/// Warm-up of `background` platforms.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Warmup {
+    /// Still starting.
+    Pending,
+    /// Every background platform started.
+    Completed,
+    /// At least one failed (the others run).
+    Failed,
+}
+
+impl Warmup {
+    /// The lowercase name used in the CLI and the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Warmup::Pending => "pending",
+            Warmup::Completed => "completed",
+            Warmup::Failed => "failed",
+        }
+    }
+}
+
+/// Timings of start-up, for `GET /api/startup_profile`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct StartupProfile {
+    /// Named phases in order, with their duration in ms.
+    pub phases: Vec<(String, f64)>,
+    /// From process start of `serve` to ready (listeners up, eager platforms started).
+    pub ready_ms: Option<f64>,
+    /// From ready to the end of the warm-up.
+    pub warmup_ms: Option<f64>,
+    /// Each started platform: id, mode, ms, error.
+    pub platforms: Vec<PlatformStart>,
+}
+
+/// One platform's start during start-up.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlatformStart {
+    /// The platform.
+    pub id: String,
+    /// `eager` or `background`.
+    pub mode: StartMode,
+    /// Load + start time, as the start-up saw it.
+    pub ms: f64,
+    /// Of that, the library load (shadow copy, dlopen, checks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub load_ms: Option<f64>,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The running gateway.
+pub struct Gateway {
+    /// The configuration it runs with.
+    pub config: Config,
+    /// Every installed plugin.
+    pub registry: Arc<Registry>,
+    /// Inbound messages for SSE subscribers.
+    pub events: Arc<crate::events::Events>,
+    /// The journal.
+    pub journal: Journal,
+    /// Counters.
+    pub metrics: Metrics,
+    /// Start-up timings.
+    pub profile: Mutex<StartupProfile>,
+    /// Warm-up state.
+    pub warmup: watch::Sender<Warmup>,
+    /// Set once shutdown begins.
+    pub shutdown: watch::Sender<bool>,
+    /// Hot reload: the watched plugins.
+    pub hotreload: crate::watch::HotReload,
+    /// The routes in force: `config.routes` at start, swapped by a config reload.
+    pub routes: Routes,
+    started: Instant,
+    activity: Mutex<Activity>,
+    /// HTTP requests and route sends in progress.
+    in_flight: AtomicUsize,
+    idle_again: Notify,
+    start_order: Mutex<Vec<String>>,
+}
+
+struct Activity {
+    last: Instant,
+    platforms: HashMap<String, Instant>,
+}
+
+impl Gateway {
+    /// Builds the gateway and its registry (manifests only) and starts the journal writer.
+    /// `dev` allows hot reload whatever the config says. Must run inside a tokio runtime.
+    pub fn new(
+        config: Config,
+        dev: bool,
+    ) -> anyhow::Result<(Arc<Gateway>, crate::journal::JournalThread)> {
+        let slot = Arc::new(OnceLock::new());
+        let sink = GatewaySink {
+            gateway: Arc::clone(&slot),
+            runtime: tokio::runtime::Handle::current(),
+        };
+        let options = RegistryOptions::from_config(&config, Arc::new(sink));
+        let registry = Arc::new(Registry::discover(&config.plugins.dirs, options));
+        for problem in registry.problems() {
+            tracing::warn!("{problem}");
+        }
+        for route in &config.routes {
+            for end in std::iter::once(&route.from).chain(&route.to) {
+                if !registry.is_registered(&end.platform) {
+                    tracing::warn!(platform = %end.platform, "a route names a platform that is not installed");
+                }
+            }
+        }
+        let (journal, journal_thread) = Journal::open(JournalOptions {
+            path: config.journal.path.clone(),
+            flush_every: config.journal.flush,
+            durability: config.journal.durability,
+            queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES,
+        })
+        .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
+        let hotreload = crate::watch::HotReload::new(
+            Arc::clone(&registry),
+            config.hotreload.allowed || dev,
+            config.hotreload.debounce,
+            &config.plugins.state_dir,
+            config
+                .source
+                .as_deref()
+                .map_or("hermes.toml".into(), |p| p.display().to_string()),
+        );
+        let routes = Routes::new(config.routes.clone());
+        let gateway = Arc::new(Gateway {
+            routes,
+            config,
+            hotreload,
+            registry,
+            events: Arc::default(),
+            journal,
+            metrics: Metrics::default(),
+            profile: Mutex::new(StartupProfile::default()),
+            warmup: watch::channel(Warmup::Pending).0,
+            shutdown: watch::channel(false).0,
+            started: Instant::now(),
+            activity: Mutex::new(Activity {
+                last: Instant::now(),
+                platforms: HashMap::new(),
+            }),
+            in_flight: AtomicUsize::new(0),
+            idle_again: Notify::new(),
+            start_order: Mutex::new(Vec::new()),
+        });
+        let _ = slot.set(Arc::downgrade(&gateway));
+        Ok((gateway, journal_thread))
+    }
+
+    /// When `serve` began.
+    pub fn started(&self) -> Instant {
+        self.started
+    }
+
+    fn touch(&self, platform: &str) {
+        let now = Instant::now();
+        let mut activity = self.activity.lock().unwrap_or_else(|e| e.into_inner());
+        activity.last = now;
+        match activity.platforms.get_mut(platform) {
+            Some(at) => *at = now,
+            None => {
+                activity.platforms.insert(platform.to_owned(), now);
+            }
+        }
+    }
+
+    /// Time since the last message in or out, for the whole gateway or one platform.
+    pub fn since_activity(&self, platform: Option<&str>) -> Option<Duration> {
+        let activity = self.activity.lock().ok()?;
+        let at = match platform {
+            Some(p) => *activity.platforms.get(p).unwrap_or(&self.started),
+            None => activity.last,
+        };
+        Some(at.elapsed())
+    }
+
+    /// Requests and route sends in progress, plus calls queued or running in plugins.
+    pub fn in_flight(&self) -> usize {
+        let plugin_calls: usize = self
+            .registry
+            .entries()
+            .filter_map(|e| e.running())
+            .map(|i| i.in_flight())
+            .sum();
+        self.in_flight.load(Ordering::Acquire) + plugin_calls
+    }
+
+    /// Counts one request in flight until the guard drops.
+    pub fn begin(self: &Arc<Self>) -> InFlightGuard {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        InFlightGuard(Arc::clone(self))
+    }
+
+    /// Waits (up to `timeout`) until no request or route send is in flight.
+    pub async fn drained(&self, timeout: Duration) -> bool {
+        let wait = async {
+            loop {
+                let notified = self.idle_again.notified();
+                if self.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                notified.await;
+            }
+        };
+        tokio::time::timeout(timeout, wait).await.is_ok()
+    }
+
+    /// Remembers start order, so shutdown stops platforms in reverse.
+    pub fn note_started(&self, platform: &str) {
+        let mut order = self.start_order.lock().unwrap_or_else(|e| e.into_inner());
+        order.retain(|p| p != platform);
+        order.push(platform.to_owned());
+    }
+
+    /// Platforms in the order they (last) started.
+    pub fn start_order(&self) -> Vec<String> {
+        self.start_order
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Keeps a request counted as in flight.
+pub struct InFlightGuard(Arc<Gateway>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle_again.notify_waiters();
+        }
+    }
+}

@@ -1,0 +1,235 @@
+//! Sends: through any platform, from HTTP clients, the control socket and routes. A send is
+//! admitted by the journal first (nothing is sent that it could not record), loads the
+//! platform on first use without blocking the runtime, and is retried on the serving
+//! generation when a reload swapped the instance between lookup and call.
+
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use serde::Serialize;
+
+use super::Gateway;
+use crate::{
+    journal::{Durability, JournalError, Record, RecordKind},
+    loader::CallError,
+    message::Outbound,
+    registry::{Instance, RegistryError},
+};
+
+/// Why a send failed. Each variant keeps its cause; [`crate::api`] alone turns one into an
+/// HTTP status and the words a client sees.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SendError {
+    /// The platform is not installed, failed to load or did not stop.
+    #[error(transparent)]
+    Platform(#[from] RegistryError),
+    /// A reload held new calls at the door for longer than the platform's call timeout.
+    #[error("platform `{platform}` was held by a reload for longer than {} ms", timeout.as_millis())]
+    HeldByReload {
+        /// The platform.
+        platform: String,
+        /// How long the send waited.
+        timeout: Duration,
+    },
+    /// The task that loads the platform failed (it panicked).
+    #[error("platform `{platform}`: the load task failed: {message}")]
+    LoadTask {
+        /// The platform.
+        platform: String,
+        /// The task's error.
+        message: String,
+    },
+    /// The journal could not take the record: nothing was sent.
+    #[error("platform `{platform}`: not sent: {source}")]
+    NotAdmitted {
+        /// The platform.
+        platform: String,
+        /// The journal's state.
+        #[source]
+        source: JournalError,
+    },
+    /// The call into the plugin failed.
+    #[error("{platform}: {source}")]
+    Call {
+        /// The platform.
+        platform: String,
+        /// How it failed.
+        #[source]
+        source: CallError,
+    },
+    /// Sent, but with `fsync` durability the journal could not record it: the answer must not
+    /// claim it is kept, and a retry would send it twice.
+    #[error("{platform}: sent as {message_id}, but the journal could not record it: {source}")]
+    NotJournaled {
+        /// The platform.
+        platform: String,
+        /// The platform's id of the sent message.
+        message_id: String,
+        /// The journal's error.
+        #[source]
+        source: JournalError,
+    },
+}
+
+impl SendError {
+    /// Whether the same send may succeed later.
+    pub fn retryable(&self) -> bool {
+        match self {
+            SendError::Platform(_) | SendError::NotJournaled { .. } => false,
+            SendError::HeldByReload { .. }
+            | SendError::LoadTask { .. }
+            | SendError::NotAdmitted { .. } => true,
+            SendError::Call { source, .. } => match source {
+                CallError::Plugin { retryable, .. } => *retryable,
+                CallError::Timeout { .. }
+                | CallError::Unhealthy
+                | CallError::Stopped
+                | CallError::Expired { .. }
+                | CallError::QueueFull { .. } => true,
+            },
+        }
+    }
+
+    /// The metrics label of a failed call.
+    fn label(&self) -> &'static str {
+        match self {
+            SendError::Call { source, .. } => match source {
+                CallError::Timeout { .. } => "timeout",
+                CallError::Plugin { .. } => "error",
+                CallError::Expired { .. } | CallError::QueueFull { .. } => "busy",
+                _ => "unavailable",
+            },
+            _ => "unavailable",
+        }
+    }
+}
+
+/// A successful send.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct SendOk {
+    /// The platform's id for the message.
+    pub message_id: String,
+    /// The platform.
+    pub platform: String,
+    /// The generation that sent it.
+    pub generation: u64,
+}
+
+impl Gateway {
+    /// The running instance of `platform`, loading it on first use (off the runtime's threads).
+    pub async fn instance(self: &Arc<Self>, platform: &str) -> Result<Arc<Instance>, SendError> {
+        if let Some(instance) = self.registry.running(platform) {
+            return Ok(instance);
+        }
+        let entry = self.registry.entry(platform)?;
+        // Held at the door by a reload: wait for the swap without taking a thread.
+        if entry.is_held() {
+            let timeout = self.registry.call_timeout(entry);
+            if tokio::time::timeout(timeout, entry.wait_released())
+                .await
+                .is_err()
+            {
+                return Err(SendError::HeldByReload {
+                    platform: platform.to_owned(),
+                    timeout,
+                });
+            }
+            if let Some(instance) = self.registry.running(platform) {
+                return Ok(instance);
+            }
+        }
+        let registry = Arc::clone(&self.registry);
+        let id = platform.to_owned();
+        let result = tokio::task::spawn_blocking(move || registry.instance(&id))
+            .await
+            .map_err(|e| SendError::LoadTask {
+                platform: platform.to_owned(),
+                message: e.to_string(),
+            })?;
+        let instance = result?;
+        self.note_started(platform);
+        Ok(instance)
+    }
+
+    /// Sends `message` through `platform`, recording it in the journal as `kind`.
+    pub async fn send(
+        self: &Arc<Self>,
+        platform: &str,
+        message: Outbound,
+        kind: RecordKind,
+        route_from: Option<String>,
+    ) -> Result<SendOk, SendError> {
+        // Nothing is sent that the journal could not record.
+        self.journal
+            .admit()
+            .await
+            .map_err(|source| SendError::NotAdmitted {
+                platform: platform.to_owned(),
+                source,
+            })?;
+        let started = Instant::now();
+        let mut attempts = 0;
+        let (instance, result) = loop {
+            let instance = self.instance(platform).await?;
+            let result = instance.send_async(&message).await;
+            attempts += 1;
+            // `Stopped` means the call never reached the plugin: the instance was swapped out
+            // by a reload between our lookup and the call. Take the serving one and go again.
+            if result == Err(CallError::Stopped) && attempts < 5 {
+                continue;
+            }
+            break (instance, result);
+        };
+        // While the call ran it counted in flight, which keeps idle unload away; the activity
+        // clock starts again from its end.
+        self.touch(platform);
+        match result {
+            Ok(receipt) => {
+                self.metrics.send(platform, "ok", started.elapsed());
+                let kept = self.journal.record(Record {
+                    ts: hermes_plugin_api::now_ms(),
+                    kind,
+                    platform: platform.to_owned(),
+                    chat_id: message.chat_id,
+                    user: None,
+                    text: message.text,
+                    message_id: receipt.message_id.clone(),
+                    generation: instance.generation(),
+                    route_from,
+                });
+                let kept = match kept {
+                    Ok(ticket) => self.journal.committed(ticket).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(source) = kept {
+                    // The message is out; only the record is missing. With `fsync` the answer
+                    // must not claim it is kept, and a retry would send it twice.
+                    tracing::error!(platform, message_id = %receipt.message_id, error = %source, "a sent message was not journaled");
+                    if self.journal.durability() == Durability::Fsync {
+                        return Err(SendError::NotJournaled {
+                            platform: platform.to_owned(),
+                            message_id: receipt.message_id,
+                            source,
+                        });
+                    }
+                }
+                Ok(SendOk {
+                    message_id: receipt.message_id,
+                    platform: platform.to_owned(),
+                    generation: instance.generation(),
+                })
+            }
+            Err(source) => {
+                let e = SendError::Call {
+                    platform: platform.to_owned(),
+                    source,
+                };
+                self.metrics.send(platform, e.label(), started.elapsed());
+                Err(e)
+            }
+        }
+    }
+}
