@@ -33,3 +33,5 @@ mod bridge;
 mod lifecycle;
 // Faults: kill -9, a full disk, a stuck journal, the control socket's path, start-up order.
 mod faults;
+// Libraries that crash their loader: the probe, and quarantine after a crash.
+mod crashes;

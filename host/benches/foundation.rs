@@ -35,6 +35,9 @@ fn options(shadow: &Path) -> RegistryOptions {
         shadow_dir: shadow.to_owned(),
         platforms: Default::default(),
         sink: Arc::new(DiscardInbound),
+        // The raw loader: the probe's cost is measured in the reload bench.
+        probe: None,
+        state_dir: None,
     }
 }
 

@@ -3,7 +3,10 @@
 //!
 //! Run with `make bench`. A release `serve --dev` watches a copy of the release loopback; the
 //! bench replaces it the way cargo does (new file, unlink, link), alternating between the two
-//! release builds (0.1.0 and 0.2.0-next), 50 times at the default debounce (150 ms).
+//! release builds (0.1.0 and 0.2.0-next), 50 times at the default debounce (150 ms). Each
+//! replacement appends a different 8-byte tail to the file, so every reload is new content, as
+//! a rebuild is: the probe's verdict cache never answers, and each reload pays for a probe.
+//! The release runs go twice, side by side: with the probe (the default) and without it.
 
 mod common;
 
@@ -69,9 +72,11 @@ impl Client {
     }
 }
 
-fn replace_like_cargo(src: &Path, dest: &Path) {
+fn replace_like_cargo(src: &Path, dest: &Path, salt: u64) {
     let tmp = dest.with_extension("so.tmp-new");
-    std::fs::copy(src, &tmp).unwrap();
+    let mut bytes = std::fs::read(src).unwrap();
+    bytes.extend_from_slice(&salt.to_le_bytes());
+    std::fs::write(&tmp, bytes).unwrap();
     let _ = std::fs::remove_file(dest);
     std::fs::hard_link(&tmp, dest).unwrap();
     std::fs::remove_file(&tmp).unwrap();
@@ -82,9 +87,10 @@ fn main() {
     println!(
         "50 reloads of a loopback between two builds (cargo's way: a finished file linked in, which reloads at once; the 150 ms debounce is only for files still being written), two clients sending throughout.\n"
     );
-    for profile in ["release", "debug"] {
+    for (profile, probe) in [("release", true), ("release", false), ("debug", true)] {
         bench(
             profile,
+            probe,
             [
                 target().join(format!("{profile}/libhermes_loopback.so")),
                 target().join(format!("variant/{profile}/libhermes_loopback.so")),
@@ -93,7 +99,7 @@ fn main() {
     }
 }
 
-fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
+fn bench(profile: &str, probe: bool, builds: [std::path::PathBuf; 2]) {
     for b in &builds {
         assert!(b.is_file(), "{} is missing: run `make bench`", b.display());
     }
@@ -108,7 +114,9 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
     let config = dir.path().join("hermes.toml");
     std::fs::write(
         &config,
-        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = []\nstate_dir = \"state\"\n[platforms.lb]\n",
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = []\nstate_dir = \"state\"\nprobe = {probe}\n[platforms.lb]\n"
+        ),
     )
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_hermes-host"));
@@ -159,7 +167,7 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
     let mut generation = probe.send().1;
     for i in 0..50 {
         let started = Instant::now();
-        replace_like_cargo(&builds[(i + 1) % 2], &library);
+        replace_like_cargo(&builds[(i + 1) % 2], &library, i as u64 + 1);
         loop {
             let (status, g) = probe.send();
             if status != 200 {
@@ -195,7 +203,8 @@ fn bench(profile: &str, builds: [std::path::PathBuf; 2]) {
     }
     let status = control.blocking(control.hotreload_status()).unwrap();
     let size = std::fs::metadata(&builds[0]).map_or(0, |m| m.len()) as f64 / 1048576.0;
-    println!("### {profile} loopback ({size:.1} MiB)\n");
+    let probed = if probe { "with the probe" } else { "probe off" };
+    println!("### {profile} loopback ({size:.1} MiB), {probed}\n");
     println!("| measure | p50 | p95 | p99 | max |");
     println!("|---|---:|---:|---:|---:|");
     let row = |name: &str, v: &mut Vec<f64>| {

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use crate::{
     loader::{DiscardInbound, Library, StartOptions},
-    registry::{Registry, RegistryError},
+    registry::{LoadFailure, Registry, RegistryError},
 };
 
 /// One step of a check.
@@ -104,30 +104,48 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         format!("{} ({:.1} MiB)", path.display(), size as f64 / 1048576.0),
     );
 
-    // This process's own shadow folder: removed with the process, swept if it dies.
-    let scratch = match registry.shadow_dir() {
-        Ok(dir) => dir.to_owned(),
-        Err(e) => {
-            report.step("load", Some(false), e.to_string());
-            return Ok(report);
-        }
-    };
+    // The probe, the quarantine and the load, as the server does them.
     let started = Instant::now();
-    let library = match Library::open(&path, &scratch) {
-        Ok(library) => library,
+    let opened = match registry.open_library(entry, &path) {
+        Ok(opened) => opened,
         Err(e) => {
-            report.step("load", Some(false), e.to_string());
-            if let crate::loader::LoadError::Layout { details, .. } = e {
+            let step = match &e {
+                LoadFailure::Probe(_) => "probe",
+                LoadFailure::Quarantined(_) => "quarantine",
+                _ => "load",
+            };
+            report.step(step, Some(false), e.to_string());
+            if let LoadFailure::Library(crate::loader::LoadError::Layout { details, .. }) = e {
                 report.layout_details = Some(details);
             }
             return Ok(report);
         }
     };
+    match &opened.probed {
+        Some(probed) if probed.cached => {
+            report.step("probe", Some(true), "sound (verdict cached)".to_owned())
+        }
+        Some(probed) => report.step(
+            "probe",
+            Some(true),
+            format!(
+                "sound: loaded in a child process first ({:.1} ms)",
+                probed.ms
+            ),
+        ),
+        None => report.step(
+            "probe",
+            None,
+            "no hermes-host binary to probe with; loaded in this process directly".to_owned(),
+        ),
+    }
+    let _marker = opened.marker;
+    let library = opened.library;
     report.step(
         "load",
         Some(true),
         format!(
-            "ABI v{ABI_VERSION}, vtable layout compatible, plugin version {} ({:.2} ms: copy + dlopen + checks)",
+            "ABI v{ABI_VERSION}, vtable layout compatible, plugin version {} ({:.2} ms: copy, probe, dlopen, checks)",
             library.plugin_version(),
             started.elapsed().as_secs_f64() * 1e3
         ),

@@ -3,7 +3,9 @@
 //! The pieces, in the order a message meets them:
 //! - [`config`] reads `hermes.toml`; [`manifest`] reads each plugin's `plugin.toml`.
 //! - [`registry`] knows every installed plugin from its manifest and loads one only when it
-//!   is used, through [`loader`], the one module with `unsafe` code.
+//!   is used, through [`loader`], the one module with `unsafe` code. Every library is first
+//!   opened in a child process by the [`probe`], and a library that took the process down
+//!   while loading is refused by the [`quarantine`] until it changes.
 //! - [`check`] runs a plugin through every load-time check without keeping it.
 //! - [`gateway`] moves messages: sends, inbound dispatch to SSE ([`events`]), [`journal`]
 //!   and the routes that [`routing`] plans, counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
@@ -29,6 +31,8 @@ pub mod loader;
 pub mod manifest;
 pub mod message;
 pub mod metrics;
+pub mod probe;
+pub mod quarantine;
 pub mod reconfigure;
 pub mod registry;
 pub use registry::reload;

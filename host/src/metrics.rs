@@ -228,6 +228,7 @@ impl Metrics {
             .iter()
             .filter(|s| s.state == crate::registry::EntryState::Running)
             .count();
+        let quarantined = snapshot.platforms.iter().filter(|s| s.quarantined).count();
         let stale = snapshot.resident_stale_libraries.map_or(-1, |n| n as i64);
         for (name, help, value) in [
             (
@@ -239,6 +240,11 @@ impl Metrics {
                 "hermes_platforms_running",
                 "Platforms loaded and running",
                 running as i64,
+            ),
+            (
+                "hermes_platforms_quarantined",
+                "Platforms whose library is quarantined (it took the process down while loading)",
+                quarantined as i64,
             ),
             (
                 "hermes_calls_in_flight",

@@ -132,6 +132,23 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
             }
             Ok(ExitCode::SUCCESS)
         }
+        PluginCommand::Unquarantine { id } => {
+            let registry = registry(config);
+            registry.entry(&id)?;
+            let quarantine = crate::quarantine::Quarantine::new(&config.plugins.state_dir);
+            match quarantine.lift(&id)? {
+                Some(record) => {
+                    writeln!(
+                        out,
+                        "lifted the quarantine of {id} ({}, content {}); a running server loads it at the next use, or now with `hermes-host plugin reload {id}`",
+                        record.library.display(),
+                        &record.hash[..12.min(record.hash.len())]
+                    )?;
+                }
+                None => writeln!(out, "{id} is not quarantined")?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         PluginCommand::Check {
             id,
             start,

@@ -49,6 +49,13 @@ pub enum Command {
     /// Make the running server re-read its config file (as SIGHUP does): applied or refused
     /// as a whole.
     ReloadConfig,
+    /// Probes a library for the host (internal): opens the file with every load-time check in
+    /// this short-lived process and prints the report.
+    #[command(name = "__probe", hide = true)]
+    Probe {
+        /// The shadow copy to open.
+        copy: PathBuf,
+    },
     /// Send a message through the running server.
     Send {
         /// The platform id.
@@ -97,6 +104,11 @@ pub enum PluginCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Lift the quarantine of a plugin whose library took the process down while loading.
+    Unquarantine {
+        /// The plugin id.
+        id: String,
+    },
     /// Load a plugin from a scratch copy, check its ABI and config, unload it.
     Check {
         /// The plugin id.
@@ -123,6 +135,10 @@ pub struct JsonFlag {
 
 /// Runs the parsed command line; the exit code says whether it succeeded.
 pub fn run(cli: Cli) -> Result<ExitCode> {
+    // The probe child needs no config and logs nothing: it only reports on one file.
+    if let Command::Probe { copy } = &cli.command {
+        return Ok(crate::probe::child_main(copy));
+    }
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
         _ => "warn",
@@ -150,6 +166,8 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
             text,
         } => remote::send(&config, &platform, &chat, &text),
         Command::Plugin(command) => local::plugin(&config, command),
+        // Answered above, before the config is read.
+        Command::Probe { copy } => Ok(crate::probe::child_main(&copy)),
     }
 }
 

@@ -77,6 +77,8 @@ pub struct PluginsConfig {
     pub state_dir: PathBuf,
     /// Where shadow copies are loaded from.
     pub shadow_dir: PathBuf,
+    /// `probe`, default true: open every new library in a child process first.
+    pub probe: bool,
 }
 
 /// `[hotreload]`.
@@ -154,6 +156,7 @@ struct RawPlugins {
     library_dirs: Option<Vec<PathBuf>>,
     state_dir: Option<PathBuf>,
     shadow_dir: Option<PathBuf>,
+    probe: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -297,6 +300,7 @@ impl Config {
                     .collect(),
                 state_dir: state_dir.clone(),
                 shadow_dir,
+                probe: raw.plugins.probe.unwrap_or(true),
             },
             hotreload: HotReloadConfig {
                 allowed: raw.hotreload.allowed.unwrap_or(false),

@@ -104,18 +104,34 @@ impl Library {
     /// this host can call: ELF sanity, the entry symbol, magic, ABI version, header size and
     /// the vtable's layout (with fresh checking globals, so nothing is cached between loads).
     pub fn open(source: &Path, shadow_dir: &Path) -> Result<Library, LoadError> {
+        Self::open_vetted(source, shadow_dir, |_| Ok(()))
+    }
+
+    /// [`Library::open`], with `vet` run on the shadow copy before it is opened: the copy is
+    /// opened only if `vet` accepts it (the registry probes it in a child process there), and
+    /// it is the very file `vet` saw.
+    pub fn open_vetted<E: From<LoadError>>(
+        source: &Path,
+        shadow_dir: &Path,
+        vet: impl FnOnce(&Path) -> Result<(), E>,
+    ) -> Result<Library, E> {
         let meta = std::fs::metadata(source).map_err(|e| LoadError::io(source, e))?;
         if !meta.is_file() {
             return Err(LoadError::NotALibrary {
                 path: source.to_owned(),
                 reason: "not a regular file".into(),
-            });
+            }
+            .into());
         }
         let shadow = ShadowCopy::create(source, shadow_dir).map_err(|e| LoadError::Shadow {
             dir: shadow_dir.to_owned(),
             source: e,
         })?;
         let shadow_path = shadow.path().to_owned();
+        if let Err(e) = vet(&shadow_path) {
+            let _ = shadow.remove();
+            return Err(e);
+        }
         match Self::open_copy(source, &shadow_path) {
             Ok((handle, vtable, plugin_version)) => Ok(Library {
                 inner: Arc::new(LoadedLibrary {
@@ -131,9 +147,18 @@ impl Library {
             }),
             Err(e) => {
                 let _ = shadow.remove();
-                Err(e)
+                Err(e.into())
             }
         }
+    }
+
+    /// Opens `copy` where it is, with every load-time check, and leaves it loaded: for the
+    /// probe's child process, which exits right after. The plugin's version when sound.
+    pub fn check_in_place(copy: &Path) -> Result<String, LoadError> {
+        let (handle, _vtable, version) = Self::open_copy(copy, copy)?;
+        // The process exits next: closing would only run the library's destructors for nothing.
+        std::mem::forget(handle);
+        Ok(version)
     }
 
     fn open_copy(

@@ -429,6 +429,7 @@ impl Entry {
             last_load_ms: slot.last_load_ms,
             last_open_ms: slot.last_open_ms,
             in_flight: slot.instance.as_ref().map_or(0, |i| i.in_flight()),
+            quarantined: matches!(slot.failure.as_deref(), Some(LoadFailure::Quarantined(_))),
         }
     }
 

@@ -8,6 +8,8 @@ use hermes_plugin_api::abi::ABI_VERSION;
 use crate::{
     loader::{CallError, LoadError, StopError},
     manifest::ManifestError,
+    probe::ProbeError,
+    quarantine::Quarantined,
 };
 
 /// Something discovery could not register. The other plugins register all the same.
@@ -102,6 +104,12 @@ pub enum LoadFailure {
     /// The library did not pass the loader's checks.
     #[error(transparent)]
     Library(#[from] LoadError),
+    /// The probe, which opens the library in a child process first, refused it.
+    #[error(transparent)]
+    Probe(#[from] ProbeError),
+    /// The process died before while loading or starting this very file.
+    #[error("{0}")]
+    Quarantined(Quarantined),
     /// The plugin refused its `[platforms.<id>]` table.
     #[error("[platforms.{platform}]: {source}")]
     Config {

@@ -19,14 +19,17 @@ use hermes_plugin_api::abi::ABI_VERSION;
 
 use crate::{
     config::{Config, PlatformConfig},
-    loader::{EventSink, Library, StartOptions, UnloadReport},
+    loader::{EventSink, StartOptions, UnloadReport},
     manifest::{MANIFEST_FILE, Manifest, ManifestError},
+    probe::{PROBE_TIMEOUT, Prober},
+    quarantine::Quarantine,
 };
 
 pub use crate::loader::Instance;
 
 mod entry;
 mod error;
+mod open;
 pub mod reload;
 mod status;
 
@@ -49,6 +52,12 @@ pub struct RegistryOptions {
     pub platforms: BTreeMap<String, PlatformConfig>,
     /// Where instances deliver inbound messages and logs.
     pub sink: Arc<dyn EventSink>,
+    /// The `hermes-host` binary that probes libraries before they are opened (see
+    /// [`crate::probe`]); `None` opens without a probe.
+    pub probe: Option<PathBuf>,
+    /// Where load markers and the quarantine list live (see [`crate::quarantine`]); `None`
+    /// keeps no quarantine.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl RegistryOptions {
@@ -59,6 +68,8 @@ impl RegistryOptions {
             shadow_dir: config.plugins.shadow_dir.clone(),
             platforms: config.platforms.clone(),
             sink,
+            probe: config.plugins.probe.then(Prober::find_program).flatten(),
+            state_dir: Some(config.plugins.state_dir.clone()),
         }
     }
 }
@@ -71,6 +82,8 @@ pub struct Registry {
     loads: AtomicU64,
     /// This process's folder under the shadow root, claimed at the first load.
     shadow: std::sync::OnceLock<Result<crate::loader::ShadowDir, Arc<std::io::Error>>>,
+    prober: Option<Prober>,
+    quarantine: Option<Quarantine>,
 }
 
 impl Registry {
@@ -124,7 +137,23 @@ impl Registry {
             let entry = Entry::new(manifest, path, enabled_by_env, platform, failure);
             entries.insert(id, Arc::new(entry));
         }
+        let quarantine = options.state_dir.as_deref().map(Quarantine::new);
+        if let Some(quarantine) = &quarantine {
+            match quarantine.sweep() {
+                Ok(found) => {
+                    for record in found {
+                        tracing::error!(platform = %record.platform, library = %record.library.display(), "the process died while loading or starting this library; {record}");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the load markers"),
+            }
+        }
         Registry {
+            prober: options
+                .probe
+                .clone()
+                .map(|program| Prober::new(program, PROBE_TIMEOUT)),
+            quarantine,
             entries,
             problems,
             options,
@@ -267,8 +296,10 @@ impl Registry {
             return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
         }
         let path = self.resolve_library(entry)?;
-        let library = Library::open(&path, self.shadow_dir()?)?;
+        let opened = self.open_library(entry, &path)?;
+        let library = opened.library;
         let checked = library.validate_config(&table.plugin_json(), table.call_timeout);
+        drop(opened.marker);
         let report = library.unload();
         if !report.clean() {
             tracing::warn!(platform = id, ?report, "a validation copy stayed resident");
@@ -298,7 +329,11 @@ impl Registry {
         }
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
-        let library = Library::open(&path, self.shadow_dir()?)?;
+        let open::Opened {
+            library,
+            marker: _marker,
+            probed,
+        } = self.open_library(entry, &path)?;
         let opened = started.elapsed();
         entry.opened(opened);
         match library.start(self.start_options(entry, generation, None)) {
@@ -308,6 +343,7 @@ impl Registry {
                     generation,
                     version = instance.plugin_version(),
                     load_ms = opened.as_secs_f64() * 1e3,
+                    probe_ms = probed.map(|p| p.ms),
                     start_ms = (started.elapsed() - opened).as_secs_f64() * 1e3,
                     "platform started"
                 );

@@ -156,7 +156,11 @@ impl Registry {
                 old_unload: None,
             });
         };
-        let new_library = self
+        let super::open::Opened {
+            library: new_library,
+            marker: _marker,
+            ..
+        } = self
             .open_validated(entry)
             .map_err(|e| refused(id, e, serving))?;
         let timeout = self.call_timeout(entry);
@@ -271,22 +275,23 @@ impl Registry {
 
 impl Registry {
     /// Opens `entry`'s library from a fresh shadow copy and has it check the platform's table.
-    fn open_validated(&self, entry: &Entry) -> Result<Library, LoadFailure> {
+    fn open_validated(&self, entry: &Entry) -> Result<super::open::Opened, LoadFailure> {
         let path = self.resolve_library(entry)?;
         self.count_load();
-        let library = Library::open(&path, self.shadow_dir()?)?;
+        let opened = self.open_library(entry, &path)?;
+        let library = &opened.library;
         let config = entry
             .platform_config()
             .map(|p| p.plugin_json())
             .unwrap_or_else(|| "{}".into());
         if let Err(source) = library.validate_config(&config, self.call_timeout(entry)) {
-            let _ = library.unload();
+            let _ = opened.library.unload();
             return Err(LoadFailure::Config {
                 platform: entry.manifest().id.clone(),
                 source,
             });
         }
-        Ok(library)
+        Ok(opened)
     }
 }
 

@@ -124,4 +124,7 @@ pub struct PlatformStatus {
     pub last_open_ms: Option<f64>,
     /// Calls running or queued on the serving instance.
     pub in_flight: usize,
+    /// Its library is quarantined: the process died while loading or starting it before.
+    #[serde(default)]
+    pub quarantined: bool,
 }
