@@ -99,7 +99,7 @@ fn main() {
     }
 }
 
-fn bench(profile: &str, probe: bool, builds: [std::path::PathBuf; 2]) {
+fn bench(profile: &str, with_probe: bool, builds: [std::path::PathBuf; 2]) {
     for b in &builds {
         assert!(b.is_file(), "{} is missing: run `make bench`", b.display());
     }
@@ -115,7 +115,7 @@ fn bench(profile: &str, probe: bool, builds: [std::path::PathBuf; 2]) {
     std::fs::write(
         &config,
         format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = []\nstate_dir = \"state\"\nprobe = {probe}\n[platforms.lb]\n"
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = []\nstate_dir = \"state\"\nprobe = {with_probe}\n[platforms.lb]\n"
         ),
     )
     .unwrap();
@@ -203,7 +203,11 @@ fn bench(profile: &str, probe: bool, builds: [std::path::PathBuf; 2]) {
     }
     let status = control.blocking(control.hotreload_status()).unwrap();
     let size = std::fs::metadata(&builds[0]).map_or(0, |m| m.len()) as f64 / 1048576.0;
-    let probed = if probe { "with the probe" } else { "probe off" };
+    let probed = if with_probe {
+        "with the probe"
+    } else {
+        "probe off"
+    };
     println!("### {profile} loopback ({size:.1} MiB), {probed}\n");
     println!("| measure | p50 | p95 | p99 | max |");
     println!("|---|---:|---:|---:|---:|");
