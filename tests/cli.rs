@@ -177,11 +177,17 @@ fn plugin_check_refuses_broken_plugins_with_the_reason() {
     t.install_bytes("badmagic", &bad_magic);
     t.install("drift", "fixture_drift", 1);
     t.install("future", "hermes_loopback", 2);
+    t.install("dashed", "my-plugin", 1);
     t.install("loopback", "hermes_loopback", 1);
     t.config("[platforms.loopback]\nuser = \"\"\n[platforms.panicky]\ncolour = \"red\"\n");
     t.install("panicky", "fixture_panicky", 1);
 
     assert!(refusal(&t, "text").contains("not an ELF file"));
+    // The crate is `my-plugin`; cargo wrote `libmy_plugin.so`.
+    assert!(
+        refusal(&t, "dashed").contains("libmy-plugin.so not found")
+            && refusal(&t, "dashed").contains("set `library = \"my_plugin\"`")
+    );
     assert!(refusal(&t, "truncated").contains("truncated"));
     assert!(refusal(&t, "noentry").contains("no `hermes_plugin_entry` symbol"));
     assert!(refusal(&t, "badmagic").contains("wrong magic"));
@@ -258,4 +264,123 @@ fn adapter_config_errors_name_the_key_in_check_and_in_serve() {
         assert!(p["error"].as_str().unwrap().contains(key), "{p}");
     }
     assert_eq!(server.get("/health").0, 200);
+}
+
+#[test]
+fn a_reader_that_closes_the_pipe_early_is_not_an_error() {
+    let t = TestDir::new();
+    for i in 0..50 {
+        t.install(&format!("p{i:03}"), "hermes_loopback", 1);
+    }
+    let config = t.config("");
+    // `hermes-host plugin list | head -0`: the read end is gone before the list is written.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["plugin", "list"])
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{:?}: {}",
+        out.status,
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stderr), "");
+}
+
+#[test]
+fn plugin_new_writes_a_crate_that_tests_builds_checks_and_serves_as_it_is() {
+    let t = TestDir::new();
+    t.config("");
+    let dir = t.path().join("my-plugin");
+    let api = util::root().join("plugin-api");
+    let dir_arg = dir.to_str().unwrap();
+    let api_arg = api.to_str().unwrap();
+    let out = run(
+        &t,
+        &[
+            "plugin",
+            "new",
+            "my-plugin",
+            "--dir",
+            dir_arg,
+            "--api-path",
+            api_arg,
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("created plugin my-plugin"));
+    // An existing non-empty folder and an invalid id are refused.
+    let again = run(&t, &["plugin", "new", "my-plugin", "--dir", dir_arg]);
+    assert!(!again.status.success());
+    assert!(
+        text(&again.stderr).contains("is not empty"),
+        "{}",
+        text(&again.stderr)
+    );
+    let bad = run(
+        &t,
+        &[
+            "plugin",
+            "new",
+            "Bad Id",
+            "--dir",
+            t.path().join("x").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        text(&bad.stderr).contains("not a valid plugin id"),
+        "{}",
+        text(&bad.stderr)
+    );
+
+    // Its own tests and build, sharing the workspace's target folder (seconds, not minutes).
+    std::os::unix::fs::symlink(util::root().join("target"), dir.join("target")).unwrap();
+    for args in [["test", "--offline", "-q"], ["build", "--offline", "-q"]] {
+        let cargo = Command::new(env!("CARGO"))
+            .args(args)
+            .current_dir(&dir)
+            .env_remove("CARGO_TARGET_DIR")
+            .output()
+            .unwrap();
+        assert!(
+            cargo.status.success(),
+            "cargo {args:?}: {}{}",
+            text(&cargo.stdout),
+            text(&cargo.stderr)
+        );
+    }
+
+    // Its dev config, on a free port: check --start, then serve, send, and the echo on SSE.
+    let config = dir.join("hermes.toml");
+    let dev = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, dev.replace("127.0.0.1:8650", "127.0.0.1:0")).unwrap();
+    let check = Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["plugin", "check", "my-plugin", "--start"])
+        .output()
+        .unwrap();
+    assert!(
+        check.status.success(),
+        "{}{}",
+        text(&check.stdout),
+        text(&check.stderr)
+    );
+    assert!(text(&check.stdout).contains("my-plugin: sound"));
+    let server = util::Server::start_config(&t, config, &["--dev"]);
+    let mut sse = util::Sse::connect(&server.addr);
+    let (status, body) = server.post(
+        "/api/platforms/my-plugin/send",
+        r#"{"chat_id":"c","text":"hello"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let echo = sse.next();
+    assert_eq!(echo["platform"], "my-plugin");
+    assert_eq!(echo["text"], "echo: hello");
 }

@@ -145,14 +145,31 @@ fn bad_manifests_are_reported_and_the_others_register() {
     .unwrap();
 
     let registry = t.registry("", Arc::new(DiscardInbound));
+    // The broken ones stay listed, as `invalid` under their folder's name, with the reason.
+    let listed: Vec<_> = registry
+        .list()
+        .into_iter()
+        .map(|s| (s.id, s.state, s.error.unwrap_or_default()))
+        .collect();
     assert_eq!(
-        registry
-            .list()
+        listed
             .iter()
-            .map(|s| s.id.as_str())
+            .map(|(id, state, _)| (id.as_str(), *state))
             .collect::<Vec<_>>(),
-        ["good"]
+        [
+            ("bad-id", EntryState::Invalid),
+            ("good", EntryState::Registered),
+            ("missing", EntryState::Invalid)
+        ]
     );
+    assert!(listed[2].2.contains("missing/plugin.toml"), "{listed:?}");
+    match registry.instance("missing") {
+        Err(RegistryError::LoadFailed { cause, .. }) => {
+            assert!(matches!(*cause, LoadFailure::Manifest(_)), "{cause}")
+        }
+        Ok(_) => panic!("an invalid plugin was loaded"),
+        Err(other) => panic!("{other}"),
+    }
     let problems: Vec<String> = registry
         .problems()
         .iter()

@@ -295,6 +295,9 @@ fn hot_reload_picks_up_a_rebuilt_library_and_refuses_a_broken_one() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(sse.next()["metadata"]["version"], "0.2.0-next");
     assert_eq!(server.platform("lb")["version"], "0.2.0-next");
+    // The table shows the loaded library's version and, where it differs, the manifest's.
+    let table = String::from_utf8_lossy(&server.cli(&["status"]).stdout).into_owned();
+    assert!(table.contains("0.2.0-next (manifest 0.0.1)"), "{table}");
 
     // A manifest rewritten in place is a change too: it triggers a reload (of the same library).
     let manifest = t.plugins().join("lb/plugin.toml");

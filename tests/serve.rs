@@ -524,6 +524,14 @@ fn background_platforms_warm_up_and_idle_ones_unload_and_come_back() {
     let warm: serde_json::Value = serde_json::from_str(&warm).unwrap();
     assert_eq!(warm["status"], "completed");
     assert_eq!(warm["platforms"][0]["state"], "running");
+    assert_eq!(warm["progress"], "1/1");
+    assert_eq!(warm["completed"], serde_json::json!(["warm"]));
+    assert_eq!(warm["pending"], serde_json::json!([]));
+    assert!(
+        server.log().contains("warm-up completed"),
+        "{}",
+        server.log()
+    );
     let state = |id: &str| {
         let (_, body) = server.get(&format!("/api/platforms/{id}"));
         let body: serde_json::Value = serde_json::from_str(&body).unwrap();

@@ -344,12 +344,29 @@ fn warmup_json(gateway: &Gateway) -> serde_json::Value {
             e.platform_config()
                 .is_some_and(|p| p.start == crate::config::StartMode::Background)
         })
-        .map(|e| {
-            let s = e.status();
-            json!({ "id": s.id, "state": s.state, "error": s.error })
-        })
+        .map(|e| e.status())
         .collect();
-    json!({ "status": status, "platforms": platforms })
+    // Each background platform is pending (not started yet), completed (started) or failed.
+    let (mut pending, mut completed, mut failed) = (Vec::new(), Vec::new(), Vec::new());
+    for s in &platforms {
+        use crate::registry::EntryState::*;
+        match s.state {
+            Running | Draining | Hung | Stopping | Unloaded => completed.push(s.id.as_str()),
+            Failed | Invalid => failed.push(s.id.as_str()),
+            Registered | Loading | Starting => pending.push(s.id.as_str()),
+        }
+    }
+    json!({
+        "status": status,
+        "progress": format!("{}/{}", completed.len() + failed.len(), platforms.len()),
+        "pending": pending,
+        "completed": completed,
+        "failed": failed,
+        "platforms": platforms
+            .iter()
+            .map(|s| json!({ "id": s.id, "state": s.state, "error": s.error }))
+            .collect::<Vec<_>>(),
+    })
 }
 
 async fn warmup_status(State(gateway): State<Arc<Gateway>>) -> Response {

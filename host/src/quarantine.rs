@@ -9,6 +9,12 @@
 //! reason, until its file changes (another content hash) or `hermes-host plugin unquarantine
 //! <id>` lifts it. A persisted hot-reload watch or an eager start can therefore never turn one
 //! bad file into a crash loop; the other platforms start normally.
+//!
+//! Loads run in parallel (eager and background starts), so a process may die with several
+//! markers held, and only one of them is to blame. Then none is quarantined: each becomes a
+//! *suspect*, which the next start loads alone, with every other load waiting (a process-wide
+//! lock, shared by ordinary loads, exclusive for suspects). A crash during a suspect's lone load
+//! leaves one marker, which quarantines it; a suspect that loads and starts is cleared.
 
 use std::{
     collections::BTreeMap,
@@ -17,6 +23,8 @@ use std::{
     os::unix::fs::DirBuilderExt as _,
     path::{Path, PathBuf},
 };
+
+use std::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use serde::{Deserialize, Serialize};
 
@@ -35,6 +43,10 @@ pub struct Quarantined {
     pub at_ms: i64,
     /// The process that died.
     pub pid: u32,
+    /// The process died with other loads in progress too: this one is loaded alone next time,
+    /// and quarantined only if the process dies during that load.
+    #[serde(default)]
+    pub suspect: bool,
 }
 
 impl std::fmt::Display for Quarantined {
@@ -56,16 +68,39 @@ pub struct Quarantine {
     state_dir: PathBuf,
 }
 
-/// A load in progress: its marker, removed when dropped.
+/// Ordinary loads share it; a suspect's load takes it alone.
+static LOADS: RwLock<()> = RwLock::new(());
+
+/// A load in progress: its marker, removed when dropped (a suspect's record too: it did not
+/// take the process down).
 #[derive(Debug)]
 pub struct Marker {
     path: PathBuf,
     _lock: File,
+    cleared_suspect: Option<(Quarantine, String)>,
+    _turn: LoadTurn,
+}
+
+#[derive(Debug)]
+enum LoadTurn {
+    Shared(#[allow(dead_code)] RwLockReadGuard<'static, ()>),
+    Alone(#[allow(dead_code)] RwLockWriteGuard<'static, ()>),
 }
 
 impl Drop for Marker {
     fn drop(&mut self) {
         let _ = fs::remove_file(&self.path);
+        if let Some((quarantine, platform)) = self.cleared_suspect.take() {
+            match quarantine.list() {
+                Ok(mut list) if list.get(&platform).is_some_and(|r| r.suspect) => {
+                    list.remove(&platform);
+                    if let Err(e) = quarantine.write(&list) {
+                        tracing::warn!(platform, error = %e, "cannot clear a suspect");
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 }
 
@@ -85,8 +120,20 @@ impl Quarantine {
         self.state_dir.join("quarantine.json")
     }
 
-    /// Marks a load of `library` (content `hash`) for `platform` as in progress.
-    pub fn begin(&self, platform: &str, library: &Path, hash: ContentHash) -> io::Result<Marker> {
+    /// Marks a load of `library` (content `hash`) for `platform` as in progress; `alone` (a
+    /// suspect) waits until no other load runs and keeps them all waiting until it is dropped.
+    pub fn begin(
+        &self,
+        platform: &str,
+        library: &Path,
+        hash: ContentHash,
+        alone: bool,
+    ) -> io::Result<Marker> {
+        let turn = if alone {
+            LoadTurn::Alone(LOADS.write().unwrap_or_else(|e| e.into_inner()))
+        } else {
+            LoadTurn::Shared(LOADS.read().unwrap_or_else(|e| e.into_inner()))
+        };
         let dir = self.markers();
         fs::DirBuilder::new()
             .recursive(true)
@@ -98,6 +145,7 @@ impl Quarantine {
             library: library.to_owned(),
             at_ms: hermes_plugin_api::now_ms(),
             pid: std::process::id(),
+            suspect: false,
         };
         let file = tempfile::Builder::new()
             .prefix(&format!("{platform}."))
@@ -109,10 +157,16 @@ impl Quarantine {
         file.as_file()
             .write_all(serde_json::to_string(&record)?.as_bytes())?;
         let (lock, path) = file.keep().map_err(|e| e.error)?;
-        Ok(Marker { path, _lock: lock })
+        Ok(Marker {
+            path,
+            _lock: lock,
+            cleared_suspect: alone.then(|| (self.clone(), platform.to_owned())),
+            _turn: turn,
+        })
     }
 
-    /// Turns the markers of dead processes into quarantine records; returns the new records.
+    /// Turns the markers of dead processes into quarantine records (suspects where a process
+    /// left several); returns the new records.
     pub fn sweep(&self) -> io::Result<Vec<Quarantined>> {
         let read = match fs::read_dir(self.markers()) {
             Ok(read) => read,
@@ -137,10 +191,18 @@ impl Quarantine {
                 found.push(record);
             }
         }
+        // One marker of a dead process names the culprit; several name suspects.
+        let pids: Vec<u32> = found.iter().map(|r| r.pid).collect();
+        for record in &mut found {
+            record.suspect = pids.iter().filter(|&&p| p == record.pid).count() > 1;
+        }
         if !found.is_empty() {
             let mut list = self.list()?;
             for record in &found {
-                list.insert(record.platform.clone(), record.clone());
+                let known = list.get(&record.platform).is_some_and(|r| !r.suspect);
+                if !(record.suspect && known) {
+                    list.insert(record.platform.clone(), record.clone());
+                }
             }
             self.write(&list)?;
         }
@@ -161,8 +223,9 @@ impl Quarantine {
         }
     }
 
-    /// The record that refuses `platform`'s library with content `hash`, if any. A record for
-    /// another content (the file changed) refuses nothing.
+    /// The record for `platform`'s library with content `hash`, if any: a quarantine (refuse
+    /// it) or a suspect (load it alone). A record for another content (the file changed) is
+    /// not returned.
     pub fn check(&self, platform: &str, hash: ContentHash) -> io::Result<Option<Quarantined>> {
         let hash = hash.to_string();
         Ok(self
@@ -209,7 +272,7 @@ mod tests {
         let (bad, changed) = (ContentHash(7), ContentHash(8));
 
         // A load in progress: its marker is held, so a sweep leaves it alone.
-        let marker = quarantine.begin("x", library, bad).unwrap();
+        let marker = quarantine.begin("x", library, bad, false).unwrap();
         assert!(quarantine.sweep().unwrap().is_empty());
         drop(marker);
         assert_eq!(fs::read_dir(quarantine.markers()).unwrap().count(), 0);
@@ -221,6 +284,7 @@ mod tests {
             library: library.to_owned(),
             at_ms: 1,
             pid: 42,
+            suspect: false,
         };
         fs::write(
             quarantine.markers().join("x.dead.json"),
@@ -240,5 +304,51 @@ mod tests {
         assert_eq!(quarantine.lift("x").unwrap(), Some(record));
         assert_eq!(quarantine.check("x", bad).unwrap(), None);
         assert_eq!(quarantine.lift("x").unwrap(), None);
+    }
+
+    #[test]
+    fn a_process_that_died_with_several_loads_leaves_suspects_loaded_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let quarantine = Quarantine::new(dir.path());
+        fs::create_dir_all(quarantine.markers()).unwrap();
+        for (platform, hash) in [("a", 1u128), ("b", 2)] {
+            let record = Quarantined {
+                platform: platform.into(),
+                hash: ContentHash(hash).to_string(),
+                library: PathBuf::from(format!("/p/{platform}.so")),
+                at_ms: 1,
+                pid: 7,
+                suspect: false,
+            };
+            fs::write(
+                quarantine.markers().join(format!("{platform}.dead.json")),
+                serde_json::to_string(&record).unwrap(),
+            )
+            .unwrap();
+        }
+        let found = quarantine.sweep().unwrap();
+        assert_eq!(found.len(), 2);
+        assert!(found.iter().all(|r| r.suspect), "{found:?}");
+        let a = quarantine.check("a", ContentHash(1)).unwrap().unwrap();
+        assert!(a.suspect, "a suspect is not refused, only loaded alone");
+
+        // A suspect's load that ends with the process alive clears it.
+        let marker = quarantine
+            .begin("a", Path::new("/p/a.so"), ContentHash(1), true)
+            .unwrap();
+        assert!(
+            LOADS.try_read().is_err(),
+            "every other load waits while a suspect loads"
+        );
+        drop(marker);
+        assert!(LOADS.try_read().is_ok());
+        assert_eq!(quarantine.check("a", ContentHash(1)).unwrap(), None);
+        assert!(
+            quarantine
+                .check("b", ContentHash(2))
+                .unwrap()
+                .unwrap()
+                .suspect
+        );
     }
 }

@@ -255,6 +255,13 @@ async fn warm_up(gateway: Arc<Gateway>) {
     let ids = platforms_in_mode(&gateway, StartMode::Background);
     let results = start_platforms(&gateway, ids, StartMode::Background).await;
     let failed = results.iter().any(|r| r.error.is_some());
+    let failures = results.iter().filter(|r| r.error.is_some()).count();
+    tracing::info!(
+        started = results.len() - failures,
+        failed = failures,
+        ms = ms(started.elapsed()),
+        "warm-up completed"
+    );
     {
         let mut profile = gateway.profile.lock().unwrap_or_else(|e| e.into_inner());
         profile.platforms.extend(results);

@@ -1,6 +1,11 @@
 //! The plugin commands that read the installed plugins themselves: `list`, `info`, `check`.
 
-use std::{io::Write as _, process::ExitCode, sync::Arc};
+use std::{
+    io::Write as _,
+    path::{Path, PathBuf},
+    process::ExitCode,
+    sync::Arc,
+};
 
 use anyhow::Result;
 use hermes_plugin_api::abi::ABI_VERSION;
@@ -130,6 +135,25 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     row("error", error.clone())?;
                 }
             }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::New { id, dir, api_path } => {
+            let dir = dir.unwrap_or_else(|| PathBuf::from(&id));
+            // This build's own checkout, when it is still there.
+            let checkout = Path::new(env!("CARGO_MANIFEST_DIR")).join("../plugin-api");
+            let api_path = api_path.or_else(|| checkout.is_dir().then_some(checkout));
+            let made = super::scaffold::scaffold(&id, &dir, api_path.as_deref())?;
+            writeln!(
+                out,
+                "created plugin {id} in {}: {}",
+                made.dir.display(),
+                made.files.join(", ")
+            )?;
+            writeln!(
+                out,
+                "next: cd {} && cargo test && cargo build && hermes-host -c hermes.toml plugin check {id} --start && hermes-host -c hermes.toml serve --dev",
+                made.dir.display()
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Unquarantine { id } => {

@@ -6,6 +6,7 @@
 
 mod local;
 mod remote;
+pub mod scaffold;
 mod table;
 
 use std::{path::PathBuf, process::ExitCode};
@@ -103,6 +104,18 @@ pub enum PluginCommand {
         /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Write a new plugin crate that builds, tests and serves as it is.
+    New {
+        /// The plugin id (also the crate's name).
+        id: String,
+        /// Where to write it; `./<id>` by default. Must not exist or be empty.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// The hermes-plugin-api crate to depend on by path; by default this checkout's when
+        /// there is one, otherwise the crates.io release of this version.
+        #[arg(long)]
+        api_path: Option<PathBuf>,
     },
     /// Lift the quarantine of a plugin whose library took the process down while loading.
     Unquarantine {

@@ -57,14 +57,16 @@ pub(super) fn status(config: &Config, json: bool) -> Result<ExitCode> {
 }
 
 pub(super) fn send(config: &Config, platform: &str, chat: &str, text: &str) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let client = client(config);
     let message = Outbound::new(chat.to_owned(), text.to_owned());
     Ok(match client.blocking(client.send(platform, &message))? {
         Ok(sent) => {
-            println!(
+            writeln!(
+                out,
                 "sent {} through {} (generation {})",
                 sent.message_id, sent.platform, sent.generation
-            );
+            )?;
             ExitCode::SUCCESS
         }
         Err(refusal) => refused(
@@ -75,6 +77,7 @@ pub(super) fn send(config: &Config, platform: &str, chat: &str, text: &str) -> R
 }
 
 pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let client = client(config);
     let change = match client.blocking(client.reload_config())? {
         Ok(change) => change,
@@ -87,7 +90,8 @@ pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
             names.join(", ")
         }
     };
-    println!(
+    writeln!(
+        out,
         "config reloaded: added {}; removed {}; changed {}; routes {}",
         list(&change.added),
         list(&change.removed),
@@ -97,7 +101,7 @@ pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
         } else {
             "unchanged"
         }
-    );
+    )?;
     if !change.failures.is_empty() {
         eprintln!(
             "error: applying it partly failed: {}",
@@ -109,6 +113,7 @@ pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
 }
 
 pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let client = client(config);
     let outcome = match client.blocking(client.reload(id))? {
         Ok(outcome) => outcome,
@@ -131,7 +136,8 @@ pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
     } else {
         ""
     };
-    println!(
+    writeln!(
+        out,
         "reloaded {id}: generation {} ({}) -> {} ({}) in {:.1} ms, calls held {:.2} ms (old stop {:.2} ms, new start {:.2} ms){unmapped}{lost}",
         generation(outcome.old_generation),
         outcome.old_version.as_deref().unwrap_or("-"),
@@ -141,18 +147,19 @@ pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
         outcome.held_ms,
         outcome.stop_ms,
         outcome.start_ms,
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub(super) fn hotreload_switch(config: &Config, id: &str, on: bool) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let client = client(config);
     let answer: Answer<_> = client.blocking(client.hotreload(id, on))?;
     Ok(match answer {
         Ok(status) => {
             match status.path.filter(|_| status.watching) {
-                Some(path) => println!("hot reload on for {id}: watching {}", path.display()),
-                None => println!("hot reload off for {id}"),
+                Some(path) => writeln!(out, "hot reload on for {id}: watching {}", path.display())?,
+                None => writeln!(out, "hot reload off for {id}")?,
             }
             ExitCode::SUCCESS
         }
@@ -161,13 +168,15 @@ pub(super) fn hotreload_switch(config: &Config, id: &str, on: bool) -> Result<Ex
 }
 
 pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let client = client(config);
     let overview = client.blocking(client.hotreload_status())?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&overview)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&overview)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
+    writeln!(
+        out,
         "hot reload {} (debounce {} ms); resident stale libraries {}",
         if overview.allowed {
             "allowed"
@@ -178,9 +187,9 @@ pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> 
         overview
             .resident_stale_libraries
             .map_or("unknown".to_owned(), |n| n.to_string())
-    );
+    )?;
     if overview.plugins.is_empty() {
-        println!("(no plugin watched or reloaded)");
+        writeln!(out, "(no plugin watched or reloaded)")?;
     }
     for p in overview.plugins {
         let last = match &p.reloads.last {
@@ -194,16 +203,17 @@ pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> 
             Some(path) => format!("watching {},", path.display()),
             None => "not watching,".to_owned(),
         };
-        println!(
+        writeln!(
+            out,
             "{}: {watching} generation {} ({}); {} done, {} refused; {last}",
             p.id,
             p.generation,
             p.state.as_str(),
             p.reloads.done,
             p.reloads.refused,
-        );
+        )?;
         if let Some(error) = &p.reloads.last_error {
-            println!("  last error: {error}");
+            writeln!(out, "  last error: {error}")?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -13,7 +13,12 @@ pub(super) fn write_table(
             [
                 s.id.clone(),
                 s.name.clone(),
-                s.version.clone(),
+                // The loaded library's version, and the manifest's beside it when they differ.
+                if s.version == s.manifest_version {
+                    s.version.clone()
+                } else {
+                    format!("{} (manifest {})", s.version, s.manifest_version)
+                },
                 s.api.to_string(),
                 s.state.as_str().to_owned(),
                 if s.configured { "yes" } else { "no" }.to_owned(),

@@ -142,6 +142,25 @@ impl Entry {
         }
     }
 
+    /// An entry for a plugin whose manifest could not be read: `invalid`, it never loads.
+    pub(super) fn invalid(
+        manifest: Manifest,
+        manifest_path: PathBuf,
+        error: crate::manifest::ManifestError,
+    ) -> Entry {
+        let entry = Entry::new(
+            manifest,
+            manifest_path,
+            false,
+            None,
+            Some(LoadFailure::Manifest(error)),
+        );
+        entry
+            .slot
+            .send_modify(|slot| slot.state = EntryState::Invalid);
+        entry
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
@@ -217,6 +236,7 @@ impl Entry {
         let mut waited = false;
         loop {
             let admitted = self.update_if(|slot| match slot.state {
+                EntryState::Invalid => (slot.failure.clone().map(Admission::Failed), false),
                 EntryState::Running => (slot.instance.clone().map(Admission::Serving), false),
                 EntryState::Failed
                     if slot.failure.is_some()

@@ -85,7 +85,7 @@ pub enum LoadFailure {
     #[error("{}: the manifest is gone", .0.display())]
     ManifestGone(PathBuf),
     /// No library file where the manifest says.
-    #[error("library {file} not found (looked in {})", looked_in(.looked))]
+    #[error("library {file} not found (looked in {}){}", looked_in(.looked), dash_hint(.file))]
     NotFound {
         /// The file name looked for.
         file: String,
@@ -128,6 +128,21 @@ pub enum LoadFailure {
         #[source]
         source: CallError,
     },
+}
+
+/// Cargo writes `libmy_plugin.so` for a crate named `my-plugin`: a `-` in the name is a slip.
+fn dash_hint(file: &str) -> String {
+    let Some(name) = file
+        .strip_prefix("lib")
+        .and_then(|f| f.strip_suffix(".so"))
+        .filter(|n| n.contains('-'))
+    else {
+        return String::new();
+    };
+    format!(
+        "; cargo names the library with `_` where the crate name has `-`: set `library = \"{}\"` in plugin.toml",
+        name.replace('-', "_")
+    )
 }
 
 fn looked_in(dirs: &[PathBuf]) -> String {

@@ -93,6 +93,8 @@ impl Registry {
         let mut manifests = Vec::new();
         let mut problems = Vec::new();
         for dir in dirs {
+            // A folder in `dirs` may itself be a plugin folder (a plugin crate's dev config).
+            manifests.push(dir.join(MANIFEST_FILE));
             match std::fs::read_dir(dir) {
                 Ok(read) => {
                     let mut paths: Vec<PathBuf> = read
@@ -110,12 +112,14 @@ impl Registry {
         }
         let loaded = load_manifests(&manifests);
         let mut entries: BTreeMap<String, Arc<Entry>> = BTreeMap::new();
+        let mut invalid = Vec::new();
         for (path, loaded) in manifests.into_iter().zip(loaded) {
             let manifest = match loaded {
                 None => continue,
                 Some(Ok(m)) => m,
                 Some(Err(e)) => {
-                    problems.push(e.into());
+                    problems.push(e.clone().into());
+                    invalid.push((path, e));
                     continue;
                 }
             };
@@ -137,12 +141,31 @@ impl Registry {
             let entry = Entry::new(manifest, path, enabled_by_env, platform, failure);
             entries.insert(id, Arc::new(entry));
         }
+        // A plugin whose manifest is broken stays listed, as `invalid` under its folder's name
+        // (unless a sound manifest took that id), rather than vanishing from `plugin list`.
+        for (path, error) in invalid {
+            let Some(id) = path
+                .parent()
+                .and_then(Path::file_name)
+                .and_then(|n| n.to_str())
+                .filter(|n| crate::manifest::valid_id(n) && !entries.contains_key(*n))
+                .map(str::to_owned)
+            else {
+                continue;
+            };
+            let entry = Entry::invalid(placeholder_manifest(&id), path, error);
+            entries.insert(id, Arc::new(entry));
+        }
         let quarantine = options.state_dir.as_deref().map(Quarantine::new);
         if let Some(quarantine) = &quarantine {
             match quarantine.sweep() {
                 Ok(found) => {
                     for record in found {
-                        tracing::error!(platform = %record.platform, library = %record.library.display(), "the process died while loading or starting this library; {record}");
+                        if record.suspect {
+                            tracing::warn!(platform = %record.platform, library = %record.library.display(), "the process died while this library and others were loading; it loads alone next, and is quarantined if the process dies then");
+                        } else {
+                            tracing::error!(platform = %record.platform, library = %record.library.display(), "the process died while loading or starting this library; {record}");
+                        }
                     }
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the load markers"),
@@ -460,6 +483,24 @@ fn load_manifests(paths: &[PathBuf]) -> Vec<Option<Result<Manifest, ManifestErro
             .flat_map(|h| h.join().unwrap_or_default())
             .collect()
     })
+}
+
+/// What an invalid plugin shows: its folder's name, and nothing it did not say.
+fn placeholder_manifest(id: &str) -> Manifest {
+    Manifest {
+        id: id.to_owned(),
+        name: id.to_owned(),
+        kind: "platform".to_owned(),
+        version: "-".to_owned(),
+        api: 0,
+        library: String::new(),
+        description: "(invalid manifest)".to_owned(),
+        emoji: None,
+        required_env: Vec::new(),
+        optional_env: Vec::new(),
+        install_hint: None,
+        enable_when: None,
+    }
 }
 
 fn api_mismatch(manifest: &Manifest, path: &Path) -> LoadFailure {

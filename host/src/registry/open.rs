@@ -29,12 +29,22 @@ impl Registry {
         let id = entry.manifest().id.as_str();
         let mut marker = None;
         let mut probed = None;
+        let mut alone = false;
         let library = Library::open_vetted(path, self.shadow_dir()?, |copy| {
             let hash =
                 ContentHash::of_file(copy).map_err(|e| crate::loader::LoadError::io(copy, e))?;
             if let Some(quarantine) = &self.quarantine {
                 match quarantine.check(id, hash) {
-                    Ok(Some(record)) => return Err(LoadFailure::Quarantined(record)),
+                    Ok(Some(record)) if !record.suspect => {
+                        return Err(LoadFailure::Quarantined(record));
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!(
+                            platform = id,
+                            "loading alone: the process died last time with this library and others loading"
+                        );
+                        alone = true;
+                    }
                     Ok(None) => {}
                     Err(e) => {
                         tracing::warn!(platform = id, error = %e, "cannot read the quarantine list; loading without it")
@@ -45,7 +55,7 @@ impl Registry {
                 probed = Some(prober.vet(copy, hash)?);
             }
             if let Some(quarantine) = &self.quarantine {
-                match quarantine.begin(id, path, hash) {
+                match quarantine.begin(id, path, hash, alone) {
                     Ok(m) => marker = Some(m),
                     Err(e) => {
                         tracing::warn!(platform = id, error = %e, "cannot write a load marker; a crash in this load would not be quarantined")

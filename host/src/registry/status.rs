@@ -11,6 +11,8 @@ use serde::{Deserialize, Serialize};
 pub enum EntryState {
     /// Known from its manifest; nothing loaded.
     Registered,
+    /// Its manifest could not be read (the error says which field); it never loads.
+    Invalid,
     /// Its library is being opened and checked.
     Loading,
     /// The plugin's `start` is running.
@@ -37,6 +39,7 @@ impl EntryState {
     pub fn as_str(self) -> &'static str {
         match self {
             EntryState::Registered => "registered",
+            EntryState::Invalid => "invalid",
             EntryState::Loading => "loading",
             EntryState::Starting => "starting",
             EntryState::Running => "running",

@@ -66,7 +66,8 @@ impl Plugin for Loopback {
                 (schema, _) => return Err(format!("unknown state schema {schema}")),
             },
         };
-        tracing::debug!(generation = host.generation(), echoed, "loopback started");
+        // The host adds the platform and the generation to every plugin log line.
+        tracing::debug!(echoed, "loopback started");
         Ok(Loopback {
             config,
             host,
