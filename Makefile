@@ -32,9 +32,12 @@ test: test-deps build
 	fi
 
 ## Formatting and lints, as CI checks them.
+# Also: the plugin API stays a crate that can leave this repository (it packages on its own).
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	$(CARGO) clippy -p hermes-plugin-api --features testing --all-targets -- -D warnings
+	$(CARGO) package -p hermes-plugin-api --allow-dirty --quiet
 
 ## Benchmarks: builds debug and release plugins, prints the tables for BENCHMARKS.md.
 bench: build

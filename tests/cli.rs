@@ -384,3 +384,81 @@ fn plugin_new_writes_a_crate_that_tests_builds_checks_and_serves_as_it_is() {
     assert_eq!(echo["platform"], "my-plugin");
     assert_eq!(echo["text"], "echo: hello");
 }
+
+#[test]
+fn a_platform_enabled_from_the_environment_takes_its_config_from_there_and_required_env_is_enforced()
+ {
+    let t = TestDir::new();
+    let dir = t.install("envy", "hermes_loopback", 1);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap()
+        + "required_env = [\"HERMES_TEST_TOKEN\"]\n[plugin.enable_when]\nenv_all = [\"HERMES_ENVY_USER\"]\n";
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    let config =
+        t.config("[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n");
+    let hermes = |args: &[&str], token: Option<&str>| {
+        let mut command = Command::new(util::bin());
+        command
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("HERMES_ENVY_USER", "bob")
+            .env("HERMES_ENVY_PREFIX", "\"> \"");
+        match token {
+            Some(v) => command.env("HERMES_TEST_TOKEN", v),
+            None => command.env_remove("HERMES_TEST_TOKEN"),
+        };
+        command
+    };
+
+    // `plugin check --start` refuses to start it without the required variable, naming it.
+    let out = hermes(&["plugin", "check", "envy", "--start"], None)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAIL env") && stdout.contains("HERMES_TEST_TOKEN"),
+        "{stdout}"
+    );
+    let out = hermes(&["plugin", "check", "envy", "--start"], Some("t0ken"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+
+    // Served with no table in hermes.toml: user and prefix come from HERMES_ENVY_*.
+    let mut child = hermes(&["--log-level", "info", "serve"], Some("t0ken"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .strip_prefix("hermes-host ready: http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let mut sse = util::Sse::connect(&addr);
+    let (status, body) = util::http(
+        &addr,
+        "POST",
+        "/api/platforms/envy/send",
+        Some(r#"{"chat_id":"c","text":"hi"}"#),
+        &[],
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, 200, "{body}");
+    let echo = sse.next();
+    assert_eq!(echo["user"], "bob");
+    assert_eq!(echo["text"], "> hi");
+}

@@ -187,7 +187,34 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         }
     };
 
-    let library = if start && config_ok {
+    // The host refuses to start a plugin whose required variables are missing; so does this.
+    let missing = manifest.missing_env();
+    let env_ok = missing.is_empty();
+    if !manifest.required_env.is_empty() {
+        match (env_ok, start) {
+            (true, _) => report.step(
+                "env",
+                Some(true),
+                format!("{} set", manifest.required_env.join(", ")),
+            ),
+            (false, true) => report.step(
+                "env",
+                Some(false),
+                LoadFailure::MissingEnv {
+                    manifest: entry.manifest_path().to_owned(),
+                    names: missing,
+                }
+                .to_string(),
+            ),
+            (false, false) => report.step(
+                "env",
+                None,
+                format!("{} unset: a start would be refused", missing.join(", ")),
+            ),
+        }
+    }
+
+    let library = if start && config_ok && env_ok {
         let platform = platform.unwrap_or_default();
         let options = StartOptions {
             platform: id.to_owned(),

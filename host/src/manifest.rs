@@ -190,7 +190,29 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(rule) = &manifest.enable_when {
+            for (field, names) in [
+                ("enable_when.env_all", &rule.env_all),
+                ("enable_when.env_any", &rule.env_any),
+            ] {
+                if let Some(name) = names.iter().find(|n| !valid_env_name(n)) {
+                    return Err(bad(
+                        field,
+                        format!("{name:?} is not an environment variable name"),
+                    ));
+                }
+            }
+        }
         Ok(manifest)
+    }
+
+    /// The `required_env` variables that are unset or empty in this process.
+    pub fn missing_env(&self) -> Vec<String> {
+        self.required_env
+            .iter()
+            .filter(|n| std::env::var_os(n).is_none_or(|v| v.is_empty()))
+            .cloned()
+            .collect()
     }
 
     /// The library's file name on this OS (`libhermes_irc.so` on Linux).

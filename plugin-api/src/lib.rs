@@ -50,7 +50,13 @@ mod export;
 pub mod log;
 mod plugin;
 
+/// This crate's version: what `hermes-host plugin new` depends on without `--api-path`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use export::Host;
+/// Running a plugin in process without the host, for its unit tests (feature `testing`).
+#[cfg(feature = "testing")]
+pub use export::testing;
 pub use plugin::{
     Health, HealthStatus, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
     now_ms,

@@ -55,3 +55,22 @@ impl Plugin for Echo {
 }
 
 hermes_plugin_api::export_plugin!(Echo);
+
+#[cfg(test)]
+mod tests {
+    use hermes_plugin_api::testing::Harness;
+
+    use super::*;
+
+    #[test]
+    fn echoes_and_shouts_when_asked() {
+        let echo = Harness::<Echo>::start(serde_json::json!({})).unwrap();
+        assert_eq!(echo.send_text("c", "hi").unwrap().message_id, "echo-1");
+        let shout = Harness::<Echo>::start(serde_json::json!({ "shout": true })).unwrap();
+        shout.send_text("c", "hi").unwrap();
+        assert_eq!(echo.delivered()[0].text, "hi");
+        assert_eq!(shout.delivered()[0].text, "HI");
+        // An unknown key is refused, as the host refuses it.
+        assert!(Harness::<Echo>::start(serde_json::json!({ "loud": true })).is_err());
+    }
+}

@@ -50,9 +50,9 @@ pub fn scaffold(id: &str, dir: &Path, api_path: Option<&Path>) -> Result<Scaffol
                     path.display()
                 );
             }
-            format!("{{ path = {:?} }}", path.display().to_string())
+            format!("path = {:?}", path.display().to_string())
         }
-        None => format!("\"{}\"", env!("CARGO_PKG_VERSION")),
+        None => format!("version = \"{}\"", hermes_plugin_api::VERSION),
     };
     let lib = id.replace('-', "_");
     let type_name: String = id
@@ -111,8 +111,13 @@ name = "__LIB__"
 crate-type = ["cdylib", "rlib"]
 
 [dependencies]
-hermes-plugin-api = __API__
+hermes-plugin-api = { __API__ }
 serde = { version = "1", features = ["derive"] }
+
+[dev-dependencies]
+# `hermes_plugin_api::testing`: the unit tests run the plugin in process, without the host.
+hermes-plugin-api = { __API__, features = ["testing"] }
+serde_json = "1"
 "#;
 
 const LIB_RS: &str = r#"//! The `__ID__` platform for hermes-host.
@@ -203,7 +208,24 @@ hermes_plugin_api::export_plugin!(__TYPE__);
 
 #[cfg(test)]
 mod tests {
+    use hermes_plugin_api::testing::Harness;
+
     use super::*;
+
+    #[test]
+    fn a_send_comes_back_as_an_echo_and_the_count_survives_a_reload() {
+        let plugin = Harness::<__TYPE__>::start(serde_json::json!({ "greeting": "> " })).unwrap();
+        let receipt = plugin.send_text("lobby", "hi").unwrap();
+        assert_eq!(receipt.message_id, "__ID__-1");
+        let echo = &plugin.delivered()[0];
+        assert_eq!((echo.chat_id.as_str(), echo.text.as_str()), ("lobby", "> hi"));
+
+        // A reload hands the exported state to the next generation's `start`.
+        let plugin = plugin.reload(serde_json::json!({})).unwrap();
+        assert_eq!(plugin.generation(), 2);
+        assert_eq!(plugin.send_text("lobby", "again").unwrap().message_id, "__ID__-2");
+        plugin.stop().unwrap();
+    }
 
     #[test]
     fn an_echo_carries_the_greeting() {

@@ -18,7 +18,9 @@ use serde::{Deserialize, Serialize};
 mod platform;
 
 use platform::platform_config;
-pub use platform::{DEFAULT_CALL_TIMEOUT, OnHang, PlatformConfig, StartMode};
+pub use platform::{
+    DEFAULT_CALL_TIMEOUT, EnvConfigError, OnHang, PlatformConfig, StartMode, env_prefix, from_env,
+};
 
 /// A config that could not be read, naming the file and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

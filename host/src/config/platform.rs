@@ -112,3 +112,108 @@ pub(super) fn platform_config(
     config.plugin = table;
     Ok(config)
 }
+
+/// A variable of a platform's environment config that could not be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("environment variable {var}: {message}")]
+pub struct EnvConfigError {
+    /// The variable.
+    pub var: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+/// The prefix of a platform's variables: `HERMES_<ID>_`, the id upper-cased, `-` as `_`.
+pub fn env_prefix(id: &str) -> String {
+    format!("HERMES_{}_", id.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// A platform's `[platforms.<id>]` table from the environment, for a platform that its
+/// manifest's `enable_when` enables without a table in hermes.toml: each
+/// `HERMES_<ID>_<KEY>=value` becomes `key = value` (the key lower-cased). A value that reads as
+/// a TOML value (a number, a boolean, an array, an inline table, a quoted string) is that value;
+/// anything else is a string. `None` when no such variable is set.
+pub fn from_env(id: &str) -> Result<Option<PlatformConfig>, EnvConfigError> {
+    from_vars(
+        id,
+        std::env::vars_os()
+            .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+    )
+}
+
+/// [`from_env`] over `vars`.
+fn from_vars(
+    id: &str,
+    vars: impl IntoIterator<Item = (String, String)>,
+) -> Result<Option<PlatformConfig>, EnvConfigError> {
+    let prefix = env_prefix(id);
+    let mut table = toml::Table::new();
+    let mut names = std::collections::BTreeMap::new();
+    for (name, value) in vars {
+        let Some(key) = name.strip_prefix(&prefix).filter(|k| !k.is_empty()) else {
+            continue;
+        };
+        let key = key.to_ascii_lowercase();
+        let parsed = toml::from_str::<toml::Table>(&format!("v = {value}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or(toml::Value::String(value));
+        names.insert(key.clone(), name);
+        table.insert(key, parsed);
+    }
+    if table.is_empty() {
+        return Ok(None);
+    }
+    platform_config(table)
+        .map(Some)
+        .map_err(|(key, message)| EnvConfigError {
+            var: names
+                .get(key)
+                .cloned()
+                .unwrap_or_else(|| format!("{prefix}{}", key.to_ascii_uppercase())),
+            message,
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn a_platform_takes_its_table_from_hermes_id_key_variables() {
+        let config = from_vars(
+            "my-irc",
+            vars(&[
+                ("HERMES_MY_IRC_SERVER", "irc.example.net:6697"),
+                ("HERMES_MY_IRC_TLS", "true"),
+                ("HERMES_MY_IRC_CHANNELS", r##"["#a", "#b"]"##),
+                ("HERMES_MY_IRC_CALL_TIMEOUT_MS", "5000"),
+                ("HERMES_OTHER_SERVER", "elsewhere"),
+                ("PATH", "/bin"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(config.call_timeout, Duration::from_millis(5000));
+        assert_eq!(
+            config.plugin["server"].as_str(),
+            Some("irc.example.net:6697")
+        );
+        assert_eq!(config.plugin["tls"].as_bool(), Some(true));
+        assert_eq!(config.plugin["channels"].as_array().map(Vec::len), Some(2));
+        assert!(!config.plugin.contains_key("call_timeout_ms"));
+        assert_eq!(
+            from_vars("my-irc", vars(&[("PATH", "/bin")])).unwrap(),
+            None
+        );
+        let bad = from_vars("x", vars(&[("HERMES_X_WORKERS", "many")])).unwrap_err();
+        assert_eq!(bad.var, "HERMES_X_WORKERS");
+    }
+}

@@ -178,7 +178,15 @@ async fn reload(
     let previous = entry.platform_config();
     if let Some(file) = &gateway.config.source {
         match crate::config::Config::load(file) {
-            Ok(now) => entry.set_platform_config(now.platforms.get(&id).cloned()),
+            Ok(now) => {
+                let table = match now.platforms.get(&id) {
+                    Some(table) => Some(table.clone()),
+                    // Enabled from the environment: its table comes from there.
+                    None if entry.enabled_by_env() => crate::config::from_env(&id).ok().flatten(),
+                    None => None,
+                };
+                entry.set_platform_config(table)
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "plugin reload: the config file does not parse; the platform's table in force is kept")
             }

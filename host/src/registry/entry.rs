@@ -176,6 +176,11 @@ impl Entry {
         self.manifest_path.parent().unwrap_or(Path::new("."))
     }
 
+    /// Whether its manifest's `enable_when` held at discovery.
+    pub fn enabled_by_env(&self) -> bool {
+        self.enabled_by_env
+    }
+
     /// Whether the platform is configured (table or `enable_when`).
     pub fn configured(&self) -> bool {
         self.enabled_by_env || self.platform_config().is_some()

@@ -29,6 +29,14 @@ pub enum DiscoveryProblem {
         /// The manifest ignored.
         second: PathBuf,
     },
+    /// A platform enabled from the environment whose `HERMES_<ID>_<KEY>` config is invalid.
+    #[error("platform `{id}` (enabled from the environment): {error}")]
+    EnvConfig {
+        /// The platform.
+        id: String,
+        /// The variable at fault.
+        error: crate::config::EnvConfigError,
+    },
     /// A plugins folder that could not be read.
     #[error("{}: cannot read plugins folder: {message}", path.display())]
     Folder {
@@ -84,6 +92,14 @@ pub enum LoadFailure {
     /// The manifest file is gone (a reload re-reads it).
     #[error("{}: the manifest is gone", .0.display())]
     ManifestGone(PathBuf),
+    /// Variables the manifest's `required_env` names are unset or empty.
+    #[error("{}: field `plugin.required_env`: {} unset or empty in the gateway's environment; set {} before starting it", manifest.display(), names.join(", "), if names.len() == 1 { "it" } else { "them" })]
+    MissingEnv {
+        /// The manifest.
+        manifest: PathBuf,
+        /// The variables.
+        names: Vec<String>,
+    },
     /// No library file where the manifest says.
     #[error("library {file} not found (looked in {}){}", looked_in(.looked), dash_hint(.file))]
     NotFound {

@@ -137,7 +137,19 @@ impl Registry {
                 .is_some_and(|rule| rule.holds());
             let failure = (manifest.api != ABI_VERSION).then(|| api_mismatch(&manifest, &path));
             let id = manifest.id.clone();
-            let platform = options.platforms.get(&id).cloned();
+            // A platform enabled from the environment takes its table from there too, unless
+            // hermes.toml has one.
+            let platform = match options.platforms.get(&id) {
+                Some(table) => Some(table.clone()),
+                None if enabled_by_env => crate::config::from_env(&id).unwrap_or_else(|e| {
+                    problems.push(DiscoveryProblem::EnvConfig {
+                        id: id.clone(),
+                        error: e,
+                    });
+                    None
+                }),
+                None => None,
+            };
             let entry = Entry::new(manifest, path, enabled_by_env, platform, failure);
             entries.insert(id, Arc::new(entry));
         }
@@ -349,6 +361,13 @@ impl Registry {
         let started = Instant::now();
         if entry.manifest().api != ABI_VERSION {
             return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
+        }
+        let missing = entry.manifest().missing_env();
+        if !missing.is_empty() {
+            return Err(LoadFailure::MissingEnv {
+                manifest: entry.manifest_path().to_owned(),
+                names: missing,
+            });
         }
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);

@@ -6,6 +6,8 @@
 
 mod glue;
 mod host;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use host::Host;
 
