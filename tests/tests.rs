@@ -35,3 +35,5 @@ mod lifecycle;
 mod faults;
 // Libraries that crash their loader: the probe, and quarantine after a crash.
 mod crashes;
+// The status page, in a real headless Chromium.
+mod browser;

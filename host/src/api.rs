@@ -148,12 +148,28 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
             authorize,
         ));
     Router::new()
+        .route("/", get(status_page))
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
         .merge(api)
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(middleware::map_response(json_errors))
         .with_state(gateway)
+}
+
+/// The status page: static HTML and JS compiled into the binary (no CDN, no build step). It
+/// holds no data: it reads the API like any client, with the token when one is configured.
+const STATUS_PAGE: &str = include_str!("status_page.html");
+
+async fn status_page() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        STATUS_PAGE,
+    )
+        .into_response()
 }
 
 /// Unknown routes: the JSON error, naming the path.

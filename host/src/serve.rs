@@ -301,8 +301,20 @@ async fn idle_unloader(gateway: Arc<Gateway>) {
                 drop(instance);
                 let registry = Arc::clone(&gateway.registry);
                 let platform = id.clone();
-                let report = tokio::task::spawn_blocking(move || registry.unload(&platform)).await;
-                tracing::info!(platform = %id, ?report, "unloaded after {idle:?} idle");
+                let unloaded =
+                    tokio::task::spawn_blocking(move || registry.unload(&platform)).await;
+                match unloaded {
+                    Ok(Ok(Some(report))) => tracing::info!(
+                        platform = %id,
+                        idle_secs = idle.as_secs_f64(),
+                        unmapped = ?report.unmapped,
+                        "unloaded after it was idle"
+                    ),
+                    // Someone else stopped it first.
+                    Ok(Ok(None)) => {}
+                    Ok(Err(e)) => tracing::warn!(platform = %id, error = %e, "idle unload failed"),
+                    Err(e) => tracing::warn!(platform = %id, error = %e, "idle unload task failed"),
+                }
             }
         }
     }

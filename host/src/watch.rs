@@ -186,13 +186,13 @@ impl HotReload {
         Ok(self.status_of(id).expect("registered"))
     }
 
-    /// Every plugin that is watched or was ever reloaded.
+    /// Every plugin that is configured, watched or was ever reloaded.
     pub fn status(&self) -> Vec<WatchStatus> {
         self.registry
             .entries()
+            .filter(|e| e.configured() || e.reload_stats().last.is_some())
             .map(|e| e.manifest().id.clone())
             .filter_map(|id| self.status_of(&id))
-            .filter(|s| s.watching || s.reloads.last.is_some())
             .collect()
     }
 

@@ -189,14 +189,17 @@ pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> 
             .map_or("unknown".to_owned(), |n| n.to_string())
     )?;
     if overview.plugins.is_empty() {
-        writeln!(out, "(no plugin watched or reloaded)")?;
+        writeln!(out, "(no plugin configured, watched or reloaded)")?;
     }
     for p in overview.plugins {
         let last = match &p.reloads.last {
             None => "never reloaded".to_owned(),
             Some(last) => format!(
-                "last reload {} by {} in {:.1} ms",
-                last.outcome, last.trigger, last.latency_ms
+                "last reload {} by {} in {:.1} ms, {} ago",
+                last.outcome,
+                last.trigger,
+                last.latency_ms,
+                ago(last.at_ms)
             ),
         };
         let watching = match p.path.as_ref().filter(|_| p.watching) {
@@ -217,6 +220,16 @@ pub(super) fn hotreload_status(config: &Config, json: bool) -> Result<ExitCode> 
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `12 s`, `4 min`, `3 h` since `at_ms` (ms since the Unix epoch).
+fn ago(at_ms: i64) -> String {
+    let secs = (hermes_plugin_api::now_ms() - at_ms).max(0) / 1000;
+    match secs {
+        0..120 => format!("{secs} s"),
+        120..7200 => format!("{} min", secs / 60),
+        _ => format!("{} h", secs / 3600),
+    }
 }
 
 /// The running server's view of `id` (generation, loaded version), if a server answers.
