@@ -462,3 +462,99 @@ fn a_platform_enabled_from_the_environment_takes_its_config_from_there_and_requi
     assert_eq!(echo["user"], "bob");
     assert_eq!(echo["text"], "> hi");
 }
+
+#[test]
+fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_build() {
+    let t = TestDir::new();
+    t.config("");
+    let dir = t.path().join("devplug");
+    let api = util::root().join("plugin-api");
+    let out = run(
+        &t,
+        &[
+            "plugin",
+            "new",
+            "devplug",
+            "--dir",
+            dir.to_str().unwrap(),
+            "--api-path",
+            api.to_str().unwrap(),
+        ],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::os::unix::fs::symlink(util::root().join("target"), dir.join("target")).unwrap();
+    let config = dir.join("hermes.toml");
+    let dev = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, dev.replace("127.0.0.1:8650", "127.0.0.1:0")).unwrap();
+    let cargo = Command::new(env!("CARGO"))
+        .args(["build", "--offline", "-q"])
+        .current_dir(&dir)
+        .output()
+        .unwrap();
+    assert!(cargo.status.success(), "{}", text(&cargo.stderr));
+    let server = util::Server::start_config(&t, config.clone(), &["--dev"]);
+
+    let mut child = Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["plugin", "dev"])
+        .arg(&dir)
+        .env("CARGO", env!("CARGO"))
+        .env("CARGO_NET_OFFLINE", "true")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let wait_line = |needle: &str| -> String {
+        loop {
+            let line = rx
+                .recv_timeout(std::time::Duration::from_secs(120))
+                .unwrap_or_else(|_| panic!("no line with {needle:?}"));
+            eprintln!("dev> {line}");
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    };
+    wait_line("dev: devplug serving, generation 2");
+    wait_line("dev: watching");
+
+    // An edit: rebuilt, reloaded, serving the new code.
+    let lib = dir.join("src/lib.rs");
+    let source = std::fs::read_to_string(&lib).unwrap();
+    std::fs::write(
+        &lib,
+        source.replace(
+            r#"format!("{}{text}", config.greeting)"#,
+            r#"format!("{}{text}!", config.greeting)"#,
+        ),
+    )
+    .unwrap();
+    let done = wait_line("dev: edit -> serving in");
+    assert!(done.ends_with("generation 3"), "{done}");
+    let mut sse = util::Sse::connect(&server.addr);
+    let (status, body) = server.post(
+        "/api/platforms/devplug/send",
+        r#"{"chat_id":"c","text":"hi"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(sse.next()["text"], "echo: hi!");
+
+    // A broken build: said so, and generation 3 keeps serving.
+    std::fs::write(&lib, "this is not rust").unwrap();
+    wait_line("dev: build failed; generation 3 keeps serving");
+    let (status, body) = server.post(
+        "/api/platforms/devplug/send",
+        r#"{"chat_id":"c","text":"x"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -156,6 +156,10 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
             )?;
             Ok(ExitCode::SUCCESS)
         }
+        PluginCommand::Dev { crate_dir } => {
+            super::dev::run(config, &crate_dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
         PluginCommand::Unquarantine { id } => {
             let registry = registry(config);
             registry.entry(&id)?;

@@ -4,6 +4,7 @@
 //! `send`, `plugin reload` and the `hotreload-*` commands talk to the running server through its
 //! control socket (`remote`).
 
+mod dev;
 mod local;
 mod remote;
 pub mod scaffold;
@@ -116,6 +117,13 @@ pub enum PluginCommand {
         /// there is one, otherwise the crates.io release of this version.
         #[arg(long)]
         api_path: Option<PathBuf>,
+    },
+    /// The edit-to-serving loop: build the plugin crate on every change and have the running
+    /// server (started if none runs) reload it; prints the edit-to-serving time each round.
+    Dev {
+        /// The plugin's crate (with its plugin.toml).
+        #[arg(default_value = ".")]
+        crate_dir: PathBuf,
     },
     /// Lift the quarantine of a plugin whose library took the process down while loading.
     Unquarantine {

@@ -1,0 +1,173 @@
+//! `hermes-host plugin dev <crate-dir>`: the edit-to-serving loop in one command.
+//!
+//! It builds the crate, makes sure a server runs (it starts `serve --dev` with the config when
+//! none answers on the control socket), then watches the crate's `src/`, `Cargo.toml` and
+//! `plugin.toml`. On a change it runs `cargo build`, showing the compiler's output; when the
+//! build succeeds it has the server reload the plugin through the control socket (the reload
+//! transaction: calls held, state handed over) and prints the edit-to-serving time; when the
+//! build fails, the old generation keeps serving and it says so. Ctrl-C ends it (and the server
+//! it started).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use notify::{RecursiveMode, Watcher as _};
+
+use crate::{
+    config::Config,
+    control::{Client, ClientError},
+    manifest::{MANIFEST_FILE, Manifest},
+};
+
+/// Changes closer together than this make one build.
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// Runs the loop until Ctrl-C (or the server it started exits).
+pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
+    let crate_dir = crate_dir
+        .canonicalize()
+        .with_context(|| format!("{}", crate_dir.display()))?;
+    let manifest = Manifest::load(&crate_dir.join(MANIFEST_FILE))?;
+    let id = manifest.id.clone();
+    let client = Client::new(&config.server.control_socket, Duration::from_secs(60));
+
+    println!("dev: building {id} in {}", crate_dir.display());
+    if !cargo_build(&crate_dir)? {
+        bail!("the first build of {id} failed; fix it and run `plugin dev` again");
+    }
+    let _server = ensure_server(config, &client)?;
+    // The platform serves the build just made (a server already running may hold an old one).
+    match client.blocking(client.reload(&id))? {
+        Ok(outcome) => println!(
+            "dev: {id} serving, generation {} ({})",
+            outcome.new_generation, outcome.new_version
+        ),
+        Err(refusal) => println!("dev: {id} is not serving: {}", refusal.error),
+    }
+
+    let (tx, rx) = mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |event| {
+        let _ = tx.send(event);
+    })?;
+    watcher.watch(&crate_dir.join("src"), RecursiveMode::Recursive)?;
+    for file in ["Cargo.toml", MANIFEST_FILE] {
+        watcher.watch(&crate_dir.join(file), RecursiveMode::NonRecursive)?;
+    }
+    println!("dev: watching src/, Cargo.toml and plugin.toml; Ctrl-C to stop");
+    loop {
+        let first: notify::Result<notify::Event> = match rx.recv() {
+            Ok(event) => event,
+            Err(_) => return Ok(()),
+        };
+        if !first.is_ok_and(|e| is_edit(&e, &crate_dir)) {
+            continue;
+        }
+        let edited = Instant::now();
+        // The rest of a save (editors write, rename, touch) folds into this build.
+        while rx.recv_timeout(SETTLE).is_ok() {}
+        let built = cargo_build(&crate_dir)?;
+        let build_ms = edited.elapsed().as_secs_f64() * 1e3;
+        if !built {
+            let serving = client
+                .blocking(client.status())
+                .ok()
+                .and_then(|s| s.platforms.into_iter().find(|p| p.id == id))
+                .map_or("nothing".to_owned(), |p| {
+                    format!("generation {}", p.generation)
+                });
+            println!("dev: build failed; {serving} keeps serving");
+            continue;
+        }
+        match client.blocking(client.reload(&id))? {
+            Ok(outcome) => println!(
+                "dev: edit -> serving in {:.0} ms (build {build_ms:.0} ms, reload {:.1} ms, calls held {:.2} ms): generation {}",
+                edited.elapsed().as_secs_f64() * 1e3,
+                outcome.elapsed_ms,
+                outcome.held_ms,
+                outcome.new_generation
+            ),
+            Err(refusal) => println!(
+                "dev: reload refused: {}{}",
+                refusal.error,
+                refusal
+                    .serving_generation
+                    .map(|g| format!("; generation {g} keeps serving"))
+                    .unwrap_or_default()
+            ),
+        }
+    }
+}
+
+/// An edit to one of the crate's files (not an access, not under its `target/`, not a hidden
+/// editor file).
+fn is_edit(event: &notify::Event, crate_dir: &Path) -> bool {
+    use notify::EventKind;
+    matches!(
+        event.kind,
+        EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+    ) && event.paths.iter().any(|p| {
+        let inside = p.strip_prefix(crate_dir).unwrap_or(p);
+        !inside.starts_with("target")
+            && !p
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+    })
+}
+
+/// `cargo build` in the crate, its output shown as it comes; whether it succeeded.
+fn cargo_build(crate_dir: &Path) -> Result<bool> {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--message-format=short"])
+        .current_dir(crate_dir)
+        .stdin(Stdio::null())
+        .status()
+        .with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
+    Ok(status.success())
+}
+
+/// A server that this command started, stopped when dropped.
+struct Started(Child);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+/// The running server, or one started now with `serve --dev` on the same config.
+fn ensure_server(config: &Config, client: &Client) -> Result<Option<Started>> {
+    match client.blocking(client.status()) {
+        Ok(_) => return Ok(None),
+        Err(ClientError::NotRunning(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let Some(file) = &config.source else {
+        bail!("no server runs and there is no config file to start one with; give -c hermes.toml");
+    };
+    let mut child = Command::new(std::env::current_exe()?)
+        .arg("--config")
+        .arg(file)
+        .args(["serve", "--dev"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting `hermes-host serve --dev`")?;
+    let stdout = child.stdout.take().context("the server's stdout")?;
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    if !line.starts_with("hermes-host ready") {
+        let _ = child.kill();
+        bail!("the server did not start (see its log above)");
+    }
+    println!("dev: started {}", line.trim_end());
+    Ok(Some(Started(child)))
+}
