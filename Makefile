@@ -14,7 +14,7 @@ build:
 
 ## The main job: serve the example config (loopback + a route; needs nothing external).
 run: build
-	$(CARGO) run -q -p hermes-host -- --config $(CONFIG) serve
+	./target/debug/hermes-host --config $(CONFIG) serve
 
 ## Every test. The plugin libraries are built once, before the tests load them.
 ## cargo-nextest runs each test in its own process, so per-process counts (fds, threads,
@@ -49,4 +49,4 @@ bench: build
 	$(CARGO) bench -p hermes-host --bench dev
 
 clean-state:
-	rm -rf examples/.hermes
+	rm -rf examples/.hermes examples/.hermes-bridge

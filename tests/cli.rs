@@ -558,3 +558,28 @@ fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_bui
     let _ = child.kill();
     let _ = child.wait();
 }
+
+#[test]
+fn a_config_file_named_on_the_command_line_must_exist() {
+    let t = TestDir::new();
+    let missing = t.path().join("hermse.toml");
+    let out = Command::new(util::bin())
+        .arg("-c")
+        .arg(&missing)
+        .args(["plugin", "list"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("hermse.toml: no such config file"),
+        "{stderr}"
+    );
+    // Without -c, a missing ./hermes.toml still means the defaults.
+    let out = Command::new(util::bin())
+        .current_dir(t.path())
+        .args(["plugin", "list"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -21,9 +21,10 @@ use crate::config::{Config, DEFAULT_CONFIG};
 #[derive(Debug, Parser)]
 #[command(name = "hermes-host", version, about)]
 pub struct Cli {
-    /// The config file; a missing file means the defaults.
-    #[arg(long, short, global = true, default_value = DEFAULT_CONFIG)]
-    pub config: PathBuf,
+    /// The config file (default `./hermes.toml`, whose absence means the defaults; a file
+    /// named here must exist).
+    #[arg(long, short, global = true)]
+    pub config: Option<PathBuf>,
     /// Log filter (overridden by RUST_LOG), e.g. `info` or `hermes_host=debug`; the default is
     /// `info` for `serve` and `warn` for the other commands.
     #[arg(long, global = true)]
@@ -166,7 +167,15 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     };
     init_logging(cli.log_level.as_deref().unwrap_or(default_level));
     let started = std::time::Instant::now();
-    let config = Config::load(&cli.config)?;
+    let config = match &cli.config {
+        // Named explicitly: a typo must not silently mean the defaults.
+        Some(path) if !path.exists() => anyhow::bail!(
+            "{}: no such config file (without --config, ./{DEFAULT_CONFIG} is used when present)",
+            path.display()
+        ),
+        Some(path) => Config::load(path)?,
+        None => Config::load(std::path::Path::new(DEFAULT_CONFIG))?,
+    };
     match cli.command {
         Command::Serve { dev } => {
             let config_ms = started.elapsed().as_secs_f64() * 1e3;
