@@ -614,6 +614,51 @@ fn background_platforms_warm_up_and_idle_ones_unload_and_come_back() {
     let idle: serde_json::Value = serde_json::from_str(&idle).unwrap();
     assert_eq!(idle["in_flight"], 0, "{idle}");
     assert!(idle["seconds_since_activity"].as_f64().is_some());
+    // Traffic just now: busy for the default quiet period (60 s), idle with none.
+    assert_eq!(idle["idle"], false, "{idle}");
+    assert!(
+        idle["busy"][0].as_str().unwrap().starts_with("traffic"),
+        "{idle}"
+    );
+    let idle_now = |server: &Server| {
+        let (_, idle) = server.get("/api/idle?quiet_secs=0");
+        serde_json::from_str::<serde_json::Value>(&idle).unwrap()
+    };
+    assert_eq!(idle_now(&server)["idle"], true);
+    // An SSE client keeps the gateway busy.
+    let sse = util::Sse::connect(&server.addr);
+    let idle = idle_now(&server);
+    assert_eq!(idle["idle"], false, "{idle}");
+    assert_eq!(idle["busy"], serde_json::json!(["1 SSE clients connected"]));
+    drop(sse);
+    let (status, e) = server.get("/api/idle?quiet_secs=soon");
+    assert_eq!(status, 400, "{e}");
+    assert!(e.contains("\"error\""), "{e}");
+}
+
+#[test]
+fn idle_unload_is_refused_for_a_plugin_that_holds_inbound_connections() {
+    let t = TestDir::new();
+    let dir = t.install("listener", "hermes_loopback", 1);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap() + "inbound = true\n";
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    let config = t.config(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[platforms.listener]\nidle_unload_secs = 5\n",
+    );
+    let out = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "[platforms.listener] idle_unload_secs: `listener` holds inbound connections"
+        ),
+        "{stderr}"
+    );
 }
 
 #[test]

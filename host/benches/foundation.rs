@@ -38,6 +38,7 @@ fn options(shadow: &Path) -> RegistryOptions {
         // The raw loader: the probe's cost is measured in the reload bench.
         probe: None,
         state_dir: None,
+        config_dir: std::path::PathBuf::from("."),
     }
 }
 

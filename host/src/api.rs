@@ -406,20 +406,68 @@ async fn warmup_wait(State(gateway): State<Arc<Gateway>>, Query(q): Query<WaitQu
     (status, Json(warmup_json(&gateway))).into_response()
 }
 
-async fn idle(State(gateway): State<Arc<Gateway>>) -> Response {
-    let in_flight = gateway.in_flight();
-    // Anything that cannot be read counts as busy: a supervisor must never stop us by mistake.
-    let body = match gateway.since_activity(None) {
-        Some(since) => json!({
-            "idle": in_flight == 0 && *gateway.warmup.borrow() != Warmup::Pending,
-            "seconds_since_activity": since.as_secs_f64(),
-            "in_flight": in_flight,
-        }),
-        None => {
-            json!({ "idle": false, "seconds_since_activity": 0.0, "in_flight": in_flight, "error": "activity unreadable" })
+#[derive(Deserialize)]
+struct IdleQuery {
+    quiet_secs: Option<f64>,
+}
+
+/// Idle for a scale-to-zero supervisor: nothing in flight, warm-up done, no SSE client, no
+/// running platform that holds inbound connections (manifest `inbound`), and no traffic for
+/// the quiet period. `busy` says what holds it.
+async fn idle(
+    State(gateway): State<Arc<Gateway>>,
+    Query(q): Query<IdleQuery>,
+) -> Result<Response, ApiError> {
+    let quiet = match q.quiet_secs {
+        None => gateway.config.server.idle_quiet,
+        Some(s) if s.is_finite() && s >= 0.0 => Duration::from_secs_f64(s.min(86_400.0)),
+        Some(_) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "quiet_secs: a number of seconds, 0 or more",
+            ));
         }
     };
-    Json(body).into_response()
+    let in_flight = gateway.in_flight();
+    let sse_clients = gateway.events.subscribers();
+    let mut busy = Vec::new();
+    if in_flight > 0 {
+        busy.push(format!("{in_flight} requests or calls in flight"));
+    }
+    if *gateway.warmup.borrow() == Warmup::Pending {
+        busy.push("warm-up pending".to_owned());
+    }
+    if sse_clients > 0 {
+        busy.push(format!("{sse_clients} SSE clients connected"));
+    }
+    for entry in gateway.registry.entries() {
+        if entry.manifest().inbound && entry.running().is_some() {
+            busy.push(format!(
+                "platform `{}` holds inbound connections",
+                entry.manifest().id
+            ));
+        }
+    }
+    // Anything that cannot be read counts as busy: a supervisor must never stop us by mistake.
+    let since = gateway.since_activity(None);
+    match since {
+        Some(since) if since < quiet => busy.push(format!(
+            "traffic {:.1} s ago (quiet period {:.0} s)",
+            since.as_secs_f64(),
+            quiet.as_secs_f64()
+        )),
+        Some(_) => {}
+        None => busy.push("activity unreadable".to_owned()),
+    }
+    Ok(Json(json!({
+        "idle": busy.is_empty(),
+        "busy": busy,
+        "seconds_since_activity": since.map_or(0.0, |s| s.as_secs_f64()),
+        "quiet_secs": quiet.as_secs_f64(),
+        "in_flight": in_flight,
+        "sse_clients": sse_clients,
+    }))
+    .into_response())
 }
 
 async fn startup_profile(State(gateway): State<Arc<Gateway>>) -> Response {

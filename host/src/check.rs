@@ -167,7 +167,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         .as_ref()
         .map_or(crate::config::DEFAULT_CALL_TIMEOUT, |p| p.call_timeout);
     let config_ok = match &platform {
-        Some(p) => match library.validate_config(&p.plugin_json(), timeout) {
+        Some(p) => match library.validate_config(&registry.plugin_json(entry, p), timeout) {
             Ok(()) => {
                 report.step("config", Some(true), format!("[platforms.{id}] is valid"));
                 true
@@ -219,7 +219,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         let options = StartOptions {
             platform: id.to_owned(),
             generation: 1,
-            config_json: platform.plugin_json(),
+            config_json: registry.plugin_json(entry, &platform),
             sink: Arc::new(DiscardInbound),
             workers: 1,
             call_timeout: timeout,

@@ -55,6 +55,15 @@ pub struct Manifest {
     /// When it counts as configured without a `[platforms.<id>]` table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enable_when: Option<EnableWhen>,
+    /// Keys of its config whose values are file paths: a relative one is resolved against the
+    /// folder of hermes.toml before the plugin sees it, as the host's own paths are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub path_keys: Vec<String>,
+    /// It receives messages over connections it keeps open (a listener, a session to a
+    /// server): while it runs the gateway is never idle, and idle unload is refused for it
+    /// (unloading would stop its inbound until the next send).
+    #[serde(default)]
+    pub inbound: bool,
 }
 
 fn default_kind() -> String {
@@ -206,6 +215,23 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// `table`'s config for the plugin as the JSON the ABI passes, with the values of
+    /// `path_keys` that are relative paths resolved against `config_dir`.
+    pub fn plugin_json(&self, table: &crate::config::PlatformConfig, config_dir: &Path) -> String {
+        if self.path_keys.is_empty() {
+            return table.plugin_json();
+        }
+        let mut plugin = table.plugin.clone();
+        for key in &self.path_keys {
+            if let Some(toml::Value::String(path)) = plugin.get_mut(key)
+                && Path::new(path.as_str()).is_relative()
+            {
+                *path = config_dir.join(&*path).display().to_string();
+            }
+        }
+        serde_json::to_string(&plugin).unwrap_or_else(|_| "{}".to_owned())
+    }
+
     /// The `required_env` variables that are unset or empty in this process.
     pub fn missing_env(&self) -> Vec<String> {
         self.required_env
@@ -295,6 +321,29 @@ fn valid_env_name(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn path_keys_resolve_against_the_config_folder() {
+        let text = "[plugin]\nid = \"irc\"\nname = \"IRC\"\nversion = \"1\"\napi = 1\nlibrary = \"x\"\npath_keys = [\"tls_ca_file\", \"absent\"]\n";
+        let manifest = Manifest::parse(text, Path::new("plugins/irc/plugin.toml")).unwrap();
+        let mut table = crate::config::PlatformConfig::default();
+        table
+            .plugin
+            .insert("tls_ca_file".into(), "certs/ca.pem".into());
+        table
+            .plugin
+            .insert("nick".into(), "certs/not-a-path".into());
+        let json: serde_json::Value =
+            serde_json::from_str(&manifest.plugin_json(&table, Path::new("/etc/hermes"))).unwrap();
+        assert_eq!(json["tls_ca_file"], "/etc/hermes/certs/ca.pem");
+        assert_eq!(json["nick"], "certs/not-a-path");
+        table
+            .plugin
+            .insert("tls_ca_file".into(), "/abs/ca.pem".into());
+        let json: serde_json::Value =
+            serde_json::from_str(&manifest.plugin_json(&table, Path::new("/etc/hermes"))).unwrap();
+        assert_eq!(json["tls_ca_file"], "/abs/ca.pem");
+    }
 
     fn parse(text: &str) -> Result<Manifest, ManifestError> {
         Manifest::parse(text, Path::new("p/plugin.toml"))

@@ -76,6 +76,14 @@ pub enum ReconfigureError {
         /// The task's error.
         message: String,
     },
+    /// A table the host itself refuses (idle unload of a platform with inbound connections).
+    #[error("{file}: {reason}; nothing was changed")]
+    Refused {
+        /// The config file.
+        file: String,
+        /// Why.
+        reason: String,
+    },
 }
 
 /// The keys, among those only a restart can apply, whose values differ between `old` and `new`.
@@ -156,6 +164,9 @@ impl Gateway {
         // Every new table, validated by its plugin before anything changes.
         for (id, table) in &tables {
             let Some(table) = table else { continue };
+            if let Some(reason) = self.registry.idle_unload_refusal(id, table) {
+                return Err(ReconfigureError::Refused { file: name, reason });
+            }
             let registry = Arc::clone(&self.registry);
             let (id2, table2) = (id.clone(), table.clone());
             let checked =

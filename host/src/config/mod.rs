@@ -66,6 +66,8 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// Time a client has to send a whole request head.
     pub header_read_timeout: Duration,
+    /// `idle_quiet_secs`, default 60: how long without traffic `/api/idle` wants by default.
+    pub idle_quiet: Duration,
 }
 
 /// `[plugins]`.
@@ -149,6 +151,7 @@ struct RawServer {
     worker_threads: Option<usize>,
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    idle_quiet_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -284,6 +287,7 @@ impl Config {
                     Some(ms) => Duration::from_millis(ms),
                     None => crate::http::DEFAULT_HEADER_READ_TIMEOUT,
                 },
+                idle_quiet: Duration::from_secs(raw.server.idle_quiet_secs.unwrap_or(60)),
             },
             plugins: PluginsConfig {
                 dirs: raw

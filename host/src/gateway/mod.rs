@@ -140,6 +140,15 @@ impl Gateway {
         for problem in registry.problems() {
             tracing::warn!("{problem}");
         }
+        for (id, table) in &config.platforms {
+            if let Some(refusal) = registry.idle_unload_refusal(id, table) {
+                let file = config
+                    .source
+                    .as_deref()
+                    .map_or("hermes.toml".into(), |p| p.display().to_string());
+                anyhow::bail!("{file}: {refusal}");
+            }
+        }
         for route in &config.routes {
             for end in std::iter::once(&route.from).chain(&route.to) {
                 if !registry.is_registered(&end.platform) {

@@ -58,6 +58,8 @@ pub struct RegistryOptions {
     /// Where load markers and the quarantine list live (see [`crate::quarantine`]); `None`
     /// keeps no quarantine.
     pub state_dir: Option<PathBuf>,
+    /// The folder of hermes.toml: a plugin's `path_keys` resolve against it.
+    pub config_dir: PathBuf,
 }
 
 impl RegistryOptions {
@@ -70,6 +72,11 @@ impl RegistryOptions {
             sink,
             probe: config.plugins.probe.then(Prober::find_program).flatten(),
             state_dir: Some(config.plugins.state_dir.clone()),
+            config_dir: config
+                .source
+                .as_deref()
+                .and_then(Path::parent)
+                .map_or_else(|| PathBuf::from("."), Path::to_owned),
         }
     }
 }
@@ -311,7 +318,7 @@ impl Registry {
         StartOptions {
             platform: entry.manifest().id.clone(),
             generation,
-            config_json: platform.plugin_json(),
+            config_json: self.plugin_json(entry, &platform),
             sink: Arc::clone(&self.options.sink),
             workers: platform.workers,
             call_timeout: platform.call_timeout,
@@ -333,7 +340,7 @@ impl Registry {
         let path = self.resolve_library(entry)?;
         let opened = self.open_library(entry, &path)?;
         let library = opened.library;
-        let checked = library.validate_config(&table.plugin_json(), table.call_timeout);
+        let checked = library.validate_config(&self.plugin_json(entry, table), table.call_timeout);
         drop(opened.marker);
         let report = library.unload();
         if !report.clean() {
@@ -343,6 +350,24 @@ impl Registry {
             platform: id.to_owned(),
             source,
         })
+    }
+
+    /// Why `table` cannot be `id`'s: `idle_unload_secs` on a plugin that holds inbound
+    /// connections (manifest `inbound`), whose inbound an idle unload would stop for good.
+    pub fn idle_unload_refusal(&self, id: &str, table: &PlatformConfig) -> Option<String> {
+        let entry = self.entries.get(id)?;
+        (entry.manifest().inbound && table.idle_unload.is_some()).then(|| {
+            format!(
+                "[platforms.{id}] idle_unload_secs: `{id}` holds inbound connections (its manifest says `inbound = true`), so unloading it when idle would stop its inbound messages until the next send; remove the key"
+            )
+        })
+    }
+
+    /// `table`'s plugin config as the plugin gets it (its `path_keys` resolved).
+    pub fn plugin_json(&self, entry: &Entry, table: &PlatformConfig) -> String {
+        entry
+            .manifest()
+            .plugin_json(table, &self.options.config_dir)
     }
 
     /// How long one call into `entry`'s plugin may take.
@@ -519,6 +544,8 @@ fn placeholder_manifest(id: &str) -> Manifest {
         optional_env: Vec::new(),
         install_hint: None,
         enable_when: None,
+        path_keys: Vec::new(),
+        inbound: false,
     }
 }
 

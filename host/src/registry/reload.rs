@@ -282,7 +282,7 @@ impl Registry {
         let library = &opened.library;
         let config = entry
             .platform_config()
-            .map(|p| p.plugin_json())
+            .map(|p| self.plugin_json(entry, &p))
             .unwrap_or_else(|| "{}".into());
         if let Err(source) = library.validate_config(&config, self.call_timeout(entry)) {
             let _ = opened.library.unload();
