@@ -37,3 +37,5 @@ mod faults;
 mod crashes;
 // The status page, in a real headless Chromium.
 mod browser;
+// The README's quick-start commands, run against the example config.
+mod readme;
