@@ -197,6 +197,9 @@ impl<P: Plugin> Harness<P> {
         let state = plugin.export_state();
         let stopped = plugin.stop();
         self.recorder.serving.store(false, Ordering::Release);
+        // As the export glue does after `stop`: forwarded `tracing` events stop here, so none
+        // can reach this harness's recorder once it is gone.
+        log::uninstall();
         stopped.map(|()| state)
     }
 }
@@ -256,4 +259,62 @@ unsafe extern "C" fn record_log(
         target: target.as_str().to_owned(),
         message: message.as_str().to_owned(),
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Plugin, SendReceipt, abi};
+
+    #[derive(serde::Deserialize)]
+    struct Config {}
+
+    struct Noisy {
+        host: Host,
+    }
+
+    impl Plugin for Noisy {
+        type Config = Config;
+
+        fn start(_: Config, host: Host, previous: Option<State>) -> Result<Self, String> {
+            host.log(
+                abi::LOG_INFO,
+                "noisy",
+                &format!("started, previous {previous:?}"),
+            );
+            Ok(Noisy { host })
+        }
+
+        fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
+            let echo = InboundMessage::new(message.chat_id, "n", message.text, "1");
+            self.host.deliver(&echo).map_err(SendError::retryable)?;
+            Ok(SendReceipt {
+                message_id: "1".into(),
+            })
+        }
+
+        fn export_state(&self) -> Option<State> {
+            Some(State {
+                schema: 3,
+                bytes: b"s".to_vec(),
+            })
+        }
+
+        fn stop(self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_harness_records_deliveries_and_logs_and_hands_state_to_the_next_generation() {
+        let first = Harness::<Noisy>::start(serde_json::json!({})).unwrap();
+        first.send_text("c", "hi").unwrap();
+        assert_eq!(first.delivered()[0].text, "hi");
+        assert_eq!(first.logs()[0].message, "started, previous None");
+        let second = first.reload(serde_json::json!({})).unwrap();
+        assert_eq!(second.generation(), 2);
+        assert!(second.logs()[0].message.contains("schema: 3"));
+        assert!(Harness::<Noisy>::start(serde_json::json!({ "x": 1 })).is_ok());
+        assert!(Harness::<Noisy>::start(serde_json::json!([1])).is_err());
+    }
 }
