@@ -214,18 +214,27 @@ impl Prober {
             .map_err(spawn_error)?;
         let (mut stdout, mut stderr) = (child.stdout.take(), child.stderr.take());
         let (tx, rx) = std::sync::mpsc::channel();
-        // The pipes reach their end when the child exits; a reader thread lets the wait have a
-        // time limit.
-        let reader = std::thread::Builder::new()
-            .name("hermes-probe-reader".into())
+        // The pipes reach their end when the child exits; reader threads let the wait have a
+        // time limit. Each pipe has its own, so a library that writes a lot to stderr while it
+        // loads cannot block the child on a full pipe that nobody reads.
+        let errors = std::thread::Builder::new()
+            .name("hermes-probe-stderr".into())
             .spawn(move || {
-                let (mut out, mut err) = (String::new(), String::new());
-                if let Some(s) = stdout.as_mut() {
-                    let _ = s.read_to_string(&mut out);
-                }
+                let mut err = String::new();
                 if let Some(s) = stderr.as_mut() {
                     let _ = s.read_to_string(&mut err);
                 }
+                err
+            })
+            .map_err(spawn_error)?;
+        let reader = std::thread::Builder::new()
+            .name("hermes-probe-stdout".into())
+            .spawn(move || {
+                let mut out = String::new();
+                if let Some(s) = stdout.as_mut() {
+                    let _ = s.read_to_string(&mut out);
+                }
+                let err = errors.join().unwrap_or_default();
                 let _ = tx.send((out, err));
             })
             .map_err(spawn_error)?;
