@@ -44,6 +44,7 @@ pub struct Entry {
 
 /// The lifecycle of one entry. Invariant: `instance` is set exactly in `running` and
 /// `draining` (the instance being replaced), and `stopping` holds none.
+#[derive(Default)]
 struct Slot {
     state: EntryState,
     /// A reload or unload owns the entry.
@@ -115,22 +116,13 @@ impl Entry {
     ) -> Entry {
         let failure = failure.map(Arc::new);
         let slot = Slot {
-            state: if failure.is_some() {
-                EntryState::Failed
-            } else {
-                EntryState::Registered
+            state: match failure {
+                Some(_) => EntryState::Failed,
+                None => EntryState::Registered,
             },
-            exclusive: false,
-            generation: 0,
-            instance: None,
             error: failure.as_ref().map(ToString::to_string),
             failure,
-            last_unload: None,
-            failed_at: None,
-            loads: 0,
-            load_seconds: 0.0,
-            last_load_ms: None,
-            last_open_ms: None,
+            ..Slot::default()
         };
         Entry {
             manifest,
