@@ -188,28 +188,19 @@ impl Manifest {
                 ),
             ));
         }
+        let no_rule = EnableWhen::default();
+        let rule = manifest.enable_when.as_ref().unwrap_or(&no_rule);
         for (field, names) in [
             ("required_env", &manifest.required_env),
             ("optional_env", &manifest.optional_env),
+            ("enable_when.env_all", &rule.env_all),
+            ("enable_when.env_any", &rule.env_any),
         ] {
             if let Some(name) = names.iter().find(|n| !valid_env_name(n)) {
                 return Err(bad(
                     field,
                     format!("{name:?} is not an environment variable name"),
                 ));
-            }
-        }
-        if let Some(rule) = &manifest.enable_when {
-            for (field, names) in [
-                ("enable_when.env_all", &rule.env_all),
-                ("enable_when.env_any", &rule.env_any),
-            ] {
-                if let Some(name) = names.iter().find(|n| !valid_env_name(n)) {
-                    return Err(bad(
-                        field,
-                        format!("{name:?} is not an environment variable name"),
-                    ));
-                }
             }
         }
         Ok(manifest)

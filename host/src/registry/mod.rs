@@ -278,13 +278,7 @@ impl Registry {
         if entry.manifest().api != ABI_VERSION {
             return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
         }
-        let missing = entry.manifest().missing_env();
-        if !missing.is_empty() {
-            return Err(LoadFailure::MissingEnv {
-                manifest: entry.manifest_path().to_owned(),
-                names: missing,
-            });
-        }
+        require_env(entry.manifest(), entry.manifest_path())?;
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         let open::Opened {
@@ -389,6 +383,18 @@ impl Registry {
                 .filter(|p| !serving.contains(p))
                 .collect(),
         )
+    }
+}
+
+/// Refuses a start while variables the manifest's `required_env` names are unset or empty.
+fn require_env(manifest: &Manifest, path: &Path) -> Result<(), LoadFailure> {
+    let names = manifest.missing_env();
+    match names.is_empty() {
+        true => Ok(()),
+        false => Err(LoadFailure::MissingEnv {
+            manifest: path.to_owned(),
+            names,
+        }),
     }
 }
 

@@ -303,11 +303,7 @@ fn check_manifest(entry: &Entry) -> Result<(), LoadFailure> {
             manifest: path.to_owned(),
             declared: m.api,
         }),
-        Some(Ok(m)) if !m.missing_env().is_empty() => Err(LoadFailure::MissingEnv {
-            manifest: path.to_owned(),
-            names: m.missing_env(),
-        }),
-        Some(Ok(_)) => Ok(()),
+        Some(Ok(m)) => super::require_env(&m, path),
         Some(Err(e)) => Err(e.into()),
         None => Err(LoadFailure::ManifestGone(path.to_owned())),
     }
