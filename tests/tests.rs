@@ -39,3 +39,5 @@ mod crashes;
 mod browser;
 // The README's quick-start commands, run against the example config.
 mod readme;
+// `isolation = "process"`: faults contained in the child, restarts, state, environment.
+mod isolation;

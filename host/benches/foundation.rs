@@ -37,6 +37,7 @@ fn options(shadow: &Path) -> RegistryOptions {
         sink: Arc::new(DiscardInbound),
         // The raw loader: the probe's cost is measured in the reload bench.
         probe: None,
+        child_program: None,
         state_dir: None,
         config_dir: std::path::PathBuf::from("."),
     }

@@ -25,6 +25,7 @@ pub mod control;
 pub mod events;
 pub mod gateway;
 pub mod http;
+pub mod isolate;
 pub mod journal;
 #[allow(unsafe_code)]
 pub mod loader;
@@ -38,5 +39,6 @@ pub mod registry;
 pub use registry::reload;
 pub mod routing;
 pub mod serve;
+pub mod supervise;
 mod toml_error;
 pub mod watch;

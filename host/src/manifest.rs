@@ -232,6 +232,20 @@ impl Manifest {
             .collect()
     }
 
+    /// Every environment variable the manifest names (`required_env`, `optional_env`,
+    /// `enable_when`): what an isolated child's environment may hold besides the basics.
+    pub fn env_names(&self) -> impl Iterator<Item = &str> {
+        let rule = self.enable_when.as_ref();
+        self.required_env
+            .iter()
+            .chain(&self.optional_env)
+            .chain(
+                rule.into_iter()
+                    .flat_map(|r| r.env_all.iter().chain(&r.env_any)),
+            )
+            .map(String::as_str)
+    }
+
     /// The library's file name on this OS (`libhermes_irc.so` on Linux).
     pub fn library_file_name(&self) -> String {
         format!(

@@ -35,6 +35,8 @@ pub struct Metrics {
     inbound: Mutex<BTreeMap<String, u64>>,
     routed: Mutex<BTreeMap<&'static str, u64>>,
     stale_deliveries: Mutex<BTreeMap<String, u64>>,
+    /// By platform: isolated children that died unasked.
+    crashes: Mutex<BTreeMap<String, u64>>,
 }
 
 /// Send latencies: a count per bucket (not cumulative), the sum and the count.
@@ -128,6 +130,11 @@ impl Metrics {
         bump(&self.stale_deliveries, platform);
     }
 
+    /// The child process of isolated `platform` died unasked.
+    pub fn crash(&self, platform: &str) {
+        bump(&self.crashes, platform);
+    }
+
     /// The OpenMetrics text: the counters, then `snapshot`.
     pub fn render(&self, snapshot: &Snapshot<'_>) -> String {
         let mut registry = Registry::default();
@@ -160,6 +167,12 @@ impl Metrics {
                 "Deliveries refused because their generation no longer serves",
                 "platform",
                 lock(&self.stale_deliveries).clone(),
+            ),
+            (
+                "hermes_plugin_crashes",
+                "Deaths of isolated plugins' child processes (signal, exit, out of memory, killed for a hung call)",
+                "platform",
+                lock(&self.crashes).clone(),
             ),
             (
                 "hermes_routed",

@@ -276,7 +276,7 @@ impl Prober {
 }
 
 /// `SIGSEGV` and the like; `signal N` for the rest.
-fn signal_name(signal: i32) -> String {
+pub(crate) fn signal_name(signal: i32) -> String {
     let name = match signal {
         libc::SIGSEGV => "SIGSEGV",
         libc::SIGBUS => "SIGBUS",

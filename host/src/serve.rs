@@ -138,7 +138,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         );
         tokio::spawn(warm_up(Arc::clone(&gateway)));
         tokio::spawn(idle_unloader(Arc::clone(&gateway)));
-        tokio::spawn(supervise(Arc::clone(&gateway)));
+        tokio::spawn(crate::supervise::supervise(Arc::clone(&gateway)));
         // SIGHUP re-reads hermes.toml (applied or refused as a whole); SIGTERM and Ctrl-C stop.
         loop {
             tokio::select! {
@@ -315,69 +315,6 @@ async fn idle_unloader(gateway: Arc<Gateway>) {
                     Ok(Err(e)) => tracing::warn!(platform = %id, error = %e, "idle unload failed"),
                     Err(e) => tracing::warn!(platform = %id, error = %e, "idle unload task failed"),
                 }
-            }
-        }
-    }
-}
-
-/// How often the supervisor looks for hung instances.
-const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
-
-/// The longest wait between two restarts of a platform that keeps hanging.
-const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(60);
-
-/// Replaces hung instances (every worker stuck in a call past its timeout) of platforms with
-/// `on_hang = "restart"` (the default) by a fresh generation, through the reload transaction
-/// (which does not wait on a hung instance, and unloads its library once its calls return).
-/// A platform that hangs again within a minute waits twice as long as the last time before its
-/// next restart (1 s, 2 s, 4 s, ... up to a minute).
-async fn supervise(gateway: Arc<Gateway>) {
-    let mut tick = tokio::time::interval(SUPERVISE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut down = gateway.shutdown.subscribe();
-    // Per platform: the last restart and the wait before the next one.
-    let mut restarts: std::collections::HashMap<String, (Instant, Duration)> =
-        std::collections::HashMap::new();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = down.wait_for(|d| *d) => return,
-        }
-        let hung: Vec<String> = gateway
-            .registry
-            .entries()
-            .filter(|e| {
-                e.platform_config()
-                    .is_none_or(|p| p.on_hang == crate::config::OnHang::Restart)
-            })
-            .filter(|e| e.running().is_some_and(|i| i.is_hung()))
-            .map(|e| e.manifest().id.clone())
-            .collect();
-        for id in hung {
-            let now = Instant::now();
-            let wait = match restarts.get(&id) {
-                Some((last, wait)) if now.duration_since(*last) < MAX_RESTART_BACKOFF => {
-                    if now.duration_since(*last) < *wait {
-                        continue;
-                    }
-                    (*wait * 2).min(MAX_RESTART_BACKOFF)
-                }
-                _ => Duration::from_secs(1),
-            };
-            restarts.insert(id.clone(), (now, wait));
-            tracing::warn!(platform = %id, "instance hung: replacing it with a fresh generation (its state is lost)");
-            let registry = Arc::clone(&gateway.registry);
-            let platform = id.clone();
-            match tokio::task::spawn_blocking(move || registry.reload(&platform, "supervisor"))
-                .await
-            {
-                Ok(Ok(outcome)) => {
-                    tracing::warn!(platform = %id, generation = outcome.new_generation, "hung instance replaced")
-                }
-                Ok(Err(refused)) => {
-                    tracing::error!(platform = %id, reason = %refused.reason, "replacing the hung instance failed; retrying after {wait:?}")
-                }
-                Err(e) => tracing::error!(platform = %id, error = %e, "supervisor task failed"),
             }
         }
     }

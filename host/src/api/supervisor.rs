@@ -31,7 +31,9 @@ fn warmup_json(gateway: &Gateway) -> serde_json::Value {
     for s in &platforms {
         use crate::registry::EntryState::*;
         match s.state {
-            Running | Draining | Hung | Stopping | Unloaded => completed.push(s.id.as_str()),
+            Running | Draining | Hung | Crashed | Stopping | Unloaded => {
+                completed.push(s.id.as_str())
+            }
             Failed | Invalid => failed.push(s.id.as_str()),
             Registered | Loading | Starting => pending.push(s.id.as_str()),
         }

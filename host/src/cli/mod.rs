@@ -59,6 +59,20 @@ pub enum Command {
         /// The shadow copy to open.
         copy: PathBuf,
     },
+    /// Runs one isolated platform for the host (internal): loads its library in this child
+    /// process and serves the gateway's calls over the socket on standard input.
+    #[command(name = "__isolate", hide = true)]
+    Isolate {
+        /// The gateway's pid: the child refuses to run if it is no longer its parent.
+        #[arg(long)]
+        parent: u32,
+        /// The platform id (shown in `ps`).
+        #[arg(long)]
+        platform: String,
+        /// The address-space limit (RLIMIT_AS) in MiB.
+        #[arg(long)]
+        memory_limit_mb: Option<u64>,
+    },
     /// Send a message through the running server.
     Send {
         /// The platform id.
@@ -161,6 +175,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Probe { copy } = &cli.command {
         return Ok(crate::probe::child_main(copy));
     }
+    // An isolated child logs what the host's loader reports in it to stderr, at `warn`; the
+    // plugin's own records go to the gateway over the socket.
+    if let Command::Isolate {
+        parent,
+        memory_limit_mb,
+        ..
+    } = cli.command
+    {
+        init_logging("warn");
+        return Ok(crate::isolate::child::child_main(parent, memory_limit_mb));
+    }
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
         _ => "warn",
@@ -198,6 +223,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Plugin(command) => local::plugin(&config, command),
         // Answered above, before the config is read.
         Command::Probe { copy } => Ok(crate::probe::child_main(&copy)),
+        Command::Isolate { .. } => unreachable!("answered above"),
     }
 }
 

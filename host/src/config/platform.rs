@@ -1,5 +1,5 @@
 //! `[platforms.<id>]`: the host's keys for one platform (`start`, `call_timeout_ms`,
-//! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`), and the rest of the table, which
+//! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`, `isolation`, `memory_limit_mb`), and the rest of the table, which
 //! belongs to the plugin.
 
 use std::time::Duration;
@@ -28,6 +28,17 @@ pub enum OnHang {
     Fail,
 }
 
+/// Where a platform's library runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Isolation {
+    /// Mapped in the gateway: calls in nanoseconds; a crash of the plugin takes the gateway.
+    InProcess,
+    /// In a supervised child process: calls in microseconds; a crash ends the child, which is
+    /// restarted.
+    Process,
+}
+
 /// `[platforms.<id>]`: the host's keys, and the rest for the plugin.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlatformConfig {
@@ -43,6 +54,10 @@ pub struct PlatformConfig {
     pub max_queue: usize,
     /// `on_hang`, default `restart`: what a hung instance gets.
     pub on_hang: OnHang,
+    /// `isolation`, default `in-process`.
+    pub isolation: Isolation,
+    /// `memory_limit_mb` (process isolation only): the child's address-space limit.
+    pub memory_limit_mb: Option<u64>,
     /// Every other key: the plugin's config.
     pub plugin: toml::Table,
 }
@@ -59,6 +74,8 @@ impl Default for PlatformConfig {
             workers: 2,
             max_queue: 1024,
             on_hang: OnHang::Restart,
+            isolation: Isolation::InProcess,
+            memory_limit_mb: None,
             plugin: toml::Table::new(),
         }
     }
@@ -108,6 +125,30 @@ pub(super) fn platform_config(
         config.on_hang = v
             .try_into()
             .map_err(|_| ("on_hang", "expected \"restart\" or \"fail\"".to_owned()))?;
+    }
+    if let Some(v) = table.remove("isolation") {
+        config.isolation = v.try_into().map_err(|_| {
+            (
+                "isolation",
+                "expected \"in-process\" or \"process\"".to_owned(),
+            )
+        })?;
+    }
+    if let Some(v) = table.remove("memory_limit_mb") {
+        let mb = positive("memory_limit_mb", v)?;
+        if config.isolation != Isolation::Process {
+            return Err((
+                "memory_limit_mb",
+                "applies to isolation = \"process\" only (a limit on the gateway's own process would bind every platform)".to_owned(),
+            ));
+        }
+        if mb < 32 {
+            return Err((
+                "memory_limit_mb",
+                "at least 32 (the child's runtime needs that much address space)".to_owned(),
+            ));
+        }
+        config.memory_limit_mb = Some(mb);
     }
     config.plugin = table;
     Ok(config)

@@ -35,6 +35,13 @@ impl EventSink for GatewaySink {
             "refused a delivery from a generation that no longer serves"
         );
     }
+
+    fn crashed(&self, platform: &str, _generation: u64, _exit: &str) {
+        if let Some(gateway) = self.gateway.get().and_then(Weak::upgrade) {
+            gateway.metrics.crash(platform);
+            gateway.crashes.notify_one();
+        }
+    }
 }
 
 /// Hands an inbound message to the journal, the routes and the SSE stream. Runs on the

@@ -115,6 +115,8 @@ pub struct Gateway {
     /// HTTP requests and route sends in progress.
     in_flight: AtomicUsize,
     idle_again: Notify,
+    /// Woken when an isolated platform's child dies: the supervisor restarts it.
+    pub crashes: Notify,
     start_order: Mutex<Vec<String>>,
 }
 
@@ -192,6 +194,7 @@ impl Gateway {
             }),
             in_flight: AtomicUsize::new(0),
             idle_again: Notify::new(),
+            crashes: Notify::new(),
             start_order: Mutex::new(Vec::new()),
         });
         let _ = slot.set(Arc::downgrade(&gateway));

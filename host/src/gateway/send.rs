@@ -82,14 +82,7 @@ impl SendError {
             SendError::HeldByReload { .. }
             | SendError::LoadTask { .. }
             | SendError::NotAdmitted { .. } => true,
-            SendError::Call { source, .. } => match source {
-                CallError::Plugin { retryable, .. } => *retryable,
-                CallError::Timeout { .. }
-                | CallError::Unhealthy
-                | CallError::Stopped
-                | CallError::Expired { .. }
-                | CallError::QueueFull { .. } => true,
-            },
+            SendError::Call { source, .. } => source.retryable(),
         }
     }
 

@@ -31,6 +31,11 @@ pub trait EventSink: Send + Sync + 'static {
     /// refused; counted by the gateway.
     fn stale_delivery(&self, _platform: &str, _generation: u64) {}
 
+    /// The process of an isolated instance died without being asked to (a signal, an exit,
+    /// a kill for a hung call); `exit` says how. Counted by the gateway, whose supervisor
+    /// restarts the platform.
+    fn crashed(&self, _platform: &str, _generation: u64, _exit: &str) {}
+
     /// A log record written by the plugin; by default logged through `tracing` under the
     /// `plugin` target with the platform id.
     fn log(&self, platform: &str, generation: u64, level: u8, target: &str, message: &str) {

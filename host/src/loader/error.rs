@@ -143,6 +143,12 @@ pub enum CallError {
     /// The instance is stopping or stopped.
     #[error("the instance is stopped")]
     Stopped,
+    /// The plugin's process (process isolation) died; the supervisor restarts it.
+    #[error("the plugin's process {exit}; it is being restarted")]
+    Crashed {
+        /// How it died: the signal or exit code.
+        exit: String,
+    },
 }
 
 impl CallError {
@@ -156,6 +162,7 @@ impl CallError {
             // A hung instance is replaced; a queue drains: the call may go through then.
             CallError::Unhealthy
             | CallError::Stopped
+            | CallError::Crashed { .. }
             | CallError::Expired { .. }
             | CallError::QueueFull { .. } => true,
         }
@@ -177,5 +184,11 @@ pub enum StopError {
     StopTimedOut {
         /// The time it had.
         after: Duration,
+    },
+    /// The plugin's process (process isolation) died: there is nothing left to stop.
+    #[error("the plugin's process {exit}")]
+    Crashed {
+        /// How it died.
+        exit: String,
     },
 }

@@ -8,8 +8,9 @@
 //! blocking threads). One mechanism: there is no second condition variable to forget. The
 //! transitions are in [`EntryState::can_become`].
 //!
-//! `hung` is never stored: it is how a running entry shows while every worker of its instance
-//! is stuck in a call past its timeout (the supervisor then reloads it, `running -> draining`).
+//! `hung` and `crashed` are never stored: they are how a running entry shows while every worker
+//! of its instance is stuck in a call past its timeout, or while the child process of its
+//! isolated instance is dead (the supervisor then replaces it, `running -> draining`).
 //! Reloads and unloads are exclusive ([`Entry::exclusive_blocking`]): one at a time per entry.
 
 use std::{
@@ -20,12 +21,9 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{EntryState, LoadFailure, PlatformStatus, RETRY_FAILED_LOAD_AFTER};
+use super::{EntryState, Instance, LoadFailure, PlatformStatus, RETRY_FAILED_LOAD_AFTER};
 use crate::{
-    config::PlatformConfig,
-    loader::{Instance, UnloadReport},
-    manifest::Manifest,
-    reload::ReloadStats,
+    config::PlatformConfig, loader::UnloadReport, manifest::Manifest, reload::ReloadStats,
 };
 
 /// What the registry knows of a plugin.
@@ -422,11 +420,21 @@ impl Entry {
             Some(instance) => instance.plugin_version().to_owned(),
             None => self.manifest.version.clone(),
         };
+        let crashed = slot
+            .instance
+            .as_ref()
+            .filter(|_| slot.state == EntryState::Running)
+            .and_then(|i| i.crashed());
         let state = match &slot.instance {
+            _ if crashed.is_some() => EntryState::Crashed,
             Some(instance) if slot.state == EntryState::Running && instance.is_hung() => {
                 EntryState::Hung
             }
             _ => slot.state,
+        };
+        let error = match crashed {
+            Some(exit) => Some(format!("the plugin's process {exit}")),
+            None => slot.error.clone(),
         };
         PlatformStatus {
             id: self.manifest.id.clone(),
@@ -437,7 +445,8 @@ impl Entry {
             state,
             generation: slot.generation,
             configured: self.configured(),
-            error: slot.error.clone(),
+            error,
+            pid: slot.instance.as_ref().and_then(|i| i.pid()),
             description: self.manifest.description.clone(),
             emoji: self.manifest.emoji.clone(),
             manifest_path: self.manifest_path.clone(),

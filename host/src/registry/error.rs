@@ -123,6 +123,9 @@ pub enum LoadFailure {
     /// The probe, which opens the library in a child process first, refused it.
     #[error(transparent)]
     Probe(#[from] ProbeError),
+    /// The child of an isolated platform could not be started, or could not open the library.
+    #[error(transparent)]
+    Isolated(#[from] crate::isolate::ChildError),
     /// The process died before while loading or starting this very file.
     #[error("{0}")]
     Quarantined(Quarantined),

@@ -25,11 +25,10 @@ use crate::{
     quarantine::Quarantine,
 };
 
-pub use crate::loader::Instance;
-
 mod discover;
 mod entry;
 mod error;
+mod instance;
 mod open;
 pub mod reload;
 mod status;
@@ -37,6 +36,7 @@ mod status;
 pub use entry::Entry;
 pub(crate) use entry::{Admission, Exclusive, Settled};
 pub use error::{DiscoveryProblem, LoadFailure, RegistryError};
+pub use instance::{Instance, Library, StartFailure, Stopped};
 pub use status::{EntryState, PlatformStatus};
 
 /// After a failed load, uses within this time get that error instead of another attempt.
@@ -56,6 +56,9 @@ pub struct RegistryOptions {
     /// The `hermes-host` binary that probes libraries before they are opened (see
     /// [`crate::probe`]); `None` opens without a probe.
     pub probe: Option<PathBuf>,
+    /// The `hermes-host` binary that runs platforms with `isolation = "process"`; `None`
+    /// refuses them.
+    pub child_program: Option<PathBuf>,
     /// Where load markers and the quarantine list live (see [`crate::quarantine`]); `None`
     /// keeps no quarantine.
     pub state_dir: Option<PathBuf>,
@@ -72,6 +75,7 @@ impl RegistryOptions {
             platforms: config.platforms.clone(),
             sink,
             probe: config.plugins.probe.then(Prober::find_program).flatten(),
+            child_program: Prober::find_program(),
             state_dir: Some(config.plugins.state_dir.clone()),
             config_dir: config
                 .source
@@ -229,7 +233,7 @@ impl Registry {
             return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
         }
         let path = self.resolve_library(entry)?;
-        let opened = self.open_library(entry, &path)?;
+        let opened = self.open_platform(entry, table, &path)?;
         let library = opened.library;
         let checked = library.validate_config(&self.plugin_json(entry, table), table.call_timeout);
         drop(opened.marker);
@@ -285,7 +289,7 @@ impl Registry {
             library,
             marker: _marker,
             probed,
-        } = self.open_library(entry, &path)?;
+        } = self.open_platform(entry, &entry.platform_config().unwrap_or_default(), &path)?;
         let opened = started.elapsed();
         entry.opened(opened);
         match library.start(self.start_options(entry, generation, None)) {
@@ -294,6 +298,7 @@ impl Registry {
                     platform = %entry.manifest().id,
                     generation,
                     version = instance.plugin_version(),
+                    pid = instance.pid(),
                     load_ms = opened.as_secs_f64() * 1e3,
                     probe_ms = probed.map(|p| p.ms),
                     start_ms = (started.elapsed() - opened).as_secs_f64() * 1e3,
@@ -324,6 +329,18 @@ impl Registry {
             return Ok(None);
         };
         match instance.stop(false, self.call_timeout(entry)) {
+            // An isolated platform whose process died: nothing is left to stop or unload.
+            Err(crate::loader::StopError::Crashed { exit }) => {
+                let report = UnloadReport {
+                    shadow_path: PathBuf::new(),
+                    closed: true,
+                    unmapped: Some(true),
+                    shadow_deleted: false,
+                    detail: Some(format!("the plugin's process had died: {exit}")),
+                };
+                entry.stopped(&owner, Ok(report.clone()));
+                Ok(Some(report))
+            }
             Ok(stopped) => {
                 if let Some(e) = &stopped.error {
                     tracing::warn!(platform = id, error = %e, "plugin reported an error while stopping");
@@ -374,7 +391,7 @@ impl Registry {
             .entries
             .values()
             .filter_map(|e| e.running())
-            .map(|i| i.shadow_path().to_owned())
+            .filter_map(|i| i.shadow_path().map(Path::to_owned))
             .collect();
         let mapped = crate::loader::mapped_under(&dir)?;
         Some(

@@ -5,18 +5,23 @@
 //! held until the load (and the caller's `start`) is over; then the host's own `dlopen` of that
 //! same copy.
 
-use std::path::Path;
+use std::{path::Path, sync::Arc};
 
 use super::{Entry, LoadFailure, Registry};
 use crate::{
+    config::{Isolation, PlatformConfig},
+    isolate::{ChildError, RemoteLibrary, Spawn},
     loader::Library,
     probe::{ContentHash, Probed},
     quarantine::Marker,
 };
 
+/// The variables an isolated child gets besides those its manifest names.
+const CHILD_BASE_ENV: [&str; 3] = ["PATH", "HOME", "LANG"];
+
 /// A library opened for `entry`, with the marker to keep until its first call has returned.
-pub(crate) struct Opened {
-    pub(crate) library: Library,
+pub(crate) struct Opened<L = Library> {
+    pub(crate) library: L,
     /// Held while the library is loaded and started; dropping it clears the marker.
     pub(crate) marker: Option<Marker>,
     /// The probe that vetted it (`None` without a probe program).
@@ -24,7 +29,53 @@ pub(crate) struct Opened {
 }
 
 impl Registry {
-    /// Opens `path` for `entry` (see the module docs).
+    /// Opens `path` for `entry` where `table` says it runs: in this process (see
+    /// [`Registry::open_library`]) or in a child of its own (`isolation = "process"`), which
+    /// needs neither probe nor quarantine: a crash there ends the child alone.
+    pub(crate) fn open_platform(
+        &self,
+        entry: &Entry,
+        table: &PlatformConfig,
+        path: &Path,
+    ) -> Result<Opened<super::Library>, LoadFailure> {
+        if table.isolation == Isolation::InProcess {
+            let opened = self.open_library(entry, path)?;
+            return Ok(Opened {
+                library: super::Library::InProcess(opened.library),
+                marker: opened.marker,
+                probed: opened.probed,
+            });
+        }
+        let manifest = entry.manifest();
+        let program = self.options.child_program.clone().ok_or_else(|| ChildError {
+            platform: manifest.id.clone(),
+            message: "process isolation runs the hermes-host binary, and none was found beside this program".into(),
+        })?;
+        let env = CHILD_BASE_ENV
+            .into_iter()
+            .chain(manifest.env_names())
+            .filter_map(|name| Some((name.to_owned(), std::env::var(name).ok()?)))
+            .collect();
+        let spawn = Spawn {
+            program,
+            platform: manifest.id.clone(),
+            env,
+            memory_limit_mb: table.memory_limit_mb,
+        };
+        let library = RemoteLibrary::open(
+            &spawn,
+            Arc::clone(&self.options.sink),
+            path,
+            &self.options.shadow_dir,
+        )?;
+        Ok(Opened {
+            library: super::Library::Process(library),
+            marker: None,
+            probed: None,
+        })
+    }
+
+    /// Opens `path` for `entry` in this process (see the module docs).
     pub(crate) fn open_library(&self, entry: &Entry, path: &Path) -> Result<Opened, LoadFailure> {
         let id = entry.manifest().id.as_str();
         let mut marker = None;

@@ -24,9 +24,11 @@ use hermes_plugin_api::abi::ABI_VERSION;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    loader::{Library, UnloadReport},
+    loader::UnloadReport,
     manifest::Manifest,
-    registry::{Entry, Exclusive, LoadFailure, Registry, RegistryError, Settled},
+    registry::{
+        Entry, Exclusive, Instance, Library, LoadFailure, Registry, RegistryError, Settled,
+    },
 };
 
 /// A completed reload.
@@ -172,6 +174,9 @@ impl Registry {
         // lost (it cannot export it while its calls are stuck); the new generation starts
         // without one.
         let hung = old.is_hung();
+        // An isolated instance whose process died has nothing to drain or export: the new
+        // generation starts with the state the dead one started with.
+        let crashed = old.crashed();
         let drain_for = if hung {
             Duration::ZERO
         } else {
@@ -181,6 +186,7 @@ impl Registry {
         let stop_ms = held_at.elapsed().as_secs_f64() * 1e3;
         let (old_library, state, stop_note) = match stopped {
             Ok(s) => (Some(s.library), s.state, s.error.map(|e| e.to_string())),
+            Err(crate::loader::StopError::Crashed { .. }) => (None, old.last_state(), None),
             // A call never returned: that instance cannot be stopped now. The new generation
             // takes over; a reaper stops and unloads the old one once the call returns (until
             // then its library is reported as stale).
@@ -211,12 +217,17 @@ impl Registry {
                 let instance = Arc::new(instance);
                 let new_version = instance.plugin_version().to_owned();
                 // A running entry's error is a note: the state a hung generation took along.
-                let note = hung.then(|| {
-                    format!(
-                        "generation {old_generation} hung (its calls did not return within {} ms) and was replaced by generation {new_generation}, which started without its state",
-                        timeout.as_millis()
-                    )
-                });
+                let note = match &crashed {
+                    Some(exit) => Some(format!(
+                        "generation {old_generation}'s process {exit}; generation {new_generation} took over with the state generation {old_generation} started with"
+                    )),
+                    None => hung.then(|| {
+                        format!(
+                            "generation {old_generation} hung (its calls did not return within {} ms) and was replaced by generation {new_generation}, which started without its state",
+                            timeout.as_millis()
+                        )
+                    }),
+                };
                 entry.serve(owner, instance, new_generation, note);
                 let held_ms = held_at.elapsed().as_secs_f64() * 1e3;
                 // 4. The held calls run on the new generation; now the old library goes.
@@ -235,7 +246,7 @@ impl Registry {
                     stop_ms,
                     start_ms,
                     state_bytes,
-                    state_lost: hung,
+                    state_lost: hung || crashed.is_some(),
                     old_unload,
                 })
             }
@@ -275,10 +286,11 @@ impl Registry {
 
 impl Registry {
     /// Opens `entry`'s library from a fresh shadow copy and has it check the platform's table.
-    fn open_validated(&self, entry: &Entry) -> Result<super::open::Opened, LoadFailure> {
+    fn open_validated(&self, entry: &Entry) -> Result<super::open::Opened<Library>, LoadFailure> {
         let path = self.resolve_library(entry)?;
         self.count_load();
-        let opened = self.open_library(entry, &path)?;
+        let table = entry.platform_config().unwrap_or_default();
+        let opened = self.open_platform(entry, &table, &path)?;
         let library = &opened.library;
         let config = entry
             .platform_config()
@@ -362,8 +374,13 @@ fn record(
     }
 }
 
-/// Stops and unloads an instance a hung call kept from stopping, once that call returns.
-pub(crate) fn reap(instance: Arc<crate::loader::Instance>) {
+/// Stops and unloads an instance a hung call kept from stopping, once that call returns; an
+/// isolated one is killed at once (its process goes, and the library with it).
+pub(crate) fn reap(instance: Arc<Instance>) {
+    if let Instance::Process(remote) = &*instance {
+        remote.kill_replaced("it was replaced while a call was still running");
+        return;
+    }
     let name = format!(
         "hermes-reap-{}-g{}",
         instance.platform(),

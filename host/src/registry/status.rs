@@ -27,6 +27,11 @@ pub enum EntryState {
     /// Sends answer 503 (retryable); the supervisor replaces it (`on_hang = "restart"`).
     /// Observed, never stored: the entry is `running` underneath.
     Hung,
+    /// Running with `isolation = "process"`, but its child process died (a signal, an exit, out
+    /// of memory, or killed for a hung call): calls fail with 503 (retryable) until the
+    /// supervisor has started a new child. Observed, never stored: the entry is `running`
+    /// underneath.
+    Crashed,
     /// Being stopped.
     Stopping,
     /// Was running; stopped and unloaded.
@@ -46,6 +51,7 @@ impl EntryState {
             EntryState::Running => "running",
             EntryState::Draining => "draining",
             EntryState::Hung => "hung",
+            EntryState::Crashed => "crashed",
             EntryState::Stopping => "stopping",
             EntryState::Unloaded => "unloaded",
             EntryState::Failed => "failed",
@@ -128,6 +134,9 @@ pub struct PlatformStatus {
     pub last_open_ms: Option<f64>,
     /// Calls running or queued on the serving instance.
     pub in_flight: usize,
+    /// The child process serving it (`isolation = "process"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
     /// Its library is quarantined: the process died while loading or starting it before.
     #[serde(default)]
     pub quarantined: bool,

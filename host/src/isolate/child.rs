@@ -1,0 +1,352 @@
+//! The child's side: `hermes-host __isolate`, which loads one platform's library with the
+//! host's own loader (so its invariants hold here too) and serves the gateway's calls over the
+//! socket it got as its standard input.
+//!
+//! Before anything else it asks the kernel for SIGKILL when its parent dies and checks that the
+//! parent it was started by still lives, so a `kill -9` of the gateway takes it along (a
+//! child left behind would keep the platform's session open under the same identity). It sets
+//! its own address-space limit (`memory_limit_mb`) before the library is opened.
+
+use std::{
+    collections::HashMap,
+    os::fd::AsFd,
+    path::Path,
+    process::ExitCode,
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use bytes::BytesMut;
+use tokio::{io::AsyncWriteExt, sync::mpsc};
+use tokio_util::codec::FramedRead;
+
+use super::wire::{self, Call, FromChild, Reply, StartCall, ToChild, WireCallError};
+use crate::{
+    loader::{EventSink, Instance, Library, ShadowDir, StartOptions},
+    message::Inbound,
+};
+
+/// How long a plugin's `deliver` waits for the gateway's answer.
+const DELIVER_ANSWER_WITHIN: Duration = Duration::from_secs(10);
+
+/// Runs the child: `parent` is the gateway's pid, `memory_limit_mb` its limit, if any.
+pub fn child_main(parent: u32, memory_limit_mb: Option<u64>) -> ExitCode {
+    match run(parent, memory_limit_mb) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hermes-host __isolate: {e}");
+            ExitCode::from(70)
+        }
+    }
+}
+
+fn run(parent: u32, memory_limit_mb: Option<u64>) -> std::io::Result<()> {
+    use rustix::process::{Resource, Rlimit, Signal};
+    rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+    // The parent may have died before the line above: then nobody would kill this child.
+    if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
+        return Err(std::io::Error::other(
+            "the gateway that started this child is gone",
+        ));
+    }
+    if let Some(mb) = memory_limit_mb {
+        let bytes = mb.saturating_mul(1024 * 1024);
+        rustix::process::setrlimit(
+            Resource::As,
+            Rlimit {
+                current: Some(bytes),
+                maximum: Some(bytes),
+            },
+        )?;
+    }
+    // The socket is standard input; keep it on a descriptor of its own (close-on-exec) and put
+    // /dev/null in its place, so a process the plugin spawns does not inherit the connection.
+    let socket = std::io::stdin().as_fd().try_clone_to_owned()?;
+    rustix::stdio::dup2_stdin(std::fs::File::open("/dev/null")?)?;
+    let socket = std::os::unix::net::UnixStream::from(socket);
+    socket.set_nonblocking(true)?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(serve(socket))
+}
+
+/// What the child holds: the library (while no instance runs) or the instance, and the
+/// deliveries waiting for the gateway's answer.
+struct Shared {
+    out: mpsc::UnboundedSender<BytesMut>,
+    shadow: Mutex<Option<ShadowDir>>,
+    library: Mutex<Option<Library>>,
+    instance: RwLock<Option<Arc<Instance>>>,
+    deliveries: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
+    next_delivery: AtomicU64,
+}
+
+impl Shared {
+    fn write(&self, frame: &FromChild) {
+        match wire::encode(frame) {
+            Ok(bytes) => {
+                let _ = self.out.send(bytes);
+            }
+            Err(e) => tracing::error!("cannot encode a frame for the gateway: {e}"),
+        }
+    }
+
+    fn reply(&self, id: u64, reply: Reply) {
+        self.write(&FromChild::Reply { id, reply });
+    }
+
+    fn instance(&self) -> Option<Arc<Instance>> {
+        self.instance
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// The loader's sink in the child: deliveries and logs go to the gateway.
+struct ToGateway(Arc<Shared>);
+
+impl EventSink for ToGateway {
+    fn inbound(&self, message: Inbound) -> Result<(), String> {
+        let id = self.0.next_delivery.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .deliveries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id, tx);
+        self.0.write(&FromChild::Deliver {
+            id,
+            message: message.into(),
+        });
+        match rx.recv_timeout(DELIVER_ANSWER_WITHIN) {
+            Ok(result) => result,
+            Err(_) => {
+                self.0
+                    .deliveries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                Err("the gateway did not take the message".into())
+            }
+        }
+    }
+
+    fn log(&self, _platform: &str, generation: u64, level: u8, target: &str, message: &str) {
+        self.0.write(&FromChild::Log {
+            generation,
+            level,
+            target: target.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+}
+
+async fn serve(socket: std::os::unix::net::UnixStream) -> std::io::Result<()> {
+    use futures_util::StreamExt;
+    let (read, mut write) = tokio::net::UnixStream::from_std(socket)?.into_split();
+    let (out, mut frames) = mpsc::unbounded_channel::<BytesMut>();
+    let writer = tokio::spawn(async move {
+        while let Some(first) = frames.recv().await {
+            // Whatever else is ready goes in the same write.
+            let mut batch = first;
+            while let Ok(more) = frames.try_recv() {
+                batch.extend_from_slice(&more);
+            }
+            if write.write_all(&batch).await.is_err() {
+                return;
+            }
+        }
+    });
+    let shared = Arc::new(Shared {
+        out,
+        shadow: Mutex::new(None),
+        library: Mutex::new(None),
+        instance: RwLock::new(None),
+        deliveries: Mutex::new(HashMap::new()),
+        next_delivery: AtomicU64::new(0),
+    });
+    let mut reader = FramedRead::new(read, wire::codec());
+    while let Some(frame) = reader.next().await {
+        let message: ToChild = postcard::from_bytes(&frame?).map_err(std::io::Error::other)?;
+        match message {
+            ToChild::Delivered { id, result } => {
+                let waiting = shared
+                    .deliveries
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
+                if let Some(tx) = waiting {
+                    let _ = tx.send(result);
+                }
+            }
+            ToChild::Call {
+                id,
+                call: Call::Unload,
+            } => {
+                let library = shared
+                    .library
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .take();
+                let report = match library {
+                    Some(library) => tokio::task::spawn_blocking(move || library.unload())
+                        .await
+                        .map_err(std::io::Error::other)?,
+                    None => crate::loader::UnloadReport {
+                        shadow_path: Default::default(),
+                        closed: true,
+                        unmapped: None,
+                        shadow_deleted: true,
+                        detail: Some("no library was open".into()),
+                    },
+                };
+                shared.reply(id, Reply::Unloaded(report.into()));
+                break;
+            }
+            ToChild::Call { id, call } => handle(&shared, id, call),
+        }
+    }
+    // The gateway asked it to go, or closed the connection: flush what is written, then exit
+    // without waiting for plugin threads (the process ends them).
+    drop(shared);
+    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    std::process::exit(0)
+}
+
+/// Runs one call on the runtime (sends and health) or a blocking thread (the rest).
+fn handle(shared: &Arc<Shared>, id: u64, call: Call) {
+    let shared = Arc::clone(shared);
+    match call {
+        Call::Send(message) => {
+            tokio::spawn(async move {
+                let reply = match shared.instance() {
+                    Some(instance) => instance
+                        .send_async(&message.into())
+                        .await
+                        .map(|r| r.message_id),
+                    None => Err(crate::loader::CallError::Stopped),
+                };
+                shared.reply(id, Reply::Sent(reply.map_err(|e| (&e).into())));
+            });
+        }
+        Call::Health => {
+            tokio::spawn(async move {
+                let reply = match shared.instance() {
+                    Some(instance) => instance
+                        .health_async(Duration::from_secs(3600))
+                        .await
+                        .map(wire::health_to_wire),
+                    None => Err(crate::loader::CallError::Stopped),
+                };
+                shared.reply(id, Reply::Health(reply.map_err(|e| (&e).into())));
+            });
+        }
+        call => {
+            tokio::task::spawn_blocking(move || {
+                let reply = blocking_call(&shared, call);
+                shared.reply(id, reply);
+            });
+        }
+    }
+}
+
+fn blocking_call(shared: &Arc<Shared>, call: Call) -> Reply {
+    let stopped = || WireCallError::Stopped;
+    match call {
+        Call::Open { path, shadow_dir } => Reply::Opened(open(shared, &path, &shadow_dir)),
+        Call::ValidateConfig {
+            config_json,
+            timeout_ms,
+        } => {
+            let library = shared.library.lock().unwrap_or_else(|e| e.into_inner());
+            Reply::Done(match library.as_ref() {
+                Some(library) => library
+                    .validate_config(&config_json, Duration::from_millis(timeout_ms))
+                    .map_err(|e| (&e).into()),
+                None => Err(stopped()),
+            })
+        }
+        Call::Start(start) => Reply::Done(self::start(shared, start)),
+        Call::RawHealth { n } => Reply::Timed(match shared.instance() {
+            Some(instance) => instance
+                .time_raw_health_calls(n)
+                .map(|d| d.as_nanos() as u64)
+                .map_err(|e| (&e).into()),
+            None => Err(stopped()),
+        }),
+        Call::Stop {
+            export_state,
+            timeout_ms,
+        } => {
+            let Some(instance) = shared.instance() else {
+                return Reply::Stopped(Err(wire::WireStopError::AlreadyStopped));
+            };
+            match instance.stop(export_state, Duration::from_millis(timeout_ms)) {
+                Ok(stopped) => {
+                    *shared.instance.write().unwrap_or_else(|e| e.into_inner()) = None;
+                    *shared.library.lock().unwrap_or_else(|e| e.into_inner()) =
+                        Some(stopped.library);
+                    Reply::Stopped(Ok(wire::WireStopped {
+                        state: stopped.state.map(Into::into),
+                        error: stopped.error.as_ref().map(Into::into),
+                    }))
+                }
+                Err(e) => Reply::Stopped(Err((&e).into())),
+            }
+        }
+        Call::Send(_) | Call::Health | Call::Unload => Reply::Done(Err(stopped())),
+    }
+}
+
+fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<String, String> {
+    let mut shadow = shared.shadow.lock().unwrap_or_else(|e| e.into_inner());
+    if shadow.is_none() {
+        let (dir, _) = ShadowDir::claim(Path::new(shadow_root))
+            .map_err(|e| format!("shadow folder {shadow_root}: {e}"))?;
+        *shadow = Some(dir);
+    }
+    let dir = shadow
+        .as_ref()
+        .map(|d| d.path().to_owned())
+        .unwrap_or_default();
+    let library = Library::open(Path::new(path), &dir).map_err(|e| e.to_string())?;
+    let version = library.plugin_version().to_owned();
+    *shared.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(library);
+    Ok(version)
+}
+
+fn start(shared: &Arc<Shared>, start: StartCall) -> Result<(), WireCallError> {
+    let library = shared
+        .library
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    let Some(library) = library else {
+        return Err(WireCallError::Stopped);
+    };
+    let options = StartOptions {
+        platform: start.platform,
+        generation: start.generation,
+        config_json: start.config_json,
+        sink: Arc::new(ToGateway(Arc::clone(shared))),
+        workers: start.workers as usize,
+        call_timeout: Duration::from_millis(start.call_timeout_ms),
+        max_queue: start.max_queue as usize,
+        state: start.state.map(Into::into),
+    };
+    match library.start(options) {
+        Ok(instance) => {
+            *shared.instance.write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(instance));
+            Ok(())
+        }
+        Err(failure) => {
+            *shared.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(failure.library);
+            Err((&failure.error).into())
+        }
+    }
+}

@@ -1,0 +1,577 @@
+//! The protocol between the gateway and an isolated plugin's child: serde types encoded with
+//! postcard, each in one length-delimited frame (tokio-util's `LengthDelimitedCodec`: a 4-byte
+//! big-endian length, then the bytes). One connection carries both directions; request ids let
+//! the gateway's calls and the plugin's callbacks interleave.
+//!
+//! postcard is not self-describing, so JSON values (metadata) travel as JSON text, and no type
+//! here skips fields when serialising.
+
+use std::{io::Read, time::Duration};
+
+use bytes::{Bytes, BytesMut};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
+
+use crate::{
+    loader::{CallError, StopError, UnloadReport},
+    message::{Health, HealthStatus, Inbound, Outbound, PluginState},
+};
+
+/// The largest frame either side accepts (a state snapshot is the largest thing sent).
+pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// The codec both sides frame with.
+pub fn codec() -> LengthDelimitedCodec {
+    LengthDelimitedCodec::builder()
+        .max_frame_length(MAX_FRAME)
+        .new_codec()
+}
+
+/// Gateway to child.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToChild {
+    /// A call; answered by [`FromChild::Reply`] with the same id.
+    Call {
+        /// Request id.
+        id: u64,
+        /// What to do.
+        call: Call,
+    },
+    /// The gateway's answer to [`FromChild::Deliver`]: accepted, or refused with a reason.
+    Delivered {
+        /// The delivery's id.
+        id: u64,
+        /// `Err` reaches the plugin as `deliver`'s error.
+        result: Result<(), String>,
+    },
+}
+
+/// A call the gateway makes in the child.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Call {
+    /// Open the library (a shadow copy in the child's own folder under `shadow_dir`), with every
+    /// load-time check. Answered by [`Reply::Opened`].
+    Open {
+        /// The library file.
+        path: String,
+        /// The shadow root.
+        shadow_dir: String,
+    },
+    /// The plugin's `validate_config`.
+    ValidateConfig {
+        /// The config as JSON text.
+        config_json: String,
+        /// The call timeout.
+        timeout_ms: u64,
+    },
+    /// Start an instance.
+    Start(StartCall),
+    /// Send a message.
+    Send(WireOutbound),
+    /// The plugin's health.
+    Health,
+    /// Benchmark support: `n` raw FFI `health` calls in one job; answered with their time.
+    RawHealth {
+        /// How many.
+        n: u32,
+    },
+    /// Stop the instance (exporting state when asked); the library stays open.
+    Stop {
+        /// Call `export_state` first.
+        export_state: bool,
+        /// How long the drain and `stop` may take.
+        timeout_ms: u64,
+    },
+    /// Unload the library and exit.
+    Unload,
+}
+
+/// [`Call::Start`]'s arguments (the loader's `StartOptions` without the sink).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StartCall {
+    /// The platform id.
+    pub platform: String,
+    /// The generation.
+    pub generation: u64,
+    /// The config as JSON text.
+    pub config_json: String,
+    /// Worker threads.
+    pub workers: u32,
+    /// The call timeout.
+    pub call_timeout_ms: u64,
+    /// The queue bound.
+    pub max_queue: u64,
+    /// The previous generation's state.
+    pub state: Option<WireState>,
+}
+
+/// Child to gateway.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum FromChild {
+    /// The answer to [`ToChild::Call`] with the same id.
+    Reply {
+        /// Request id.
+        id: u64,
+        /// The answer.
+        reply: Reply,
+    },
+    /// The plugin delivered an inbound message; answered by [`ToChild::Delivered`].
+    Deliver {
+        /// Delivery id.
+        id: u64,
+        /// The message (its `generation` says which instance delivered it).
+        message: WireInbound,
+    },
+    /// The plugin logged a record.
+    Log {
+        /// The instance's generation.
+        generation: u64,
+        /// The ABI's level.
+        level: u8,
+        /// The plugin's target.
+        target: String,
+        /// The text.
+        message: String,
+    },
+}
+
+/// An answer from the child.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Reply {
+    /// The library is open: its version.
+    Opened(Result<String, String>),
+    /// `validate_config` or `start` returned.
+    Done(Result<(), WireCallError>),
+    /// `send` returned.
+    Sent(Result<String, WireCallError>),
+    /// `health` returned: status (0 healthy, 1 degraded, 2 unhealthy) and detail.
+    Health(Result<(u8, String), WireCallError>),
+    /// [`Call::RawHealth`]'s time, in nanoseconds.
+    Timed(Result<u64, WireCallError>),
+    /// The instance stopped.
+    Stopped(Result<WireStopped, WireStopError>),
+    /// The library is unloaded; the child exits after this frame.
+    Unloaded(WireUnload),
+}
+
+/// [`crate::message::PluginState`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WireState {
+    /// The plugin's schema.
+    pub schema: u32,
+    /// The bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// [`crate::message::Outbound`], metadata as JSON text.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireOutbound {
+    /// Chat.
+    pub chat_id: String,
+    /// Text.
+    pub text: String,
+    /// Reply-to.
+    pub reply_to: Option<String>,
+    /// Metadata, a JSON object as text.
+    pub metadata_json: String,
+}
+
+/// [`crate::message::Inbound`], metadata as JSON text.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireInbound {
+    /// Chat.
+    pub chat_id: String,
+    /// User.
+    pub user: String,
+    /// Text.
+    pub text: String,
+    /// The platform's id.
+    pub message_id: String,
+    /// Milliseconds since the epoch.
+    pub timestamp: i64,
+    /// Metadata, a JSON object as text.
+    pub metadata_json: String,
+    /// The delivering instance's generation.
+    pub generation: u64,
+}
+
+/// [`CallError`], call names as text.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireCallError {
+    /// The plugin's error.
+    Plugin {
+        /// The call.
+        call: String,
+        /// Its message.
+        message: String,
+        /// Retryable.
+        retryable: bool,
+    },
+    /// Timed out.
+    Timeout {
+        /// The call.
+        call: String,
+        /// After.
+        after_ms: u64,
+    },
+    /// Every worker stuck.
+    Unhealthy,
+    /// Dropped from the queue.
+    Expired {
+        /// The call.
+        call: String,
+        /// Waited.
+        waited_ms: u64,
+    },
+    /// Queue full.
+    QueueFull {
+        /// The bound.
+        capacity: u64,
+    },
+    /// Stopped, or never started.
+    Stopped,
+}
+
+/// [`crate::loader::Stopped`] without the library, which stays in the child.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireStopped {
+    /// Exported state.
+    pub state: Option<WireState>,
+    /// An error from `export_state` or `stop`.
+    pub error: Option<WireCallError>,
+}
+
+/// [`StopError`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WireStopError {
+    /// A call still runs.
+    Busy,
+    /// Already stopped.
+    AlreadyStopped,
+    /// `stop` timed out.
+    StopTimedOut {
+        /// After.
+        after_ms: u64,
+    },
+}
+
+/// [`UnloadReport`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireUnload {
+    /// The copy.
+    pub shadow_path: String,
+    /// `dlclose` ran.
+    pub closed: bool,
+    /// Gone from the child's maps.
+    pub unmapped: Option<bool>,
+    /// The copy was deleted.
+    pub shadow_deleted: bool,
+    /// Why not.
+    pub detail: Option<String>,
+}
+
+/// A call name as the loader's errors hold it.
+fn call_name(name: &str) -> &'static str {
+    [
+        "send",
+        "health",
+        "start",
+        "stop",
+        "validate_config",
+        "export_state",
+    ]
+    .into_iter()
+    .find(|n| *n == name)
+    .unwrap_or("call")
+}
+
+impl From<&CallError> for WireCallError {
+    fn from(e: &CallError) -> Self {
+        match e {
+            CallError::Plugin {
+                call,
+                message,
+                retryable,
+            } => WireCallError::Plugin {
+                call: (*call).to_owned(),
+                message: message.clone(),
+                retryable: *retryable,
+            },
+            CallError::Timeout { call, after } => WireCallError::Timeout {
+                call: (*call).to_owned(),
+                after_ms: after.as_millis() as u64,
+            },
+            CallError::Unhealthy => WireCallError::Unhealthy,
+            CallError::Expired { call, waited } => WireCallError::Expired {
+                call: (*call).to_owned(),
+                waited_ms: waited.as_millis() as u64,
+            },
+            CallError::QueueFull { capacity } => WireCallError::QueueFull {
+                capacity: *capacity as u64,
+            },
+            _ => WireCallError::Stopped,
+        }
+    }
+}
+
+impl From<WireCallError> for CallError {
+    fn from(e: WireCallError) -> Self {
+        match e {
+            WireCallError::Plugin {
+                call,
+                message,
+                retryable,
+            } => CallError::Plugin {
+                call: call_name(&call),
+                message,
+                retryable,
+            },
+            WireCallError::Timeout { call, after_ms } => CallError::Timeout {
+                call: call_name(&call),
+                after: Duration::from_millis(after_ms),
+            },
+            WireCallError::Unhealthy => CallError::Unhealthy,
+            WireCallError::Expired { call, waited_ms } => CallError::Expired {
+                call: call_name(&call),
+                waited: Duration::from_millis(waited_ms),
+            },
+            WireCallError::QueueFull { capacity } => CallError::QueueFull {
+                capacity: capacity as usize,
+            },
+            WireCallError::Stopped => CallError::Stopped,
+        }
+    }
+}
+
+impl From<&StopError> for WireStopError {
+    fn from(e: &StopError) -> Self {
+        match e {
+            StopError::Busy => WireStopError::Busy,
+            StopError::StopTimedOut { after } => WireStopError::StopTimedOut {
+                after_ms: after.as_millis() as u64,
+            },
+            _ => WireStopError::AlreadyStopped,
+        }
+    }
+}
+
+impl From<WireStopError> for StopError {
+    fn from(e: WireStopError) -> Self {
+        match e {
+            WireStopError::Busy => StopError::Busy,
+            WireStopError::AlreadyStopped => StopError::AlreadyStopped,
+            WireStopError::StopTimedOut { after_ms } => StopError::StopTimedOut {
+                after: Duration::from_millis(after_ms),
+            },
+        }
+    }
+}
+
+impl From<PluginState> for WireState {
+    fn from(s: PluginState) -> Self {
+        WireState {
+            schema: s.schema,
+            bytes: s.bytes,
+        }
+    }
+}
+
+impl From<WireState> for PluginState {
+    fn from(s: WireState) -> Self {
+        PluginState {
+            schema: s.schema,
+            bytes: s.bytes,
+        }
+    }
+}
+
+impl From<&Outbound> for WireOutbound {
+    fn from(m: &Outbound) -> Self {
+        WireOutbound {
+            chat_id: m.chat_id.clone(),
+            text: m.text.clone(),
+            reply_to: m.reply_to.clone(),
+            metadata_json: serde_json::Value::Object(m.metadata.clone()).to_string(),
+        }
+    }
+}
+
+impl From<WireOutbound> for Outbound {
+    fn from(m: WireOutbound) -> Self {
+        Outbound {
+            chat_id: m.chat_id,
+            text: m.text,
+            reply_to: m.reply_to,
+            metadata: json_object(&m.metadata_json),
+        }
+    }
+}
+
+impl From<Inbound> for WireInbound {
+    fn from(m: Inbound) -> Self {
+        WireInbound {
+            chat_id: m.chat_id,
+            user: m.user,
+            text: m.text,
+            message_id: m.message_id,
+            timestamp: m.timestamp,
+            metadata_json: serde_json::Value::Object(m.metadata).to_string(),
+            generation: m.generation,
+        }
+    }
+}
+
+impl WireInbound {
+    /// The host's message, arrived on `platform`.
+    pub fn into_inbound(self, platform: &str) -> Inbound {
+        Inbound {
+            platform: platform.to_owned(),
+            chat_id: self.chat_id,
+            user: self.user,
+            text: self.text,
+            message_id: self.message_id,
+            timestamp: self.timestamp,
+            metadata: json_object(&self.metadata_json),
+            generation: self.generation,
+        }
+    }
+}
+
+impl From<UnloadReport> for WireUnload {
+    fn from(r: UnloadReport) -> Self {
+        WireUnload {
+            shadow_path: r.shadow_path.display().to_string(),
+            closed: r.closed,
+            unmapped: r.unmapped,
+            shadow_deleted: r.shadow_deleted,
+            detail: r.detail,
+        }
+    }
+}
+
+impl From<WireUnload> for UnloadReport {
+    fn from(r: WireUnload) -> Self {
+        UnloadReport {
+            shadow_path: r.shadow_path.into(),
+            closed: r.closed,
+            unmapped: r.unmapped,
+            shadow_deleted: r.shadow_deleted,
+            detail: r.detail,
+        }
+    }
+}
+
+/// [`Health`] as the wire carries it, and back.
+pub fn health_to_wire(h: Health) -> (u8, String) {
+    let status = match h.status {
+        HealthStatus::Healthy => 0,
+        HealthStatus::Degraded => 1,
+        HealthStatus::Unhealthy => 2,
+    };
+    (status, h.detail)
+}
+
+/// See [`health_to_wire`].
+pub fn health_from_wire((status, detail): (u8, String)) -> Health {
+    Health {
+        status: match status {
+            0 => HealthStatus::Healthy,
+            1 => HealthStatus::Degraded,
+            _ => HealthStatus::Unhealthy,
+        },
+        detail,
+    }
+}
+
+fn json_object(text: &str) -> serde_json::Map<String, serde_json::Value> {
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(map)) => map,
+        _ => serde_json::Map::new(),
+    }
+}
+
+/// One frame of `value`, ready to write.
+pub fn encode<T: Serialize>(value: &T) -> std::io::Result<BytesMut> {
+    let bytes = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
+    let mut out = BytesMut::with_capacity(bytes.len() + 4);
+    codec().encode(Bytes::from(bytes), &mut out)?;
+    Ok(out)
+}
+
+/// Reads frames from a blocking stream (the gateway's side, on its reader thread).
+pub struct FrameReader<R> {
+    inner: R,
+    codec: LengthDelimitedCodec,
+    buffer: BytesMut,
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Frames from `inner`.
+    pub fn new(inner: R) -> Self {
+        FrameReader {
+            inner,
+            codec: codec(),
+            buffer: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+
+    /// The next message; `Ok(None)` at the end of the stream.
+    pub fn read_frame<T: DeserializeOwned>(&mut self) -> std::io::Result<Option<T>> {
+        loop {
+            if let Some(frame) = self.codec.decode(&mut self.buffer)? {
+                return postcard::from_bytes(&frame)
+                    .map(Some)
+                    .map_err(std::io::Error::other);
+            }
+            let mut chunk = [0u8; 64 * 1024];
+            let n = self.inner.read(&mut chunk)?;
+            if n == 0 {
+                return Ok(None);
+            }
+            self.buffer.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_round_trip_through_the_codec() {
+        let call = ToChild::Call {
+            id: 7,
+            call: Call::Send(WireOutbound::from(&Outbound::new("#ops", "hé"))),
+        };
+        let mut bytes = encode(&call).unwrap().to_vec();
+        bytes.extend(
+            encode(&ToChild::Delivered {
+                id: 8,
+                result: Err("stale".into()),
+            })
+            .unwrap(),
+        );
+        let mut reader = FrameReader::new(&bytes[..]);
+        match reader.read_frame::<ToChild>().unwrap() {
+            Some(ToChild::Call {
+                id: 7,
+                call: Call::Send(m),
+            }) => assert_eq!(Outbound::from(m), Outbound::new("#ops", "hé")),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            reader.read_frame::<ToChild>().unwrap(),
+            Some(ToChild::Delivered { id: 8, result: Err(e) }) if e == "stale"
+        ));
+        assert!(reader.read_frame::<ToChild>().unwrap().is_none());
+    }
+
+    #[test]
+    fn call_errors_keep_their_kind() {
+        let e = CallError::Timeout {
+            call: "send",
+            after: Duration::from_millis(30),
+        };
+        assert_eq!(CallError::from(WireCallError::from(&e)), e);
+    }
+}

@@ -1,0 +1,276 @@
+//! `isolation = "process"`: the same cdylib in a supervised child. Every fault of the crashy
+//! fixture ends the child alone: the gateway serves on, the platform restarts and serves again.
+
+use std::os::fd::OwnedFd;
+
+use crate::util::{Server, TestDir};
+
+/// crashy isolated (a short call timeout, so a hung call is killed soon; a memory limit, so an
+/// unbounded allocation fails) and the loopback in process beside it.
+const CONFIG: &str = "[platforms.crashy]\nisolation = \"process\"\ncall_timeout_ms = 1000\nmemory_limit_mb = 512\n\n[platforms.lb]\n";
+
+fn setup() -> (TestDir, Server) {
+    let t = TestDir::new();
+    install_crashy(&t);
+    t.install("lb", "hermes_loopback", 1);
+    let server = Server::start(&t, CONFIG);
+    (t, server)
+}
+
+fn install_crashy(t: &TestDir) {
+    let dir = t.install("crashy", "fixture_crashy", 1);
+    let manifest = dir.join("plugin.toml");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(
+        &manifest,
+        format!("{text}optional_env = [\"CRASHY_SECRET\"]\n"),
+    )
+    .unwrap();
+}
+
+fn send(server: &Server, platform: &str, text: &str) -> (u16, serde_json::Value) {
+    let (status, body) = server.post(
+        &format!("/api/platforms/{platform}/send"),
+        &serde_json::json!({ "chat_id": "c", "text": text }).to_string(),
+    );
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// The pid of the child serving `platform`.
+fn child_pid(server: &Server, platform: &str) -> i32 {
+    server.platform(platform)["pid"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("no pid: {}", server.platform(platform))) as i32
+}
+
+/// Waits for process `pid` (not our child) to end, through a pidfd.
+fn wait_gone(pid: i32) {
+    let Ok(fd) = rustix::process::pidfd_open(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::PidfdFlags::empty(),
+    ) else {
+        return; // Already gone.
+    };
+    let fd: OwnedFd = fd;
+    let mut fds = [rustix::event::PollFd::new(
+        &fd,
+        rustix::event::PollFlags::IN,
+    )];
+    let timeout = rustix::event::Timespec {
+        tv_sec: 10,
+        tv_nsec: 0,
+    };
+    let n = rustix::event::poll(&mut fds, Some(&timeout)).unwrap();
+    assert_eq!(n, 1, "process {pid} still runs after 10 s");
+}
+
+#[test]
+fn every_fault_in_the_child_leaves_the_gateway_serving_and_the_platform_restarts() {
+    let (_t, server) = setup();
+    let (status, body) = send(&server, "crashy", "hello");
+    assert_eq!(status, 200, "{body}");
+    // The gateway never maps the isolated library; its child does.
+    let pid = child_pid(&server, "crashy");
+    assert!(server.mapped("fixture_crashy").is_empty());
+    let child_maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    assert!(child_maps.contains("fixture_crashy"));
+
+    for (fault, expect_status, how) in [
+        ("crash:null", 503, "killed by SIGSEGV"),
+        ("crash:abort", 503, "killed by SIGABRT"),
+        ("crash:stack", 503, "killed by SIG"),
+        ("crash:alloc", 503, "killed by SIGABRT"),
+        ("crash:exit3", 503, "exited with code 3"),
+        (
+            "crash:hang",
+            504,
+            "killed by SIGKILL: the gateway killed it because its send call did not return within 1000 ms",
+        ),
+    ] {
+        let before = server.platform("crashy")["generation"].as_u64().unwrap();
+        let (status, body) = send(&server, "crashy", fault);
+        assert_eq!(status, expect_status, "{fault}: {body}");
+        assert_eq!(body["retryable"], true, "{fault}: {body}");
+        // Another platform answers at once.
+        let (status, body) = send(&server, "lb", "still here");
+        assert_eq!(status, 200, "after {fault}: {body}");
+        // The crashed platform restarts in a new child and serves again.
+        let p = server.wait_platform("crashy", |p| {
+            p["state"] == "running" && p["generation"].as_u64() > Some(before)
+        });
+        let note = p["error"].as_str().unwrap_or_default();
+        assert!(note.contains(how), "{fault}: {note}");
+        let (status, body) = send(&server, "crashy", "hello again");
+        assert_eq!(status, 200, "after {fault}: {body}");
+        assert_ne!(child_pid(&server, "crashy"), pid);
+    }
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("hermes_plugin_crashes_total{platform=\"crashy\"} 6"),
+        "{metrics}"
+    );
+    assert!(server.mapped("fixture_crashy").is_empty());
+}
+
+#[test]
+fn a_child_killed_from_outside_fails_its_calls_retryable_and_is_restarted() {
+    let (_t, server) = setup();
+    let (status, _) = send(&server, "crashy", "warm");
+    assert_eq!(status, 200);
+    let pid = child_pid(&server, "crashy");
+    let addr = server.addr.clone();
+    let in_flight = std::thread::spawn(move || {
+        crate::util::http(
+            &addr,
+            "POST",
+            "/api/platforms/crashy/send",
+            Some(r#"{"chat_id":"c","text":"crash:hang"}"#),
+            &[],
+        )
+    });
+    server.wait_platform("crashy", |p| p["in_flight"] == 1);
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(pid).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let (status, body) = in_flight.join().unwrap();
+    assert_eq!(status, 503, "{body}");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["retryable"], true, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("killed by SIGKILL"),
+        "{body}"
+    );
+    server.wait_platform("crashy", |p| {
+        p["state"] == "running" && p["generation"] == 2
+    });
+    let (status, body) = send(&server, "crashy", "back");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        server
+            .log()
+            .contains("the plugin's process was killed by SIGKILL")
+    );
+}
+
+#[test]
+fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapshot() {
+    let (_t, server) = setup();
+    for text in ["a", "b"] {
+        assert_eq!(send(&server, "crashy", text).0, 200);
+    }
+    let old = child_pid(&server, "crashy");
+    let out = server.cli(&["plugin", "reload", "crashy"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = child_pid(&server, "crashy");
+    assert_ne!(old, new);
+    wait_gone(old);
+    let health = |server: &Server| {
+        server.platform("crashy")["health"]["detail"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    // The state crossed the reload: two sends so far.
+    assert!(
+        health(&server).starts_with("sends=2 "),
+        "{}",
+        health(&server)
+    );
+    assert_eq!(send(&server, "crashy", "c").0, 200);
+    assert!(
+        health(&server).starts_with("sends=3 "),
+        "{}",
+        health(&server)
+    );
+
+    // After a crash the new child starts with the snapshot the last reload handed over: the
+    // send made since is lost (as the README says).
+    assert_eq!(send(&server, "crashy", "crash:abort").0, 503);
+    server.wait_platform("crashy", |p| {
+        p["state"] == "running" && p["generation"] == 3
+    });
+    assert!(
+        health(&server).starts_with("sends=2 "),
+        "{}",
+        health(&server)
+    );
+}
+
+#[test]
+fn the_child_gets_only_the_basics_and_the_manifests_variables() {
+    let t = TestDir::new();
+    install_crashy(&t);
+    let config = t.config(&format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n{CONFIG}"
+    ));
+    let stderr = t.path().join("serve.log");
+    let mut child = std::process::Command::new(crate::util::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("serve")
+        .env("CRASHY_SECRET", "for crashy")
+        .env("GATEWAY_ONLY_SECRET", "not for plugins")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .strip_prefix("hermes-host ready: http://")
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{line}"))
+        .to_owned();
+    let (status, body) = crate::util::http(&addr, "GET", "/api/platforms/crashy", None, &[]);
+    assert_eq!(status, 200, "{body}");
+    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let detail = p["health"]["detail"].as_str().unwrap();
+    let env = detail.split("env=").nth(1).unwrap();
+    let names: Vec<&str> = env.split(',').collect();
+    assert!(names.contains(&"CRASHY_SECRET"), "{detail}");
+    assert!(
+        names
+            .iter()
+            .all(|n| ["PATH", "HOME", "LANG", "CRASHY_SECRET"].contains(n)),
+        "{detail}"
+    );
+
+    // A kill -9 of the gateway takes the child along.
+    let pid = p["pid"].as_i64().unwrap() as i32;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_gone(pid);
+}
+
+#[test]
+fn an_isolated_platform_that_cannot_open_reports_why_and_the_rest_serves() {
+    let t = TestDir::new();
+    t.install_bytes("broken", b"not an ELF file at all");
+    t.install("lb", "hermes_loopback", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.broken]\nisolation = \"process\"\nstart = \"on_demand\"\n[platforms.lb]\n",
+    );
+    let (status, body) = send(&server, "broken", "x");
+    assert_eq!(status, 503, "{body}");
+    let p = server.platform("broken");
+    let error = p["error"].as_str().unwrap();
+    assert!(
+        error.contains("isolated child for `broken`") && error.contains("not a plugin library"),
+        "{error}"
+    );
+    assert_eq!(send(&server, "lb", "fine").0, 200);
+}
