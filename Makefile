@@ -46,6 +46,7 @@ bench: build
 	$(CARGO) bench -p hermes-host --bench foundation
 	$(CARGO) bench -p hermes-host --bench serve
 	$(CARGO) bench -p hermes-host --bench reload
+	$(CARGO) bench -p hermes-host --bench isolation
 	$(CARGO) bench -p hermes-host --bench dev
 
 clean-state:

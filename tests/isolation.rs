@@ -84,7 +84,7 @@ fn every_fault_in_the_child_leaves_the_gateway_serving_and_the_platform_restarts
         (
             "crash:hang",
             504,
-            "killed by SIGKILL: the gateway killed it because its send call did not return within 1000 ms",
+            "killed by SIGKILL: the gateway killed it because its send call was not answered within 2000 ms",
         ),
     ] {
         let before = server.platform("crashy")["generation"].as_u64().unwrap();

@@ -7,13 +7,12 @@
 
 mod common;
 
-use common::{Server, median, percentile, spawn, target};
+use common::{Server, load, median, percentile, spawn, target};
 use std::{
-    io::{BufRead, BufReader, Read, Write},
+    io::{Read, Write},
     net::TcpStream,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Arc, Barrier},
     time::{Duration, Instant},
 };
 
@@ -110,60 +109,6 @@ fn bench_startup() {
         "\nEager-loading all 200 against lazy (200 installed, 1 loaded): {:.1}x.\n",
         c.as_secs_f64() / b.as_secs_f64()
     );
-}
-
-/// Keep-alive POSTs from `clients` threads for `duration`: (requests per second, latencies).
-fn load(
-    addr: &str,
-    path: &str,
-    body: &str,
-    clients: usize,
-    duration: Duration,
-) -> (f64, Vec<Duration>) {
-    let barrier = Arc::new(Barrier::new(clients));
-    let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (addr, path, body, barrier) = (addr.to_owned(), path.to_owned(), body.to_owned(), Arc::clone(&barrier));
-            std::thread::spawn(move || {
-                let stream = TcpStream::connect(&addr).unwrap();
-                stream.set_nodelay(true).unwrap();
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut writer = stream;
-                let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
-                let mut latencies = Vec::new();
-                barrier.wait();
-                let end = Instant::now() + duration;
-                let mut line = String::new();
-                while Instant::now() < end {
-                    let started = Instant::now();
-                    writer.write_all(request.as_bytes()).unwrap();
-                    let mut length = 0;
-                    line.clear();
-                    reader.read_line(&mut line).unwrap();
-                    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
-                    loop {
-                        line.clear();
-                        reader.read_line(&mut line).unwrap();
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap();
-                        }
-                    }
-                    let mut answer = vec![0; length];
-                    reader.read_exact(&mut answer).unwrap();
-                    latencies.push(started.elapsed());
-                }
-                latencies
-            })
-        })
-        .collect();
-    let latencies: Vec<Duration> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    (latencies.len() as f64 / duration.as_secs_f64(), latencies)
 }
 
 /// A config in `dir` serving the release loopback, with `extra` appended.

@@ -80,3 +80,81 @@ pub(crate) fn spawn(mut command: Command) -> (Server, Instant) {
         .to_owned();
     (Server { child, addr }, started)
 }
+
+/// One `POST` on a fresh connection (`Connection: close`): `(status, body)`.
+pub(crate) fn post(addr: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).unwrap();
+    stream.set_nodelay(true).unwrap();
+    write!(
+        stream,
+        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = answer
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_owned());
+    (status, body)
+}
+
+/// Keep-alive POSTs from `clients` threads for `duration`: (requests per second, latencies).
+pub(crate) fn load(
+    addr: &str,
+    path: &str,
+    body: &str,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Vec<Duration>) {
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
+    let threads: Vec<_> = (0..clients)
+        .map(|_| {
+            let (addr, path, body, barrier) = (addr.to_owned(), path.to_owned(), body.to_owned(), std::sync::Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let stream = std::net::TcpStream::connect(&addr).unwrap();
+                stream.set_nodelay(true).unwrap();
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                let mut writer = stream;
+                let request = format!("POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let mut latencies = Vec::new();
+                barrier.wait();
+                let end = Instant::now() + duration;
+                let mut line = String::new();
+                while Instant::now() < end {
+                    let started = Instant::now();
+                    std::io::Write::write_all(&mut writer, request.as_bytes()).unwrap();
+                    let mut length = 0;
+                    line.clear();
+                    reader.read_line(&mut line).unwrap();
+                    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+                    loop {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap();
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap();
+                        }
+                    }
+                    let mut answer = vec![0; length];
+                    std::io::Read::read_exact(&mut reader, &mut answer).unwrap();
+                    latencies.push(started.elapsed());
+                }
+                latencies
+            })
+        })
+        .collect();
+    let latencies: Vec<Duration> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
+    (latencies.len() as f64 / duration.as_secs_f64(), latencies)
+}

@@ -9,7 +9,8 @@
 
 use std::{
     collections::HashMap,
-    os::fd::AsFd,
+    io::Write,
+    os::{fd::AsFd, unix::net::UnixStream},
     path::Path,
     process::ExitCode,
     sync::{
@@ -19,11 +20,7 @@ use std::{
     time::Duration,
 };
 
-use bytes::BytesMut;
-use tokio::{io::AsyncWriteExt, sync::mpsc};
-use tokio_util::codec::FramedRead;
-
-use super::wire::{self, Call, FromChild, Reply, StartCall, ToChild, WireCallError};
+use super::wire::{self, Call, FrameReader, FromChild, Reply, StartCall, ToChild, WireCallError};
 use crate::{
     loader::{EventSink, Instance, Library, ShadowDir, StartOptions},
     message::Inbound,
@@ -64,20 +61,15 @@ fn run(parent: u32, memory_limit_mb: Option<u64>) -> std::io::Result<()> {
     }
     // The socket is standard input; keep it on a descriptor of its own (close-on-exec) and put
     // /dev/null in its place, so a process the plugin spawns does not inherit the connection.
-    let socket = std::io::stdin().as_fd().try_clone_to_owned()?;
+    let socket = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     rustix::stdio::dup2_stdin(std::fs::File::open("/dev/null")?)?;
-    let socket = std::os::unix::net::UnixStream::from(socket);
-    socket.set_nonblocking(true)?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(serve(socket))
+    serve(socket)
 }
 
 /// What the child holds: the library (while no instance runs) or the instance, and the
 /// deliveries waiting for the gateway's answer.
 struct Shared {
-    out: mpsc::UnboundedSender<BytesMut>,
+    writer: Mutex<UnixStream>,
     shadow: Mutex<Option<ShadowDir>>,
     library: Mutex<Option<Library>>,
     instance: RwLock<Option<Arc<Instance>>>,
@@ -86,12 +78,23 @@ struct Shared {
 }
 
 impl Shared {
+    /// Writes one frame to the gateway, from whichever thread has it (a worker writes the
+    /// reply to the call it ran). A gateway that is gone ends this process.
     fn write(&self, frame: &FromChild) {
-        match wire::encode(frame) {
-            Ok(bytes) => {
-                let _ = self.out.send(bytes);
+        let bytes = match wire::encode(frame) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                tracing::error!("cannot encode a frame for the gateway: {e}");
+                return;
             }
-            Err(e) => tracing::error!("cannot encode a frame for the gateway: {e}"),
+        };
+        let written = self
+            .writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .write_all(&bytes);
+        if written.is_err() {
+            std::process::exit(0);
         }
     }
 
@@ -146,33 +149,20 @@ impl EventSink for ToGateway {
     }
 }
 
-async fn serve(socket: std::os::unix::net::UnixStream) -> std::io::Result<()> {
-    use futures_util::StreamExt;
-    let (read, mut write) = tokio::net::UnixStream::from_std(socket)?.into_split();
-    let (out, mut frames) = mpsc::unbounded_channel::<BytesMut>();
-    let writer = tokio::spawn(async move {
-        while let Some(first) = frames.recv().await {
-            // Whatever else is ready goes in the same write.
-            let mut batch = first;
-            while let Ok(more) = frames.try_recv() {
-                batch.extend_from_slice(&more);
-            }
-            if write.write_all(&batch).await.is_err() {
-                return;
-            }
-        }
-    });
+/// Reads the gateway's frames on this thread. Sends and health go straight to the instance's
+/// workers, which write their replies themselves; the rare calls (open, start, stop...) run on
+/// a thread each, so this loop stays free to take the gateway's answers to deliveries.
+fn serve(socket: UnixStream) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
-        out,
+        writer: Mutex::new(socket.try_clone()?),
         shadow: Mutex::new(None),
         library: Mutex::new(None),
         instance: RwLock::new(None),
         deliveries: Mutex::new(HashMap::new()),
         next_delivery: AtomicU64::new(0),
     });
-    let mut reader = FramedRead::new(read, wire::codec());
-    while let Some(frame) = reader.next().await {
-        let message: ToChild = postcard::from_bytes(&frame?).map_err(std::io::Error::other)?;
+    let mut frames = FrameReader::new(socket);
+    while let Some(message) = frames.read_frame::<ToChild>()? {
         match message {
             ToChild::Delivered { id, result } => {
                 let waiting = shared
@@ -186,6 +176,32 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> std::io::Result<()> {
             }
             ToChild::Call {
                 id,
+                call: Call::Send(message),
+            } => match shared.instance() {
+                Some(instance) => {
+                    let shared = Arc::clone(&shared);
+                    instance.send_then(message.into(), move |result| {
+                        let result = result.map(|r| r.message_id).map_err(|e| (&e).into());
+                        shared.reply(id, Reply::Sent(result));
+                    });
+                }
+                None => shared.reply(id, Reply::Sent(Err(WireCallError::Stopped))),
+            },
+            ToChild::Call {
+                id,
+                call: Call::Health,
+            } => match shared.instance() {
+                Some(instance) => {
+                    let shared = Arc::clone(&shared);
+                    instance.health_then(move |result| {
+                        let result = result.map(wire::health_to_wire).map_err(|e| (&e).into());
+                        shared.reply(id, Reply::Health(result));
+                    });
+                }
+                None => shared.reply(id, Reply::Health(Err(WireCallError::Stopped))),
+            },
+            ToChild::Call {
+                id,
                 call: Call::Unload,
             } => {
                 let library = shared
@@ -194,9 +210,7 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> std::io::Result<()> {
                     .unwrap_or_else(|e| e.into_inner())
                     .take();
                 let report = match library {
-                    Some(library) => tokio::task::spawn_blocking(move || library.unload())
-                        .await
-                        .map_err(std::io::Error::other)?,
+                    Some(library) => library.unload(),
                     None => crate::loader::UnloadReport {
                         shadow_path: Default::default(),
                         closed: true,
@@ -208,51 +222,20 @@ async fn serve(socket: std::os::unix::net::UnixStream) -> std::io::Result<()> {
                 shared.reply(id, Reply::Unloaded(report.into()));
                 break;
             }
-            ToChild::Call { id, call } => handle(&shared, id, call),
+            ToChild::Call { id, call } => {
+                let shared = Arc::clone(&shared);
+                std::thread::Builder::new()
+                    .name("hermes-isolate-call".into())
+                    .spawn(move || {
+                        let reply = blocking_call(&shared, call);
+                        shared.reply(id, reply);
+                    })?;
+            }
         }
     }
-    // The gateway asked it to go, or closed the connection: flush what is written, then exit
-    // without waiting for plugin threads (the process ends them).
-    drop(shared);
-    let _ = tokio::time::timeout(Duration::from_secs(5), writer).await;
+    // The gateway asked it to go, or closed the connection: exit without waiting for plugin
+    // threads (the process ends them).
     std::process::exit(0)
-}
-
-/// Runs one call on the runtime (sends and health) or a blocking thread (the rest).
-fn handle(shared: &Arc<Shared>, id: u64, call: Call) {
-    let shared = Arc::clone(shared);
-    match call {
-        Call::Send(message) => {
-            tokio::spawn(async move {
-                let reply = match shared.instance() {
-                    Some(instance) => instance
-                        .send_async(&message.into())
-                        .await
-                        .map(|r| r.message_id),
-                    None => Err(crate::loader::CallError::Stopped),
-                };
-                shared.reply(id, Reply::Sent(reply.map_err(|e| (&e).into())));
-            });
-        }
-        Call::Health => {
-            tokio::spawn(async move {
-                let reply = match shared.instance() {
-                    Some(instance) => instance
-                        .health_async(Duration::from_secs(3600))
-                        .await
-                        .map(wire::health_to_wire),
-                    None => Err(crate::loader::CallError::Stopped),
-                };
-                shared.reply(id, Reply::Health(reply.map_err(|e| (&e).into())));
-            });
-        }
-        call => {
-            tokio::task::spawn_blocking(move || {
-                let reply = blocking_call(&shared, call);
-                shared.reply(id, reply);
-            });
-        }
-    }
 }
 
 fn blocking_call(shared: &Arc<Shared>, call: Call) -> Reply {

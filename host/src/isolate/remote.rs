@@ -290,7 +290,7 @@ impl Conn {
     /// A call did not return in time: the child is killed, so no hung generation lingers.
     fn hung(&self, call: &'static str, after: Duration) -> CallError {
         self.kill(&format!(
-            "its {call} call did not return within {} ms",
+            "its {call} call was not answered within {} ms (twice call_timeout_ms: its wait in the queue and its run)",
             after.as_millis()
         ));
         CallError::Timeout { call, after }
@@ -684,10 +684,10 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// The child enforces the call timeout itself (a call may wait that long in the queue and run
-/// that long); the gateway gives it both and a second more before it kills the child.
+/// How long the gateway waits for a call's answer before it kills the child: a call may wait
+/// `call_timeout_ms` in the child's queue and run as long again, as in process.
 fn grace(timeout: Duration) -> Duration {
-    timeout * 2 + Duration::from_secs(1)
+    timeout * 2
 }
 
 fn unexpected(call: &'static str, reply: &Reply) -> CallError {

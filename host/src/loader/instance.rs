@@ -129,6 +129,69 @@ impl Instance {
         Ok((rx, state))
     }
 
+    /// Queues `f` on the workers and hands its result to `then` on the worker that ran it, so
+    /// no thread waits for the answer. `then` runs exactly once: with the error at once when
+    /// the call cannot be queued. No timeout applies here (the isolated child's gateway times
+    /// its calls and kills the child).
+    fn submit_then<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&PluginVTable, InstancePtr) -> Result<R, CallError> + Send + 'static,
+        then: impl FnOnce(Result<R, CallError>) + Send + 'static,
+    ) {
+        if self.is_hung() {
+            return then(Err(CallError::Unhealthy));
+        }
+        // The job takes `then` when it runs; a job that could not be queued leaves it here.
+        let slot = Arc::new(Mutex::new(Some(then)));
+        let job_slot = Arc::clone(&slot);
+        let ptr = self.ptr;
+        let in_flight = Arc::clone(&self.in_flight);
+        in_flight.fetch_add(1, Ordering::AcqRel);
+        let guard = InFlight(in_flight);
+        let submitted = self.workers.submit(Box::new(move |vtable| {
+            let r = f(vtable, ptr.get());
+            drop(guard);
+            let then = job_slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(then) = then {
+                then(r);
+            }
+        }));
+        if let Err(e) = submitted {
+            let then = slot.lock().unwrap_or_else(|e| e.into_inner()).take();
+            if let Some(then) = then {
+                then(Err(e));
+            }
+        }
+    }
+
+    /// Sends one message on a worker and hands the result to `then` there (see
+    /// `submit_then`): the isolated child writes its reply from the worker.
+    pub fn send_then(
+        &self,
+        message: Outbound,
+        then: impl FnOnce(Result<Receipt, CallError>) + Send + 'static,
+    ) {
+        let job = send_job(message);
+        self.submit_then(
+            move |vtable, ptr| {
+                job(vtable, ptr).map_err(|(message, retryable)| CallError::Plugin {
+                    call: "send",
+                    message,
+                    retryable,
+                })
+            },
+            then,
+        );
+    }
+
+    /// Asks the plugin's health on a worker and hands the answer to `then` there.
+    pub fn health_then(&self, then: impl FnOnce(Result<Health, CallError>) + Send + 'static) {
+        self.submit_then(
+            |vtable, ptr| health_job(vtable, ptr).map_err(health_error),
+            then,
+        );
+    }
+
     /// After the queue deadline passed without an answer: the call is dropped if it is still
     /// queued (`Expired`), otherwise the time left from its start.
     fn queue_deadline_passed(
