@@ -274,3 +274,54 @@ fn an_isolated_platform_that_cannot_open_reports_why_and_the_rest_serves() {
     );
     assert_eq!(send(&server, "lb", "fine").0, 200);
 }
+
+#[test]
+fn hot_reload_of_an_isolated_platform_refuses_a_library_that_kills_its_child_and_takes_a_good_one()
+{
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    let server = Server::start_with(&t, "[platforms.lb]\nisolation = \"process\"\n", &["--dev"]);
+    assert_eq!(send(&server, "lb", "one").0, 200);
+    let first = child_pid(&server, "lb");
+    let out = server.cli(&["plugin", "hotreload-enable", "lb"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // A library whose constructor writes through null: the new child dies while loading it,
+    // the reload is refused, and the old child serves on.
+    crate::util::replace_like_cargo(&crate::util::lib("fixture_ctor_crash"), &library);
+    let p = server.wait_platform("lb", |p| p["reloads"]["refused"] == 1);
+    let reason = p["reloads"]["last_error"].as_str().unwrap();
+    assert!(
+        reason.contains("killed by SIGSEGV while loading"),
+        "{reason}"
+    );
+    assert_eq!(p["generation"], 1);
+    assert_eq!(child_pid(&server, "lb"), first);
+    assert_eq!(send(&server, "lb", "two").0, 200);
+
+    // A good build: a new child beside the old, which goes once the new one serves.
+    crate::util::replace_like_cargo(&crate::util::variant_lib(), &library);
+    let p = server.wait_platform("lb", |p| p["reloads"]["done"] == 1);
+    assert_eq!(p["version"], "0.2.0-next", "{p}");
+    assert_eq!(p["generation"], 2);
+    let second = child_pid(&server, "lb");
+    assert_ne!(second, first);
+    wait_gone(first);
+    let (status, body) = send(&server, "lb", "three");
+    assert_eq!(
+        (status, body["generation"].as_u64()),
+        (200, Some(2)),
+        "{body}"
+    );
+    // The loopback's echo count crossed the reload with its state: three sends so far.
+    let health = p["health"]["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(!health.is_empty(), "{p}");
+    assert!(server.mapped("hermes_loopback").is_empty());
+}

@@ -8,7 +8,9 @@
 //!   the loader's `Library` and `Instance` so the registry's transactions run on either.
 
 pub mod child;
+mod conn;
 pub mod remote;
 pub mod wire;
 
-pub use remote::{ChildError, RemoteInstance, RemoteLibrary, RemoteStopped, Spawn};
+pub use conn::Spawn;
+pub use remote::{ChildError, RemoteInstance, RemoteLibrary, RemoteStopped};

@@ -6,16 +6,15 @@
 //! postcard is not self-describing, so JSON values (metadata) travel as JSON text, and no type
 //! here skips fields when serialising.
 
-use std::{io::Read, time::Duration};
+use std::io::Read;
 
 use bytes::{Bytes, BytesMut};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
-use crate::{
-    loader::{CallError, StopError, UnloadReport},
-    message::{Health, HealthStatus, Inbound, Outbound, PluginState},
-};
+mod convert;
+
+pub use convert::{health_from_wire, health_to_wire};
 
 /// The largest frame either side accepts (a state snapshot is the largest thing sent).
 pub const MAX_FRAME: usize = 64 * 1024 * 1024;
@@ -195,7 +194,7 @@ pub struct WireInbound {
     pub generation: u64,
 }
 
-/// [`CallError`], call names as text.
+/// [`crate::loader::CallError`], call names as text.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WireCallError {
     /// The plugin's error.
@@ -241,7 +240,7 @@ pub struct WireStopped {
     pub error: Option<WireCallError>,
 }
 
-/// [`StopError`].
+/// [`crate::loader::StopError`].
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WireStopError {
     /// A call still runs.
@@ -255,7 +254,7 @@ pub enum WireStopError {
     },
 }
 
-/// [`UnloadReport`].
+/// [`crate::loader::UnloadReport`].
 #[derive(Debug, Serialize, Deserialize)]
 pub struct WireUnload {
     /// The copy.
@@ -268,226 +267,6 @@ pub struct WireUnload {
     pub shadow_deleted: bool,
     /// Why not.
     pub detail: Option<String>,
-}
-
-/// A call name as the loader's errors hold it.
-fn call_name(name: &str) -> &'static str {
-    [
-        "send",
-        "health",
-        "start",
-        "stop",
-        "validate_config",
-        "export_state",
-    ]
-    .into_iter()
-    .find(|n| *n == name)
-    .unwrap_or("call")
-}
-
-impl From<&CallError> for WireCallError {
-    fn from(e: &CallError) -> Self {
-        match e {
-            CallError::Plugin {
-                call,
-                message,
-                retryable,
-            } => WireCallError::Plugin {
-                call: (*call).to_owned(),
-                message: message.clone(),
-                retryable: *retryable,
-            },
-            CallError::Timeout { call, after } => WireCallError::Timeout {
-                call: (*call).to_owned(),
-                after_ms: after.as_millis() as u64,
-            },
-            CallError::Unhealthy => WireCallError::Unhealthy,
-            CallError::Expired { call, waited } => WireCallError::Expired {
-                call: (*call).to_owned(),
-                waited_ms: waited.as_millis() as u64,
-            },
-            CallError::QueueFull { capacity } => WireCallError::QueueFull {
-                capacity: *capacity as u64,
-            },
-            _ => WireCallError::Stopped,
-        }
-    }
-}
-
-impl From<WireCallError> for CallError {
-    fn from(e: WireCallError) -> Self {
-        match e {
-            WireCallError::Plugin {
-                call,
-                message,
-                retryable,
-            } => CallError::Plugin {
-                call: call_name(&call),
-                message,
-                retryable,
-            },
-            WireCallError::Timeout { call, after_ms } => CallError::Timeout {
-                call: call_name(&call),
-                after: Duration::from_millis(after_ms),
-            },
-            WireCallError::Unhealthy => CallError::Unhealthy,
-            WireCallError::Expired { call, waited_ms } => CallError::Expired {
-                call: call_name(&call),
-                waited: Duration::from_millis(waited_ms),
-            },
-            WireCallError::QueueFull { capacity } => CallError::QueueFull {
-                capacity: capacity as usize,
-            },
-            WireCallError::Stopped => CallError::Stopped,
-        }
-    }
-}
-
-impl From<&StopError> for WireStopError {
-    fn from(e: &StopError) -> Self {
-        match e {
-            StopError::Busy => WireStopError::Busy,
-            StopError::StopTimedOut { after } => WireStopError::StopTimedOut {
-                after_ms: after.as_millis() as u64,
-            },
-            _ => WireStopError::AlreadyStopped,
-        }
-    }
-}
-
-impl From<WireStopError> for StopError {
-    fn from(e: WireStopError) -> Self {
-        match e {
-            WireStopError::Busy => StopError::Busy,
-            WireStopError::AlreadyStopped => StopError::AlreadyStopped,
-            WireStopError::StopTimedOut { after_ms } => StopError::StopTimedOut {
-                after: Duration::from_millis(after_ms),
-            },
-        }
-    }
-}
-
-impl From<PluginState> for WireState {
-    fn from(s: PluginState) -> Self {
-        WireState {
-            schema: s.schema,
-            bytes: s.bytes,
-        }
-    }
-}
-
-impl From<WireState> for PluginState {
-    fn from(s: WireState) -> Self {
-        PluginState {
-            schema: s.schema,
-            bytes: s.bytes,
-        }
-    }
-}
-
-impl From<&Outbound> for WireOutbound {
-    fn from(m: &Outbound) -> Self {
-        WireOutbound {
-            chat_id: m.chat_id.clone(),
-            text: m.text.clone(),
-            reply_to: m.reply_to.clone(),
-            metadata_json: serde_json::Value::Object(m.metadata.clone()).to_string(),
-        }
-    }
-}
-
-impl From<WireOutbound> for Outbound {
-    fn from(m: WireOutbound) -> Self {
-        Outbound {
-            chat_id: m.chat_id,
-            text: m.text,
-            reply_to: m.reply_to,
-            metadata: json_object(&m.metadata_json),
-        }
-    }
-}
-
-impl From<Inbound> for WireInbound {
-    fn from(m: Inbound) -> Self {
-        WireInbound {
-            chat_id: m.chat_id,
-            user: m.user,
-            text: m.text,
-            message_id: m.message_id,
-            timestamp: m.timestamp,
-            metadata_json: serde_json::Value::Object(m.metadata).to_string(),
-            generation: m.generation,
-        }
-    }
-}
-
-impl WireInbound {
-    /// The host's message, arrived on `platform`.
-    pub fn into_inbound(self, platform: &str) -> Inbound {
-        Inbound {
-            platform: platform.to_owned(),
-            chat_id: self.chat_id,
-            user: self.user,
-            text: self.text,
-            message_id: self.message_id,
-            timestamp: self.timestamp,
-            metadata: json_object(&self.metadata_json),
-            generation: self.generation,
-        }
-    }
-}
-
-impl From<UnloadReport> for WireUnload {
-    fn from(r: UnloadReport) -> Self {
-        WireUnload {
-            shadow_path: r.shadow_path.display().to_string(),
-            closed: r.closed,
-            unmapped: r.unmapped,
-            shadow_deleted: r.shadow_deleted,
-            detail: r.detail,
-        }
-    }
-}
-
-impl From<WireUnload> for UnloadReport {
-    fn from(r: WireUnload) -> Self {
-        UnloadReport {
-            shadow_path: r.shadow_path.into(),
-            closed: r.closed,
-            unmapped: r.unmapped,
-            shadow_deleted: r.shadow_deleted,
-            detail: r.detail,
-        }
-    }
-}
-
-/// [`Health`] as the wire carries it, and back.
-pub fn health_to_wire(h: Health) -> (u8, String) {
-    let status = match h.status {
-        HealthStatus::Healthy => 0,
-        HealthStatus::Degraded => 1,
-        HealthStatus::Unhealthy => 2,
-    };
-    (status, h.detail)
-}
-
-/// See [`health_to_wire`].
-pub fn health_from_wire((status, detail): (u8, String)) -> Health {
-    Health {
-        status: match status {
-            0 => HealthStatus::Healthy,
-            1 => HealthStatus::Degraded,
-            _ => HealthStatus::Unhealthy,
-        },
-        detail,
-    }
-}
-
-fn json_object(text: &str) -> serde_json::Map<String, serde_json::Value> {
-    match serde_json::from_str(text) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    }
 }
 
 /// One frame of `value`, ready to write.
@@ -535,7 +314,10 @@ impl<R: Read> FrameReader<R> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+    use crate::{loader::CallError, message::Outbound};
 
     #[test]
     fn frames_round_trip_through_the_codec() {
