@@ -317,11 +317,5 @@ fn hot_reload_of_an_isolated_platform_refuses_a_library_that_kills_its_child_and
         (200, Some(2)),
         "{body}"
     );
-    // The loopback's echo count crossed the reload with its state: three sends so far.
-    let health = p["health"]["detail"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    assert!(!health.is_empty(), "{p}");
     assert!(server.mapped("hermes_loopback").is_empty());
 }
