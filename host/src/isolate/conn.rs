@@ -253,7 +253,8 @@ impl Conn {
         within: Duration,
     ) -> Result<Reply, CallError> {
         let rx = self.request(call)?;
-        match rx.recv_timeout(within) {
+        // A short spin first, as for in-process calls: an answer within it needs no wake-up.
+        match crate::loader::await_answer(&rx, within) {
             Ok(reply) => Ok(reply),
             Err(oneshot::RecvTimeoutError::Disconnected) => Err(self.crashed_error()),
             Err(oneshot::RecvTimeoutError::Timeout) => Err(self.hung(name, within)),

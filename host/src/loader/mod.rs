@@ -34,6 +34,7 @@ pub use library::{Library, UnloadReport};
 pub use maps::{is_mapped, mapped_files, mapped_under};
 pub use shadow::ShadowDir;
 pub use start::{StartFailure, StartOptions};
+pub(crate) use worker::await_answer;
 
 /// Whether `path` is a complete shared object: an ELF file whose every segment lies inside it
 /// (a file still being written, or cut short, is not). Reads headers only; maps nothing.
