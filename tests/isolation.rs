@@ -203,6 +203,20 @@ fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapsh
         "{}",
         health(&server)
     );
+
+    // The plugin's log records reach the gateway's log under its id and generation.
+    let log = server.log();
+    assert!(
+        log.lines().any(|l| l.contains("crashy started sends=2")
+            && l.contains("platform=\"crashy\"")
+            && l.contains("generation=3")),
+        "{log}"
+    );
+    // SIGTERM stops the child in order: it unloads and exits.
+    let child = child_pid(&server, "crashy");
+    let mut server = server;
+    assert!(server.terminate().success());
+    wait_gone(child);
 }
 
 #[test]
