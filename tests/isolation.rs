@@ -223,34 +223,15 @@ fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapsh
 fn the_child_gets_only_the_basics_and_the_manifests_variables() {
     let t = TestDir::new();
     install_crashy(&t);
-    let config = t.config(&format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n{CONFIG}"
-    ));
-    let stderr = t.path().join("serve.log");
-    let mut child = std::process::Command::new(crate::util::bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .env("CRASHY_SECRET", "for crashy")
-        .env("GATEWAY_ONLY_SECRET", "not for plugins")
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::fs::File::create(&stderr).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
-    let addr = line
-        .strip_prefix("hermes-host ready: http://")
-        .and_then(|r| r.split_whitespace().next())
-        .unwrap_or_else(|| panic!("{line}"))
-        .to_owned();
-    let (status, body) = crate::util::http(&addr, "GET", "/api/platforms/crashy", None, &[]);
-    assert_eq!(status, 200, "{body}");
-    let p: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let mut server = Server::start_env(
+        &t,
+        CONFIG,
+        &[
+            ("CRASHY_SECRET", "for crashy"),
+            ("GATEWAY_ONLY_SECRET", "not for plugins"),
+        ],
+    );
+    let p = server.platform("crashy");
     let detail = p["health"]["detail"].as_str().unwrap();
     let env = detail.split("env=").nth(1).unwrap();
     let names: Vec<&str> = env.split(',').collect();
@@ -264,8 +245,7 @@ fn the_child_gets_only_the_basics_and_the_manifests_variables() {
 
     // A kill -9 of the gateway takes the child along.
     let pid = p["pid"].as_i64().unwrap() as i32;
-    child.kill().unwrap();
-    child.wait().unwrap();
+    server.kill9();
     wait_gone(pid);
 }
 

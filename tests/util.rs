@@ -353,6 +353,24 @@ impl Server {
         args: &[&str],
         wrapper: &[&str],
     ) -> Server {
+        Server::launch(t, config, args, wrapper, &[])
+    }
+
+    /// As [`Server::start`], with `env` added to the server's environment.
+    pub(crate) fn start_env(t: &TestDir, extra: &str, env: &[(&str, &str)]) -> Server {
+        let config = t.config(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n{extra}"
+        ));
+        Server::launch(t, config, &[], &[], env)
+    }
+
+    fn launch(
+        t: &TestDir,
+        config: PathBuf,
+        args: &[&str],
+        wrapper: &[&str],
+        env: &[(&str, &str)],
+    ) -> Server {
         let stderr = t.path().join("serve.log");
         let mut command = match wrapper.split_first() {
             Some((program, rest)) => {
@@ -363,6 +381,7 @@ impl Server {
             None => std::process::Command::new(bin()),
         };
         let mut child = command
+            .envs(env.iter().copied())
             .arg("--config")
             .arg(&config)
             .args(["--log-level", "info", "serve"])

@@ -76,12 +76,8 @@ pub async fn supervise(gateway: Arc<Gateway>) {
             let now = Instant::now();
             let wait = crash_backoff(crash_restarts.get(&id).copied(), now);
             crash_restarts.insert(id.clone(), (now + wait, wait));
-            tokio::spawn(restart(
-                Arc::clone(&gateway),
-                id,
-                wait,
-                Arc::clone(&restarting),
-            ));
+            let (gateway, restarting) = (Arc::clone(&gateway), Arc::clone(&restarting));
+            tokio::spawn(async move { restart(&gateway, id, wait, restarting).await });
         }
         replace_hung(&gateway, &mut hung_restarts).await;
     }
@@ -89,7 +85,7 @@ pub async fn supervise(gateway: Arc<Gateway>) {
 
 /// Restarts a crashed platform after `wait`.
 async fn restart(
-    gateway: Arc<Gateway>,
+    gateway: &Arc<Gateway>,
     id: String,
     wait: Duration,
     restarting: Arc<Mutex<HashSet<String>>>,
@@ -98,16 +94,13 @@ async fn restart(
         tracing::warn!(platform = %id, wait_ms = wait.as_millis() as u64, "the platform crashed again within a minute; restarting it after a wait");
         tokio::time::sleep(wait).await;
     }
-    let registry = Arc::clone(&gateway.registry);
-    let platform = id.clone();
-    match tokio::task::spawn_blocking(move || registry.reload(&platform, "crash")).await {
-        Ok(Ok(outcome)) => {
-            tracing::warn!(platform = %id, generation = outcome.new_generation, "crashed platform restarted in a new child")
+    match reload(gateway, &id, "crash").await {
+        Ok(generation) => {
+            tracing::warn!(platform = %id, generation, "crashed platform restarted in a new child")
         }
-        Ok(Err(refused)) => {
-            tracing::error!(platform = %id, reason = %refused.reason, "restarting the crashed platform failed; trying again with backoff")
+        Err(reason) => {
+            tracing::error!(platform = %id, %reason, "restarting the crashed platform failed; trying again with backoff")
         }
-        Err(e) => tracing::error!(platform = %id, error = %e, "supervisor task failed"),
     }
     restarting
         .lock()
@@ -142,17 +135,23 @@ async fn replace_hung(gateway: &Arc<Gateway>, restarts: &mut HashMap<String, (In
         };
         restarts.insert(id.clone(), (now, wait));
         tracing::warn!(platform = %id, "instance hung: replacing it with a fresh generation (its state is lost)");
-        let registry = Arc::clone(&gateway.registry);
-        let platform = id.clone();
-        match tokio::task::spawn_blocking(move || registry.reload(&platform, "supervisor")).await {
-            Ok(Ok(outcome)) => {
-                tracing::warn!(platform = %id, generation = outcome.new_generation, "hung instance replaced")
+        match reload(gateway, &id, "supervisor").await {
+            Ok(generation) => tracing::warn!(platform = %id, generation, "hung instance replaced"),
+            Err(reason) => {
+                tracing::error!(platform = %id, %reason, "replacing the hung instance failed; retrying after {wait:?}")
             }
-            Ok(Err(refused)) => {
-                tracing::error!(platform = %id, reason = %refused.reason, "replacing the hung instance failed; retrying after {wait:?}")
-            }
-            Err(e) => tracing::error!(platform = %id, error = %e, "supervisor task failed"),
         }
+    }
+}
+
+/// Reloads `id` on a blocking thread: the new generation, or why not.
+async fn reload(gateway: &Arc<Gateway>, id: &str, trigger: &'static str) -> Result<u64, String> {
+    let registry = Arc::clone(&gateway.registry);
+    let platform = id.to_owned();
+    match tokio::task::spawn_blocking(move || registry.reload(&platform, trigger)).await {
+        Ok(Ok(outcome)) => Ok(outcome.new_generation),
+        Ok(Err(refused)) => Err(refused.reason),
+        Err(e) => Err(format!("the supervisor's task failed: {e}")),
     }
 }
 
