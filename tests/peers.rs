@@ -138,76 +138,82 @@ impl Ngircd {
     pub(crate) fn start_tls(dir: &Path) -> (Ngircd, String, PathBuf) {
         std::fs::create_dir_all(dir).unwrap();
         let tls_port = free_port();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(dir)
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=hermes test CA",
-            "-addext",
-            "basicConstraints=critical,CA:TRUE",
-            "-addext",
-            "keyUsage=critical,keyCertSign",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "server.key",
-            "-out",
-            "server.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
-        std::fs::write(
-            dir.join("ext.cnf"),
-            "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        test_certificates(dir, "127.0.0.1", "IP:127.0.0.1");
         std::fs::write(dir.join("tls-port"), tls_port.to_string()).unwrap();
         let server = Ngircd::start(dir);
         wait_listening(tls_port, "ngircd (TLS)", &dir.join("ngircd.log"));
         (server, format!("127.0.0.1:{tls_port}"), dir.join("ca.pem"))
     }
+}
+
+/// A CA made for the test (`dir/ca.pem`) and a server certificate it signed (`dir/server.pem`,
+/// key `dir/server.key`) for `cn` with the subject alternative names `san`.
+fn test_certificates(dir: &Path, cn: &str, san: &str) {
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=hermes test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        &format!("/CN={cn}"),
+    ]);
+    std::fs::write(
+        dir.join("ext.cnf"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
 }
 
 /// The `[SSL]` section when `start_tls` prepared certificates in `dir`.
@@ -409,5 +415,76 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A Prosody server for the domain `localhost` (MUC service `conference.localhost`), its
+/// certificate signed by a CA made for the test, with its own config and data folder.
+pub(crate) struct Prosody(Daemon);
+
+impl std::ops::Deref for Prosody {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Prosody {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}
+
+impl Prosody {
+    /// Starts Prosody with `users` (name, password) registered; the CA's PEM file is
+    /// `dir/ca.pem`.
+    pub(crate) fn start(dir: &Path, users: &[(&str, &str)]) -> Prosody {
+        std::fs::create_dir_all(dir.join("data")).unwrap();
+        test_certificates(dir, "localhost", "DNS:localhost,DNS:conference.localhost");
+        let port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("prosody.cfg.lua"),
+            format!(
+                "pidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ndaemonize = false\nrun_as_root = true\n\
+                 log = {{ {{ levels = {{ min = \"info\" }}, to = \"file\", filename = \"{d}/prosody.log\" }} }}\n\
+                 interfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\ns2s_ports = {{ }}\nhttp_ports = {{ }}\nhttps_ports = {{ }}\nc2s_direct_tls_ports = {{ }}\n\
+                 modules_enabled = {{ \"roster\"; \"saslauth\"; \"tls\"; \"disco\"; \"ping\"; \"posix\" }}\nmodules_disabled = {{ \"s2s\" }}\n\
+                 authentication = \"internal_hashed\"\nc2s_require_encryption = true\n\
+                 ssl = {{ certificate = \"{d}/server.pem\"; key = \"{d}/server.key\" }}\n\
+                 VirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n    muc_room_locking = false\n"
+            ),
+        )
+        .unwrap();
+        let prosodyctl = need("/usr/bin/prosodyctl", "prosody");
+        for (user, password) in users {
+            let out = Command::new(&prosodyctl)
+                .arg("--config")
+                .arg(dir.join("prosody.cfg.lua"))
+                .args(["register", user, "localhost", password])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "prosodyctl register {user}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Prosody(Daemon::start(dir, port, Self::spawn))
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        let binary = need("/usr/bin/prosody", "prosody");
+        let log = dir.join("prosody.log");
+        let child = Command::new(binary)
+            .arg("--config")
+            .arg(dir.join("prosody.cfg.lua"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_listening(port, "prosody", &log);
+        child
     }
 }

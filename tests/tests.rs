@@ -41,3 +41,5 @@ mod browser;
 mod readme;
 // `isolation = "process"`: faults contained in the child, restarts, state, environment.
 mod isolation;
+// The XMPP adapter against Prosody.
+mod xmpp;

@@ -274,6 +274,7 @@ fn bench_adapters() {
         ("irc", "hermes_irc"),
         ("mqtt", "hermes_mqtt"),
         ("webhook", "hermes_webhook"),
+        ("xmpp", "hermes_xmpp"),
     ];
     println!("### Adapters: library sizes (release, `strip = \"debuginfo\"`)\n");
     println!("| plugin | library | size |");
@@ -294,7 +295,7 @@ fn bench_adapters() {
             release.display().to_string()
         );
         if eager_all {
-            config.push_str("[platforms.irc]\nserver = \"127.0.0.1:9\"\nnick = \"hermes\"\n[platforms.mqtt]\nbroker = \"127.0.0.1:9\"\n[platforms.webhook]\n");
+            config.push_str("[platforms.irc]\nserver = \"127.0.0.1:9\"\nnick = \"hermes\"\n[platforms.mqtt]\nbroker = \"127.0.0.1:9\"\n[platforms.webhook]\n[platforms.xmpp]\njid = \"hermes@localhost\"\npassword = \"x\"\nserver = \"127.0.0.1:9\"\n");
         }
         let path = dir.join("hermes.toml");
         std::fs::write(&path, config).unwrap();
@@ -316,11 +317,11 @@ fn bench_adapters() {
     println!("| configured | median | ratio |");
     println!("|---|---:|---:|");
     println!(
-        "| loopback only (irc, mqtt, webhook stay unloaded) | {} | 1.00 |",
+        "| loopback only (irc, mqtt, webhook, xmpp stay unloaded) | {} | 1.00 |",
         ms1(lazy)
     );
     println!(
-        "| all four, eager | {} | {:.2} |\n",
+        "| all five, eager | {} | {:.2} |\n",
         ms1(eager),
         eager.as_secs_f64() / lazy.as_secs_f64()
     );
