@@ -21,7 +21,12 @@ pub(crate) fn free_port() -> u16 {
 
 /// Waits until something accepts connections on `port`.
 fn wait_listening(port: u16, what: &str, log: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(10);
+    wait_listening_for(port, what, log, Duration::from_secs(10));
+}
+
+/// [`wait_listening`] with a limit of `within`.
+fn wait_listening_for(port: u16, what: &str, log: &Path, within: Duration) {
+    let deadline = Instant::now() + within;
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(
             Instant::now() < deadline,
@@ -486,5 +491,102 @@ impl Prosody {
             .unwrap();
         wait_listening(port, "prosody", &log);
         child
+    }
+}
+
+/// A Synapse homeserver (`localhost`, SQLite) from the virtual environment `make test` makes
+/// under the target dir (`scripts/test-deps`), with its own config, data and users. The signing
+/// key is a fixed test key (the server federates with nothing), so nothing is generated per test.
+pub(crate) struct Synapse(Daemon);
+
+impl std::ops::Deref for Synapse {
+    type Target = Daemon;
+    fn deref(&self) -> &Daemon {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Synapse {
+    fn deref_mut(&mut self) -> &mut Daemon {
+        &mut self.0
+    }
+}
+
+/// The virtual environment holding Synapse.
+fn synapse_venv() -> PathBuf {
+    let venv = crate::util::target_debug()
+        .parent()
+        .unwrap()
+        .join("synapse-venv");
+    assert!(
+        venv.join("bin/synapse_homeserver").exists(),
+        "{} has no Synapse: `make test` installs it (scripts/test-deps: python3 -m venv, pip install matrix-synapse)",
+        venv.display()
+    );
+    venv
+}
+
+impl Synapse {
+    /// Starts Synapse with `users` (name, password) registered.
+    pub(crate) fn start(dir: &Path, users: &[(&str, &str)]) -> Synapse {
+        std::fs::create_dir_all(dir).unwrap();
+        let venv = synapse_venv();
+        let port = free_port();
+        let d = dir.display();
+        std::fs::write(
+            dir.join("signing.key"),
+            "ed25519 a_test aGVybWVzLXRlc3Qtc2lnbmluZy1rZXktMzJieXRlcyE\n",
+        )
+        .unwrap();
+        let limit = "{per_second: 1000, burst_count: 1000}";
+        std::fs::write(
+            dir.join("homeserver.yaml"),
+            format!(
+                "server_name: localhost\npid_file: {d}/homeserver.pid\n\
+                 listeners:\n  - port: {port}\n    bind_addresses: ['127.0.0.1']\n    type: http\n    tls: false\n    x_forwarded: false\n    resources:\n      - names: [client]\n        compress: false\n\
+                 database:\n  name: sqlite3\n  args:\n    database: {d}/homeserver.db\n\
+                 media_store_path: {d}/media\nsigning_key_path: {d}/signing.key\n\
+                 registration_shared_secret: test-shared-secret\nmacaroon_secret_key: test-macaroon-secret\nform_secret: test-form-secret\n\
+                 report_stats: false\ntrusted_key_servers: []\nsuppress_key_server_warning: true\n\
+                 rc_message: {limit}\nrc_login:\n  address: {limit}\n  account: {limit}\n  failed_attempts: {limit}\n\
+                 rc_joins:\n  local: {limit}\n  remote: {limit}\nrc_invites:\n  per_room: {limit}\n  per_user: {limit}\n"
+            ),
+        )
+        .unwrap();
+        let server = Synapse(Daemon::start(dir, port, Self::spawn));
+        for (user, password) in users {
+            let out = Command::new(venv.join("bin/register_new_matrix_user"))
+                .args(["-u", user, "-p", password, "--no-admin", "-c"])
+                .arg(dir.join("homeserver.yaml"))
+                .arg(server.url())
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "register_new_matrix_user {user}: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        server
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Child {
+        let log = dir.join("synapse.log");
+        let child = Command::new(synapse_venv().join("bin/python"))
+            .args(["-m", "synapse.app.homeserver", "-c"])
+            .arg(dir.join("homeserver.yaml"))
+            .current_dir(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_listening_for(port, "synapse", &log, Duration::from_secs(60));
+        child
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub(crate) fn url(&self) -> String {
+        format!("http://{}", self.addr())
     }
 }

@@ -43,3 +43,5 @@ mod readme;
 mod isolation;
 // The XMPP adapter against Prosody.
 mod xmpp;
+// The Matrix adapter against Synapse.
+mod matrix;

@@ -1,0 +1,201 @@
+//! The client-server API calls the adapter makes, over ureq (blocking, rustls), each with its
+//! errors sorted into retryable (the homeserver is away, overloaded or rate-limiting) and not.
+
+use std::time::Duration;
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::{Value, json};
+
+/// A failed call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    /// What went wrong, for logs and the plugin's errors.
+    pub message: String,
+    /// A retry may succeed (network, 5xx, 429).
+    pub retryable: bool,
+    /// `M_LIMIT_EXCEEDED`: wait this long first.
+    pub retry_after: Option<Duration>,
+    /// The access token is not (or no longer) valid.
+    pub unauthorized: bool,
+}
+
+/// The homeserver, and who we are on it.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+    pub(crate) token: Option<String>,
+}
+
+/// What a login gave.
+#[derive(Debug, Clone)]
+pub struct Session {
+    /// `@user:server`.
+    pub user_id: String,
+    /// The device, kept across restarts so the server does not pile up devices.
+    pub device_id: String,
+    /// The access token.
+    pub access_token: String,
+}
+
+/// A path segment, percent-encoded.
+pub(crate) fn segment(text: &str) -> String {
+    utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
+}
+
+impl Client {
+    /// A client of `homeserver` (its base URL); calls time out after `timeout`.
+    pub fn new(homeserver: &str, timeout: Duration) -> Client {
+        Client {
+            agent: ureq::AgentBuilder::new()
+                .timeout_connect(Duration::from_secs(5))
+                .timeout(timeout)
+                .build(),
+            base: homeserver.trim_end_matches('/').to_owned(),
+            token: None,
+        }
+    }
+
+    /// One call: `method` on `/_matrix/client/v3{path}`, `body` as JSON when given.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ApiError> {
+        let url = format!("{}/_matrix/client/v3{path}", self.base);
+        let mut request = self.agent.request(method, &url);
+        if let Some(token) = &self.token {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        match result {
+            Ok(response) => response.into_json().map_err(|e| ApiError {
+                message: format!("{method} {path}: unreadable answer: {e}"),
+                retryable: true,
+                retry_after: None,
+                unauthorized: false,
+            }),
+            Err(ureq::Error::Status(status, response)) => {
+                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let code = body["errcode"].as_str().unwrap_or("").to_owned();
+                let error = body["error"].as_str().unwrap_or("").to_owned();
+                Err(ApiError {
+                    message: format!("{method} {path}: {status} {code} {error}")
+                        .trim_end()
+                        .to_owned(),
+                    retryable: status == 429 || status >= 500,
+                    retry_after: (code == "M_LIMIT_EXCEEDED")
+                        .then(|| body["retry_after_ms"].as_u64())
+                        .flatten()
+                        .map(Duration::from_millis),
+                    unauthorized: status == 401 || code == "M_UNKNOWN_TOKEN",
+                })
+            }
+            Err(e) => Err(ApiError {
+                message: format!("{method} {path}: {e}"),
+                retryable: true,
+                retry_after: None,
+                unauthorized: false,
+            }),
+        }
+    }
+
+    /// Password login, on `device_id` when one is known.
+    pub fn login(
+        &mut self,
+        user: &str,
+        password: &str,
+        device_id: Option<&str>,
+    ) -> Result<Session, ApiError> {
+        let mut body = json!({
+            "type": "m.login.password",
+            "identifier": { "type": "m.id.user", "user": user },
+            "password": password,
+            "initial_device_display_name": "hermes-host",
+        });
+        if let Some(device) = device_id {
+            body["device_id"] = json!(device);
+        }
+        let answer = self.call("POST", "/login", Some(&body), None)?;
+        let session = Session {
+            user_id: answer["user_id"].as_str().unwrap_or(user).to_owned(),
+            device_id: answer["device_id"].as_str().unwrap_or_default().to_owned(),
+            access_token: answer["access_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
+        };
+        self.token = Some(session.access_token.clone());
+        Ok(session)
+    }
+
+    /// Who an access token belongs to.
+    pub fn whoami(&mut self, token: &str) -> Result<Session, ApiError> {
+        self.token = Some(token.to_owned());
+        let answer = self.call("GET", "/account/whoami", None, None)?;
+        Ok(Session {
+            user_id: answer["user_id"].as_str().unwrap_or_default().to_owned(),
+            device_id: answer["device_id"].as_str().unwrap_or_default().to_owned(),
+            access_token: token.to_owned(),
+        })
+    }
+
+    /// Joins a room by id or alias; its room id.
+    pub fn join(&self, room: &str) -> Result<String, ApiError> {
+        let answer = self.call(
+            "POST",
+            &format!("/join/{}", segment(room)),
+            Some(&json!({})),
+            None,
+        )?;
+        Ok(answer["room_id"].as_str().unwrap_or(room).to_owned())
+    }
+
+    /// The room id an alias names.
+    pub fn resolve(&self, alias: &str) -> Result<String, ApiError> {
+        let answer = self.call(
+            "GET",
+            &format!("/directory/room/{}", segment(alias)),
+            None,
+            None,
+        )?;
+        answer["room_id"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError {
+                message: format!("{alias}: the homeserver gave no room id"),
+                retryable: false,
+                retry_after: None,
+                unauthorized: false,
+            })
+    }
+
+    /// Sends `content` as an `m.room.message` under transaction id `txn`: the same `txn` on a
+    /// retry never posts twice. The event id.
+    pub fn send(&self, room_id: &str, txn: &str, content: &Value) -> Result<String, ApiError> {
+        let path = format!(
+            "/rooms/{}/send/m.room.message/{}",
+            segment(room_id),
+            segment(txn)
+        );
+        let answer = self.call("PUT", &path, Some(content), None)?;
+        Ok(answer["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// One `/sync`: from `since` (none: the current state, whose timeline is not delivered),
+    /// waiting up to `timeout` for something new.
+    pub fn sync(&self, since: Option<&str>, timeout: Duration) -> Result<Value, ApiError> {
+        let mut path = format!("/sync?timeout={}", timeout.as_millis());
+        if let Some(since) = since {
+            path.push_str(&format!("&since={}", segment(since)));
+        }
+        self.call("GET", &path, None, Some(timeout + Duration::from_secs(10)))
+    }
+}

@@ -1,0 +1,316 @@
+//! The Matrix adapter against a real Synapse: two accounts talking through the gateway (each
+//! account one platform) in a room, a route to XMPP, the homeserver restarted mid-run, no
+//! history replayed after a reload or a restart, and config errors.
+
+use std::{path::Path, time::Duration};
+
+use hermes_host::loader::Library;
+use serde_json::{Value, json};
+
+use crate::{
+    peers::Synapse,
+    util::{self, Server, Sse, TestDir},
+};
+
+const ROOM: &str = "#ops:localhost";
+
+fn synapse(t: &TestDir) -> Synapse {
+    Synapse::start(
+        &t.path().join("synapse"),
+        &[("hermes", "secret-h"), ("alice", "secret-a")],
+    )
+}
+
+/// Logs `user` in over plain HTTP: its access token.
+fn token(synapse: &Synapse, user: &str, password: &str) -> String {
+    let body = json!({
+        "type": "m.login.password",
+        "identifier": { "type": "m.id.user", "user": user },
+        "password": password,
+    });
+    let (status, answer) = util::http(
+        &synapse.addr(),
+        "POST",
+        "/_matrix/client/v3/login",
+        Some(&body.to_string()),
+        &[],
+    );
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str::<Value>(&answer).unwrap()["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// Alice makes the public room `#ops:localhost`.
+fn make_room(synapse: &Synapse) -> String {
+    let alice = token(synapse, "alice", "secret-a");
+    let body = json!({ "preset": "public_chat", "room_alias_name": "ops", "name": "ops" });
+    let (status, answer) = util::http(
+        &synapse.addr(),
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(&body.to_string()),
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(status, 200, "{answer}");
+    serde_json::from_str::<Value>(&answer).unwrap()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+fn platform(id: &str, synapse: &Synapse, user: &str, password: &str, store: &Path) -> String {
+    format!(
+        "[platforms.{id}]\nhomeserver = \"{}\"\nuser = \"{user}\"\npassword = \"{password}\"\nrooms = [\"{ROOM}\"]\nstore_path = \"{}\"\nsync_timeout_ms = 1000\n",
+        synapse.url(),
+        store.display()
+    )
+}
+
+/// `hermes` as platform `matrix`, `alice` as platform `alice`, both in the room.
+fn config(t: &TestDir, synapse: &Synapse) -> String {
+    t.install("matrix", "hermes_matrix", 1);
+    t.install("alice", "hermes_matrix", 1);
+    format!(
+        "{}\n{}",
+        platform(
+            "matrix",
+            synapse,
+            "hermes",
+            "secret-h",
+            &t.path().join("matrix.store")
+        ),
+        platform(
+            "alice",
+            synapse,
+            "alice",
+            "secret-a",
+            &t.path().join("alice.store")
+        )
+    )
+}
+
+fn wait_synced(server: &Server) {
+    for id in ["matrix", "alice"] {
+        server.wait_platform(id, |p| p["health"]["status"] == "healthy");
+    }
+}
+
+fn send(server: &Server, platform: &str, chat: &str, text: &str) -> (u16, Value) {
+    let (status, body) = server.post(
+        &format!("/api/platforms/{platform}/send"),
+        &json!({ "chat_id": chat, "text": text }).to_string(),
+    );
+    (status, serde_json::from_str(&body).unwrap_or_default())
+}
+
+/// The next SSE event whose text is `text`, and every event before it.
+fn until(sse: &mut Sse, text: &str) -> (Value, Vec<Value>) {
+    let mut before = Vec::new();
+    loop {
+        let event = sse.next();
+        if event["text"] == text {
+            return (event, before);
+        }
+        before.push(event);
+    }
+}
+
+#[test]
+fn matrix_talks_both_ways_in_a_room_and_survives_a_homeserver_restart() {
+    let t = TestDir::new();
+    let mut synapse = synapse(&t);
+    let room = make_room(&synapse);
+    let server = Server::start(&t, &config(&t, &synapse));
+    wait_synced(&server);
+    let mut sse = Sse::connect(&server.addr);
+
+    let (status, body) = send(&server, "matrix", ROOM, "hello alice");
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body["message_id"].as_str().unwrap().starts_with('$'),
+        "{body}"
+    );
+    let (event, _) = until(&mut sse, "hello alice");
+    assert_eq!(event["platform"], "alice");
+    assert_eq!(event["chat_id"], room.as_str());
+    assert_eq!(event["user"], "@hermes:localhost");
+    let (status, body) = send(&server, "alice", &room, "hi hermes");
+    assert_eq!(status, 200, "{body}");
+    let (event, before) = until(&mut sse, "hi hermes");
+    assert_eq!(event["platform"], "matrix");
+    assert_eq!(event["user"], "@alice:localhost");
+    // Its own message never came back to hermes.
+    assert!(
+        before
+            .iter()
+            .all(|e| !(e["platform"] == "matrix" && e["text"] == "hello alice")),
+        "{before:?}"
+    );
+
+    // The homeserver goes away: unhealthy, sends fail at once and say to retry.
+    synapse.kill();
+    server.wait_platform("matrix", |p| p["health"]["status"] == "unhealthy");
+    let (status, body) = send(&server, "matrix", ROOM, "in the gap");
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["retryable"], true, "{body}");
+    synapse.restart();
+    wait_synced(&server);
+    assert_eq!(send(&server, "matrix", ROOM, "after").0, 200);
+    let (event, before) = until(&mut sse, "after");
+    assert_eq!(event["platform"], "alice");
+    // Nothing from before the restart came again.
+    assert!(
+        before
+            .iter()
+            .all(|e| e["text"] != "hello alice" && e["text"] != "hi hermes"),
+        "{before:?}"
+    );
+}
+
+#[test]
+fn matrix_replays_no_history_after_a_reload_or_a_restart_and_misses_nothing_in_between() {
+    let t = TestDir::new();
+    let synapse = synapse(&t);
+    let room = make_room(&synapse);
+    let config = config(&t, &synapse);
+    let mut server = Server::start(&t, &config);
+    wait_synced(&server);
+    let mut sse = Sse::connect(&server.addr);
+    assert_eq!(send(&server, "alice", &room, "one").0, 200);
+    until(&mut sse, "one");
+
+    // A reload: the new generation takes the old one's session and position.
+    let out = server.cli(&["plugin", "reload", "matrix"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_platform("matrix", |p| {
+        p["generation"] == 2 && p["health"]["status"] == "healthy"
+    });
+    assert_eq!(send(&server, "alice", &room, "two").0, 200);
+    let (event, before) = until(&mut sse, "two");
+    assert_eq!(event["platform"], "matrix");
+    assert!(before.iter().all(|e| e["text"] != "one"), "{before:?}");
+
+    // A restart: the position comes from the store. What alice says while the gateway is down
+    // arrives after it is back; what came before does not come again.
+    assert!(server.terminate().success());
+    let alice = token(&synapse, "alice", "secret-a");
+    let (status, answer) = util::http(
+        &synapse.addr(),
+        "PUT",
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/while-down",
+            room.replace('!', "%21").replace(':', "%3A")
+        ),
+        Some(&json!({ "msgtype": "m.text", "body": "while you were away" }).to_string()),
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let server = Server::start(&t, &config);
+    let mut sse = Sse::connect(&server.addr);
+    let (event, before) = until(&mut sse, "while you were away");
+    assert_eq!(event["platform"], "matrix");
+    assert!(
+        before
+            .iter()
+            .all(|e| e["text"] != "one" && e["text"] != "two"),
+        "{before:?}"
+    );
+}
+
+#[test]
+fn matrix_config_errors_name_the_key() {
+    let t = TestDir::new();
+    let library = Library::open(&util::lib("hermes_matrix"), &t.shadow()).unwrap();
+    let timeout = Duration::from_secs(5);
+    for (config, key) in [
+        (
+            r#"{"user":"a","password":"x"}"#,
+            "missing field `homeserver`",
+        ),
+        (
+            r#"{"homeserver":"localhost:8008","user":"a"}"#,
+            "`homeserver`",
+        ),
+        (r#"{"homeserver":"http://h"}"#, "`user`"),
+        (
+            r#"{"homeserver":"http://h","user":"a","rooms":["ops"]}"#,
+            "`rooms`",
+        ),
+        (
+            r#"{"homeserver":"http://h","user":"a","sync_timeout_ms":0}"#,
+            "`sync_timeout_ms`",
+        ),
+        (
+            r#"{"homeserver":"http://h","user":"a","colour":"red"}"#,
+            "unknown field `colour`",
+        ),
+    ] {
+        let e = library.validate_config(config, timeout).unwrap_err();
+        assert!(e.to_string().contains(key), "{config}: {e}");
+    }
+    assert!(library.unload().clean());
+}
+
+#[test]
+fn a_route_carries_a_matrix_room_to_an_xmpp_chat() {
+    let t = TestDir::new();
+    let synapse = synapse(&t);
+    let room = make_room(&synapse);
+    let prosody_dir = t.path().join("prosody");
+    let prosody = crate::peers::Prosody::start(
+        &prosody_dir,
+        &[("hermes", "secret-h"), ("alice", "secret-a")],
+    );
+    t.install("matrix", "hermes_matrix", 1);
+    t.install("xmpp", "hermes_xmpp", 1);
+    t.install("xalice", "hermes_xmpp", 1);
+    let xmpp = |id: &str, user: &str, password: &str| {
+        format!(
+            "[platforms.{id}]\njid = \"{user}@localhost\"\npassword = \"{password}\"\nserver = \"{}\"\ntls_ca_file = \"{}\"\n",
+            prosody.addr(),
+            prosody_dir.join("ca.pem").display()
+        )
+    };
+    let server = Server::start(
+        &t,
+        &format!(
+            "{}\n{}\n{}\n[[routes]]\nfrom = {{ platform = \"matrix\", chat = \"{room}\" }}\nto = [{{ platform = \"xmpp\", chat = \"alice@localhost\" }}]\n",
+            platform(
+                "matrix",
+                &synapse,
+                "hermes",
+                "secret-h",
+                &t.path().join("m.store")
+            ),
+            xmpp("xmpp", "hermes", "secret-h"),
+            xmpp("xalice", "alice", "secret-a"),
+        ),
+    );
+    for id in ["matrix", "xmpp", "xalice"] {
+        server.wait_platform(id, |p| p["health"]["status"] == "healthy");
+    }
+    let mut sse = Sse::connect(&server.addr);
+    // Alice says something in the Matrix room (straight to the homeserver)...
+    let alice = token(&synapse, "alice", "secret-a");
+    let (status, answer) = util::http(
+        &synapse.addr(),
+        "PUT",
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/route-1",
+            room.replace('!', "%21").replace(':', "%3A")
+        ),
+        Some(&json!({ "msgtype": "m.text", "body": "deploy done" }).to_string()),
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(status, 200, "{answer}");
+    // ... and it reaches alice's XMPP account from hermes, naming its author.
+    let (event, _) = until(&mut sse, "<@alice:localhost> deploy done");
+    assert_eq!(event["platform"], "xalice");
+    assert_eq!(event["chat_id"], "hermes@localhost");
+}
