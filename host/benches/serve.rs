@@ -275,6 +275,7 @@ fn bench_adapters() {
         ("mqtt", "hermes_mqtt"),
         ("webhook", "hermes_webhook"),
         ("xmpp", "hermes_xmpp"),
+        ("matrix", "hermes_matrix"),
     ];
     println!("### Adapters: library sizes (release, `strip = \"debuginfo\"`)\n");
     println!("| plugin | library | size |");
@@ -295,7 +296,7 @@ fn bench_adapters() {
             release.display().to_string()
         );
         if eager_all {
-            config.push_str("[platforms.irc]\nserver = \"127.0.0.1:9\"\nnick = \"hermes\"\n[platforms.mqtt]\nbroker = \"127.0.0.1:9\"\n[platforms.webhook]\n[platforms.xmpp]\njid = \"hermes@localhost\"\npassword = \"x\"\nserver = \"127.0.0.1:9\"\n");
+            config.push_str("[platforms.irc]\nserver = \"127.0.0.1:9\"\nnick = \"hermes\"\n[platforms.mqtt]\nbroker = \"127.0.0.1:9\"\n[platforms.webhook]\n[platforms.xmpp]\njid = \"hermes@localhost\"\npassword = \"x\"\nserver = \"127.0.0.1:9\"\n[platforms.matrix]\nhomeserver = \"http://127.0.0.1:9\"\nuser = \"hermes\"\npassword = \"x\"\n");
         }
         let path = dir.join("hermes.toml");
         std::fs::write(&path, config).unwrap();
@@ -317,11 +318,11 @@ fn bench_adapters() {
     println!("| configured | median | ratio |");
     println!("|---|---:|---:|");
     println!(
-        "| loopback only (irc, mqtt, webhook, xmpp stay unloaded) | {} | 1.00 |",
+        "| loopback only (irc, mqtt, webhook, xmpp, matrix stay unloaded) | {} | 1.00 |",
         ms1(lazy)
     );
     println!(
-        "| all five, eager | {} | {:.2} |\n",
+        "| all six, eager | {} | {:.2} |\n",
         ms1(eager),
         eager.as_secs_f64() / lazy.as_secs_f64()
     );
