@@ -149,6 +149,49 @@ fn matrix_talks_both_ways_in_a_room_and_survives_a_homeserver_restart() {
         "{before:?}"
     );
 
+    // An invite to a private room is accepted (`auto_join`), and what is said there arrives.
+    let alice = token(&synapse, "alice", "secret-a");
+    let body = json!({ "preset": "private_chat", "invite": ["@hermes:localhost"] });
+    let (status, answer) = util::http(
+        &synapse.addr(),
+        "POST",
+        "/_matrix/client/v3/createRoom",
+        Some(&body.to_string()),
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!(status, 200, "{answer}");
+    let private = serde_json::from_str::<Value>(&answer).unwrap()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Hermes joins: the homeserver's member list says so.
+    let members = format!(
+        "/_matrix/client/v3/rooms/{}/joined_members",
+        private.replace('!', "%21").replace(':', "%3A")
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, answer) = util::http(
+            &synapse.addr(),
+            "GET",
+            &members,
+            None,
+            &[("Authorization", &format!("Bearer {alice}"))],
+        );
+        if answer.contains("@hermes:localhost") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hermes never joined: {answer}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(send(&server, "alice", &private, "just us").0, 200);
+    let (event, _) = until(&mut sse, "just us");
+    assert_eq!(event["platform"], "matrix");
+    assert_eq!(event["chat_id"], private.as_str());
+
     // The homeserver goes away: unhealthy, sends fail at once and say to retry.
     synapse.kill();
     server.wait_platform("matrix", |p| p["health"]["status"] == "unhealthy");

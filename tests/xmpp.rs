@@ -115,6 +115,33 @@ fn xmpp_talks_both_ways_in_chats_and_a_room_against_prosody() {
 
     let (status, body) = send(&server, "xmpp", "not a jid", "x");
     assert_eq!(status, 502, "{body}");
+
+    // A reload joins the room again without its history: nothing said before comes again.
+    let out = server.cli(&["plugin", "reload", "xmpp"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.wait_platform("xmpp", |p| {
+        p["generation"] == 2 && p["health"]["status"] == "healthy"
+    });
+    assert_eq!(
+        send(
+            &server,
+            "alice",
+            "ops@conference.localhost",
+            "after the reload"
+        )
+        .0,
+        200
+    );
+    let (event, before) = until(&mut sse, "after the reload");
+    assert_eq!(event["platform"], "xmpp");
+    assert!(
+        before.iter().all(|e| e["text"] != "to the room"),
+        "{before:?}"
+    );
 }
 
 #[test]
