@@ -42,19 +42,39 @@ fn token(synapse: &Synapse, user: &str, password: &str) -> String {
         .to_owned()
 }
 
-/// Alice makes the public room `#ops:localhost`.
-fn make_room(synapse: &Synapse) -> String {
+/// A call to the homeserver as alice, straight (not through the gateway): its JSON answer.
+fn as_alice(synapse: &Synapse, method: &str, path: &str, body: Option<Value>) -> Value {
     let alice = token(synapse, "alice", "secret-a");
-    let body = json!({ "preset": "public_chat", "room_alias_name": "ops", "name": "ops" });
     let (status, answer) = util::http(
         &synapse.addr(),
-        "POST",
-        "/_matrix/client/v3/createRoom",
-        Some(&body.to_string()),
+        method,
+        &format!("/_matrix/client/v3{path}"),
+        body.map(|b| b.to_string()).as_deref(),
         &[("Authorization", &format!("Bearer {alice}"))],
     );
-    assert_eq!(status, 200, "{answer}");
-    serde_json::from_str::<Value>(&answer).unwrap()["room_id"]
+    assert_eq!(status, 200, "{method} {path}: {answer}");
+    serde_json::from_str(&answer).unwrap()
+}
+
+/// `/rooms/<room>` with the room id encoded.
+fn room_path(room: &str) -> String {
+    format!("/rooms/{}", room.replace('!', "%21").replace(':', "%3A"))
+}
+
+/// Alice says `text` in `room` under transaction id `txn`, straight to the homeserver.
+fn alice_says(synapse: &Synapse, room: &str, txn: &str, text: &str) {
+    as_alice(
+        synapse,
+        "PUT",
+        &format!("{}/send/m.room.message/{txn}", room_path(room)),
+        Some(json!({ "msgtype": "m.text", "body": text })),
+    );
+}
+
+/// Alice makes the public room `#ops:localhost`.
+fn make_room(synapse: &Synapse) -> String {
+    let body = json!({ "preset": "public_chat", "room_alias_name": "ops", "name": "ops" });
+    as_alice(synapse, "POST", "/createRoom", Some(body))["room_id"]
         .as_str()
         .unwrap()
         .to_owned()
@@ -150,40 +170,26 @@ fn matrix_talks_both_ways_in_a_room_and_survives_a_homeserver_restart() {
     );
 
     // An invite to a private room is accepted (`auto_join`), and what is said there arrives.
-    let alice = token(&synapse, "alice", "secret-a");
     let body = json!({ "preset": "private_chat", "invite": ["@hermes:localhost"] });
-    let (status, answer) = util::http(
-        &synapse.addr(),
-        "POST",
-        "/_matrix/client/v3/createRoom",
-        Some(&body.to_string()),
-        &[("Authorization", &format!("Bearer {alice}"))],
-    );
-    assert_eq!(status, 200, "{answer}");
-    let private = serde_json::from_str::<Value>(&answer).unwrap()["room_id"]
+    let private = as_alice(&synapse, "POST", "/createRoom", Some(body))["room_id"]
         .as_str()
         .unwrap()
         .to_owned();
     // Hermes joins: the homeserver's member list says so.
-    let members = format!(
-        "/_matrix/client/v3/rooms/{}/joined_members",
-        private.replace('!', "%21").replace(':', "%3A")
-    );
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, answer) = util::http(
-            &synapse.addr(),
+        let members = as_alice(
+            &synapse,
             "GET",
-            &members,
+            &format!("{}/joined_members", room_path(&private)),
             None,
-            &[("Authorization", &format!("Bearer {alice}"))],
         );
-        if answer.contains("@hermes:localhost") {
+        if members["joined"].get("@hermes:localhost").is_some() {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "hermes never joined: {answer}"
+            "hermes never joined: {members}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -242,18 +248,7 @@ fn matrix_replays_no_history_after_a_reload_or_a_restart_and_misses_nothing_in_b
     // A restart: the position comes from the store. What alice says while the gateway is down
     // arrives after it is back; what came before does not come again.
     assert!(server.terminate().success());
-    let alice = token(&synapse, "alice", "secret-a");
-    let (status, answer) = util::http(
-        &synapse.addr(),
-        "PUT",
-        &format!(
-            "/_matrix/client/v3/rooms/{}/send/m.room.message/while-down",
-            room.replace('!', "%21").replace(':', "%3A")
-        ),
-        Some(&json!({ "msgtype": "m.text", "body": "while you were away" }).to_string()),
-        &[("Authorization", &format!("Bearer {alice}"))],
-    );
-    assert_eq!(status, 200, "{answer}");
+    alice_says(&synapse, &room, "while-down", "while you were away");
     let server = Server::start(&t, &config);
     let mut sse = Sse::connect(&server.addr);
     let (event, before) = until(&mut sse, "while you were away");
@@ -340,18 +335,7 @@ fn a_route_carries_a_matrix_room_to_an_xmpp_chat() {
     }
     let mut sse = Sse::connect(&server.addr);
     // Alice says something in the Matrix room (straight to the homeserver)...
-    let alice = token(&synapse, "alice", "secret-a");
-    let (status, answer) = util::http(
-        &synapse.addr(),
-        "PUT",
-        &format!(
-            "/_matrix/client/v3/rooms/{}/send/m.room.message/route-1",
-            room.replace('!', "%21").replace(':', "%3A")
-        ),
-        Some(&json!({ "msgtype": "m.text", "body": "deploy done" }).to_string()),
-        &[("Authorization", &format!("Bearer {alice}"))],
-    );
-    assert_eq!(status, 200, "{answer}");
+    alice_says(&synapse, &room, "route-1", "deploy done");
     // ... and it reaches alice's XMPP account from hermes, naming its author.
     let (event, _) = until(&mut sse, "<@alice:localhost> deploy done");
     assert_eq!(event["platform"], "xalice");

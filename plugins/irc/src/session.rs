@@ -2,11 +2,11 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{TcpStream, ToSocketAddrs},
-    sync::{Arc, atomic::Ordering},
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
+use hermes_adapter_net::Conn;
 use hermes_plugin_api::{Host, InboundMessage};
 
 use crate::{Config, Shared, protocol};
@@ -16,84 +16,20 @@ const TICK: Duration = Duration::from_millis(50);
 /// Silence from the server this long means the connection is dead.
 const DEAD_AFTER: Duration = Duration::from_secs(300);
 
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
-
 fn connect(config: &Config) -> io::Result<Conn> {
-    let timeout = Duration::from_millis(config.connect_timeout_ms);
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        format!("{} resolves to no address", config.server),
-    );
-    for addr in config.server.to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => {
-                stream.set_read_timeout(Some(TICK))?;
-                stream.set_nodelay(true)?;
-                if !config.tls {
-                    return Ok(Conn::Plain(stream));
-                }
-                let host = config
-                    .server
-                    .rsplit_once(':')
-                    .map_or(config.server.as_str(), |(h, _)| h)
-                    .to_owned();
-                let mut roots = rustls::RootCertStore {
-                    roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-                };
-                if let Some(file) = &config.tls_ca_file {
-                    use rustls::pki_types::{CertificateDer, pem::PemObject};
-                    let bad = |e: &dyn std::fmt::Display| {
-                        io::Error::other(format!("tls_ca_file {file}: {e}"))
-                    };
-                    for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad(&e))? {
-                        roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-                    }
-                }
-                let provider = Arc::new(rustls::crypto::ring::default_provider());
-                let tls = rustls::ClientConfig::builder_with_provider(provider)
-                    .with_safe_default_protocol_versions()
-                    .map_err(io::Error::other)?
-                    .with_root_certificates(roots)
-                    .with_no_client_auth();
-                let name =
-                    rustls::pki_types::ServerName::try_from(host).map_err(io::Error::other)?;
-                let session =
-                    rustls::ClientConnection::new(Arc::new(tls), name).map_err(io::Error::other)?;
-                return Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(
-                    session, stream,
-                ))));
-            }
-            Err(e) => last = e,
-        }
+    let stream = hermes_adapter_net::connect(
+        &config.server,
+        Duration::from_millis(config.connect_timeout_ms),
+        TICK,
+    )?;
+    if !config.tls {
+        return Ok(Conn::Plain(stream));
     }
-    Err(last)
+    let host = config
+        .server
+        .rsplit_once(':')
+        .map_or(config.server.as_str(), |(h, _)| h);
+    hermes_adapter_net::tls(stream, host, config.tls_ca_file.as_deref())
 }
 
 /// Runs until `shared.stop`: connects, serves a session, reconnects with backoff.

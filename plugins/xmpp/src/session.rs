@@ -3,12 +3,13 @@
 
 use std::{
     io::{self, Read, Write},
-    net::{TcpStream, ToSocketAddrs},
-    sync::{Arc, atomic::Ordering},
+    net::TcpStream,
+    sync::atomic::Ordering,
     time::{Duration, Instant},
 };
 
 use base64::Engine;
+use hermes_adapter_net::Conn;
 use hermes_plugin_api::{Host, InboundMessage};
 
 use crate::{
@@ -22,35 +23,6 @@ const TICK: Duration = Duration::from_millis(50);
 const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 /// A whitespace keepalive after this long without writing.
 const KEEPALIVE: Duration = Duration::from_secs(60);
-
-enum Conn {
-    Plain(TcpStream),
-    Tls(Box<rustls::StreamOwned<rustls::ClientConnection, TcpStream>>),
-}
-
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.read(buf),
-            Conn::Tls(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Conn {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Conn::Plain(s) => s.write(buf),
-            Conn::Tls(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Conn::Plain(s) => s.flush(),
-            Conn::Tls(s) => s.flush(),
-        }
-    }
-}
 
 /// Runs until `shared.stop`: connects, serves a session, reconnects with backoff.
 pub(crate) fn run(config: &Config, shared: &Shared, host: Host) {
@@ -412,45 +384,11 @@ fn write(conn: &mut Conn, text: &str) -> Result<(), String> {
 }
 
 fn connect(address: &str, timeout_ms: u64) -> Result<Conn, String> {
-    let timeout = Duration::from_millis(timeout_ms);
-    let mut last = format!("{address} resolves to no address");
-    let addrs = address
-        .to_socket_addrs()
-        .map_err(|e| format!("resolving {address}: {e}"))?;
-    for addr in addrs {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(stream) => {
-                stream
-                    .set_read_timeout(Some(TICK))
-                    .and_then(|()| stream.set_nodelay(true))
-                    .map_err(|e| e.to_string())?;
-                return Ok(Conn::Plain(stream));
-            }
-            Err(e) => last = format!("connecting to {address}: {e}"),
-        }
-    }
-    Err(last)
+    hermes_adapter_net::connect(address, Duration::from_millis(timeout_ms), TICK)
+        .map(Conn::Plain)
+        .map_err(|e| format!("connecting to {address}: {e}"))
 }
 
 fn upgrade(tcp: TcpStream, config: &Config, domain: &str) -> Result<Conn, String> {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    if let Some(file) = &config.tls_ca_file {
-        use rustls::pki_types::{CertificateDer, pem::PemObject};
-        let bad = |e: &dyn std::fmt::Display| format!("tls_ca_file {file}: {e}");
-        for cert in CertificateDer::pem_file_iter(file).map_err(|e| bad(&e))? {
-            roots.add(cert.map_err(|e| bad(&e))?).map_err(|e| bad(&e))?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = rustls::pki_types::ServerName::try_from(domain.to_owned())
-        .map_err(|e| format!("{domain}: {e}"))?;
-    let session = rustls::ClientConnection::new(Arc::new(tls), name).map_err(|e| e.to_string())?;
-    Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp))))
+    hermes_adapter_net::tls(tcp, domain, config.tls_ca_file.as_deref()).map_err(|e| e.to_string())
 }
