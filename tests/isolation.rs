@@ -28,14 +28,6 @@ fn install_crashy(t: &TestDir) {
     .unwrap();
 }
 
-fn send(server: &Server, platform: &str, text: &str) -> (u16, serde_json::Value) {
-    let (status, body) = server.post(
-        &format!("/api/platforms/{platform}/send"),
-        &serde_json::json!({ "chat_id": "c", "text": text }).to_string(),
-    );
-    (status, serde_json::from_str(&body).unwrap_or_default())
-}
-
 /// The pid of the child serving `platform`.
 fn child_pid(server: &Server, platform: &str) -> i32 {
     server.platform(platform)["pid"]
@@ -67,7 +59,7 @@ fn wait_gone(pid: i32) {
 #[test]
 fn every_fault_in_the_child_leaves_the_gateway_serving_and_the_platform_restarts() {
     let (_t, server) = setup();
-    let (status, body) = send(&server, "crashy", "hello");
+    let (status, body) = server.send("crashy", "c", "hello");
     assert_eq!(status, 200, "{body}");
     // The gateway never maps the isolated library; its child does.
     let pid = child_pid(&server, "crashy");
@@ -88,11 +80,11 @@ fn every_fault_in_the_child_leaves_the_gateway_serving_and_the_platform_restarts
         ),
     ] {
         let before = server.platform("crashy")["generation"].as_u64().unwrap();
-        let (status, body) = send(&server, "crashy", fault);
+        let (status, body) = server.send("crashy", "c", fault);
         assert_eq!(status, expect_status, "{fault}: {body}");
         assert_eq!(body["retryable"], true, "{fault}: {body}");
         // Another platform answers at once.
-        let (status, body) = send(&server, "lb", "still here");
+        let (status, body) = server.send("lb", "c", "still here");
         assert_eq!(status, 200, "after {fault}: {body}");
         // The crashed platform restarts in a new child and serves again.
         let p = server.wait_platform("crashy", |p| {
@@ -100,7 +92,7 @@ fn every_fault_in_the_child_leaves_the_gateway_serving_and_the_platform_restarts
         });
         let note = p["error"].as_str().unwrap_or_default();
         assert!(note.contains(how), "{fault}: {note}");
-        let (status, body) = send(&server, "crashy", "hello again");
+        let (status, body) = server.send("crashy", "c", "hello again");
         assert_eq!(status, 200, "after {fault}: {body}");
         assert_ne!(child_pid(&server, "crashy"), pid);
     }
@@ -115,7 +107,7 @@ fn every_fault_in_the_child_leaves_the_gateway_serving_and_the_platform_restarts
 #[test]
 fn a_child_killed_from_outside_fails_its_calls_retryable_and_is_restarted() {
     let (_t, server) = setup();
-    let (status, _) = send(&server, "crashy", "warm");
+    let (status, _) = server.send("crashy", "c", "warm");
     assert_eq!(status, 200);
     let pid = child_pid(&server, "crashy");
     let addr = server.addr.clone();
@@ -148,7 +140,7 @@ fn a_child_killed_from_outside_fails_its_calls_retryable_and_is_restarted() {
     server.wait_platform("crashy", |p| {
         p["state"] == "running" && p["generation"] == 2
     });
-    let (status, body) = send(&server, "crashy", "back");
+    let (status, body) = server.send("crashy", "c", "back");
     assert_eq!(status, 200, "{body}");
     assert!(
         server
@@ -161,7 +153,7 @@ fn a_child_killed_from_outside_fails_its_calls_retryable_and_is_restarted() {
 fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapshot() {
     let (_t, server) = setup();
     for text in ["a", "b"] {
-        assert_eq!(send(&server, "crashy", text).0, 200);
+        assert_eq!(server.send("crashy", "c", text).0, 200);
     }
     let old = child_pid(&server, "crashy");
     let out = server.cli(&["plugin", "reload", "crashy"]);
@@ -185,7 +177,7 @@ fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapsh
         "{}",
         health(&server)
     );
-    assert_eq!(send(&server, "crashy", "c").0, 200);
+    assert_eq!(server.send("crashy", "c", "c").0, 200);
     assert!(
         health(&server).starts_with("sends=3 "),
         "{}",
@@ -194,7 +186,7 @@ fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapsh
 
     // After a crash the new child starts with the snapshot the last reload handed over: the
     // send made since is lost (as the README says).
-    assert_eq!(send(&server, "crashy", "crash:abort").0, 503);
+    assert_eq!(server.send("crashy", "c", "crash:abort").0, 503);
     server.wait_platform("crashy", |p| {
         p["state"] == "running" && p["generation"] == 3
     });
@@ -258,7 +250,7 @@ fn an_isolated_platform_that_cannot_open_reports_why_and_the_rest_serves() {
         &t,
         "[platforms.broken]\nisolation = \"process\"\nstart = \"on_demand\"\n[platforms.lb]\n",
     );
-    let (status, body) = send(&server, "broken", "x");
+    let (status, body) = server.send("broken", "c", "x");
     assert_eq!(status, 503, "{body}");
     let p = server.platform("broken");
     let error = p["error"].as_str().unwrap();
@@ -266,7 +258,7 @@ fn an_isolated_platform_that_cannot_open_reports_why_and_the_rest_serves() {
         error.contains("isolated child for `broken`") && error.contains("not a plugin library"),
         "{error}"
     );
-    assert_eq!(send(&server, "lb", "fine").0, 200);
+    assert_eq!(server.send("lb", "c", "fine").0, 200);
 }
 
 #[test]
@@ -275,7 +267,7 @@ fn hot_reload_of_an_isolated_platform_refuses_a_library_that_kills_its_child_and
     let t = TestDir::new();
     let library = t.install_copy("lb", "hermes_loopback");
     let server = Server::start_with(&t, "[platforms.lb]\nisolation = \"process\"\n", &["--dev"]);
-    assert_eq!(send(&server, "lb", "one").0, 200);
+    assert_eq!(server.send("lb", "c", "one").0, 200);
     let first = child_pid(&server, "lb");
     let out = server.cli(&["plugin", "hotreload-enable", "lb"]);
     assert!(
@@ -295,7 +287,7 @@ fn hot_reload_of_an_isolated_platform_refuses_a_library_that_kills_its_child_and
     );
     assert_eq!(p["generation"], 1);
     assert_eq!(child_pid(&server, "lb"), first);
-    assert_eq!(send(&server, "lb", "two").0, 200);
+    assert_eq!(server.send("lb", "c", "two").0, 200);
 
     // A good build: a new child beside the old, which goes once the new one serves.
     crate::util::replace_like_cargo(&crate::util::variant_lib(), &library);
@@ -305,7 +297,7 @@ fn hot_reload_of_an_isolated_platform_refuses_a_library_that_kills_its_child_and
     let second = child_pid(&server, "lb");
     assert_ne!(second, first);
     wait_gone(first);
-    let (status, body) = send(&server, "lb", "three");
+    let (status, body) = server.send("lb", "c", "three");
     assert_eq!(
         (status, body["generation"].as_u64()),
         (200, Some(2)),

@@ -117,26 +117,6 @@ fn wait_synced(server: &Server) {
     }
 }
 
-fn send(server: &Server, platform: &str, chat: &str, text: &str) -> (u16, Value) {
-    let (status, body) = server.post(
-        &format!("/api/platforms/{platform}/send"),
-        &json!({ "chat_id": chat, "text": text }).to_string(),
-    );
-    (status, serde_json::from_str(&body).unwrap_or_default())
-}
-
-/// The next SSE event whose text is `text`, and every event before it.
-fn until(sse: &mut Sse, text: &str) -> (Value, Vec<Value>) {
-    let mut before = Vec::new();
-    loop {
-        let event = sse.next();
-        if event["text"] == text {
-            return (event, before);
-        }
-        before.push(event);
-    }
-}
-
 #[test]
 fn matrix_talks_both_ways_in_a_room_and_survives_a_homeserver_restart() {
     let t = TestDir::new();
@@ -146,19 +126,19 @@ fn matrix_talks_both_ways_in_a_room_and_survives_a_homeserver_restart() {
     wait_synced(&server);
     let mut sse = Sse::connect(&server.addr);
 
-    let (status, body) = send(&server, "matrix", ROOM, "hello alice");
+    let (status, body) = server.send("matrix", ROOM, "hello alice");
     assert_eq!(status, 200, "{body}");
     assert!(
         body["message_id"].as_str().unwrap().starts_with('$'),
         "{body}"
     );
-    let (event, _) = until(&mut sse, "hello alice");
+    let (event, _) = sse.until("hello alice");
     assert_eq!(event["platform"], "alice");
     assert_eq!(event["chat_id"], room.as_str());
     assert_eq!(event["user"], "@hermes:localhost");
-    let (status, body) = send(&server, "alice", &room, "hi hermes");
+    let (status, body) = server.send("alice", &room, "hi hermes");
     assert_eq!(status, 200, "{body}");
-    let (event, before) = until(&mut sse, "hi hermes");
+    let (event, before) = sse.until("hi hermes");
     assert_eq!(event["platform"], "matrix");
     assert_eq!(event["user"], "@alice:localhost");
     // Its own message never came back to hermes.
@@ -193,21 +173,21 @@ fn matrix_talks_both_ways_in_a_room_and_survives_a_homeserver_restart() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(send(&server, "alice", &private, "just us").0, 200);
-    let (event, _) = until(&mut sse, "just us");
+    assert_eq!(server.send("alice", &private, "just us").0, 200);
+    let (event, _) = sse.until("just us");
     assert_eq!(event["platform"], "matrix");
     assert_eq!(event["chat_id"], private.as_str());
 
     // The homeserver goes away: unhealthy, sends fail at once and say to retry.
     synapse.kill();
     server.wait_platform("matrix", |p| p["health"]["status"] == "unhealthy");
-    let (status, body) = send(&server, "matrix", ROOM, "in the gap");
+    let (status, body) = server.send("matrix", ROOM, "in the gap");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["retryable"], true, "{body}");
     synapse.restart();
     wait_synced(&server);
-    assert_eq!(send(&server, "matrix", ROOM, "after").0, 200);
-    let (event, before) = until(&mut sse, "after");
+    assert_eq!(server.send("matrix", ROOM, "after").0, 200);
+    let (event, before) = sse.until("after");
     assert_eq!(event["platform"], "alice");
     // Nothing from before the restart came again.
     assert!(
@@ -227,8 +207,8 @@ fn matrix_replays_no_history_after_a_reload_or_a_restart_and_misses_nothing_in_b
     let mut server = Server::start(&t, &config);
     wait_synced(&server);
     let mut sse = Sse::connect(&server.addr);
-    assert_eq!(send(&server, "alice", &room, "one").0, 200);
-    until(&mut sse, "one");
+    assert_eq!(server.send("alice", &room, "one").0, 200);
+    sse.until("one");
 
     // A reload: the new generation takes the old one's session and position.
     let out = server.cli(&["plugin", "reload", "matrix"]);
@@ -240,8 +220,8 @@ fn matrix_replays_no_history_after_a_reload_or_a_restart_and_misses_nothing_in_b
     server.wait_platform("matrix", |p| {
         p["generation"] == 2 && p["health"]["status"] == "healthy"
     });
-    assert_eq!(send(&server, "alice", &room, "two").0, 200);
-    let (event, before) = until(&mut sse, "two");
+    assert_eq!(server.send("alice", &room, "two").0, 200);
+    let (event, before) = sse.until("two");
     assert_eq!(event["platform"], "matrix");
     assert!(before.iter().all(|e| e["text"] != "one"), "{before:?}");
 
@@ -251,7 +231,7 @@ fn matrix_replays_no_history_after_a_reload_or_a_restart_and_misses_nothing_in_b
     alice_says(&synapse, &room, "while-down", "while you were away");
     let server = Server::start(&t, &config);
     let mut sse = Sse::connect(&server.addr);
-    let (event, before) = until(&mut sse, "while you were away");
+    let (event, before) = sse.until("while you were away");
     assert_eq!(event["platform"], "matrix");
     assert!(
         before
@@ -337,7 +317,7 @@ fn a_route_carries_a_matrix_room_to_an_xmpp_chat() {
     // Alice says something in the Matrix room (straight to the homeserver)...
     alice_says(&synapse, &room, "route-1", "deploy done");
     // ... and it reaches alice's XMPP account from hermes, naming its author.
-    let (event, _) = until(&mut sse, "<@alice:localhost> deploy done");
+    let (event, _) = sse.until("<@alice:localhost> deploy done");
     assert_eq!(event["platform"], "xalice");
     assert_eq!(event["chat_id"], "hermes@localhost");
 }

@@ -467,6 +467,15 @@ impl Server {
             .unwrap()
     }
 
+    /// `POST /api/platforms/{platform}/send` of `text` to `chat`: the status and the JSON answer.
+    pub(crate) fn send(&self, platform: &str, chat: &str, text: &str) -> (u16, serde_json::Value) {
+        let (status, body) = self.post(
+            &format!("/api/platforms/{platform}/send"),
+            &serde_json::json!({ "chat_id": chat, "text": text }).to_string(),
+        );
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    }
+
     /// `GET /api/platforms/{id}` as JSON.
     pub(crate) fn platform(&self, id: &str) -> serde_json::Value {
         let (status, body) = self.get(&format!("/api/platforms/{id}"));
@@ -590,6 +599,18 @@ impl Sse {
     }
 
     /// The next event's JSON (panics after the read timeout: the event never came).
+    /// The next event whose text is `text`, and every event before it.
+    pub(crate) fn until(&mut self, text: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
+        let mut before = Vec::new();
+        loop {
+            let event = self.next();
+            if event["text"] == text {
+                return (event, before);
+            }
+            before.push(event);
+        }
+    }
+
     pub(crate) fn next(&mut self) -> serde_json::Value {
         use std::io::BufRead;
         let mut line = String::new();

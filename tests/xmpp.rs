@@ -36,26 +36,6 @@ fn start(t: &TestDir, prosody: &Prosody, ca: &Path) -> Server {
     server
 }
 
-fn send(server: &Server, platform: &str, chat: &str, text: &str) -> (u16, serde_json::Value) {
-    let (status, body) = server.post(
-        &format!("/api/platforms/{platform}/send"),
-        &serde_json::json!({ "chat_id": chat, "text": text }).to_string(),
-    );
-    (status, serde_json::from_str(&body).unwrap_or_default())
-}
-
-/// The next SSE event whose text is `text`; every event before it is returned too.
-fn until(sse: &mut Sse, text: &str) -> (serde_json::Value, Vec<serde_json::Value>) {
-    let mut before = Vec::new();
-    loop {
-        let event = sse.next();
-        if event["text"] == text {
-            return (event, before);
-        }
-        before.push(event);
-    }
-}
-
 fn prosody(t: &TestDir) -> (Prosody, std::path::PathBuf) {
     let dir = t.path().join("prosody");
     let server = Prosody::start(&dir, &[("hermes", "secret-h"), ("alice", "secret-a")]);
@@ -70,34 +50,35 @@ fn xmpp_talks_both_ways_in_chats_and_a_room_against_prosody() {
     let mut sse = Sse::connect(&server.addr);
 
     // 1:1, both ways.
-    let (status, body) = send(&server, "xmpp", "alice@localhost", "hello alice <&>");
+    let (status, body) = server.send("xmpp", "alice@localhost", "hello alice <&>");
     assert_eq!(status, 200, "{body}");
-    let (event, _) = until(&mut sse, "hello alice <&>");
+    let (event, _) = sse.until("hello alice <&>");
     assert_eq!(event["platform"], "alice");
     assert_eq!(event["chat_id"], "hermes@localhost");
     assert_eq!(event["user"], "hermes@localhost");
-    assert_eq!(
-        send(&server, "alice", "hermes@localhost", "hi hermes").0,
-        200
-    );
-    let (event, _) = until(&mut sse, "hi hermes");
+    assert_eq!(server.send("alice", "hermes@localhost", "hi hermes").0, 200);
+    let (event, _) = sse.until("hi hermes");
     assert_eq!(event["platform"], "xmpp");
     assert_eq!(event["chat_id"], "alice@localhost");
 
     // The room: each hears the other under its nick, never its own reflection.
     assert_eq!(
-        send(&server, "alice", "ops@conference.localhost", "to the room").0,
+        server
+            .send("alice", "ops@conference.localhost", "to the room")
+            .0,
         200
     );
-    let (event, _) = until(&mut sse, "to the room");
+    let (event, _) = sse.until("to the room");
     assert_eq!(event["platform"], "xmpp");
     assert_eq!(event["chat_id"], "ops@conference.localhost");
     assert_eq!(event["user"], "alice");
     assert_eq!(
-        send(&server, "xmpp", "ops@conference.localhost", "hermes here").0,
+        server
+            .send("xmpp", "ops@conference.localhost", "hermes here")
+            .0,
         200
     );
-    let (event, before) = until(&mut sse, "hermes here");
+    let (event, before) = sse.until("hermes here");
     assert_eq!(event["platform"], "alice");
     assert_eq!(event["user"], "hermes");
     // Had alice's own message come back to her, it would have arrived before this one.
@@ -106,14 +87,14 @@ fn xmpp_talks_both_ways_in_chats_and_a_room_against_prosody() {
         "{before:?}"
     );
     // Neither does hermes get its own room message.
-    assert_eq!(send(&server, "alice", "hermes@localhost", "marker").0, 200);
-    let (_, before) = until(&mut sse, "marker");
+    assert_eq!(server.send("alice", "hermes@localhost", "marker").0, 200);
+    let (_, before) = sse.until("marker");
     assert!(
         before.iter().all(|e| e["text"] != "hermes here"),
         "{before:?}"
     );
 
-    let (status, body) = send(&server, "xmpp", "not a jid", "x");
+    let (status, body) = server.send("xmpp", "not a jid", "x");
     assert_eq!(status, 502, "{body}");
 
     // A reload joins the room again without its history: nothing said before comes again.
@@ -126,17 +107,9 @@ fn xmpp_talks_both_ways_in_chats_and_a_room_against_prosody() {
     server.wait_platform("xmpp", |p| {
         p["generation"] == 2 && p["health"]["status"] == "healthy"
     });
-    assert_eq!(
-        send(
-            &server,
-            "alice",
-            "ops@conference.localhost",
-            "after the reload"
-        )
-        .0,
-        200
-    );
-    let (event, before) = until(&mut sse, "after the reload");
+    let (status, _) = server.send("alice", "ops@conference.localhost", "after the reload");
+    assert_eq!(status, 200);
+    let (event, before) = sse.until("after the reload");
     assert_eq!(event["platform"], "xmpp");
     assert!(
         before.iter().all(|e| e["text"] != "to the room"),
@@ -150,12 +123,12 @@ fn xmpp_reconnects_after_the_server_restarts_and_sends_in_the_gap_fail_retryable
     let (mut prosody, ca) = prosody(&t);
     let server = start(&t, &prosody, &ca);
     let mut sse = Sse::connect(&server.addr);
-    assert_eq!(send(&server, "xmpp", "alice@localhost", "before").0, 200);
-    until(&mut sse, "before");
+    assert_eq!(server.send("xmpp", "alice@localhost", "before").0, 200);
+    sse.until("before");
 
     prosody.kill();
     server.wait_platform("xmpp", |p| p["health"]["status"] == "unhealthy");
-    let (status, body) = send(&server, "xmpp", "alice@localhost", "in the gap");
+    let (status, body) = server.send("xmpp", "alice@localhost", "in the gap");
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["retryable"], true, "{body}");
 
@@ -168,8 +141,8 @@ fn xmpp_reconnects_after_the_server_restarts_and_sends_in_the_gap_fail_retryable
                     .is_some_and(|d| d.contains("(connection 2)"))
         });
     }
-    assert_eq!(send(&server, "xmpp", "alice@localhost", "after").0, 200);
-    let (event, before) = until(&mut sse, "after");
+    assert_eq!(server.send("xmpp", "alice@localhost", "after").0, 200);
+    let (event, before) = sse.until("after");
     assert_eq!(event["platform"], "alice");
     // Nothing from before the restart is delivered again.
     assert!(before.iter().all(|e| e["text"] != "before"), "{before:?}");
