@@ -321,3 +321,37 @@ fn a_route_carries_a_matrix_room_to_an_xmpp_chat() {
     assert_eq!(event["platform"], "xalice");
     assert_eq!(event["chat_id"], "hermes@localhost");
 }
+
+#[test]
+fn matrix_waits_out_the_rate_limit_and_posts_each_message_once() {
+    let t = TestDir::new();
+    // Two messages at once, then one a second.
+    let synapse = Synapse::start_limited(
+        &t.path().join("synapse"),
+        &[("hermes", "secret-h"), ("alice", "secret-a")],
+        "{per_second: 1, burst_count: 2}",
+    );
+    make_room(&synapse);
+    let server = Server::start(&t, &config(&t, &synapse));
+    wait_synced(&server);
+    let mut sse = Sse::connect(&server.addr);
+    // Each send past the burst is answered M_LIMIT_EXCEEDED with a retry_after_ms; the
+    // adapter waits it out (within its send budget) and retries under the same transaction id.
+    for n in 1..=5 {
+        let (status, body) = server.send("matrix", ROOM, &format!("m{n}"));
+        assert_eq!(status, 200, "m{n}: {body}");
+    }
+    let (_, before) = sse.until("m5");
+    let heard: Vec<&str> = before
+        .iter()
+        .filter(|e| e["platform"] == "alice")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    assert_eq!(heard, ["m1", "m2", "m3", "m4"], "each once, in order");
+    // The limit was met, and waited out as the homeserver said.
+    let log = server.log();
+    assert!(
+        log.contains("M_LIMIT_EXCEEDED") && log.contains("matrix: send retried"),
+        "{log}"
+    );
+}

@@ -529,6 +529,16 @@ fn synapse_venv() -> PathBuf {
 impl Synapse {
     /// Starts Synapse with `users` (name, password) registered.
     pub(crate) fn start(dir: &Path, users: &[(&str, &str)]) -> Synapse {
+        Synapse::start_limited(dir, users, "{per_second: 1000, burst_count: 1000}")
+    }
+
+    /// [`Synapse::start`] with `message_limit` as its `rc_message` (the rate limit on sending
+    /// messages; the others stay out of the way).
+    pub(crate) fn start_limited(
+        dir: &Path,
+        users: &[(&str, &str)],
+        message_limit: &str,
+    ) -> Synapse {
         std::fs::create_dir_all(dir).unwrap();
         let venv = synapse_venv();
         let port = free_port();
@@ -548,7 +558,7 @@ impl Synapse {
                  media_store_path: {d}/media\nsigning_key_path: {d}/signing.key\n\
                  registration_shared_secret: test-shared-secret\nmacaroon_secret_key: test-macaroon-secret\nform_secret: test-form-secret\n\
                  report_stats: false\ntrusted_key_servers: []\nsuppress_key_server_warning: true\n\
-                 rc_message: {limit}\nrc_login:\n  address: {limit}\n  account: {limit}\n  failed_attempts: {limit}\n\
+                 rc_message: {message_limit}\nrc_login:\n  address: {limit}\n  account: {limit}\n  failed_attempts: {limit}\n\
                  rc_joins:\n  local: {limit}\n  remote: {limit}\nrc_invites:\n  per_room: {limit}\n  per_user: {limit}\n"
             ),
         )

@@ -394,27 +394,6 @@ mod tests {
     }
 
     #[test]
-    fn isolation_and_its_memory_limit() {
-        let c = parse("[platforms.irc]\nisolation = \"process\"\nmemory_limit_mb = 256\n").unwrap();
-        assert_eq!(c.platforms["irc"].isolation, Isolation::Process);
-        assert_eq!(c.platforms["irc"].memory_limit_mb, Some(256));
-        assert_eq!(c.platforms["irc"].plugin_json(), "{}");
-        for (text, key) in [
-            ("isolation = \"sandbox\"", "isolation"),
-            ("memory_limit_mb = 256", "memory_limit_mb"),
-            (
-                "isolation = \"process\"\nmemory_limit_mb = 8",
-                "memory_limit_mb",
-            ),
-        ] {
-            let e = parse(&format!("[platforms.irc]\n{text}\n"))
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(key) && e.contains("hermes.toml"), "{e}");
-        }
-    }
-
-    #[test]
     fn errors_name_file_and_key() {
         let e = parse("[platforms.irc]\nstart = \"later\"\n").unwrap_err();
         assert!(

@@ -257,4 +257,23 @@ mod tests {
         let bad = from_vars("x", vars(&[("HERMES_X_WORKERS", "many")])).unwrap_err();
         assert_eq!(bad.var, "HERMES_X_WORKERS");
     }
+
+    #[test]
+    fn isolation_and_its_memory_limit() {
+        let table = |text: &str| platform_config(toml::from_str(text).unwrap());
+        let c = table("isolation = \"process\"\nmemory_limit_mb = 256").unwrap();
+        assert_eq!(c.isolation, Isolation::Process);
+        assert_eq!(c.memory_limit_mb, Some(256));
+        assert_eq!(c.plugin_json(), "{}");
+        for (text, key) in [
+            ("isolation = \"sandbox\"", "isolation"),
+            ("memory_limit_mb = 256", "memory_limit_mb"),
+            (
+                "isolation = \"process\"\nmemory_limit_mb = 8",
+                "memory_limit_mb",
+            ),
+        ] {
+            assert_eq!(table(text).unwrap_err().0, key, "{text}");
+        }
+    }
 }

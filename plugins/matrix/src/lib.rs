@@ -262,6 +262,7 @@ impl Plugin for Matrix {
                     }
                     // The same transaction id: the homeserver posts it once however often
                     // it arrives.
+                    tracing::info!(txn = %txn, wait_ms = pause.as_millis() as u64, error = %e.message, "matrix: send retried");
                     std::thread::sleep(pause);
                     wait = (wait * 2).min(Duration::from_secs(4));
                 }
