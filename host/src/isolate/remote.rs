@@ -98,16 +98,6 @@ impl RemoteLibrary {
         &self.version
     }
 
-    /// The library file it was opened from.
-    pub fn source_path(&self) -> &Path {
-        &self.source
-    }
-
-    /// The child's pid.
-    pub fn pid(&self) -> u32 {
-        self.conn.pid
-    }
-
     /// The plugin's `validate_config`, in the child.
     pub fn validate_config(&self, config_json: &str, timeout: Duration) -> Result<(), CallError> {
         let call = Call::ValidateConfig {
@@ -246,24 +236,13 @@ impl RemoteInstance {
         InFlight(&self.in_flight)
     }
 
-    /// A child that answered a call with a timeout is killed: the call is stuck in it.
-    fn check_hang<T>(&self, result: Result<T, CallError>) -> Result<T, CallError> {
-        if let Err(CallError::Timeout { call, after }) = &result {
-            self.conn.kill(&format!(
-                "its {call} call did not return within {} ms",
-                after.as_millis()
-            ));
-        }
-        result
-    }
-
     /// Sends a message, waiting on this thread.
     pub fn send(&self, message: &Outbound) -> Result<Receipt, CallError> {
         let _counted = self.counted();
         let reply =
             self.conn
                 .call_blocking("send", Call::Send(message.into()), grace(self.call_timeout));
-        self.check_hang(sent(reply))
+        sent(reply)
     }
 
     /// Sends a message, awaiting the answer.
@@ -273,7 +252,7 @@ impl RemoteInstance {
             .conn
             .call_async("send", Call::Send(message.into()), grace(self.call_timeout))
             .await;
-        self.check_hang(sent(reply))
+        sent(reply)
     }
 
     /// The plugin's health, waiting on this thread.
@@ -282,7 +261,7 @@ impl RemoteInstance {
         let reply = self
             .conn
             .call_blocking("health", Call::Health, grace(self.call_timeout));
-        self.check_hang(health(reply))
+        health(reply)
     }
 
     /// The plugin's health; `within` bounds the wait (the child is not killed for it).
@@ -290,7 +269,7 @@ impl RemoteInstance {
         let _counted = self.counted();
         let rx = self.conn.request(Call::Health)?;
         match tokio::time::timeout(within, rx).await {
-            Ok(Ok(reply)) => self.check_hang(health(Ok(reply))),
+            Ok(Ok(reply)) => health(Ok(reply)),
             Ok(Err(_)) => Err(self.conn.crashed_error()),
             Err(_) => Err(CallError::Timeout {
                 call: "health",
