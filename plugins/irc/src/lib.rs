@@ -19,10 +19,9 @@ pub mod protocol;
 mod session;
 
 use std::{
-    collections::VecDeque,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -95,11 +94,7 @@ fn default_queue_limit() -> usize {
 }
 
 /// State shared between the plugin and its connection thread.
-pub(crate) struct Shared {
-    pub(crate) stop: AtomicBool,
-    pub(crate) outgoing: Mutex<VecDeque<String>>,
-    pub(crate) status: Mutex<Status>,
-}
+pub(crate) type Shared = hermes_adapter_net::Link<Status>;
 
 /// What the connection thread reports.
 #[derive(Debug, Clone, Default)]
@@ -125,11 +120,7 @@ pub struct Irc {
 impl Irc {
     /// A snapshot of what the connection thread reports.
     fn status(&self) -> Status {
-        self.shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.status()
     }
 
     /// Why sends fail and health is down while not connected.
@@ -179,14 +170,10 @@ impl Plugin for Irc {
         if config.password.is_none() {
             config.password = std::env::var("IRC_PASSWORD").ok().filter(|p| !p.is_empty());
         }
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            outgoing: Mutex::new(VecDeque::new()),
-            status: Mutex::new(Status {
-                nick: config.nick.clone(),
-                ..Status::default()
-            }),
-        });
+        let shared = Arc::new(Shared::new(Status {
+            nick: config.nick.clone(),
+            ..Status::default()
+        }));
         let thread = {
             let (config, shared) = (config.clone(), Arc::clone(&shared));
             std::thread::Builder::new()
@@ -261,13 +248,7 @@ impl Plugin for Irc {
     }
 
     fn stop(mut self) -> Result<(), String> {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| "the connection thread panicked".to_owned())?;
-        }
-        Ok(())
+        hermes_adapter_net::stop(&self.shared, self.thread.take())
     }
 }
 

@@ -87,3 +87,45 @@ pub fn tls(tcp: TcpStream, server_name: &str, ca_file: Option<&str>) -> io::Resu
         rustls::ClientConnection::new(Arc::new(config), name).map_err(io::Error::other)?;
     Ok(Conn::Tls(Box::new(rustls::StreamOwned::new(session, tcp))))
 }
+
+/// What an adapter's calls share with its connection thread: the stop flag, the lines or
+/// stanzas waiting to be written (the thread writes them; one it could not write goes back to
+/// the front, so an accepted message survives a reconnect), and what the thread reports.
+pub struct Link<S> {
+    /// Set by `stop`; the thread ends soon after.
+    pub stop: std::sync::atomic::AtomicBool,
+    /// Waiting to be written, in order.
+    pub outgoing: std::sync::Mutex<std::collections::VecDeque<String>>,
+    /// What the thread reports (connected, to whom, the last error...).
+    pub status: std::sync::Mutex<S>,
+}
+
+impl<S: Clone> Link<S> {
+    /// A link whose thread reports `status` until it says otherwise.
+    pub fn new(status: S) -> Link<S> {
+        Link {
+            stop: std::sync::atomic::AtomicBool::new(false),
+            outgoing: std::sync::Mutex::new(std::collections::VecDeque::new()),
+            status: std::sync::Mutex::new(status),
+        }
+    }
+
+    /// What the thread reports now.
+    pub fn status(&self) -> S {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Stops `link`'s thread and joins it: what a plugin's `stop` owes the host.
+pub fn stop<S>(link: &Link<S>, thread: Option<std::thread::JoinHandle<()>>) -> Result<(), String> {
+    link.stop.store(true, std::sync::atomic::Ordering::Release);
+    match thread {
+        Some(thread) => thread
+            .join()
+            .map_err(|_| "the connection thread panicked".to_owned()),
+        None => Ok(()),
+    }
+}

@@ -25,10 +25,9 @@ mod session;
 pub mod xml;
 
 use std::{
-    collections::VecDeque,
     sync::{
-        Arc, Mutex,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc,
+        atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
 };
@@ -138,11 +137,7 @@ impl Config {
 }
 
 /// State shared between the plugin and its connection thread.
-pub(crate) struct Shared {
-    pub(crate) stop: AtomicBool,
-    pub(crate) outgoing: Mutex<VecDeque<String>>,
-    pub(crate) status: Mutex<Status>,
-}
+pub(crate) type Shared = hermes_adapter_net::Link<Status>;
 
 /// What the connection thread reports.
 #[derive(Debug, Clone, Default)]
@@ -167,11 +162,7 @@ pub struct Xmpp {
 
 impl Xmpp {
     fn status(&self) -> Status {
-        self.shared
-            .status
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.shared.status()
     }
 
     fn disconnected(&self, status: Status) -> String {
@@ -245,11 +236,7 @@ impl Plugin for Xmpp {
         if config.password.is_none() {
             return Err("`password`: not set (nor XMPP_PASSWORD)".into());
         }
-        let shared = Arc::new(Shared {
-            stop: AtomicBool::new(false),
-            outgoing: Mutex::new(VecDeque::new()),
-            status: Mutex::new(Status::default()),
-        });
+        let shared = Arc::new(Shared::new(Status::default()));
         let thread = {
             let (config, shared) = (config.clone(), Arc::clone(&shared));
             std::thread::Builder::new()
@@ -332,13 +319,7 @@ impl Plugin for Xmpp {
     }
 
     fn stop(mut self) -> Result<(), String> {
-        self.shared.stop.store(true, Ordering::Release);
-        if let Some(thread) = self.thread.take() {
-            thread
-                .join()
-                .map_err(|_| "the connection thread panicked".to_owned())?;
-        }
-        Ok(())
+        hermes_adapter_net::stop(&self.shared, self.thread.take())
     }
 }
 
