@@ -17,8 +17,8 @@ use crate::{
 /// The metadata key a routed send carries: `platform/chat` of the source.
 pub const ROUTED_KEY: &str = "hermes_routed_from";
 
-/// The metadata key with the source message's author.
-pub const ROUTED_USER_KEY: &str = "hermes_routed_user";
+/// The metadata key with the source message's author (the plugin API's, which adapters read).
+pub use hermes_plugin_api::ROUTED_USER_KEY;
 
 /// The routes in force, swapped whole by a config reload.
 pub struct Routes(RwLock<Arc<Vec<Route>>>);

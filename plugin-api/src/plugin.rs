@@ -63,6 +63,21 @@ pub struct OutboundMessage {
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
+/// The metadata key with which the host names the author of a message a route brought from
+/// another platform.
+pub const ROUTED_USER_KEY: &str = "hermes_routed_user";
+
+impl OutboundMessage {
+    /// The text, as `<author> text` when a route brought it from another platform: on a chat
+    /// network the gateway's account says it, so the text names who did.
+    pub fn text_naming_author(&self) -> String {
+        match self.metadata.get(ROUTED_USER_KEY).and_then(|u| u.as_str()) {
+            Some(user) => format!("<{user}> {}", self.text),
+            None => self.text.clone(),
+        }
+    }
+}
+
 /// A message that arrived on the platform.
 #[derive(Debug, Clone, PartialEq)]
 pub struct InboundMessage {

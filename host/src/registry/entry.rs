@@ -420,21 +420,18 @@ impl Entry {
             Some(instance) => instance.plugin_version().to_owned(),
             None => self.manifest.version.clone(),
         };
-        let crashed = slot
+        // `hung` and `crashed` are how a running instance shows; the crash is its error.
+        let serving = slot
             .instance
             .as_ref()
-            .filter(|_| slot.state == EntryState::Running)
-            .and_then(|i| i.crashed());
-        let state = match &slot.instance {
-            _ if crashed.is_some() => EntryState::Crashed,
-            Some(instance) if slot.state == EntryState::Running && instance.is_hung() => {
-                EntryState::Hung
-            }
-            _ => slot.state,
-        };
-        let error = match crashed {
-            Some(exit) => Some(format!("the plugin's process {exit}")),
-            None => slot.error.clone(),
+            .filter(|_| slot.state == EntryState::Running);
+        let (state, error) = match serving.map(|i| (i.crashed(), i.is_hung())) {
+            Some((Some(exit), _)) => (
+                EntryState::Crashed,
+                Some(format!("the plugin's process {exit}")),
+            ),
+            Some((None, true)) => (EntryState::Hung, slot.error.clone()),
+            _ => (slot.state, slot.error.clone()),
         };
         PlatformStatus {
             id: self.manifest.id.clone(),

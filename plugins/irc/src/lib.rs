@@ -202,14 +202,7 @@ impl Plugin for Irc {
             )));
         }
         // A message a route brought from another platform names its author.
-        let text = match message
-            .metadata
-            .get("hermes_routed_user")
-            .and_then(|u| u.as_str())
-        {
-            Some(user) => format!("<{user}> {}", message.text),
-            None => message.text,
-        };
+        let text = message.text_naming_author();
         let lines = protocol::privmsg_lines(&status.nick, target, &text);
         if lines.is_empty() {
             return Err(SendError::permanent("nothing to send: the text is empty"));

@@ -221,14 +221,7 @@ impl Plugin for Matrix {
                 "{chat:?} is not a room id (!id) or alias (#name:server)"
             )));
         }
-        let body = match message
-            .metadata
-            .get("hermes_routed_user")
-            .and_then(|u| u.as_str())
-        {
-            Some(user) => format!("<{user}> {}", message.text),
-            None => message.text.clone(),
-        };
+        let body = message.text_naming_author();
         let mut content = serde_json::json!({ "msgtype": "m.text", "body": body });
         if let Some(html) = message
             .metadata

@@ -268,14 +268,7 @@ impl Plugin for Xmpp {
             return Err(SendError::permanent("nothing to send: the text is empty"));
         }
         // A message a route brought from another platform names its author.
-        let text = match message
-            .metadata
-            .get("hermes_routed_user")
-            .and_then(|u| u.as_str())
-        {
-            Some(user) => format!("<{user}> {}", message.text),
-            None => message.text,
-        };
+        let text = message.text_naming_author();
         let kind = if self.config.rooms.iter().any(|r| r == to) {
             "groupchat"
         } else {
