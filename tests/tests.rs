@@ -45,3 +45,5 @@ mod isolation;
 mod xmpp;
 // The Matrix adapter against Synapse.
 mod matrix;
+// Hostile stand-in peers: deep, endless and huge input from a server.
+mod hostile;

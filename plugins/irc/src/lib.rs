@@ -13,7 +13,9 @@
 //! at once with a retryable error; lines already queued are sent after the reconnect. A nick in
 //! use is retried as `nick_`, `nick2`, ... within the server's `NICKLEN`. Long texts are split
 //! into lines that stay under 512 bytes as the server relays them. A message a route brought
-//! from another platform is prefixed with its author: `<alice> text`.
+//! from another platform is prefixed with its author: `<alice> text`. What the server sends is
+//! read in time linear in its size; a line over 8,703 bytes (512 plus IRCv3's 8,191 for tags)
+//! is skipped whole with a warning, and the next line is read as usual.
 
 pub mod protocol;
 mod session;

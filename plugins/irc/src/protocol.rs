@@ -1,5 +1,70 @@
 //! IRC lines: parsing what the server says, and building what we send within 512 bytes.
 
+/// The longest line kept from the server: 512 bytes, plus the 8,191 that IRCv3 allows for
+/// message tags. Longer lines are skipped whole.
+pub const MAX_LINE: usize = 512 + 8191;
+
+/// Splits what the server sends into lines, in time linear in the bytes read: each byte is
+/// scanned for the newline once, and at most [`MAX_LINE`] bytes are held. A line past the bound
+/// is dropped as it arrives and reported once ([`Line::TooLong`]); the next line is read as
+/// usual.
+#[derive(Debug, Default)]
+pub struct Lines {
+    buffer: Vec<u8>,
+    /// `buffer[..scanned]` holds no newline.
+    scanned: usize,
+    /// Dropping the rest of an over-long line, up to its newline.
+    skipping: bool,
+}
+
+/// What [`Lines::next_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A whole line, with its CRLF.
+    Whole(Vec<u8>),
+    /// A line passed [`MAX_LINE`]; it is dropped up to its newline.
+    TooLong,
+}
+
+impl Lines {
+    /// Bytes read from the server.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buffer.extend_from_slice(bytes);
+    }
+
+    /// The next line, or `None` until more bytes arrive.
+    pub fn next_line(&mut self) -> Option<Line> {
+        loop {
+            match self.buffer[self.scanned..].iter().position(|&b| b == b'\n') {
+                Some(at) => {
+                    let end = self.scanned + at + 1;
+                    let line: Vec<u8> = self.buffer.drain(..end).collect();
+                    self.scanned = 0;
+                    if std::mem::take(&mut self.skipping) {
+                        continue; // the tail of the line reported already
+                    }
+                    return Some(Line::Whole(line));
+                }
+                None if self.skipping => {
+                    self.buffer.clear();
+                    self.scanned = 0;
+                    return None;
+                }
+                None if self.buffer.len() > MAX_LINE => {
+                    self.buffer.clear();
+                    self.scanned = 0;
+                    self.skipping = true;
+                    return Some(Line::TooLong);
+                }
+                None => {
+                    self.scanned = self.buffer.len();
+                    return None;
+                }
+            }
+        }
+    }
+}
+
 /// A parsed IRC message: `[:prefix] COMMAND params... [:trailing]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message<'a> {
@@ -186,6 +251,59 @@ mod tests {
             privmsg_lines("n", "bob", "a\nb\n\nc"),
             ["PRIVMSG bob :a", "PRIVMSG bob :b", "PRIVMSG bob :c"]
         );
+    }
+
+    fn lines_of(reads: &[&[u8]]) -> Vec<Line> {
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        for read in reads {
+            lines.push(read);
+            while let Some(line) = lines.next_line() {
+                out.push(line);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn lines_split_whatever_the_reads() {
+        assert_eq!(
+            lines_of(&[b"PING :a\r", b"\nPI", b"NG :b\r\nPING", b" :c\r\n"]),
+            vec![
+                Line::Whole(b"PING :a\r\n".to_vec()),
+                Line::Whole(b"PING :b\r\n".to_vec()),
+                Line::Whole(b"PING :c\r\n".to_vec()),
+            ]
+        );
+    }
+
+    #[test]
+    fn an_over_long_line_is_reported_once_and_skipped_whole() {
+        let huge = vec![b'x'; 4096];
+        let mut reads: Vec<&[u8]> = vec![b"PING :1\r\n:a PRIVMSG #c :"];
+        reads.extend(std::iter::repeat_n(huge.as_slice(), 2_500)); // 10 MB
+        reads.push(b"tail\r\nPING :2\r\n");
+        let mut lines = Lines::default();
+        let mut out = Vec::new();
+        for read in reads {
+            lines.push(read);
+            while let Some(line) = lines.next_line() {
+                out.push(line);
+            }
+            assert!(lines.buffer.len() <= MAX_LINE + huge.len());
+        }
+        assert_eq!(
+            out,
+            vec![
+                Line::Whole(b"PING :1\r\n".to_vec()),
+                Line::TooLong,
+                Line::Whole(b"PING :2\r\n".to_vec()),
+            ]
+        );
+        // A line at the bound is kept.
+        let mut at_bound = vec![b'y'; MAX_LINE - 2];
+        at_bound.extend_from_slice(b"\r\n");
+        assert_eq!(lines_of(&[&at_bound]), vec![Line::Whole(at_bound.clone())]);
     }
 
     #[test]

@@ -96,7 +96,7 @@ fn session(config: &Config, shared: &Shared, host: &Host, mut conn: Conn) -> Str
     let mut tokens = config.burst as f64;
     let mut refilled = Instant::now();
     let mut registered = false;
-    let mut buffer = Vec::with_capacity(4096);
+    let mut lines = protocol::Lines::default();
     let mut chunk = [0u8; 4096];
     let mut last_heard = Instant::now();
     let mut received = 0u64;
@@ -137,7 +137,7 @@ fn session(config: &Config, shared: &Shared, host: &Host, mut conn: Conn) -> Str
             Ok(0) => return "the server closed the connection".into(),
             Ok(n) => {
                 last_heard = Instant::now();
-                buffer.extend_from_slice(&chunk[..n]);
+                lines.push(&chunk[..n]);
             }
             Err(e)
                 if matches!(
@@ -153,8 +153,19 @@ fn session(config: &Config, shared: &Shared, host: &Host, mut conn: Conn) -> Str
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return format!("reading: {e}"),
         }
-        while let Some(end) = buffer.iter().position(|&b| b == b'\n') {
-            let raw: Vec<u8> = buffer.drain(..=end).collect();
+        while let Some(line) = lines.next_line() {
+            let raw = match line {
+                protocol::Line::Whole(raw) => raw,
+                protocol::Line::TooLong => {
+                    tracing::warn!(
+                        server = %config.server,
+                        max_bytes = protocol::MAX_LINE,
+                        "the server sent a line over {} bytes; skipped it",
+                        protocol::MAX_LINE
+                    );
+                    continue;
+                }
+            };
             let line = String::from_utf8_lossy(&raw);
             let Some(message) = protocol::Message::parse(&line) else {
                 continue;

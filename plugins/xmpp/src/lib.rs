@@ -19,7 +19,8 @@
 //! sender's bare JID) and room messages (chat id: the room; user: the sender's nick), except its
 //! own reflections in rooms and the history a room replays (`<delay/>`). Not supported: SCRAM
 //! (PLAIN is only ever sent inside TLS), stream management (XEP-0198), end-to-end encryption,
-//! direct TLS (port 5223).
+//! direct TLS (port 5223). A stanza over 1 MiB or nested over 64 elements deep ends the
+//! connection with a warning naming the bound, and the adapter reconnects.
 
 mod session;
 pub mod xml;

@@ -3,6 +3,14 @@
 //! [`Stream`] keeps the bytes read so far and hands out whole stanzas as [`Element`] trees,
 //! parsed with quick-xml from the buffer; an incomplete stanza waits for more bytes, so a read
 //! that times out halfway loses nothing.
+//!
+//! The server decides what arrives, so everything it decides is bounded: a stanza (or what
+//! precedes one) may hold at most [`MAX_STANZA_BYTES`] and nest at most [`MAX_DEPTH`] elements
+//! (a tree nested 20,000 deep overflowed the stack when it was dropped). Past either bound the
+//! stream is broken: [`Stream::next_item`] says so, naming the bound, and the session
+//! reconnects. An incomplete stanza is parsed again only once bytes holding a `>` arrived (no
+//! element can end without one), so a stanza that never ends costs a parse per closing
+//! bracket, not one per read.
 
 use quick_xml::{
     Reader,
@@ -53,28 +61,64 @@ pub enum Item {
     Closed,
 }
 
+/// The most bytes one stanza may take, with whatever precedes it (Prosody's own default limit
+/// for client streams is 256 KiB).
+pub const MAX_STANZA_BYTES: usize = 1 << 20;
+
+/// The deepest a stanza may nest, counting the stanza itself (real ones nest under 10).
+pub const MAX_DEPTH: usize = 64;
+
 /// The bytes of one direction of a stream and where parsing stands.
 #[derive(Debug, Default)]
 pub struct Stream {
     buffer: Vec<u8>,
     /// The peer's stream header was read: what follows are stanzas.
     open: bool,
+    /// The buffer was parsed and holds no whole item; nothing new can end an element until a
+    /// `>` arrives.
+    incomplete: bool,
 }
 
 impl Stream {
     /// Bytes read from the peer.
     pub fn push(&mut self, bytes: &[u8]) {
         self.buffer.extend_from_slice(bytes);
+        if bytes.contains(&b'>') {
+            self.incomplete = false;
+        }
     }
 
     /// A new stream (after STARTTLS or authentication): what was buffered is dropped.
     pub fn restart(&mut self) {
         self.buffer.clear();
         self.open = false;
+        self.incomplete = false;
     }
 
-    /// The next item, if the buffer holds a whole one.
+    /// The next item, if the buffer holds a whole one. `Err` when the XML is broken or past a
+    /// bound: the stream cannot go on.
     pub fn next_item(&mut self) -> Result<Option<Item>, String> {
+        if self.incomplete {
+            return self.within_bounds().map(|()| None);
+        }
+        let item = self.parse()?;
+        if item.is_none() {
+            self.incomplete = true;
+            self.within_bounds()?;
+        }
+        Ok(item)
+    }
+
+    fn within_bounds(&self) -> Result<(), String> {
+        if self.buffer.len() > MAX_STANZA_BYTES {
+            return Err(format!(
+                "the server sent a stanza over {MAX_STANZA_BYTES} bytes; refused"
+            ));
+        }
+        Ok(())
+    }
+
+    fn parse(&mut self) -> Result<Option<Item>, String> {
         let mut reader = Reader::from_reader(self.buffer.as_slice());
         reader.config_mut().trim_text(false);
         // The stream header was consumed before: its end tag comes without it.
@@ -96,12 +140,9 @@ impl Stream {
             };
             match event {
                 Event::Eof => return Ok(None),
-                Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {
-                    if stack.is_empty() {
-                        self.consume(reader.buffer_position() as usize);
-                        return self.next_item();
-                    }
-                }
+                // Before a stanza they are consumed with it (the next `consume` covers them),
+                // and inside one they carry nothing.
+                Event::Decl(_) | Event::PI(_) | Event::Comment(_) | Event::DocType(_) => {}
                 Event::Start(start) if !self.open && stack.is_empty() => {
                     let header = element(&start)?;
                     self.open = true;
@@ -112,7 +153,14 @@ impl Stream {
                     self.consume(reader.buffer_position() as usize);
                     return Ok(Some(Item::Closed));
                 }
-                Event::Start(start) => stack.push(element(&start)?),
+                Event::Start(start) => {
+                    if stack.len() >= MAX_DEPTH {
+                        return Err(format!(
+                            "the server sent a stanza nested over {MAX_DEPTH} elements deep; refused"
+                        ));
+                    }
+                    stack.push(element(&start)?);
+                }
                 Event::Empty(start) => {
                     let done = element(&start)?;
                     match stack.last_mut() {
@@ -244,6 +292,57 @@ mod tests {
         assert_eq!(message.attr("from"), Some("a@b/c"));
         assert_eq!(message.child("body").unwrap().text, "x & y <3 ☺");
         assert_eq!(items[3], Item::Closed);
+    }
+
+    fn opened() -> Stream {
+        let mut stream = Stream::default();
+        stream.push(b"<stream:stream xmlns='jabber:client' id='s1'>");
+        assert!(matches!(stream.next_item(), Ok(Some(Item::Opened(_)))));
+        stream
+    }
+
+    #[test]
+    fn a_stanza_nested_past_the_bound_is_refused_without_building_it() {
+        let mut stream = opened();
+        let depth = 20_000;
+        stream.push(&b"<a>".repeat(depth));
+        let e = stream.next_item().unwrap_err();
+        assert!(e.contains("nested over 64"), "{e}");
+        // At the bound it is a stanza like any other.
+        let mut stream = opened();
+        stream.push(&b"<a>".repeat(MAX_DEPTH));
+        stream.push(&b"</a>".repeat(MAX_DEPTH));
+        assert!(matches!(stream.next_item(), Ok(Some(Item::Stanza(_)))));
+    }
+
+    #[test]
+    fn a_stanza_that_never_ends_is_refused_at_the_size_bound() {
+        let mut stream = opened();
+        stream.push(b"<message><body>");
+        let chunk = vec![b'x'; 16 * 1024];
+        let mut pushed = 0;
+        let error = loop {
+            stream.push(&chunk);
+            pushed += chunk.len();
+            match stream.next_item() {
+                Ok(None) => assert!(pushed <= MAX_STANZA_BYTES, "never refused"),
+                Ok(Some(item)) => panic!("{item:?}"),
+                Err(e) => break e,
+            }
+        };
+        assert!(error.contains("over 1048576 bytes"), "{error}");
+    }
+
+    #[test]
+    fn declarations_before_stanzas_are_skipped() {
+        let mut stream = opened();
+        // More comments than a recursive parser would have stack for.
+        stream.push(&b"<!---->".repeat(100_000));
+        stream.push(b"<presence/>");
+        let Ok(Some(Item::Stanza(p))) = stream.next_item() else {
+            panic!()
+        };
+        assert_eq!(p.name, "presence");
     }
 
     #[test]
