@@ -347,6 +347,60 @@ fn kill_9_with_flush_loses_only_the_last_flush_window() {
 }
 
 #[test]
+fn a_burst_of_large_sends_with_flush_loses_no_acknowledged_record() {
+    // A small queue, so that 4 clients sending 60 KiB texts meet its bound all the time.
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let conf = config(&t, "queue_kib = 256", "[platforms.loopback]\n");
+    let mut server = Server::start_config(&t, conf, &[]);
+    let text = "y".repeat(60 * 1024);
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let addr = server.addr.clone();
+            let text = text.clone();
+            std::thread::spawn(move || {
+                let (mut acked, mut refused) = (Vec::new(), 0);
+                for n in 0..40 {
+                    let body = serde_json::json!({ "chat_id": format!("c{c}-{n}"), "text": text });
+                    let (status, answer) =
+                        try_post(&addr, "/api/platforms/loopback/send", &body.to_string())
+                            .expect("the server answers");
+                    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+                    match status {
+                        200 => acked.push(v["message_id"].as_str().unwrap().to_owned()),
+                        503 => {
+                            assert_eq!(v["retryable"], true, "{v}");
+                            refused += 1;
+                        }
+                        other => panic!("{other}: {v}"),
+                    }
+                }
+                (acked, refused)
+            })
+        })
+        .collect();
+    let (mut acked, mut refused) = (Vec::new(), 0);
+    for client in clients {
+        let (a, r) = client.join().unwrap();
+        acked.extend(a);
+        refused += r;
+    }
+    assert!(server.terminate().success());
+    let lines = journal_lines(&t.path().join("state/journal.jsonl"));
+    let kept = outbound_ids(&lines);
+    let missing: Vec<_> = acked.iter().filter(|id| !kept.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} sends answered 200 are not in the journal ({refused} refused): {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    let inbound = lines.iter().filter(|l| l["kind"] == "inbound").count();
+    assert_eq!(inbound, acked.len(), "every echo of a sent message is kept");
+}
+
+#[test]
 fn a_restart_moves_a_torn_last_line_aside() {
     let t = TestDir::new();
     t.install("loopback", "hermes_loopback", 1);
@@ -821,5 +875,123 @@ fn a_stop_that_times_out_is_reported_as_that() {
     assert!(!answer.contains("was_running"), "{answer}");
     let p = server.platform("stuck");
     assert_eq!(p["state"], "failed", "{p}");
+    assert!(server.terminate().success());
+}
+
+/// Waits until the journal at `path` holds at least `n` lines.
+fn wait_lines(path: &Path, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::read(path).map_or(0, |b| b.iter().filter(|&&c| c == b'\n').count()) < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} never held {n} lines",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn a_journal_rotated_under_traffic_loses_nothing_and_a_removed_one_comes_back() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let conf = config(&t, "flush_ms = 20", "[platforms.loopback]\n");
+    let mut server = Server::start_config(&t, conf, &[]);
+    let journal = t.path().join("state/journal.jsonl");
+    let rotated = |n: u32| journal.with_extension(format!("jsonl.{n}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let clients = traffic(&server.addr, 4, Arc::clone(&stop));
+    // logrotate's default `create` mode, twice: the file is renamed away under traffic.
+    wait_lines(&journal, 100);
+    fs::rename(&journal, rotated(1)).unwrap();
+    wait_lines(&journal, 100);
+    fs::rename(&journal, rotated(2)).unwrap();
+    wait_lines(&journal, 100);
+    stop.store(true, Ordering::Relaxed);
+    let acked: Vec<String> = clients
+        .into_iter()
+        .flat_map(|c| c.join().unwrap())
+        .map(|(id, _)| id)
+        .collect();
+    // A third rotation after the traffic; then an operator's `rm` of the new file: the next
+    // record recreates the path.
+    // (With `flush`, an answer may precede its write: let the writer catch up first.)
+    status_until(&server, |j| j["queued_bytes"] == 0);
+    fs::rename(&journal, rotated(3)).unwrap();
+    assert_eq!(server.send("loopback", "c", "before rm").0, 200);
+    wait_lines(&journal, 2);
+    fs::remove_file(&journal).unwrap();
+    assert_eq!(server.send("loopback", "c", "after rm").0, 200);
+    wait_lines(&journal, 2);
+    // SIGUSR1 (as logrotate's postrotate may send) and `journal reopen` reopen on request.
+    let reopens = status(&server)["journal"]["reopens"].as_u64().unwrap();
+    assert!(reopens >= 4, "three renames and an rm: {reopens}");
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-USR1", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    status_until(&server, |j| j["reopens"].as_u64() > Some(reopens));
+    assert!(server.cli(&["journal", "reopen"]).status.success());
+    status_until(&server, |j| j["reopens"].as_u64() > Some(reopens + 1));
+    assert!(server.terminate().success());
+    let log = server.log();
+    assert!(
+        log.contains("renamed or replaced; reopened its path"),
+        "{log}"
+    );
+    assert!(log.contains("reopened the journal as asked"), "{log}");
+    let mut kept = outbound_ids(&journal_lines(&rotated(1)));
+    kept.extend(outbound_ids(&journal_lines(&rotated(2))));
+    kept.extend(outbound_ids(&journal_lines(&rotated(3))));
+    let current = journal_lines(&journal);
+    kept.extend(outbound_ids(&current));
+    let missing: Vec<_> = acked.iter().filter(|id| !kept.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged sends are in none of the files: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(current.iter().any(|l| l["text"] == "after rm"));
+}
+
+#[test]
+fn a_config_replaced_by_a_fifo_is_refused_at_sighup_without_blocking() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let mut server = Server::start(&t, "[platforms.loopback]\n");
+    fs::remove_file(&server.config).unwrap();
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(&server.config)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !server.log().contains("config reload refused") {
+        assert!(Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        server.log().contains("not a regular file"),
+        "{}",
+        server.log()
+    );
+    assert_eq!(server.get("/health").0, 200);
+    assert_eq!(server.send("loopback", "c", "still here").0, 200);
     assert!(server.terminate().success());
 }

@@ -120,6 +120,10 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
 impl Gateway {
     /// Re-reads the config file and applies the change as a whole, or refuses it as a whole.
     pub async fn reload_config(self: &Arc<Self>) -> Result<ConfigChange, ReconfigureError> {
+        // One reload at a time (SIGHUPs and the control socket alike), each on the file as
+        // it is when its turn comes.
+        static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+        let _turn = ONE_AT_A_TIME.lock().await;
         let result = self.try_reload_config().await;
         match &result {
             Ok(change) => tracing::info!(?change, "config reloaded"),

@@ -146,7 +146,14 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
                 _ = signals.int.recv() => break,
                 _ = signals.hup.recv() => {
                     tracing::info!("SIGHUP: reloading the config");
-                    let _ = gateway.reload_config().await;
+                    // On a task of its own: a reload that takes long (a slow start of a new
+                    // platform) never keeps SIGTERM from being heard.
+                    let gateway = Arc::clone(&gateway);
+                    tokio::spawn(async move { gateway.reload_config().await });
+                }
+                _ = signals.usr1.recv() => {
+                    tracing::info!("SIGUSR1: reopening the journal");
+                    gateway.journal.reopen();
                 }
             }
         }
@@ -326,6 +333,8 @@ struct Signals {
     int: tokio::signal::unix::Signal,
     /// Installed at start, so a SIGHUP never kills the server (the default action).
     hup: tokio::signal::unix::Signal,
+    /// SIGUSR1: reopen the journal (log rotation).
+    usr1: tokio::signal::unix::Signal,
 }
 
 impl Signals {
@@ -335,6 +344,7 @@ impl Signals {
             term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
             int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
             hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+            usr1: signal(SignalKind::user_defined1()).context("installing the SIGUSR1 handler")?,
         })
     }
 

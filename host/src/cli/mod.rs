@@ -34,6 +34,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// `hermes-host journal ...`.
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Reopen the journal's path (as SIGUSR1 does), after a log rotation renamed the file.
+    Reopen,
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -52,6 +59,9 @@ pub enum Command {
     /// Make the running server re-read its config file (as SIGHUP does): applied or refused
     /// as a whole.
     ReloadConfig,
+    /// The running server's journal.
+    #[command(subcommand)]
+    Journal(JournalCommand),
     /// Probes a library for the host (internal): opens the file with every load-time check in
     /// this short-lived process and prints the report.
     #[command(name = "__probe", hide = true)]
@@ -215,6 +225,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Status { json } => remote::status(&config, json),
         Command::ReloadConfig => remote::reload_config(&config),
+        Command::Journal(JournalCommand::Reopen) => remote::journal_reopen(&config),
         Command::Send {
             platform,
             chat,

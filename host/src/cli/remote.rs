@@ -76,6 +76,17 @@ pub(super) fn send(config: &Config, platform: &str, chat: &str, text: &str) -> R
     })
 }
 
+pub(super) fn journal_reopen(config: &Config) -> Result<ExitCode> {
+    let client = client(config);
+    match client.blocking(client.journal_reopen())? {
+        Ok(status) => {
+            println!("journal {} reopened", status.path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Err(refusal) => Ok(refused(&refusal, "")),
+    }
+}
+
 pub(super) fn reload_config(config: &Config) -> Result<ExitCode> {
     let mut out = std::io::stdout().lock();
     let client = client(config);

@@ -124,6 +124,8 @@ pub struct JournalConfig {
     pub flush: Duration,
     /// `flush` (every `flush_ms`) or `fsync` (on disk before the answer).
     pub durability: crate::journal::Durability,
+    /// The writer's queue bound, in bytes (`queue_kib`).
+    pub queue_bytes: usize,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -178,6 +180,37 @@ struct RawJournal {
     path: Option<PathBuf>,
     flush_ms: Option<u64>,
     durability: Option<crate::journal::Durability>,
+    queue_kib: Option<u64>,
+}
+
+/// The largest config file read.
+const MAX_CONFIG_BYTES: u64 = 16 << 20;
+
+/// Reads a regular file of at most `max` bytes as UTF-8. Anything else (a FIFO, a device, a
+/// folder) is an error at once: it is opened without blocking and refused on its type, so a
+/// config replaced by a FIFO cannot hang a config reload.
+pub(crate) fn read_regular(path: &Path, max: u64) -> std::io::Result<String> {
+    use std::{io::Read as _, os::unix::fs::OpenOptionsExt as _};
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file",
+        ));
+    }
+    if meta.len() > max {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} bytes; at most {max} are read", meta.len()),
+        ));
+    }
+    let mut text = String::new();
+    file.take(max).read_to_string(&mut text)?;
+    Ok(text)
 }
 
 /// The default config file name, looked for in the working directory.
@@ -186,7 +219,7 @@ pub const DEFAULT_CONFIG: &str = "hermes.toml";
 impl Config {
     /// Reads `path`; a missing file gives the defaults (relative to the working directory).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
+        match read_regular(path, MAX_CONFIG_BYTES) {
             Ok(text) => Self::parse(&text, path),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 Self::resolve(RawConfig::default(), Path::new("."), None)
@@ -246,6 +279,15 @@ impl Config {
         let flush_ms = raw.journal.flush_ms.unwrap_or(200);
         if flush_ms == 0 {
             return Err(err("key `journal.flush_ms`: must be at least 1".into()));
+        }
+        let queue_kib = raw
+            .journal
+            .queue_kib
+            .unwrap_or((crate::journal::DEFAULT_QUEUE_BYTES / 1024) as u64);
+        if !(256..=(1 << 22)).contains(&queue_kib) {
+            return Err(err(format!(
+                "key `journal.queue_kib`: {queue_kib} is out of range (256 to 4194304, that is 256 KiB to 4 GiB)"
+            )));
         }
         Ok(Config {
             source: source.map(Path::to_owned),
@@ -323,6 +365,7 @@ impl Config {
                     .unwrap_or_else(|| state_dir.join("journal.jsonl")),
                 flush: Duration::from_millis(flush_ms),
                 durability: raw.journal.durability.unwrap_or_default(),
+                queue_bytes: queue_kib as usize * 1024,
             },
         })
     }

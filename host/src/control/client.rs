@@ -131,6 +131,15 @@ impl Client {
     }
 
     /// Re-reads hermes.toml, applied or refused as a whole.
+    /// Asks the server to reopen its journal's path; answers the journal's status.
+    pub async fn journal_reopen(
+        &self,
+    ) -> Result<Answer<crate::journal::JournalStatus>, ClientError> {
+        self.request(Method::POST, "/journal/reopen", None::<&()>)
+            .await
+    }
+
+    /// Asks the server to re-read its config.
     pub async fn reload_config(&self) -> Result<Answer<ConfigChange>, ClientError> {
         self.request(Method::POST, "/config/reload", None::<&()>)
             .await

@@ -96,6 +96,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         )
         .route("/hotreload", get(hotreload_status))
         .route("/config/reload", post(reload_config))
+        .route("/journal/reopen", post(journal_reopen))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
         .layer(axum::middleware::map_response(api::json_errors))
@@ -151,6 +152,12 @@ async fn send(
         .send(&id, message, RecordKind::Outbound, None)
         .await?;
     Ok(Json(ok).into_response())
+}
+
+/// Reopens the journal's path before the writer's next batch; answers at once with its status.
+async fn journal_reopen(State(gateway): State<Arc<Gateway>>) -> Response {
+    gateway.journal.reopen();
+    Json(gateway.journal.status()).into_response()
 }
 
 async fn reload_config(State(gateway): State<Arc<Gateway>>) -> Response {

@@ -162,7 +162,7 @@ impl Gateway {
             path: config.journal.path.clone(),
             flush_every: config.journal.flush,
             durability: config.journal.durability,
-            queue_bytes: crate::journal::DEFAULT_QUEUE_BYTES,
+            queue_bytes: config.journal.queue_bytes,
         })
         .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
         let hotreload = crate::watch::HotReload::new(

@@ -155,14 +155,22 @@ impl Gateway {
         kind: RecordKind,
         route_from: Option<String>,
     ) -> Result<SendOk, SendError> {
-        // Nothing is sent that the journal could not record.
-        self.journal
-            .admit()
-            .await
-            .map_err(|source| SendError::NotAdmitted {
-                platform: platform.to_owned(),
-                source,
-            })?;
+        // Nothing is sent that the journal could not record: the room for its record is
+        // reserved before the plugin sees it.
+        let reserved = Record::reserve_len(
+            platform,
+            &message.chat_id,
+            &message.text,
+            route_from.as_deref(),
+        );
+        let reservation =
+            self.journal
+                .admit(reserved)
+                .await
+                .map_err(|source| SendError::NotAdmitted {
+                    platform: platform.to_owned(),
+                    source,
+                })?;
         let started = Instant::now();
         let mut attempts = 0;
         let (instance, result) = loop {
@@ -182,7 +190,7 @@ impl Gateway {
         match result {
             Ok(receipt) => {
                 self.metrics.send(platform, "ok", started.elapsed());
-                let kept = self.journal.record(Record {
+                let kept = reservation.record(Record {
                     ts: hermes_plugin_api::now_ms(),
                     kind,
                     platform: platform.to_owned(),

@@ -9,12 +9,17 @@
 //!   `<path>.corrupt` at the next start ([`repair`]).
 //! - **Its own thread.** The writer is a plain thread, never the async runtime: a journal on
 //!   slow or stuck storage (a FIFO nobody reads, a hung NFS mount) holds up nothing but itself.
-//! - **A bounded queue** of [`JournalOptions::queue_bytes`] (records' sizes as lines, estimated). While the journal cannot take a
-//!   record (writes fail, or its queue stays full for [`ADMIT_WAIT`]: a burst waits for room,
-//!   a stuck writer does not hold sends for longer), [`Journal::admit`] says so, and the
-//!   gateway refuses new sends with 503 (retryable) before they reach a plugin: nothing is sent
-//!   that could not be recorded. Inbound records that find the queue full are dropped and counted
-//!   (`dropped`); a plugin cannot be asked to hold them.
+//! - **A bounded queue** of [`JournalOptions::queue_bytes`] (records' sizes as lines,
+//!   estimated). A send first takes a [`Reservation`] ([`Journal::admit`]): room in the queue
+//!   for its record, held until the record is queued through it, so an admitted send's record
+//!   always finds room and the answer never outruns it. Sends may hold at most half the queue;
+//!   the other half is kept for inbound records, which the gateway cannot refuse to its peers.
+//!   While the journal cannot take a send (writes fail, or no room came within [`ADMIT_WAIT`]:
+//!   a burst waits for room, a stuck writer does not hold sends for longer), the gateway
+//!   refuses it with 503 (retryable) before it reaches a plugin: nothing is sent that could not
+//!   be recorded. An inbound record that finds the queue full waits up to [`ADMIT_WAIT`] on the
+//!   plugin's thread (back-pressure on the adapter's reader), then is dropped and counted
+//!   (`dropped`).
 //! - **Write errors** (a full disk) are counted, logged once when the journal turns degraded
 //!   and once when it recovers, and the batch is kept in memory and retried every 500 ms.
 //! - **Durability.** `flush` (default): records reach the OS at least every `flush_ms` (and
@@ -24,8 +29,11 @@
 //!   is on disk (`fdatasync`) before its answer. Commits group: the writer wakes at the first
 //!   waiting record, and every record queued while one `fdatasync` runs shares the next one,
 //!   as PostgreSQL's group commit does.
-//! - The file is created mode 0600 and opened for appending; the gateway never rotates it
-//!   (`logrotate`'s `copytruncate` works).
+//! - The file is created mode 0600 and opened for appending. The gateway never rotates it, but
+//!   follows a rotation: before each batch the writer compares the open file with the path
+//!   (link count, device and inode), and reopens the path when the file was removed, renamed
+//!   away or replaced; [`Journal::reopen`] (SIGUSR1, `hermes-host journal reopen`) reopens on
+//!   request. So `logrotate`'s default `create` mode works, and `copytruncate` too.
 
 mod repair;
 mod writer;
@@ -152,6 +160,9 @@ pub struct JournalStatus {
     pub errors: u64,
     /// Records dropped since start (the queue was full).
     pub dropped: u64,
+    /// Times the file's path was reopened (asked, or after the file was removed or replaced).
+    #[serde(default)]
+    pub reopens: u64,
 }
 
 /// Everything the handles and the writer thread share.
@@ -167,6 +178,10 @@ struct Shared {
     written: AtomicU64,
     errors: AtomicU64,
     dropped: AtomicU64,
+    /// Times the path was reopened.
+    reopens: AtomicU64,
+    /// Asked to reopen the path ([`Journal::reopen`]).
+    reopen: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -178,6 +193,8 @@ struct Queue {
     records_bytes: usize,
     /// Encoded lines the writer holds because writing them failed.
     unwritten_bytes: usize,
+    /// Room held by [`Reservation`]s not yet used.
+    reserved: usize,
     /// The ticket of the last record queued.
     last: u64,
     /// Every ticket up to this one is written (and synced, for `fsync`).
@@ -199,19 +216,76 @@ impl Queue {
     fn bytes(&self) -> usize {
         self.records_bytes + self.unwritten_bytes
     }
+
+    /// Bytes waiting or reserved.
+    fn held(&self) -> usize {
+        self.bytes() + self.reserved
+    }
 }
+
+/// About the length of a line's keys, numbers and quotes.
+const FIXED_LEN: usize = 160;
 
 impl Record {
     /// About the length of its line: the texts, plus room for keys and numbers.
     fn estimated_len(&self) -> usize {
-        const FIXED: usize = 160;
-        FIXED
+        FIXED_LEN
             + self.platform.len()
             + self.chat_id.len()
             + self.user.as_ref().map_or(0, String::len)
             + self.text.len()
             + self.message_id.len()
             + self.route_from.as_ref().map_or(0, String::len)
+    }
+
+    /// The room to reserve for a send's record before its message id is known: its texts
+    /// (escaping may grow them; the estimate is a bound on the queue, not on the file) and
+    /// the longest message id a plugin may return.
+    pub fn reserve_len(
+        platform: &str,
+        chat_id: &str,
+        text: &str,
+        route_from: Option<&str>,
+    ) -> usize {
+        FIXED_LEN
+            + platform.len()
+            + chat_id.len()
+            + text.len()
+            + crate::message::limits::MESSAGE_ID_BYTES
+            + route_from.map_or(0, str::len)
+    }
+}
+
+/// Room held in the journal's queue for one send's record, taken by [`Journal::admit`] before
+/// the send reaches a plugin. [`Reservation::record`] queues the record in it: it never finds
+/// the queue full. Dropped unused (the send failed), it gives the room back.
+#[must_use = "dropping a reservation gives its room back"]
+pub struct Reservation {
+    journal: Journal,
+    bytes: usize,
+}
+
+impl Reservation {
+    /// Queues `record` in the reserved room (a record longer than the estimate is queued all
+    /// the same: the estimate bounds what the queue holds, not what a send may say).
+    pub fn record(mut self, record: Record) -> Result<Ticket, JournalError> {
+        let reserved = std::mem::take(&mut self.bytes);
+        let mut queue = self.journal.queue();
+        queue.reserved -= reserved;
+        if queue.closed {
+            return Err(JournalError::Closed);
+        }
+        Ok(self.journal.push(queue, record))
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.journal.queue().reserved -= self.bytes;
+            // Room came back: a waiting admission may go ahead.
+            self.journal.shared.progress.send_modify(|n| *n += 1);
+        }
     }
 }
 
@@ -238,6 +312,8 @@ impl Journal {
             written: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
+            reopens: AtomicU64::new(0),
+            reopen: std::sync::atomic::AtomicBool::new(false),
         });
         let thread = {
             let shared = Arc::clone(&shared);
@@ -252,11 +328,11 @@ impl Journal {
         self.shared.queue.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether a new send may go ahead, waiting up to [`ADMIT_WAIT`] for room while the queue
-    /// is full and the writer is writing (a burst): `Err` while writes fail, or when the queue
-    /// stays full.
-    pub async fn admit(&self) -> Result<(), JournalError> {
-        match self.try_admit() {
+    /// Room for a new send's record of about `bytes` (see [`Record::reserve_len`]), waiting up
+    /// to [`ADMIT_WAIT`] while sends hold their half of the queue and the writer is writing (a
+    /// burst): `Err` while writes fail, or when no room came.
+    pub async fn admit(&self, bytes: usize) -> Result<Reservation, JournalError> {
+        match self.try_admit(bytes) {
             Err(JournalError::Full(_)) => {}
             other => return other,
         }
@@ -266,7 +342,7 @@ impl Journal {
                 if progress.changed().await.is_err() {
                     return Err(JournalError::Closed);
                 }
-                match self.try_admit() {
+                match self.try_admit(bytes) {
                     Err(JournalError::Full(_)) => {}
                     other => return other,
                 }
@@ -274,44 +350,79 @@ impl Journal {
         };
         tokio::time::timeout(ADMIT_WAIT, room)
             .await
-            .unwrap_or_else(|_| self.try_admit())
+            .unwrap_or_else(|_| self.try_admit(bytes))
     }
 
     /// As [`Journal::admit`], without waiting.
-    pub fn try_admit(&self) -> Result<(), JournalError> {
-        let queue = self.queue();
-        if let Some(e) = &queue.failing {
-            return Err(JournalError::Failing(e.clone()));
-        }
-        if queue.full || queue.bytes() >= self.shared.options.queue_bytes {
-            return Err(JournalError::Full(queue.bytes()));
-        }
-        Ok(())
-    }
-
-    /// Queues a record; never waits on the disk. `Err(Full)` when the queue is at its bound:
-    /// the record is dropped and counted.
-    pub fn record(&self, record: Record) -> Result<Ticket, JournalError> {
-        let bytes = record.estimated_len();
-        let fsync = self.shared.options.durability == Durability::Fsync;
+    pub fn try_admit(&self, bytes: usize) -> Result<Reservation, JournalError> {
         let mut queue = self.queue();
         if queue.closed {
             return Err(JournalError::Closed);
         }
-        if queue.bytes() + bytes > self.shared.options.queue_bytes {
-            let bytes = queue.bytes();
-            if !queue.full {
-                queue.full = true;
-                tracing::error!(journal = %self.shared.options.path.display(), bytes, "journal queue full: records are dropped (and counted) and sends refused until it drains");
-            }
-            drop(queue);
-            self.shared.dropped.fetch_add(1, Ordering::Relaxed);
-            return Err(JournalError::Full(bytes));
+        if let Some(e) = &queue.failing {
+            return Err(JournalError::Failing(e.clone()));
         }
+        // Sends hold at most half the queue; an empty queue takes any one send.
+        let room = self.shared.options.queue_bytes / 2;
+        if queue.full || (queue.held() > 0 && queue.held() + bytes > room) {
+            return Err(JournalError::Full(queue.held()));
+        }
+        queue.reserved += bytes;
+        Ok(Reservation {
+            journal: self.clone(),
+            bytes,
+        })
+    }
+
+    /// Queues a record that no reservation covers (an inbound one), waiting up to
+    /// [`ADMIT_WAIT`] on the calling (plugin) thread for room. `Err(Full)` when none came: the
+    /// record is dropped and counted.
+    pub fn record(&self, record: Record) -> Result<Ticket, JournalError> {
+        let bytes = record.estimated_len();
+        let bound = self.shared.options.queue_bytes;
+        let deadline = std::time::Instant::now() + ADMIT_WAIT;
+        let mut queue = self.queue();
+        loop {
+            if queue.closed {
+                return Err(JournalError::Closed);
+            }
+            if queue.held() == 0 || queue.held() + bytes <= bound {
+                return Ok(self.push(queue, record));
+            }
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            if !queue.urgent {
+                queue.urgent = true;
+                self.shared.wake.notify_one();
+            }
+            queue = self
+                .shared
+                .committed
+                .wait_timeout(queue, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        let held = queue.held();
+        if !queue.full {
+            queue.full = true;
+            tracing::error!(journal = %self.shared.options.path.display(), bytes = held, "journal queue full: records are dropped (and counted) and sends refused until it drains");
+        }
+        drop(queue);
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+        Err(JournalError::Full(held))
+    }
+
+    /// Appends `record` to the queue (room was checked or reserved) and wakes the writer when
+    /// someone will wait for it or a burst piled up.
+    fn push(&self, mut queue: std::sync::MutexGuard<'_, Queue>, record: Record) -> Ticket {
+        let bytes = record.estimated_len();
+        let fsync = self.shared.options.durability == Durability::Fsync;
         queue.records.push(record);
         queue.records_bytes += bytes;
         // A burst does not wait for the tick: past a megabyte, the writer starts now.
-        let burst = queue.records_bytes >= WAKE_AT_BYTES;
+        let burst = queue.records_bytes >= WAKE_AT_BYTES.min(self.shared.options.queue_bytes / 4);
         queue.last += 1;
         let ticket = Ticket(queue.last);
         if (fsync || burst) && !queue.urgent {
@@ -320,7 +431,7 @@ impl Journal {
             drop(queue);
             self.shared.wake.notify_one();
         }
-        Ok(ticket)
+        ticket
     }
 
     fn outcome(queue: &Queue, ticket: Ticket) -> Option<Result<(), JournalError>> {
@@ -389,6 +500,15 @@ impl Journal {
         self.wait_for(ticket).await
     }
 
+    /// Asks the writer to reopen the journal's path before its next batch (after a log
+    /// rotation that renamed the file; one that removed or replaced it is noticed anyway).
+    pub fn reopen(&self) {
+        self.shared.reopen.store(true, Ordering::Release);
+        // Taking the lock orders the flag before the writer's next look at it.
+        drop(self.queue());
+        self.shared.wake.notify_one();
+    }
+
     /// No more records: the writer writes what is queued (trying once more if writes fail) and
     /// ends. Join the [`JournalThread`] to wait for it.
     pub fn close(&self) {
@@ -423,6 +543,73 @@ impl Journal {
             written: self.shared.written.load(Ordering::Relaxed),
             errors: self.shared.errors.load(Ordering::Relaxed),
             dropped: self.shared.dropped.load(Ordering::Relaxed),
+            reopens: self.shared.reopens.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(text: &str, kind: RecordKind) -> Record {
+        Record {
+            ts: 0,
+            kind,
+            platform: "p".into(),
+            chat_id: "c".into(),
+            user: None,
+            text: text.into(),
+            message_id: "m".into(),
+            generation: 1,
+            route_from: None,
+        }
+    }
+
+    #[test]
+    fn an_admitted_send_always_finds_room_for_its_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let (journal, thread) = Journal::open(JournalOptions {
+            path: path.clone(),
+            // No tick during the test: only bursts wake the writer.
+            flush_every: Duration::from_secs(3600),
+            durability: Durability::Flush,
+            queue_bytes: 256 * 1024,
+        })
+        .unwrap();
+        let text = "x".repeat(10 * 1024);
+        let need = Record::reserve_len("p", "c", &text, None);
+        let mut admitted = Vec::new();
+        let refused = loop {
+            match journal.try_admit(need) {
+                Ok(reservation) => admitted.push(reservation),
+                Err(e) => break e,
+            }
+            assert!(admitted.len() < 100, "admission has no bound");
+        };
+        assert!(matches!(refused, JournalError::Full(_)), "{refused}");
+        // Sends hold at most half the queue.
+        assert_eq!(admitted.len(), 128 * 1024 / need);
+        // Inbound records still find the other half.
+        journal
+            .record(record(&text, RecordKind::Inbound))
+            .expect("room kept for inbound records");
+        // A reservation dropped unused (a failed send) gives its room back.
+        let reserved = journal.queue().reserved;
+        drop(admitted.pop());
+        assert_eq!(journal.queue().reserved, reserved - need);
+        let sends = admitted.len();
+        for reservation in admitted {
+            reservation
+                .record(record(&text, RecordKind::Outbound))
+                .expect("a reservation's record is always queued");
+        }
+        assert_eq!(journal.queue().reserved, 0);
+        journal.close();
+        thread.join().unwrap();
+        let lines = std::fs::read_to_string(&path).unwrap().lines().count();
+        assert_eq!(lines, sends + 1);
+        assert_eq!(journal.status().dropped, 0);
     }
 }

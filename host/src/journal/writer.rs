@@ -63,6 +63,8 @@ pub(super) fn run(shared: &Shared, mut file: File) {
     let mut pending: Vec<u8> = Vec::new();
     // Two vectors take turns: requests fill one while this thread encodes the other.
     let mut records: Vec<super::Record> = Vec::new();
+    // A failed reopen is logged once, and tried again at every batch.
+    let mut reopen_failed = false;
     loop {
         let (last, closed) = {
             let mut queue = wait(shared);
@@ -71,6 +73,9 @@ pub(super) fn run(shared: &Shared, mut file: File) {
             queue.records_bytes = 0;
             (queue.last, queue.closed)
         };
+        if regular {
+            follow_path(shared, &mut file, &path, &mut reopen_failed);
+        }
         for record in records.drain(..) {
             // A record of plain strings and numbers always encodes.
             let _ = serde_json::to_writer(&mut pending, &record);
@@ -137,6 +142,48 @@ pub(super) fn run(shared: &Shared, mut file: File) {
     }
 }
 
+/// Reopens the journal's path when asked (SIGUSR1, `hermes-host journal reopen`) or when the
+/// open file is no longer the one at the path (removed, renamed away by log rotation, or
+/// replaced): records go on to the path an operator reads, never to an unlinked inode.
+fn follow_path(shared: &Shared, file: &mut File, path: &str, reopen_failed: &mut bool) {
+    use std::os::unix::fs::MetadataExt as _;
+    let asked = shared.reopen.swap(false, Ordering::AcqRel);
+    let moved = || {
+        let Ok(open) = file.metadata() else {
+            return false;
+        };
+        match std::fs::metadata(&shared.options.path) {
+            Ok(at_path) => {
+                open.nlink() == 0 || (open.dev(), open.ino()) != (at_path.dev(), at_path.ino())
+            }
+            Err(e) => e.kind() == io::ErrorKind::NotFound,
+        }
+    };
+    if !asked && !*reopen_failed && !moved() {
+        return;
+    }
+    match open(&shared.options.path) {
+        Ok(new) => {
+            // What an `fsync` journal wrote to the old file is on disk before it is let go.
+            let _ = file.sync_data();
+            *file = new;
+            *reopen_failed = false;
+            shared.reopens.fetch_add(1, Ordering::Relaxed);
+            if asked {
+                tracing::info!(journal = %path, "reopened the journal as asked");
+            } else {
+                tracing::warn!(journal = %path, "the journal file was removed, renamed or replaced; reopened its path");
+            }
+        }
+        Err(e) => {
+            if !*reopen_failed {
+                tracing::error!(journal = %path, error = %e, "cannot reopen the journal's path; writing on to the open file and trying again at every batch");
+            }
+            *reopen_failed = true;
+        }
+    }
+}
+
 /// Waits until there is a reason to write: a waiter, the close, or the tick.
 fn wait(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
     let mut queue = shared.queue.lock().unwrap_or_else(|e| e.into_inner());
@@ -147,7 +194,10 @@ fn wait(shared: &Shared) -> std::sync::MutexGuard<'_, Queue> {
     };
     let deadline = Instant::now() + every;
     loop {
-        if queue.closed || (queue.urgent && queue.failing.is_none()) {
+        if queue.closed
+            || (queue.urgent && queue.failing.is_none())
+            || shared.reopen.load(Ordering::Acquire)
+        {
             return queue;
         }
         let left = deadline.saturating_duration_since(Instant::now());
