@@ -195,3 +195,68 @@ fn with_a_token_configured_the_status_page_asks_for_it() {
     page.wait_for("document.querySelectorAll('tr[data-platform]').length === 1");
     page.wait_for("getComputedStyle(document.getElementById('token-box')).display === 'none'");
 }
+
+/// Serves one blank page on its own port (another origin than the gateway's) until the test
+/// ends; its address.
+fn other_origin() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut s in listener.incoming().map_while(Result::ok) {
+            let mut head = [0u8; 4096];
+            let _ = std::io::Read::read(&mut s, &mut head);
+            let page = "<!doctype html><title>elsewhere</title>";
+            let _ = std::io::Write::write_all(
+                &mut s,
+                format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}",
+                    page.len()
+                )
+                .as_bytes(),
+            );
+        }
+    });
+    addr
+}
+
+#[test]
+fn a_page_on_another_origin_cannot_send_through_the_gateway() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let server = Server::start(&t, "[platforms.loopback]\n");
+    let mut page = Browser::open(&t, &format!("http://{}/", other_origin()));
+    page.wait_for("document.title === 'elsewhere'");
+    // What a hostile page can do without a preflight: a text/plain POST (its answer is opaque
+    // to the page, but the request is made), and a form-encoded one.
+    let url = format!("http://{}/api/platforms/loopback/send", server.addr);
+    for content_type in ["text/plain", "application/x-www-form-urlencoded"] {
+        let sent = page.eval(&format!(
+            "fetch('{url}', {{ method: 'POST', mode: 'no-cors', headers: {{ 'Content-Type': '{content_type}' }},
+               body: JSON.stringify({{ chat_id: 'c', text: 'forged' }}) }}).then(() => true, () => false)"
+        ));
+        assert_eq!(sent, json!(true), "the request reached the gateway");
+    }
+    // A JSON POST needs a preflight, which the gateway never grants: it fails in the page.
+    let sent = page.eval(&format!(
+        "fetch('{url}', {{ method: 'POST', headers: {{ 'Content-Type': 'application/json' }},
+           body: JSON.stringify({{ chat_id: 'c', text: 'forged' }}) }}).then(() => true, () => false)"
+    ));
+    assert_eq!(sent, json!(false));
+    // Records keep their order: once a send of ours is in the journal, a forged one before it
+    // would be too.
+    assert_eq!(server.send("loopback", "c", "ours").0, 200);
+    let journal = t.path().join("state/journal.jsonl");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&journal).unwrap_or_default();
+        if text.contains("\"ours\"") {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "our send never reached the journal"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(!text.contains("forged"), "{text}");
+}

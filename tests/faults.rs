@@ -253,7 +253,7 @@ fn try_post(addr: &str, path: &str, body: &str) -> Option<(u16, String)> {
         .ok()?;
     write!(
         stream,
-        "POST {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
         body.len()
     )
     .ok()?;
@@ -792,7 +792,8 @@ fn an_sse_client_that_never_reads_is_told_it_lagged_and_pins_bounded_memory() {
     let mut slow = std::net::TcpStream::connect(&server.addr).unwrap();
     write!(
         slow,
-        "GET /api/events HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n"
+        "GET /api/events HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nConnection: close\r\n\r\n",
+        server.addr
     )
     .unwrap();
     send(501..=1000);

@@ -18,6 +18,9 @@ async fn call(
     token: Option<&str>,
 ) -> (u16, serde_json::Value) {
     let mut request = Request::builder().method(method).uri(uri);
+    if !body.is_empty() {
+        request = request.header("content-type", "application/json");
+    }
     if let Some(token) = token {
         request = request.header("authorization", format!("Bearer {token}"));
     }

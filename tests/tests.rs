@@ -45,5 +45,7 @@ mod isolation;
 mod xmpp;
 // The Matrix adapter against Synapse.
 mod matrix;
+// Abusive clients: idle keep-alive and slow-body lock-outs, other hosts and origins.
+mod abuse;
 // Hostile stand-in peers: deep, endless and huge input from a server.
 mod hostile;

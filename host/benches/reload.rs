@@ -27,6 +27,7 @@ use std::{
 struct Client {
     reader: BufReader<TcpStream>,
     writer: TcpStream,
+    addr: String,
 }
 
 impl Client {
@@ -36,6 +37,7 @@ impl Client {
         Client {
             reader: BufReader::new(stream.try_clone().unwrap()),
             writer: stream,
+            addr: addr.to_owned(),
         }
     }
 
@@ -43,7 +45,8 @@ impl Client {
         let body = r#"{"chat_id":"bench","text":"x"}"#;
         write!(
             self.writer,
-            "POST /api/platforms/lb/send HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            "POST /api/platforms/lb/send HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            self.addr,
             body.len()
         )
         .unwrap();

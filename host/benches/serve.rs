@@ -60,7 +60,8 @@ fn time_to_health(config: &Path) -> Duration {
         if let Ok(mut s) = TcpStream::connect(&server.addr) {
             let _ = write!(
                 s,
-                "GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+                "GET /health HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+                server.addr
             );
             let mut answer = String::new();
             let _ = s.read_to_string(&mut answer);

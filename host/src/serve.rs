@@ -76,6 +76,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
             .max_connections
             .unwrap_or_else(|| crate::http::default_max_connections(nofile)),
         header_read_timeout: gateway.config.server.header_read_timeout,
+        body_read_timeout: gateway.config.server.body_read_timeout,
     };
     tracing::debug!(
         nofile,
@@ -84,7 +85,10 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
     );
     let public = tokio::spawn(crate::http::serve(
         tcp,
-        api::app(Arc::clone(&gateway)),
+        api::app(Arc::clone(&gateway)).layer(axum::middleware::from_fn_with_state(
+            Arc::new(api::guard::Guard::new(local, &gateway.config.server)),
+            api::guard::check,
+        )),
         limits,
         gateway.shutdown.subscribe(),
     ));

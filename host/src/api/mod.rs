@@ -12,9 +12,10 @@
 //! | `GET /api/startup_profile` | start-up phase and platform timings |
 //! | `GET /metrics` | Prometheus text |
 //!
-//! Errors are `{"error": "...", "retryable": bool}` with 404 (unknown platform), 413 (body over
-//! 64 KiB), 422 (bad body, naming the field), 502 (the plugin refused), 503 (not available),
-//! 504 (timed out). With `api_token` set, every route but `/health` needs
+//! Errors are `{"error": "...", "retryable": bool}` with 403 (a `Host` or `Origin` that is not
+//! the gateway's: [`guard`]), 404 (unknown platform), 408 (a body too slow), 413 (body over
+//! 64 KiB), 415 (a body not sent as `application/json`), 422 (bad body, naming the field), 502
+//! (the plugin refused), 503 (not available), 504 (timed out). With `api_token` set, every route but `/health` needs
 //! `Authorization: Bearer <token>`.
 
 use std::{convert::Infallible, sync::Arc, time::Duration};
@@ -42,6 +43,7 @@ use crate::{
     registry::RegistryError,
 };
 
+pub mod guard;
 mod supervisor;
 
 /// Request bodies larger than this are refused with 413.
@@ -287,6 +289,33 @@ pub fn installed(gateway: &Gateway, id: &str) -> Result<(), ApiError> {
     }
 }
 
+/// 415 unless the body is declared `application/json` (or `application/<x>+json`): a page on
+/// another origin can POST `text/plain` or a form without a preflight, never JSON.
+pub fn json_content(headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = given
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        return Ok(());
+    }
+    Err(ApiError::new(
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        format!(
+            "the body must be sent as `Content-Type: application/json` (got {:?})",
+            if given.is_empty() { "none" } else { given }
+        ),
+    ))
+}
+
 /// Parses a send body, naming the field at fault (a missing, unknown or mistyped one) or where
 /// the JSON breaks.
 pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
@@ -321,8 +350,10 @@ pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
 pub async fn send(
     State(gateway): State<Arc<Gateway>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    json_content(&headers)?;
     installed(&gateway, &id)?;
     let message = parse_send(&body)?;
     let ok = gateway

@@ -285,7 +285,7 @@ cargo build                                 # target/debug/lib__LIB__.so
 hermes-host -c hermes.toml plugin check __ID__ --start
 hermes-host -c hermes.toml serve --dev      # http://127.0.0.1:8650
 hermes-host -c hermes.toml plugin hotreload-enable __ID__   # then every `cargo build` reloads it
-curl -s -X POST 127.0.0.1:8650/api/platforms/__ID__/send -d '{"chat_id":"c","text":"hi"}'
+curl -s -X POST 127.0.0.1:8650/api/platforms/__ID__/send -H 'Content-Type: application/json' -d '{"chat_id":"c","text":"hi"}'
 ```
 
 `src/lib.rs` says what to replace. `plugin.toml` is what the host reads before loading anything;

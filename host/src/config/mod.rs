@@ -67,6 +67,10 @@ pub struct ServerConfig {
     pub max_connections: Option<usize>,
     /// Time a client has to send a whole request head.
     pub header_read_timeout: Duration,
+    /// Time a client has to send a whole request body.
+    pub body_read_timeout: Duration,
+    /// Names (`host` or `host:port`) the public API answers to besides its bound address.
+    pub allowed_hosts: Vec<String>,
     /// `idle_quiet_secs`, default 60: how long without traffic `/api/idle` wants by default.
     pub idle_quiet: Duration,
 }
@@ -154,6 +158,8 @@ struct RawServer {
     worker_threads: Option<usize>,
     max_connections: Option<usize>,
     header_read_timeout_ms: Option<u64>,
+    body_read_timeout_ms: Option<u64>,
+    allowed_hosts: Option<Vec<String>>,
     idle_quiet_secs: Option<u64>,
 }
 
@@ -301,6 +307,13 @@ impl Config {
                     .control_socket
                     .unwrap_or_else(|| ".hermes/control.sock".into())),
                 api_token: match raw.server.api_token {
+                    // A token a client cannot send back as it is (HTTP trims the header's
+                    // whitespace) would never match.
+                    Some(t) if t.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                        return Err(err(
+                            "key `server.api_token`: must not hold spaces or control characters (check for a trailing space or newline)".into(),
+                        ));
+                    }
                     Some(t) if t.chars().count() < MIN_TOKEN_CHARS => {
                         return Err(err(format!(
                             "key `server.api_token`: at least {MIN_TOKEN_CHARS} characters (e.g. `openssl rand -hex 24`)"
@@ -329,6 +342,27 @@ impl Config {
                     }
                     Some(ms) => Duration::from_millis(ms),
                     None => crate::http::DEFAULT_HEADER_READ_TIMEOUT,
+                },
+                body_read_timeout: match raw.server.body_read_timeout_ms {
+                    Some(0) => {
+                        return Err(err("key `server.body_read_timeout_ms`: at least 1".into()));
+                    }
+                    Some(ms) => Duration::from_millis(ms),
+                    None => crate::http::DEFAULT_BODY_READ_TIMEOUT,
+                },
+                allowed_hosts: {
+                    let hosts = raw.server.allowed_hosts.unwrap_or_default();
+                    if let Some((i, bad)) = hosts.iter().enumerate().find(|(_, h)| {
+                        h.is_empty()
+                            || !h
+                                .bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+                    }) {
+                        return Err(err(format!(
+                            "key `server.allowed_hosts[{i}]`: {bad:?} is not a host name or `host:port`"
+                        )));
+                    }
+                    hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()
                 },
                 idle_quiet: Duration::from_secs(raw.server.idle_quiet_secs.unwrap_or(60)),
             },
@@ -462,6 +496,10 @@ mod tests {
                 .contains("key `server.worker_threads`: from 1 to 512"),
             "{e}"
         );
+        let e = parse("[server]\napi_token = \"0123456789abcdef0123 \"\n").unwrap_err();
+        assert!(e.to_string().contains("trailing space"), "{e}");
+        let e = parse("[server]\nallowed_hosts = [\"a b\"]\n").unwrap_err();
+        assert!(e.to_string().contains("server.allowed_hosts[0]"), "{e}");
         let e = parse("[server]\napi_token = \"x\"\n").unwrap_err();
         assert!(e.to_string().contains("at least 16 characters"), "{e}");
         let c =
