@@ -205,3 +205,84 @@ fn raw_post(addr: &str, headers: &[(&str, &str)]) -> (u16, String) {
     s.write_all(request.as_bytes()).unwrap();
     read_response(&mut s)
 }
+
+/// `GET /api/idle`'s count of SSE subscribers.
+fn sse_clients(server: &Server) -> u64 {
+    let (status, body) = server.get("/api/idle");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str::<serde_json::Value>(&body).unwrap()["sse_clients"]
+        .as_u64()
+        .unwrap()
+}
+
+fn wait_sse_clients(server: &Server, n: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while sse_clients(server) != n {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never {n} SSE clients"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn ten_thousand_idle_sse_clients_share_one_copy_of_each_event() {
+    const CLIENTS: usize = 10_000;
+    // This test holds CLIENTS sockets itself.
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
+    );
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let server = Server::start(&t, "[platforms.loopback]\n");
+    let pid = server.child.id().to_string();
+    let before = util::rss_kib(&pid);
+    // Clients that subscribe and never read, with small receive buffers (the kernel's memory
+    // is not what this test measures).
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let addr: std::net::SocketAddr = server.addr.parse().unwrap();
+    let request = format!("GET /api/events HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    let clients: Vec<std::net::TcpStream> = runtime.block_on(async {
+        let mut clients = Vec::with_capacity(CLIENTS);
+        for _ in 0..CLIENTS {
+            let socket = tokio::net::TcpSocket::new_v4().unwrap();
+            socket.set_recv_buffer_size(4096).unwrap();
+            let stream = socket.connect(addr).await.unwrap().into_std().unwrap();
+            stream.set_nonblocking(false).unwrap();
+            (&stream).write_all(request.as_bytes()).unwrap();
+            clients.push(stream);
+        }
+        clients
+    });
+    wait_sse_clients(&server, CLIENTS as u64);
+    let subscribed = util::rss_kib(&pid);
+    // 300 messages of 30 KB: 9 MB of events, 90 GB if each client had its own copy.
+    let text = "z".repeat(30_000);
+    for i in 0..300 {
+        let (status, body) = server.send("loopback", "c", &format!("{i} {text}"));
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_eq!(server.get("/health").0, 200);
+    let peak = util::rss_kib(&pid);
+    drop(clients);
+    wait_sse_clients(&server, 0);
+    let after = util::rss_kib(&pid);
+    eprintln!(
+        "RSS KiB: {before} at start, {subscribed} with {CLIENTS} SSE clients, {peak} after 300 x 30 KB, {after} once they left"
+    );
+    // Each client costs its connection and queue, not a copy of the events.
+    assert!(
+        peak.saturating_sub(before) < 512 * 1024,
+        "RSS grew {} KiB with {CLIENTS} idle SSE clients",
+        peak - before
+    );
+}

@@ -26,13 +26,10 @@ use axum::{
     extract::{DefaultBodyLimit, Path, Request, State},
     http::{HeaderMap, StatusCode, header},
     middleware::{self, Next},
-    response::{
-        IntoResponse, Response,
-        sse::{Event, KeepAlive, Sse},
-    },
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
-use futures_util::{Stream, StreamExt};
+use futures_util::StreamExt;
 use serde_json::json;
 
 use crate::{
@@ -362,25 +359,44 @@ pub async fn send(
     Ok(Json(ok).into_response())
 }
 
-async fn events(
-    State(gateway): State<Arc<Gateway>>,
-) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+/// How often an idle SSE stream gets a comment line, so proxies and clients see it alive.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+/// `GET /api/events`: the SSE stream. Frames are the shared buffers the fan-out encoded once
+/// ([`crate::events`]), written as they are: no copy per client.
+async fn events(State(gateway): State<Arc<Gateway>>) -> Response {
     let mut shutdown = gateway.shutdown.subscribe();
-    let stream = gateway
-        .events
-        .subscribe()
-        .map(|event| {
-            Ok(match event {
-                crate::events::Event::Message(json) => Event::default().data(&*json),
-                crate::events::Event::Lagged { queued } => {
-                    Event::default().event("lagged").data(queued.to_string())
-                }
-            })
-        })
-        .take_until(async move {
-            let _ = shutdown.wait_for(|down| *down).await;
-        });
-    Sse::new(stream).keep_alive(KeepAlive::default())
+    let messages = gateway.events.subscribe().map(|event| match event {
+        crate::events::Event::Message(frame) => frame,
+        crate::events::Event::Lagged { queued } => {
+            Bytes::from(format!("event: lagged\ndata: {queued}\n\n"))
+        }
+    });
+    let keep_alive = futures_util::stream::unfold((), |()| async {
+        tokio::time::sleep(SSE_KEEP_ALIVE).await;
+        Some((Bytes::from_static(b":\n\n"), ()))
+    });
+    // The stream ends when the messages end (the client lagged) or at shutdown.
+    let stream = futures_util::stream::select(
+        messages
+            .map(Some)
+            .chain(futures_util::stream::once(async { None })),
+        keep_alive.map(Some),
+    )
+    .take_while(|frame| std::future::ready(frame.is_some()))
+    .filter_map(std::future::ready)
+    .take_until(async move {
+        let _ = shutdown.wait_for(|down| *down).await;
+    })
+    .map(Ok::<_, Infallible>);
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response()
 }
 
 async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
