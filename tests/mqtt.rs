@@ -124,6 +124,10 @@ fn mqtt_config_errors_name_the_key() {
             "`subscribe`",
         ),
         (r#"{"broker":"h:1883","qos":3}"#, "`qos`"),
+        (
+            r#"{"broker":"h:1883","max_packet_bytes":10}"#,
+            "`max_packet_bytes`",
+        ),
         (r#"{"broker":"h:1883","password":"p"}"#, "`password`"),
         (
             r#"{"broker":"h:1883","topic":"x"}"#,
@@ -140,4 +144,49 @@ fn mqtt_config_errors_name_the_key() {
         )
         .unwrap();
     assert!(library.unload().clean());
+}
+
+#[test]
+fn mqtt_carries_large_messages_both_ways_and_refuses_what_its_limit_cannot() {
+    let t = TestDir::new();
+    let broker = Mosquitto::start(&t.path().join("mosquitto"));
+    // A retained 20 KB message waits on a subscribed topic (past rumqttc's default 10 KiB
+    // packet limit, it used to drop every connection as it arrived).
+    let big = "r".repeat(20_000);
+    broker.publish_retained("in/retained", &big);
+    let recorder = Recorder::new();
+    let mqtt = start(
+        &t,
+        serde_json::json!({ "broker": broker.addr(), "subscribe": ["in/#"] }),
+        &recorder,
+    );
+    let inbound = recorder.wait_for(1);
+    assert_eq!(inbound[0].text.len(), 20_000);
+    assert_eq!(inbound[0].metadata["retain"], true);
+    assert!(util::wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 1)"));
+
+    // A 60 KB send is published whole.
+    let mut sub = broker.subscribe("out/#");
+    let text = "s".repeat(60_000);
+    mqtt.send(&Outbound::new("out/big", &text)).unwrap();
+    assert_eq!(sub.next(), ("out/big".to_owned(), text));
+    assert!(util::wait_health(&mqtt, HealthStatus::Healthy).contains("(connection 1)"));
+    stop(mqtt);
+
+    // With a small limit, a send past it is an error, not a 200 that is never published.
+    let small = start(
+        &t,
+        serde_json::json!({ "broker": broker.addr(), "max_packet_bytes": 2048 }),
+        &recorder,
+    );
+    util::wait_health(&small, HealthStatus::Healthy);
+    let e = small
+        .send(&Outbound::new("out/big", "s".repeat(4096)))
+        .unwrap_err();
+    assert!(
+        matches!(&e, CallError::Plugin { retryable: false, message, .. } if message.contains("limit is 2048 (`max_packet_bytes`)")),
+        "{e}"
+    );
+    small.send(&Outbound::new("out/small", "fits")).unwrap();
+    stop(small);
 }

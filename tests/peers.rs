@@ -334,6 +334,15 @@ impl Mosquitto {
 
     /// `mosquitto_pub -t topic -m message`.
     pub(crate) fn publish(&self, topic: &str, message: &str) {
+        self.publish_with(topic, message, &[]);
+    }
+
+    /// `mosquitto_pub -t topic -m message -r`: kept by the broker for later subscribers.
+    pub(crate) fn publish_retained(&self, topic: &str, message: &str) {
+        self.publish_with(topic, message, &["-r"]);
+    }
+
+    fn publish_with(&self, topic: &str, message: &str, extra: &[&str]) {
         let status = Command::new(need("/usr/bin/mosquitto_pub", "mosquitto-clients"))
             .args([
                 "-h",
@@ -347,6 +356,7 @@ impl Mosquitto {
                 "-q",
                 "1",
             ])
+            .args(extra)
             .status()
             .unwrap();
         assert!(status.success());

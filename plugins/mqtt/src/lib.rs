@@ -4,7 +4,14 @@
 //! - `broker = "host:port"` (required), `subscribe = ["chat/#", ...]` (topic filters);
 //! - `client_id` (default `hermes-<pid>`), `username`, `password` (or `MQTT_PASSWORD`),
 //!   `qos = 1` (0, 1 or 2), `keep_alive_secs = 30`, `reconnect_max_ms = 10000`,
-//!   `queue = 1000` (requests buffered towards the broker).
+//!   `queue = 1000` (requests buffered towards the broker);
+//! - `max_packet_bytes = 1048576`: the largest MQTT packet sent or read (1 KiB to 256 MiB).
+//!   MQTT 3.1.1 has no way for a broker to say its own limit (mosquitto's `message_size_limit`,
+//!   unlimited by default): set this to the broker's. A send whose packet would be larger is
+//!   refused (an error naming both sizes, not retryable), never queued and lost. A packet from
+//!   the broker past it ends the connection (rumqttc cannot skip one), and the log names the
+//!   bound; a retained message that large on a subscribed topic would repeat that at every
+//!   connect, so the limit should not be below what publishers may send.
 //!
 //! A chat id is a topic; an inbound message's user is `mqtt` (MQTT 3.1.1 carries no sender)
 //! and its metadata holds `qos` and `retain`. One thread drives the connection (rumqttc's own
@@ -60,6 +67,29 @@ pub struct Config {
     /// Requests buffered towards the broker.
     #[serde(default = "default_queue")]
     pub queue: usize,
+    /// The largest packet sent or read.
+    #[serde(default = "default_max_packet")]
+    pub max_packet_bytes: usize,
+}
+
+/// The largest `max_packet_bytes` accepted: MQTT's own limit is 256 MiB.
+const MAX_PACKET_LIMIT: usize = 256 << 20;
+
+fn default_max_packet() -> usize {
+    1 << 20
+}
+
+/// The size of the PUBLISH packet for `topic` and `payload`: fixed header (type, and a
+/// remaining length of up to 4 bytes), topic length and topic, packet id (QoS 1 and 2).
+fn publish_packet_len(topic: &str, payload: usize, qos: u8) -> usize {
+    let remaining = 2 + topic.len() + if qos > 0 { 2 } else { 0 } + payload;
+    let length_bytes = match remaining {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    };
+    1 + length_bytes + remaining
 }
 
 fn default_qos() -> u8 {
@@ -154,6 +184,12 @@ impl Plugin for Mqtt {
         if config.queue == 0 {
             return Err("`queue`: at least 1".into());
         }
+        if !(1024..=MAX_PACKET_LIMIT).contains(&config.max_packet_bytes) {
+            return Err(format!(
+                "`max_packet_bytes`: {} is out of range (1024 to {MAX_PACKET_LIMIT})",
+                config.max_packet_bytes
+            ));
+        }
         Ok(())
     }
 
@@ -170,6 +206,7 @@ impl Plugin for Mqtt {
         let mut options = MqttOptions::new(client_id, broker_host, port);
         options.set_keep_alive(Duration::from_secs(config.keep_alive_secs));
         options.set_clean_session(true);
+        options.set_max_packet_size(config.max_packet_bytes, config.max_packet_bytes);
         let password = config
             .password
             .clone()
@@ -203,6 +240,13 @@ impl Plugin for Mqtt {
         if !rumqttc::valid_topic(topic) || topic.is_empty() {
             return Err(SendError::permanent(format!(
                 "{topic:?} is not a topic one can publish to"
+            )));
+        }
+        let packet = publish_packet_len(topic, message.text.len(), self.config.qos);
+        if packet > self.config.max_packet_bytes {
+            return Err(SendError::permanent(format!(
+                "the message makes an MQTT packet of {packet} bytes; the limit is {} (`max_packet_bytes`)",
+                self.config.max_packet_bytes
             )));
         }
         let status = self.status();
@@ -305,6 +349,19 @@ fn drive(
                 }
                 if shared.stop.load(Ordering::Acquire) {
                     break;
+                }
+                if matches!(
+                    e,
+                    rumqttc::ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                        rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(_)
+                    ))
+                ) {
+                    tracing::warn!(
+                        broker = %config.broker,
+                        max_packet_bytes = config.max_packet_bytes,
+                        "the broker sent a packet over max_packet_bytes ({}); dropped the connection",
+                        config.max_packet_bytes
+                    );
                 }
                 tracing::warn!(broker = %config.broker, "connection error: {e}; retrying in {backoff:?}");
                 let until = Instant::now() + backoff;
