@@ -1,6 +1,6 @@
 //! Hostile peers: stand-in servers on loopback that speak just enough of a protocol to get an
 //! adapter connected, then send what a broken or malicious server could (a stanza nested 20,000
-//! deep, one that never ends, a 10 MB line). The gateway must stay up, refuse the input with a
+//! deep, one that never ends, a 10 MB line, a 200 MB `/sync` answer). The gateway must stay up, refuse the input with a
 //! log line naming the bound, and go on (the same connection, or a new one).
 
 use std::{
@@ -140,4 +140,93 @@ fn an_irc_server_sending_a_10_mb_line_is_skipped_and_the_next_line_heard() {
     );
     drop(server);
     peer.join().unwrap();
+}
+
+/// Reads one HTTP request (head and `Content-Length` body); its request line, or `None` at EOF.
+fn read_request(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        if stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(str::to_owned)
+        })
+        .map_or(0, |n| n.trim().parse().unwrap());
+    let mut body = vec![0u8; len];
+    stream.read_exact(&mut body).ok()?;
+    head.lines().next().map(str::to_owned)
+}
+
+#[test]
+fn a_matrix_homeserver_sending_a_huge_sync_answer_is_refused_within_bounded_memory() {
+    let t = TestDir::new();
+    t.install("matrix", "hermes_matrix", 1);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let syncs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    {
+        let syncs = std::sync::Arc::clone(&syncs);
+        std::thread::spawn(move || {
+            for mut s in listener.incoming().map_while(Result::ok) {
+                let syncs = std::sync::Arc::clone(&syncs);
+                std::thread::spawn(move || {
+                    while let Some(line) = read_request(&mut s) {
+                        if line.contains("/sync") {
+                            syncs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            // 200 MB of one JSON string, announced and streamed.
+                            let pad = 200usize << 20;
+                            let _ = write!(
+                                s,
+                                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{{\"next_batch\":\"",
+                                pad + 16
+                            );
+                            let chunk = vec![b'a'; 1 << 20];
+                            for _ in 0..200 {
+                                if s.write_all(&chunk).is_err() {
+                                    return; // the adapter stopped reading
+                                }
+                            }
+                            let _ = s.write_all(b"\"}");
+                            return;
+                        }
+                        let body = r#"{"user_id":"@hermes:localhost","device_id":"D","access_token":"t","room_id":"!r:localhost"}"#;
+                        let _ = write!(
+                            s,
+                            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                            body.len()
+                        );
+                    }
+                });
+            }
+        });
+    }
+    let server = Server::start(
+        &t,
+        &format!(
+            "[platforms.matrix]\nhomeserver = \"http://{addr}\"\nuser = \"@hermes:localhost\"\npassword = \"p\"\n"
+        ),
+    );
+    // Three syncs: the first two were read and refused before the next was asked.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while syncs.load(std::sync::atomic::Ordering::Relaxed) < 3 {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let rss = crate::util::rss_kib(&server.child.id().to_string());
+    assert!(rss < 150 * 1024, "RSS {rss} KiB after a 200 MB sync answer");
+    assert_eq!(server.get("/health").0, 200);
+    let log = server.log();
+    assert!(
+        log.contains("the answer is over 16777216 bytes; refused"),
+        "{log}"
+    );
 }

@@ -6,6 +6,28 @@ use std::time::Duration;
 use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::{Value, json};
 
+/// The most bytes of an answer read from the homeserver; a larger one is refused (a `/sync`
+/// answer is the only one that grows with what others do: the server holds it to its
+/// timeline limits, so a larger one is a broken or hostile server).
+pub(crate) const MAX_ANSWER_BYTES: u64 = 16 << 20;
+
+/// Reads an answer's JSON, at most [`MAX_ANSWER_BYTES`] of it (serde_json bounds its nesting).
+fn read_json(response: ureq::Response) -> Result<Value, String> {
+    use std::io::Read as _;
+    let mut bytes = Vec::new();
+    response
+        .into_reader()
+        .take(MAX_ANSWER_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_ANSWER_BYTES {
+        return Err(format!(
+            "the answer is over {MAX_ANSWER_BYTES} bytes; refused"
+        ));
+    }
+    serde_json::from_slice(&bytes).map_err(|e| e.to_string())
+}
+
 /// A failed call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -76,14 +98,14 @@ impl Client {
             None => request.call(),
         };
         match result {
-            Ok(response) => response.into_json().map_err(|e| ApiError {
+            Ok(response) => read_json(response).map_err(|e| ApiError {
                 message: format!("{method} {path}: unreadable answer: {e}"),
                 retryable: true,
                 retry_after: None,
                 unauthorized: false,
             }),
             Err(ureq::Error::Status(status, response)) => {
-                let body: Value = response.into_json().unwrap_or(Value::Null);
+                let body: Value = read_json(response).unwrap_or(Value::Null);
                 let code = body["errcode"].as_str().unwrap_or("").to_owned();
                 let error = body["error"].as_str().unwrap_or("").to_owned();
                 Err(ApiError {
