@@ -214,33 +214,55 @@ fn webhook_retries_stop_at_their_budget() {
     stop(webhook);
 }
 
-fn sign(secret: &str, body: &str) -> String {
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The `v1` headers for `body` POSTed to `path` at `timestamp`.
+fn signed_at(secret: &str, timestamp: u64, path: &str, body: &str) -> [(String, String); 2] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
-    mac.update(body.as_bytes());
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    mac.update(format!("{timestamp}\nPOST\n{path}\n{body}").as_bytes());
+    [
+        ("X-Hermes-Timestamp".into(), timestamp.to_string()),
+        (
+            "X-Hermes-Signature".into(),
+            format!("v1={}", hex::encode(mac.finalize().into_bytes())),
+        ),
+    ]
+}
+
+/// POSTs `body` to `path` with `headers`: the status and the answer.
+fn post(addr: &str, path: &str, body: &str, headers: &[(String, String)]) -> (u16, String) {
+    let headers: Vec<(&str, &str)> = headers
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    util::http(addr, "POST", path, Some(body), &headers)
+}
+
+fn listener(t: &TestDir, secret: &str, recorder: &Arc<Recorder>) -> (Instance, String) {
+    let port = free_port();
+    let webhook = start(
+        t,
+        serde_json::json!({ "listen": format!("127.0.0.1:{port}"), "secret": secret }),
+        recorder,
+    );
+    (webhook, format!("127.0.0.1:{port}"))
 }
 
 #[test]
-fn webhook_inbound_delivers_only_correctly_signed_bodies() {
+fn webhook_inbound_delivers_only_correctly_signed_fresh_requests_once() {
     let t = TestDir::new();
-    let port = free_port();
     let secret = "a-shared-secret-of-some-length";
     let recorder = Recorder::new();
-    let webhook = start(
-        &t,
-        serde_json::json!({ "listen": format!("127.0.0.1:{port}"), "secret": secret }),
-        &recorder,
-    );
-    let addr = format!("127.0.0.1:{port}");
+    let (webhook, addr) = listener(&t, secret, &recorder);
     let body = r#"{"text":"disk full on db1","user":"alertmanager"}"#;
+    let signed = signed_at(secret, now_secs(), "/hooks/alerts", body);
 
-    let (status, _) = util::http(
-        &addr,
-        "POST",
-        "/hooks/alerts",
-        Some(body),
-        &[("X-Hermes-Signature", &sign(secret, body))],
-    );
+    let (status, _) = post(&addr, "/hooks/alerts", body, &signed);
     assert_eq!(status, 204);
     let inbound = recorder.wait_for(1);
     assert_eq!(
@@ -252,55 +274,132 @@ fn webhook_inbound_delivers_only_correctly_signed_bodies() {
         ("alerts", "alertmanager", "disk full on db1")
     );
 
-    let forged = r#"{"text":"rm -rf /","user":"alertmanager"}"#;
-    let (status, _) = util::http(
-        &addr,
-        "POST",
-        "/hooks/alerts",
-        Some(forged),
-        &[("X-Hermes-Signature", &sign(secret, body))],
-    );
-    assert_eq!(status, 401);
-    let (status, _) = util::http(
-        &addr,
-        "POST",
-        "/hooks/alerts",
-        Some(body),
-        &[(
-            "X-Hermes-Signature",
-            &sign("another-secret-entirely!", body),
-        )],
-    );
-    assert_eq!(status, 401);
-    let (status, _) = util::http(&addr, "POST", "/hooks/alerts", Some(body), &[]);
-    assert_eq!(status, 401);
-    let (status, _) = util::http(&addr, "POST", "/elsewhere", Some(body), &[]);
+    // (path, body, headers, the reason the answer gives)
+    type Refusal<'a> = (&'a str, &'a str, Vec<(String, String)>, &'a str);
+    let refusals: Vec<Refusal<'_>> = vec![
+        // The same request again: a replay.
+        ("/hooks/alerts", body, signed.to_vec(), "seen already"),
+        // Its signature on another chat, or over another body.
+        (
+            "/hooks/other",
+            body,
+            signed.to_vec(),
+            "bad X-Hermes-Signature",
+        ),
+        (
+            "/hooks/alerts",
+            r#"{"text":"rm -rf /"}"#,
+            signed.to_vec(),
+            "bad X-Hermes-Signature",
+        ),
+        // Signed right, but outside the window.
+        (
+            "/hooks/alerts",
+            body,
+            signed_at(secret, now_secs() - 600, "/hooks/alerts", body).to_vec(),
+            "outside the 300 s window",
+        ),
+        (
+            "/hooks/alerts",
+            body,
+            signed_at(
+                "another-secret-entirely!",
+                now_secs(),
+                "/hooks/alerts",
+                body,
+            )
+            .to_vec(),
+            "bad X-Hermes-Signature",
+        ),
+        ("/hooks/alerts", body, vec![], "missing X-Hermes-Signature"),
+        // The body-only signature of earlier versions.
+        (
+            "/hooks/alerts",
+            body,
+            vec![("X-Hermes-Signature".into(), "sha256=00".into())],
+            "no longer accepted",
+        ),
+    ];
+    for (path, body, headers, why) in refusals {
+        let (status, answer) = post(&addr, path, body, &headers);
+        assert_eq!(status, 401, "{path} {why}: {answer}");
+        assert!(answer.contains(why), "{why}: {answer}");
+    }
+    let (status, _) = post(&addr, "/elsewhere", body, &[]);
     assert_eq!(status, 404);
     let junk = "not json";
-    let (status, _) = util::http(
+    let (status, _) = post(
         &addr,
-        "POST",
         "/hooks/alerts",
-        Some(junk),
-        &[("X-Hermes-Signature", &sign(secret, junk))],
+        junk,
+        &signed_at(secret, now_secs(), "/hooks/alerts", junk),
     );
     assert_eq!(status, 400);
 
     // Only the one good request was delivered.
     let good_again = r#"{"text":"marker"}"#;
-    util::http(
+    let (status, _) = post(
         &addr,
-        "POST",
         "/hooks/alerts",
-        Some(good_again),
-        &[("X-Hermes-Signature", &sign(secret, good_again))],
+        good_again,
+        &signed_at(secret, now_secs(), "/hooks/alerts", good_again),
     );
+    assert_eq!(status, 204);
     let inbound = recorder.wait_for(2);
     assert_eq!(inbound.len(), 2);
     assert_eq!(
         (inbound[1].text.as_str(), inbound[1].user.as_str()),
         ("marker", "webhook")
     );
+    stop(webhook);
+}
+
+#[test]
+fn webhook_listener_bounds_heads_and_serves_around_slow_clients() {
+    let t = TestDir::new();
+    let secret = "a-shared-secret-of-some-length";
+    let recorder = Recorder::new();
+    let (webhook, addr) = listener(&t, secret, &recorder);
+    // One header line that never ends: refused at 16 KiB, not read into memory for ever.
+    let mut endless = std::net::TcpStream::connect(&addr).unwrap();
+    endless
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    endless
+        .write_all(b"POST /hooks/a HTTP/1.1\r\nX-Junk: ")
+        .unwrap();
+    let chunk = vec![b'j'; 64 * 1024];
+    for _ in 0..16 {
+        if endless.write_all(&chunk).is_err() {
+            break; // the listener answered and closed
+        }
+    }
+    let mut answer = String::new();
+    let _ = endless.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer:?}");
+    // Clients that trickle their heads, more of them than the listener serves at once.
+    let mut slow = Vec::new();
+    for _ in 0..80 {
+        let mut s = std::net::TcpStream::connect(&addr).unwrap();
+        s.write_all(b"POST /hooks/a HTTP/1.1\r\n").unwrap();
+        slow.push(s);
+    }
+    // A signed request gets in at once all the same.
+    let body = r#"{"text":"through"}"#;
+    let started = Instant::now();
+    let (status, answer) = post(
+        &addr,
+        "/hooks/a",
+        body,
+        &signed_at(secret, now_secs(), "/hooks/a", body),
+    );
+    assert_eq!(status, 204, "{answer}");
+    assert_eq!(recorder.wait_for(1)[0].text, "through");
+    eprintln!(
+        "a signed request beside 80 trickling clients: {:?}",
+        started.elapsed()
+    );
+    drop(slow);
     stop(webhook);
 }
 

@@ -22,9 +22,11 @@
 //! the retries run out, the error is retryable.
 //!
 //! Inbound: `POST /hooks/<chat>` with a JSON body `{"text": "...", "user": "..."}` and the
-//! header `X-Hermes-Signature: sha256=<hex HMAC-SHA256 of the raw body with the secret>`.
-//! Answers: 204 delivered, 401 missing or bad signature (never delivered), 400 bad body, 404
-//! another path, 405 another method, 413 over 64 KiB.
+//! headers `X-Hermes-Timestamp: <Unix seconds>` and `X-Hermes-Signature: v1=<hex HMAC-SHA256
+//! of "<timestamp>\n<METHOD>\n<path>\n<body>" with the secret>` (see `inbound`: the window
+//! and replays). Answers: 204 delivered, 401 missing, bad, stale or replayed signature (never
+//! delivered), 400 bad body, 404 another path, 405 another method, 413 over 64 KiB, 431 a head
+//! over 16 KiB, 503 too busy.
 
 mod inbound;
 mod outbound;
