@@ -305,3 +305,40 @@ fn hot_reload_of_an_isolated_platform_refuses_a_library_that_kills_its_child_and
     );
     assert!(server.mapped("hermes_loopback").is_empty());
 }
+
+#[test]
+fn a_manual_reload_during_a_crash_backoff_is_not_restarted_again() {
+    let (_t, server) = setup();
+    // Crashes in a row: the restarts wait 0, 100, 200, 400 and 800 ms.
+    for _ in 0..5 {
+        let before = server.platform("crashy")["generation"].as_u64().unwrap();
+        assert_eq!(server.send("crashy", "c", "crash:abort").0, 503);
+        server.wait_platform("crashy", |p| {
+            p["state"] == "running" && p["generation"].as_u64() > Some(before)
+        });
+    }
+    // The sixth waits 1.6 s; an operator reloads it in the meantime.
+    assert_eq!(server.send("crashy", "c", "crash:abort").0, 503);
+    server.wait_platform("crashy", |p| p["state"] == "crashed");
+    let out = server.cli(&["plugin", "reload", "crashy"]);
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("had crashed (its process"), "{said}");
+    assert!(!said.contains("hung"), "{said}");
+    let reloaded = server.platform("crashy")["generation"].as_u64().unwrap();
+    // When the backoff ends, the supervisor finds the crashed generation gone and leaves the
+    // healthy one alone.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server
+        .log()
+        .contains("the crashed generation was replaced before its restart")
+    {
+        assert!(std::time::Instant::now() < deadline, "{}", server.log());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(
+        server.platform("crashy")["generation"].as_u64(),
+        Some(reloaded)
+    );
+    assert_eq!(server.send("crashy", "c", "fine").0, 200);
+}

@@ -59,13 +59,15 @@ pub async fn supervise(gateway: Arc<Gateway>) {
             _ = gateway.crashes.notified() => {}
             _ = down.wait_for(|d| *d) => return,
         }
-        let crashed: Vec<String> = gateway
+        let crashed: Vec<(String, u64)> = gateway
             .registry
             .entries()
-            .filter(|e| e.running().is_some_and(|i| i.crashed().is_some()))
-            .map(|e| e.manifest().id.clone())
+            .filter_map(|e| {
+                let crashed = e.running().filter(|i| i.crashed().is_some())?;
+                Some((e.manifest().id.clone(), crashed.generation()))
+            })
             .collect();
-        for id in crashed {
+        for (id, generation) in crashed {
             if !restarting
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -77,16 +79,19 @@ pub async fn supervise(gateway: Arc<Gateway>) {
             let wait = crash_backoff(crash_restarts.get(&id).copied(), now);
             crash_restarts.insert(id.clone(), (now + wait, wait));
             let (gateway, restarting) = (Arc::clone(&gateway), Arc::clone(&restarting));
-            tokio::spawn(async move { restart(&gateway, id, wait, restarting).await });
+            tokio::spawn(async move { restart(&gateway, id, generation, wait, restarting).await });
         }
         replace_hung(&gateway, &mut hung_restarts).await;
     }
 }
 
-/// Restarts a crashed platform after `wait`.
+/// Restarts a crashed platform after `wait`, unless its crashed `generation` was replaced
+/// meanwhile (an operator's `plugin reload`, a config reload): a healthy successor is never
+/// restarted for its predecessor's crash.
 async fn restart(
     gateway: &Arc<Gateway>,
     id: String,
+    generation: u64,
     wait: Duration,
     restarting: Arc<Mutex<HashSet<String>>>,
 ) {
@@ -94,12 +99,20 @@ async fn restart(
         tracing::warn!(platform = %id, wait_ms = wait.as_millis() as u64, "the platform crashed again within a minute; restarting it after a wait");
         tokio::time::sleep(wait).await;
     }
-    match reload(gateway, &id, "crash").await {
-        Ok(generation) => {
-            tracing::warn!(platform = %id, generation, "crashed platform restarted in a new child")
-        }
-        Err(reason) => {
-            tracing::error!(platform = %id, %reason, "restarting the crashed platform failed; trying again with backoff")
+    let still_crashed = gateway
+        .registry
+        .running(&id)
+        .is_some_and(|i| i.generation() == generation && i.crashed().is_some());
+    if !still_crashed {
+        tracing::info!(platform = %id, generation, "the crashed generation was replaced before its restart; nothing to do");
+    } else {
+        match reload(gateway, &id, "crash").await {
+            Ok(generation) => {
+                tracing::warn!(platform = %id, generation, "crashed platform restarted in a new child")
+            }
+            Err(reason) => {
+                tracing::error!(platform = %id, %reason, "restarting the crashed platform failed; trying again with backoff")
+            }
         }
     }
     restarting

@@ -142,10 +142,12 @@ pub(super) fn reload(config: &Config, id: &str) -> Result<ExitCode> {
         Some(false) => "; old copy STILL MAPPED",
         None => "",
     };
-    let lost = if outcome.state_lost {
-        "; the old generation was hung: its state was lost"
-    } else {
-        ""
+    let lost = match (&outcome.old_crashed, outcome.state_lost) {
+        (Some(exit), _) => format!(
+            "; the old generation had crashed (its process {exit}): the new one started with the state the old one started with"
+        ),
+        (None, true) => "; the old generation was hung: its state was lost".to_owned(),
+        (None, false) => String::new(),
     };
     writeln!(
         out,

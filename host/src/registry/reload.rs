@@ -54,8 +54,11 @@ pub struct ReloadOutcome {
     pub start_ms: f64,
     /// Bytes of state handed from the old generation to the new.
     pub state_bytes: Option<usize>,
-    /// The old generation was hung: its state was lost.
+    /// The old generation was hung or had crashed: the state it had was lost.
     pub state_lost: bool,
+    /// How the old generation's process had ended, when it had crashed (isolation).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub old_crashed: Option<String>,
     /// The old library's unload, checked against the process's mappings.
     pub old_unload: Option<UnloadReport>,
 }
@@ -155,6 +158,7 @@ impl Registry {
                 start_ms: 0.0,
                 state_bytes: None,
                 state_lost: false,
+                old_crashed: None,
                 old_unload: None,
             });
         };
@@ -247,6 +251,7 @@ impl Registry {
                     start_ms,
                     state_bytes,
                     state_lost: hung || crashed.is_some(),
+                    old_crashed: crashed.clone(),
                     old_unload,
                 })
             }
