@@ -342,3 +342,23 @@ fn a_manual_reload_during_a_crash_backoff_is_not_restarted_again() {
     );
     assert_eq!(server.send("crashy", "c", "fine").0, 200);
 }
+
+#[test]
+fn a_send_during_a_crash_restart_waits_for_the_new_generation() {
+    let (_t, server) = setup();
+    // Crashes in a row, so that the next restart waits (0, 100, 200 ms, then 400 ms).
+    for _ in 0..3 {
+        let before = server.platform("crashy")["generation"].as_u64().unwrap();
+        assert_eq!(server.send("crashy", "c", "crash:abort").0, 503);
+        server.wait_platform("crashy", |p| {
+            p["state"] == "running" && p["generation"].as_u64() > Some(before)
+        });
+    }
+    let before = server.platform("crashy")["generation"].as_u64().unwrap();
+    assert_eq!(server.send("crashy", "c", "crash:abort").0, 503);
+    server.wait_platform("crashy", |p| p["state"] == "crashed");
+    // Sent while it is down: served by the next generation, not refused at once.
+    let (status, body) = server.send("crashy", "c", "while down");
+    assert_eq!(status, 200, "{body}");
+    assert!(body["generation"].as_u64() > Some(before), "{body}");
+}

@@ -115,7 +115,20 @@ impl Gateway {
     /// The running instance of `platform`, loading it on first use (off the runtime's threads).
     pub async fn instance(self: &Arc<Self>, platform: &str) -> Result<Arc<Instance>, SendError> {
         if let Some(instance) = self.registry.running(platform) {
-            return Ok(instance);
+            if instance.crashed().is_none() {
+                return Ok(instance);
+            }
+            // Its process died and the supervisor is restarting it (at once, or after a
+            // backoff): wait for the new generation within the call's timeout rather than
+            // fail at once. Past it, the call meets the crash (503, retryable).
+            let entry = self.registry.entry(platform)?;
+            let timeout = self.registry.call_timeout(entry);
+            let crashed = instance.generation();
+            drop(instance);
+            let _ = tokio::time::timeout(timeout, entry.wait_replaced(crashed)).await;
+            if let Some(instance) = self.registry.running(platform) {
+                return Ok(instance);
+            }
         }
         let entry = self.registry.entry(platform)?;
         // Held at the door by a reload: wait for the swap without taking a thread.

@@ -400,6 +400,17 @@ impl Entry {
             .await;
     }
 
+    /// Waits, without blocking a thread, until generation `generation` no longer serves: a
+    /// newer one does, or the entry left `running` for good (failed, stopped, unloaded).
+    pub async fn wait_replaced(&self, generation: u64) {
+        self.wait_until(|slot| match slot.state {
+            EntryState::Running => slot.generation != generation,
+            EntryState::Draining | EntryState::Loading | EntryState::Starting => false,
+            _ => true,
+        })
+        .await;
+    }
+
     /// Reload counts and the last outcome.
     pub fn reload_stats(&self) -> ReloadStats {
         self.reloads
