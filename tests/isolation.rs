@@ -362,3 +362,28 @@ fn a_send_during_a_crash_restart_waits_for_the_new_generation() {
     assert_eq!(status, 200, "{body}");
     assert!(body["generation"].as_u64() > Some(before), "{body}");
 }
+
+#[test]
+fn what_an_isolated_plugin_prints_is_logged_under_its_id_and_forges_no_line() {
+    let (_t, server) = setup();
+    let forged =
+        r"print:hello\n2026-01-01T00:00:00.000000Z  INFO hermes_host: FORGED-LINE \e[31mred";
+    let (status, body) = server.send("crashy", "c", forged);
+    assert_eq!(status, 200, "{body}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = server.log();
+        if log.matches("FORGED-LINE").count() >= 2 {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert!(!log.contains('\x1b'), "a raw escape reached the log");
+    for line in log.lines().filter(|l| l.contains("FORGED-LINE")) {
+        assert!(!line.starts_with("2026-01-01"), "a forged line: {line}");
+        assert!(line.contains("platform=crashy"), "{line}");
+        assert!(line.contains("stream=\"std"), "{line}");
+    }
+    assert!(log.contains("hello"), "{log}");
+}

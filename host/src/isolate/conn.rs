@@ -6,7 +6,7 @@ use std::{
     collections::HashMap,
     io::Write,
     os::{
-        fd::{AsFd, OwnedFd},
+        fd::OwnedFd,
         unix::{net::UnixStream, process::ExitStatusExt},
     },
     path::PathBuf,
@@ -72,15 +72,21 @@ impl Conn {
         if let Some(mb) = spawn.memory_limit_mb {
             command.arg("--memory-limit-mb").arg(mb.to_string());
         }
-        // What the plugin prints goes to the gateway's stderr, never into its stdout.
-        let stderr = std::io::stderr().as_fd().try_clone_to_owned()?;
+        // What the plugin prints is read line by line and logged under its id, escaped: it
+        // never reaches the gateway's stdout or stderr as raw bytes (forged log lines).
         command
             .env_clear()
             .envs(spawn.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::from(OwnedFd::from(theirs)))
-            .stdout(Stdio::from(stderr))
-            .stderr(Stdio::inherit());
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = spawner::spawn(command)?;
+        if let Some(out) = child.stdout.take() {
+            relay_output(&spawn.platform, "stdout", out);
+        }
+        if let Some(err) = child.stderr.take() {
+            relay_output(&spawn.platform, "stderr", err);
+        }
         let pid = child.id();
         let pidfd = match rustix::process::Pid::from_raw(pid as i32)
             .ok_or_else(|| std::io::Error::other("child without a pid"))
@@ -370,5 +376,40 @@ mod spawner {
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?;
         rx.recv()
             .map_err(|_| std::io::Error::other("the spawner thread is gone"))?
+    }
+}
+
+/// The longest line of a child's output logged as one record; longer ones are cut.
+const MAX_OUTPUT_LINE: u64 = 4096;
+
+/// Logs what a child writes to `stream`, a line per record (control characters escaped, lines
+/// cut at [`MAX_OUTPUT_LINE`]), on a thread that ends when the child closes it.
+fn relay_output(platform: &str, stream: &'static str, pipe: impl std::io::Read + Send + 'static) {
+    use std::io::{BufRead as _, Read as _};
+    let id = platform.to_owned();
+    let spawned = std::thread::Builder::new()
+        .name(format!("hermes-out-{stream}"))
+        .spawn(move || {
+            let mut reader = std::io::BufReader::new(pipe);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match (&mut reader)
+                    .take(MAX_OUTPUT_LINE)
+                    .read_until(b'\n', &mut line)
+                {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+                let whole = line.ends_with(b"\n");
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let text = crate::loader::escape_controls(text);
+                let cut = if whole { "" } else { "…(cut)" };
+                tracing::info!(target: "plugin", platform = %id, stream, "{text}{cut}");
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(platform, stream, error = %e, "cannot relay the child's output");
     }
 }

@@ -53,8 +53,29 @@ impl EventSink for DiscardInbound {
     }
 }
 
-/// Writes a plugin's log record as a host `tracing` event.
+/// `text` with its control characters escaped (`\n`, `\r`, `\t`, `\u{1b}`...): what a plugin
+/// writes becomes one record of the gateway's log, never a forged line or a terminal escape.
+pub fn escape_controls(text: &str) -> std::borrow::Cow<'_, str> {
+    if !text.chars().any(char::is_control) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() => out.push_str(&c.escape_unicode().to_string()),
+            c => out.push(c),
+        }
+    }
+    out.into()
+}
+
+/// Writes a plugin's log record as a host `tracing` event (control characters escaped).
 pub fn forward_log(platform: &str, generation: u64, level: u8, target: &str, message: &str) {
+    let target = &*escape_controls(target);
+    let message = &*escape_controls(message);
     macro_rules! emit {
         ($level:expr) => {
             tracing::event!(

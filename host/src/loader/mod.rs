@@ -27,7 +27,7 @@ mod shadow;
 mod start;
 mod worker;
 
-pub use callbacks::{DiscardInbound, EventSink, forward_log};
+pub use callbacks::{DiscardInbound, EventSink, escape_controls, forward_log};
 pub use error::{CallError, LoadError, StopError};
 pub use instance::{Instance, Stopped};
 pub use library::{Library, UnloadReport};
