@@ -260,3 +260,25 @@ fn a_page_on_another_origin_cannot_send_through_the_gateway() {
     };
     assert!(!text.contains("forged"), "{text}");
 }
+
+#[test]
+fn the_live_tail_keeps_the_newest_500_messages() {
+    let t = TestDir::new();
+    t.install("loopback", "hermes_loopback", 1);
+    let server = Server::start(&t, "[platforms.loopback]\nuser = \"echo\"\n");
+    let mut page = Browser::open(&t, &format!("http://{}/", server.addr));
+    page.wait_for("document.querySelectorAll('tr[data-platform]').length === 1");
+    // The tail is connected once an echo shows in it.
+    assert_eq!(server.send("loopback", "c", "first").0, 200);
+    page.wait_for("document.getElementById('events').textContent.includes('first')");
+    for i in 0..520 {
+        assert_eq!(server.send("loopback", "c", &format!("m{i}")).0, 200);
+    }
+    page.wait_for(
+        "document.getElementById('events').firstElementChild.textContent.endsWith('m519')",
+    );
+    assert_eq!(
+        page.eval("document.getElementById('events').childElementCount"),
+        json!(500)
+    );
+}
