@@ -112,6 +112,24 @@ async fn bad_requests_get_clear_errors() {
     let (status, e) = send(&gateway, "loopback", r#"{"chat_id":"","text":"x"}"#, None).await;
     assert_eq!(status, 422);
     assert!(e["error"].as_str().unwrap().contains("`chat_id`"), "{e}");
+    // Fields past the inbound bounds: 422, not a 503 that a client retries for ever.
+    let long = serde_json::json!({ "chat_id": "c".repeat(2000), "text": "x" }).to_string();
+    let (status, e) = send(&gateway, "loopback", &long, None).await;
+    assert_eq!(status, 422, "{e}");
+    assert_eq!(e["retryable"], false);
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("field `chat_id` is 2000 bytes; at most 1024"),
+        "{e}"
+    );
+    let meta =
+        serde_json::json!({ "chat_id": "c", "text": "x", "metadata": { "k": "v".repeat(20_000) } })
+            .to_string();
+    let (status, e) = send(&gateway, "loopback", &meta, None).await;
+    assert_eq!(status, 422, "{e}");
+    assert!(e["error"].as_str().unwrap().contains("`metadata`"), "{e}");
     let (status, e) = send(&gateway, "loopback", "not json", None).await;
     assert_eq!(status, 422, "{e}");
     assert!(

@@ -340,6 +340,26 @@ pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
             "field `chat_id` must not be empty".to_owned(),
         ));
     }
+    // The bounds the gateway holds inbound messages to: a chat or reply id past them names no
+    // chat anywhere, and an echo of it could never come back in (a retry would not help).
+    use crate::message::limits::{INBOUND_FIELD_BYTES, METADATA_BYTES};
+    for (field, value) in [
+        ("chat_id", message.chat_id.as_str()),
+        ("reply_to", message.reply_to.as_deref().unwrap_or("")),
+    ] {
+        if value.len() > INBOUND_FIELD_BYTES {
+            return Err(unprocessable(format!(
+                "field `{field}` is {} bytes; at most {INBOUND_FIELD_BYTES}",
+                value.len()
+            )));
+        }
+    }
+    let metadata = serde_json::to_string(&message.metadata).map_or(0, |m| m.len());
+    if metadata > METADATA_BYTES {
+        return Err(unprocessable(format!(
+            "field `metadata` is {metadata} bytes as JSON; at most {METADATA_BYTES}"
+        )));
+    }
     Ok(message)
 }
 
