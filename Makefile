@@ -48,6 +48,7 @@ bench: build
 	$(CARGO) bench -p hermes-host --bench reload
 	$(CARGO) bench -p hermes-host --bench isolation
 	$(CARGO) bench -p hermes-host --bench dev
+	$(CARGO) bench -p hermes-irc --bench lines
 
 clean-state:
 	rm -rf examples/.hermes examples/.hermes-bridge
