@@ -184,6 +184,8 @@ async fn bad_requests_get_clear_errors() {
     // a loader message; the error is on the entry; the rest serves.
     let (status, e) = send(&gateway, "broken", r#"{"chat_id":"c","text":"x"}"#, None).await;
     assert_eq!(status, 503, "{e}");
+    // Retryable: a failed load is tried again a second later (a rebuilt library loads).
+    assert_eq!(e["retryable"], true, "{e}");
     let text = e["error"].as_str().unwrap();
     assert!(
         text.contains("platform `broken` is unavailable: it failed to load")

@@ -77,12 +77,17 @@ impl From<RegistryError> for ApiError {
             RegistryError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
             RegistryError::LoadFailed { id, cause } => {
                 tracing::warn!(platform = %id, error = %cause, "refused: the platform failed to load");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    format!(
-                        "platform `{id}` is unavailable: it failed to load; `hermes-host status`, `hermes-host plugin check {id}` or the server log say why"
-                    ),
-                )
+                // A failed load is tried again a second later (a rebuilt library, a peer that
+                // came back): a retry may succeed.
+                ApiError {
+                    retryable: true,
+                    ..ApiError::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!(
+                            "platform `{id}` is unavailable: it failed to load; `hermes-host status`, `hermes-host plugin check {id}` or the server log say why"
+                        ),
+                    )
+                }
             }
             RegistryError::StopFailed { .. } => {
                 ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())

@@ -364,7 +364,13 @@ impl Config {
                     }
                     hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect()
                 },
-                idle_quiet: Duration::from_secs(raw.server.idle_quiet_secs.unwrap_or(60)),
+                idle_quiet: match raw.server.idle_quiet_secs {
+                    // Idle straight after traffic would let a supervisor stop a busy gateway.
+                    Some(0) => {
+                        return Err(err("key `server.idle_quiet_secs`: at least 1".into()));
+                    }
+                    secs => Duration::from_secs(secs.unwrap_or(60)),
+                },
             },
             plugins: PluginsConfig {
                 dirs: raw
@@ -498,6 +504,8 @@ mod tests {
         );
         let e = parse("[server]\napi_token = \"0123456789abcdef0123 \"\n").unwrap_err();
         assert!(e.to_string().contains("trailing space"), "{e}");
+        let e = parse("[server]\nidle_quiet_secs = 0\n").unwrap_err();
+        assert!(e.to_string().contains("server.idle_quiet_secs"), "{e}");
         let e = parse("[server]\nallowed_hosts = [\"a b\"]\n").unwrap_err();
         assert!(e.to_string().contains("server.allowed_hosts[0]"), "{e}");
         let e = parse("[server]\napi_token = \"x\"\n").unwrap_err();
