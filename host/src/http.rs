@@ -101,25 +101,35 @@ pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 struct Conn {
     /// Requests of this connection being served: from a whole body to the response's end.
     busy: AtomicUsize,
+    /// Bumped each time it turns idle: only its latest entry in the idle queue counts.
+    idle_seq: AtomicUsize,
     /// Told to close (evicted).
     evict: Notify,
+}
+
+impl Conn {
+    /// Whether the idle-queue entry stamped `seq` is this connection's latest, and it is idle.
+    fn idle_as_of(&self, seq: usize) -> bool {
+        self.busy.load(Ordering::Acquire) == 0 && self.idle_seq.load(Ordering::Acquire) == seq
+    }
 }
 
 /// The open connections and, idle the longest first, those that may be evicted.
 struct Slots {
     open: AtomicUsize,
     limit: usize,
-    /// Connections as they turned idle; an entry may be stale (busy again, or closed).
-    idle: Mutex<VecDeque<std::sync::Weak<Conn>>>,
+    /// Connections as they turned idle, with the stamp of that turn; an entry whose
+    /// connection turned busy (or idle again, or closed) since is stale and skipped.
+    idle: Mutex<VecDeque<(std::sync::Weak<Conn>, usize)>>,
 }
 
 impl Slots {
     /// Evicts the connection idle the longest; `false` if every one is busy.
     fn evict_oldest_idle(&self) -> bool {
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        while let Some(weak) = idle.pop_front() {
+        while let Some((weak, seq)) = idle.pop_front() {
             if let Some(conn) = weak.upgrade()
-                && conn.busy.load(Ordering::Acquire) == 0
+                && conn.idle_as_of(seq)
             {
                 conn.evict.notify_one();
                 return true;
@@ -130,14 +140,14 @@ impl Slots {
 
     /// Queues `conn` as idle from now.
     fn idle(&self, conn: &Arc<Conn>) {
+        let seq = conn.idle_seq.fetch_add(1, Ordering::AcqRel) + 1;
         let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.len() > 2 * self.limit {
-            idle.retain(|w| {
-                w.upgrade()
-                    .is_some_and(|c| c.busy.load(Ordering::Acquire) == 0)
-            });
+        // Stale entries pile up as keep-alive connections serve request after request; past
+        // twice the limit, drop them (what stays is one entry per idle connection at most).
+        if idle.len() > 2 * self.limit.max(64) {
+            idle.retain(|(w, seq)| w.upgrade().is_some_and(|c| c.idle_as_of(*seq)));
         }
-        idle.push_back(Arc::downgrade(conn));
+        idle.push_back((Arc::downgrade(conn), seq));
     }
 }
 
@@ -228,20 +238,39 @@ async fn read_body(
     }
     let started = tokio::time::Instant::now();
     let deadline = started + limits.body_read_timeout;
-    let mut read = bytes::BytesMut::new();
+    // A body of one frame (the usual case) is handed on as it is, without a copy; more frames
+    // are gathered in one buffer.
+    let mut first: Option<bytes::Bytes> = None;
+    let mut gathered = bytes::BytesMut::new();
+    let mut read = 0usize;
     loop {
-        let check = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
-        match tokio::time::timeout_at(check, body.frame()).await {
-            Ok(None) => return Ok(read.freeze()),
+        // A frame that is already there (a small body arrives with its head) needs no timer.
+        let frame = match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(frame) => Ok(frame),
+            None => {
+                let check = deadline.min(tokio::time::Instant::now() + Duration::from_secs(1));
+                tokio::time::timeout_at(check, body.frame()).await
+            }
+        };
+        match frame {
+            Ok(None) => return Ok(first.unwrap_or_else(|| gathered.freeze())),
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
-                    if read.len() + data.len() > MAX_BODY {
+                    if read + data.len() > MAX_BODY {
                         return Err(body_refused(
                             StatusCode::PAYLOAD_TOO_LARGE,
                             format!("the request body is over {MAX_BODY} bytes"),
                         ));
                     }
-                    read.extend_from_slice(&data);
+                    read += data.len();
+                    if first.is_none() && gathered.is_empty() {
+                        first = Some(data);
+                    } else {
+                        if let Some(first) = first.take() {
+                            gathered.extend_from_slice(&first);
+                        }
+                        gathered.extend_from_slice(&data);
+                    }
                 }
             }
             Ok(Some(Err(e))) => {
@@ -263,8 +292,7 @@ async fn read_body(
             ));
         }
         let elapsed = now - started;
-        if elapsed > BODY_RATE_GRACE
-            && (read.len() as f64) < MIN_BODY_RATE as f64 * elapsed.as_secs_f64()
+        if elapsed > BODY_RATE_GRACE && (read as f64) < MIN_BODY_RATE as f64 * elapsed.as_secs_f64()
         {
             return Err(body_refused(
                 StatusCode::REQUEST_TIMEOUT,
@@ -314,6 +342,7 @@ pub async fn serve<L: Listener>(
         refused_logged = false;
         let conn = Arc::new(Conn {
             busy: AtomicUsize::new(0),
+            idle_seq: AtomicUsize::new(0),
             evict: Notify::new(),
         });
         slots.idle(&conn);
