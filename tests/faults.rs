@@ -996,3 +996,27 @@ fn a_config_replaced_by_a_fifo_is_refused_at_sighup_without_blocking() {
     assert_eq!(server.send("loopback", "c", "still here").0, 200);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn a_misspelt_platform_table_is_refused_naming_the_installed_ids() {
+    let t = TestDir::new();
+    t.install("irc", "hermes_irc", 1);
+    t.install("loopback", "hermes_loopback", 1);
+    let conf = config(&t, "", "[platforms.ircc]\nserver = \"127.0.0.1:6667\"\n");
+    let log = serve_refused(&conf);
+    assert!(
+        log.contains("[platforms.ircc]: no plugin with id `ircc` is installed (did you mean `irc`?); installed: irc, loopback"),
+        "{log}"
+    );
+    // A config reload that adds one is refused as a whole; the server serves on.
+    let mut server = Server::start(&t, "[platforms.loopback]\n");
+    let text = fs::read_to_string(&server.config).unwrap();
+    fs::write(&server.config, format!("{text}\n[platforms.loopbak]\n")).unwrap();
+    let out = server.cli(&["reload-config"]);
+    assert!(!out.status.success());
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("did you mean `loopback`?"), "{said}");
+    assert_eq!(server.send("loopback", "c", "still").0, 200);
+    assert!(server.terminate().success());
+}

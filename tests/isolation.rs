@@ -215,6 +215,7 @@ fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapsh
 fn the_child_gets_only_the_basics_and_the_manifests_variables() {
     let t = TestDir::new();
     install_crashy(&t);
+    t.install("lb", "hermes_loopback", 1);
     let mut server = Server::start_env(
         &t,
         CONFIG,

@@ -158,8 +158,8 @@ impl Gateway {
             tables.push((id, now));
         }
         for id in new.platforms.keys() {
-            if !self.registry.is_registered(id) {
-                tracing::warn!(platform = %id, "[platforms.{id}] names a plugin that is not installed");
+            if let Some(reason) = self.registry.unknown_table(id) {
+                return Err(ReconfigureError::Refused { file: name, reason });
             }
         }
         let routes = new.routes.clone();

@@ -142,12 +142,15 @@ impl Gateway {
         for problem in registry.problems() {
             tracing::warn!("{problem}");
         }
+        let file = config
+            .source
+            .as_deref()
+            .map_or("hermes.toml".into(), |p| p.display().to_string());
         for (id, table) in &config.platforms {
+            if let Some(unknown) = registry.unknown_table(id) {
+                anyhow::bail!("{file}: {unknown}");
+            }
             if let Some(refusal) = registry.idle_unload_refusal(id, table) {
-                let file = config
-                    .source
-                    .as_deref()
-                    .map_or("hermes.toml".into(), |p| p.display().to_string());
                 anyhow::bail!("{file}: {refusal}");
             }
         }

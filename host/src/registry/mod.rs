@@ -109,6 +109,32 @@ impl Registry {
         self.entries.contains_key(id)
     }
 
+    /// Why a `[platforms.<id>]` table names no installed plugin, with the closest installed id
+    /// when one is near (a misspelling), and the installed ones; `None` if `id` is installed.
+    pub fn unknown_table(&self, id: &str) -> Option<String> {
+        if self.is_registered(id) {
+            return None;
+        }
+        let mut installed: Vec<&str> = self.entries.keys().map(String::as_str).collect();
+        installed.sort_unstable();
+        let near = installed
+            .iter()
+            .map(|known| (edit_distance(id, known), *known))
+            .filter(|(d, known)| *d <= 2.max(known.len() / 4))
+            .min();
+        let hint = near.map_or(String::new(), |(_, known)| {
+            format!(" (did you mean `{known}`?)")
+        });
+        Some(format!(
+            "[platforms.{id}]: no plugin with id `{id}` is installed{hint}; installed: {}",
+            if installed.is_empty() {
+                "none".to_owned()
+            } else {
+                installed.join(", ")
+            }
+        ))
+    }
+
     /// One entry.
     pub fn entry(&self, id: &str) -> Result<&Arc<Entry>, RegistryError> {
         self.entries
@@ -419,5 +445,34 @@ fn api_mismatch(manifest: &Manifest, path: &Path) -> LoadFailure {
     LoadFailure::ApiMismatch {
         manifest: path.to_owned(),
         declared: manifest.api,
+    }
+}
+
+/// Levenshtein distance between two short ids.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = (above + 1)
+                .min(row[j] + 1)
+                .min(diagonal + usize::from(ca != *cb));
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod edit_distance_tests {
+    #[test]
+    fn counts_edits() {
+        assert_eq!(super::edit_distance("ircc", "irc"), 1);
+        assert_eq!(super::edit_distance("loopbak", "loopback"), 1);
+        assert_eq!(super::edit_distance("mqtt", "xmpp"), 4);
+        assert_eq!(super::edit_distance("", "abc"), 3);
     }
 }
