@@ -680,9 +680,17 @@ fn a_request_head_that_never_ends_is_closed_after_the_header_timeout() {
 /// Parses OpenMetrics text with the reference parser (Python's `prometheus_client`); returns
 /// the family names, in order.
 fn parse_metrics(text: &str) -> Vec<String> {
-    let script = "import sys\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families as parse\nfor f in parse(sys.stdin.read()):\n    print(f.name)\n";
+    parse_metrics_with(text, "prometheus_client.openmetrics.parser")
+}
+
+/// As [`parse_metrics`], with the parser of Python module `parser` (the OpenMetrics one, or
+/// `prometheus_client.parser` for Prometheus' text format 0.0.4).
+fn parse_metrics_with(text: &str, parser: &str) -> Vec<String> {
+    let script = format!(
+        "import sys\nfrom {parser} import text_string_to_metric_families as parse\nfor f in parse(sys.stdin.read()):\n    print(f.name)\n"
+    );
     let mut child = std::process::Command::new("python3")
-        .args(["-c", script])
+        .args(["-c", &script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -732,6 +740,21 @@ fn metrics_parse_with_the_reference_parser_one_family_per_name() {
         "{}",
         body.len()
     );
+    // A scraper that asks for Prometheus' text format 0.0.4 gets it, and it parses too.
+    let (status, text) = util::http(
+        &server.addr,
+        "GET",
+        "/metrics",
+        None,
+        &[("Accept", "text/plain;version=0.0.4;q=1,*/*;q=0.1")],
+    );
+    assert_eq!(status, 200);
+    assert!(
+        !text.contains("# EOF") && text.contains("# TYPE hermes_sends_total counter"),
+        "{text}"
+    );
+    let families = parse_metrics_with(&text, "prometheus_client.parser");
+    assert!(families.iter().any(|f| f == "hermes_sends"), "{families:?}");
     let (_, text) = server.get("/metrics");
     let families = parse_metrics(&text);
     let unique: HashSet<&String> = families.iter().collect();

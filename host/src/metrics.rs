@@ -5,6 +5,11 @@
 //! stale deliveries) live here, in plain maps that cost the hot path one lock and no allocation. Everything else (loads per platform, reloads, the journal, in-flight calls,
 //! resident libraries) is read at scrape time into a [`Snapshot`] and encoded beside them, so
 //! no value is kept twice. Each family has one name: counters end in `_total`, gauges do not.
+//!
+//! The format follows the scraper's `Accept`: OpenMetrics when it asks for
+//! `application/openmetrics-text` (Prometheus does, first) or for nothing in particular, and
+//! Prometheus' text format 0.0.4 when it asks for `text/plain` only (older scrapers, `promtool
+//! check metrics`, curl with that header): [`to_prometheus_text`] rewrites the one into the other.
 
 use std::{collections::BTreeMap, sync::Mutex};
 
@@ -21,6 +26,65 @@ const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 
 
 /// The content type of [`Metrics::render`]'s text.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The content type of [`to_prometheus_text`]'s text.
+pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Whether a scraper's `Accept` header asks for the Prometheus text format rather than
+/// OpenMetrics: it names `text/plain` and not `application/openmetrics-text`.
+pub fn wants_prometheus_text(accept: &str) -> bool {
+    let accept = accept.to_ascii_lowercase();
+    accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
+}
+
+/// Rewrites OpenMetrics text (as [`Metrics::render`] makes it) into Prometheus' text format
+/// 0.0.4: no `# EOF` or `# UNIT` lines, counter families named as their `_total` samples,
+/// `unknown` as `untyped`.
+pub fn to_prometheus_text(openmetrics: &str) -> String {
+    let mut counters = std::collections::HashSet::new();
+    for line in openmetrics.lines() {
+        if let Some(name) = line
+            .strip_prefix("# TYPE ")
+            .and_then(|rest| rest.strip_suffix(" counter"))
+        {
+            counters.insert(name.to_owned());
+        }
+    }
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let described = ["# TYPE ", "# HELP "]
+            .iter()
+            .find_map(|prefix| Some((*prefix, line.strip_prefix(prefix)?)));
+        match described {
+            Some((prefix, rest)) => {
+                let (name, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+                let name = if counters.contains(name) {
+                    format!("{name}_total")
+                } else {
+                    name.to_owned()
+                };
+                let tail = if prefix == "# TYPE " && tail == "unknown" {
+                    "untyped"
+                } else {
+                    tail
+                };
+                out.push_str(&format!("{prefix}{name} {tail}\n"));
+            }
+            // Samples are the same in both; `_created` samples are OpenMetrics only.
+            None if counters
+                .iter()
+                .any(|c| line.starts_with(&format!("{c}_created"))) => {}
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -289,5 +353,24 @@ impl Metrics {
         // Writing to a String cannot fail.
         let _ = encode(&mut out, &registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod format_tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_becomes_prometheus_text() {
+        let om = "# HELP hermes_sends Sends.\n# TYPE hermes_sends counter\nhermes_sends_total{platform=\"a\"} 2\n# HELP up Up.\n# TYPE up gauge\n# UNIT up seconds\nup 1\n# EOF\n";
+        assert_eq!(
+            to_prometheus_text(om),
+            "# HELP hermes_sends_total Sends.\n# TYPE hermes_sends_total counter\nhermes_sends_total{platform=\"a\"} 2\n# HELP up Up.\n# TYPE up gauge\nup 1\n"
+        );
+        assert!(wants_prometheus_text("text/plain;version=0.0.4;q=0.9"));
+        assert!(!wants_prometheus_text(
+            "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
+        ));
+        assert!(!wants_prometheus_text("*/*"));
     }
 }

@@ -424,7 +424,7 @@ async fn events(State(gateway): State<Arc<Gateway>>) -> Response {
         .into_response()
 }
 
-async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
+async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Response {
     let platforms = gateway.registry.list();
     let reloads = gateway
         .registry
@@ -439,5 +439,20 @@ async fn metrics(State(gateway): State<Arc<Gateway>>) -> Response {
         resident_stale_libraries: gateway.registry.resident_stale_libraries().map(|v| v.len()),
         journal: &journal,
     });
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if crate::metrics::wants_prometheus_text(accept) {
+        let text = crate::metrics::to_prometheus_text(&text);
+        return (
+            [(
+                header::CONTENT_TYPE,
+                crate::metrics::PROMETHEUS_CONTENT_TYPE,
+            )],
+            text,
+        )
+            .into_response();
+    }
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
