@@ -583,3 +583,44 @@ fn a_config_file_named_on_the_command_line_must_exist() {
         .unwrap();
     assert!(out.status.success(), "{}", text(&out.stderr));
 }
+
+#[test]
+fn plugin_check_names_a_broken_manifest_and_a_library_that_is_no_file() {
+    let t = TestDir::new();
+    // A manifest without `name`: its own error, not "declares API 0".
+    let dir = t.plugins().join("noname");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("plugin.toml"),
+        "[plugin]\nid = \"noname\"\nversion = \"0.1.0\"\napi = 1\nlibrary = \"x\"\n",
+    )
+    .unwrap();
+    let out = run(&t, &["plugin", "check", "noname"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("name"), "{said}");
+    assert!(!said.contains("declares API 0"), "{said}");
+    // A library path that is a folder, or a FIFO.
+    let dir = t.install("folder", "custom_folder", 1);
+    std::fs::create_dir(dir.join("libcustom_folder.so")).unwrap();
+    let out = run(&t, &["plugin", "check", "folder"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        said.contains("libcustom_folder.so is a folder, not a library file"),
+        "{said}"
+    );
+    let dir = t.install("fifo", "custom_fifo", 1);
+    assert!(
+        Command::new("mkfifo")
+            .arg(dir.join("libcustom_fifo.so"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = run(&t, &["plugin", "check", "fifo"]);
+    let said = text(&out.stdout) + &text(&out.stderr);
+    assert!(
+        said.contains("libcustom_fifo.so is a FIFO, not a library file"),
+        "{said}"
+    );
+}

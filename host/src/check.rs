@@ -72,6 +72,18 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
         layout_details: None,
     };
 
+    // A manifest that could not be read: its own error, not the placeholder's API.
+    let status = entry.status();
+    if status.state == crate::registry::EntryState::Invalid {
+        report.step(
+            "manifest",
+            Some(false),
+            status
+                .error
+                .unwrap_or_else(|| "the manifest could not be read".into()),
+        );
+        return Ok(report);
+    }
     if manifest.api != ABI_VERSION {
         report.step(
             "manifest",

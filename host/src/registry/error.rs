@@ -108,6 +108,14 @@ pub enum LoadFailure {
         /// The folders looked in.
         looked: Vec<PathBuf>,
     },
+    /// Something is where the library should be, but not a regular file.
+    #[error("{} is {kind}, not a library file", path.display())]
+    NotAFile {
+        /// What is there.
+        path: PathBuf,
+        /// `a folder`, `a FIFO`, `a device`, `a socket`.
+        kind: &'static str,
+    },
     /// This process's shadow folder could not be claimed.
     #[error("shadow folder {}: {source}", dir.display())]
     ShadowDir {

@@ -196,8 +196,24 @@ impl Registry {
             .chain(self.options.library_dirs.iter().map(PathBuf::as_path))
         {
             let candidate = dir.join(&file);
-            if candidate.is_file() {
-                return Ok(candidate);
+            if let Ok(meta) = std::fs::metadata(&candidate) {
+                use std::os::unix::fs::FileTypeExt as _;
+                let kind = meta.file_type();
+                let what = if kind.is_file() {
+                    return Ok(candidate);
+                } else if kind.is_dir() {
+                    "a folder"
+                } else if kind.is_fifo() {
+                    "a FIFO"
+                } else if kind.is_char_device() || kind.is_block_device() {
+                    "a device"
+                } else {
+                    "a socket"
+                };
+                return Err(LoadFailure::NotAFile {
+                    path: candidate,
+                    kind: what,
+                });
             }
             looked.push(dir.to_owned());
         }
