@@ -1043,3 +1043,31 @@ fn a_misspelt_platform_table_is_refused_naming_the_installed_ids() {
     assert_eq!(server.send("loopback", "c", "still").0, 200);
     assert!(server.terminate().success());
 }
+
+#[test]
+fn plugin_reload_refuses_idle_unload_for_an_inbound_plugin_as_start_does() {
+    let t = TestDir::new();
+    t.install_copy("webhook", "hermes_webhook");
+    fs::write(
+        t.plugins().join("webhook/plugin.toml"),
+        "[plugin]\nid = \"webhook\"\nname = \"W\"\nversion = \"0.0.1\"\napi = 1\nlibrary = \"hermes_webhook\"\ninbound = true\n",
+    )
+    .unwrap();
+    let server = Server::start(&t, "[platforms.webhook]\n");
+    let before = server.platform("webhook")["generation"].as_u64();
+    let text = fs::read_to_string(&server.config).unwrap();
+    fs::write(
+        &server.config,
+        text.replace(
+            "[platforms.webhook]\n",
+            "[platforms.webhook]\nidle_unload_secs = 5\n",
+        ),
+    )
+    .unwrap();
+    let out = server.cli(&["plugin", "reload", "webhook"]);
+    let said =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{said}");
+    assert!(said.contains("holds inbound connections"), "{said}");
+    assert_eq!(server.platform("webhook")["generation"].as_u64(), before);
+}

@@ -192,6 +192,22 @@ async fn reload(
                     None if entry.enabled_by_env() => crate::config::from_env(&id).ok().flatten(),
                     None => None,
                 };
+                // The same refusal as at start and at a config reload.
+                if let Some(refusal) = table
+                    .as_ref()
+                    .and_then(|t| gateway.registry.idle_unload_refusal(&id, t))
+                {
+                    return Ok((
+                        StatusCode::CONFLICT,
+                        Json(json!({
+                            "error": format!("reload of `{id}` refused: {}: {refusal}", file.display()),
+                            "reason": format!("{}: {refusal}", file.display()),
+                            "serving_generation": entry.running().map(|i| i.generation()),
+                            "retryable": false,
+                        })),
+                    )
+                        .into_response());
+                }
                 entry.set_platform_config(table)
             }
             Err(e) => {
