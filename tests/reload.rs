@@ -445,3 +445,55 @@ fn a_reload_replaces_a_hung_instance_and_reports_its_library_resident() {
     }
     registry.shutdown();
 }
+
+#[test]
+fn concurrent_hotreload_enables_persist_both_and_a_corrupt_state_file_is_logged() {
+    let t = TestDir::new();
+    t.install_copy("lb", "hermes_loopback");
+    t.install_copy("lb2", "hermes_loopback");
+    let platforms = "[platforms.lb]\n[platforms.lb2]\n";
+    let mut server = Server::start_with(&t, platforms, &["--dev"]);
+    let state = t.path().join("state/hotreload.json");
+    for round in 0..5 {
+        let enables: Vec<_> = ["lb", "lb2"]
+            .into_iter()
+            .map(|id| {
+                let (bin, config) = (util::bin(), server.config.clone());
+                std::thread::spawn(move || {
+                    std::process::Command::new(bin)
+                        .arg("--config")
+                        .arg(config)
+                        .args(["plugin", "hotreload-enable", id])
+                        .status()
+                        .unwrap()
+                })
+            })
+            .collect();
+        for enable in enables {
+            assert!(enable.join().unwrap().success());
+        }
+        let persisted = std::fs::read_to_string(&state).unwrap();
+        assert!(
+            persisted.contains("\"lb\"") && persisted.contains("\"lb2\""),
+            "round {round}: {persisted}"
+        );
+        for id in ["lb", "lb2"] {
+            assert!(
+                server
+                    .cli(&["plugin", "hotreload-disable", id])
+                    .status
+                    .success()
+            );
+        }
+    }
+    assert!(server.terminate().success());
+    std::fs::write(&state, "{ not json").unwrap();
+    let server = Server::start_with(&t, platforms, &["--dev"]);
+    assert!(
+        server
+            .log()
+            .contains("the persisted hot-reload watches do not parse"),
+        "{}",
+        server.log()
+    );
+}

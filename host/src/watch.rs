@@ -102,6 +102,9 @@ pub struct HotReload {
     state_file: PathBuf,
     config_name: String,
     watches: Mutex<BTreeMap<String, Watch>>,
+    /// Held while the watched set is read and written: two enables at once each write the
+    /// set as it is after both, never an older one last.
+    persisting: Mutex<()>,
 }
 
 impl HotReload {
@@ -120,6 +123,7 @@ impl HotReload {
             state_file: state_dir.join(STATE_FILE),
             config_name,
             watches: Mutex::new(BTreeMap::new()),
+            persisting: Mutex::new(()),
         }
     }
 
@@ -129,12 +133,23 @@ impl HotReload {
     }
 
     /// The ids persisted as watched.
+    /// A file that cannot be read or parsed is logged (naming it) and counts as empty.
     pub fn persisted(&self) -> Vec<String> {
-        std::fs::read(&self.state_file)
-            .ok()
-            .and_then(|b| serde_json::from_slice::<Persisted>(&b).ok())
-            .map(|p| p.watched)
-            .unwrap_or_default()
+        let bytes = match std::fs::read(&self.state_file) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Vec::new(),
+            Err(e) => {
+                tracing::warn!(file = %self.state_file.display(), error = %e, "cannot read the persisted hot-reload watches; none restored");
+                return Vec::new();
+            }
+        };
+        match serde_json::from_slice::<Persisted>(&bytes) {
+            Ok(p) => p.watched,
+            Err(e) => {
+                tracing::warn!(file = %self.state_file.display(), error = %e, "the persisted hot-reload watches do not parse; none restored (the file is rewritten at the next hotreload-enable or -disable)");
+                Vec::new()
+            }
+        }
     }
 
     /// Starts the watches persisted by an earlier run (when allowed).
@@ -283,6 +298,7 @@ impl HotReload {
     }
 
     fn persist(&self) -> Result<(), HotReloadError> {
+        let _one_at_a_time = self.persisting.lock().unwrap_or_else(|e| e.into_inner());
         let watched: Vec<String> = self
             .watches
             .lock()
