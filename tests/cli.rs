@@ -492,8 +492,8 @@ fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_bui
         .output()
         .unwrap();
     assert!(cargo.status.success(), "{}", text(&cargo.stderr));
-    let server = util::Server::start_config(&t, config.clone(), &["--dev"]);
 
+    // No server runs: `plugin dev` starts one.
     let mut child = Command::new(util::bin())
         .arg("--config")
         .arg(&config)
@@ -523,6 +523,13 @@ fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_bui
             }
         }
     };
+    let started = wait_line("dev: started hermes-host ready: http://");
+    let addr = started
+        .split("http://")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap()
+        .to_owned();
     wait_line("dev: devplug serving, generation 2");
     wait_line("dev: watching");
 
@@ -539,24 +546,49 @@ fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_bui
     .unwrap();
     let done = wait_line("dev: edit -> serving in");
     assert!(done.ends_with("generation 3"), "{done}");
-    let mut sse = util::Sse::connect(&server.addr);
-    let (status, body) = server.post(
-        "/api/platforms/devplug/send",
-        r#"{"chat_id":"c","text":"hi"}"#,
-    );
+    let post = |body: &str| {
+        util::http(
+            &addr,
+            "POST",
+            "/api/platforms/devplug/send",
+            Some(body),
+            &[],
+        )
+    };
+    let mut sse = util::Sse::connect(&addr);
+    let (status, body) = post(r#"{"chat_id":"c","text":"hi"}"#);
     assert_eq!(status, 200, "{body}");
     assert_eq!(sse.next()["text"], "echo: hi!");
 
     // A broken build: said so, and generation 3 keeps serving.
     std::fs::write(&lib, "this is not rust").unwrap();
     wait_line("dev: build failed; generation 3 keeps serving");
-    let (status, body) = server.post(
-        "/api/platforms/devplug/send",
-        r#"{"chat_id":"c","text":"x"}"#,
-    );
+    let (status, body) = post(r#"{"chat_id":"c","text":"x"}"#);
     assert_eq!(status, 200, "{body}");
-    let _ = child.kill();
-    let _ = child.wait();
+
+    // SIGTERM ends `plugin dev` and the server it started: none is left running, orphaned.
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    wait_line("dev: stopping");
+    assert!(child.wait().unwrap().success());
+    let status = Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .arg("status")
+        .output()
+        .unwrap();
+    assert!(
+        !status.status.success()
+            && text(&status.stderr).contains("no hermes-host server is running"),
+        "{}{}",
+        text(&status.stdout),
+        text(&status.stderr)
+    );
 }
 
 #[test]

@@ -486,6 +486,25 @@ fn concurrent_hotreload_enables_persist_both_and_a_corrupt_state_file_is_logged(
             );
         }
     }
+    // A plugin watched but not configured is listed too.
+    t.install_copy("lb3", "hermes_loopback");
+    assert!(server.terminate().success());
+    let mut server = Server::start_with(&t, platforms, &["--dev"]);
+    assert!(
+        server
+            .cli(&["plugin", "hotreload-enable", "lb3"])
+            .status
+            .success()
+    );
+    let status = server.cli(&["plugin", "hotreload-status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let lb3 = status["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["id"] == "lb3")
+        .unwrap_or_else(|| panic!("lb3 missing: {status}"));
+    assert_eq!(lb3["watching"], true);
     assert!(server.terminate().success());
     std::fs::write(&state, "{ not json").unwrap();
     let server = Server::start_with(&t, platforms, &["--dev"]);

@@ -205,7 +205,15 @@ impl HotReload {
     pub fn status(&self) -> Vec<WatchStatus> {
         self.registry
             .entries()
-            .filter(|e| e.configured() || e.reload_stats().last.is_some())
+            .filter(|e| {
+                e.configured()
+                    || e.reload_stats().last.is_some()
+                    || self
+                        .watches
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains_key(&e.manifest().id)
+            })
             .map(|e| e.manifest().id.clone())
             .filter_map(|id| self.status_of(&id))
             .collect()

@@ -5,8 +5,9 @@
 //! `plugin.toml`. On a change it runs `cargo build`, showing the compiler's output; when the
 //! build succeeds it has the server reload the plugin through the control socket (the reload
 //! transaction: calls held, state handed over) and prints the edit-to-serving time; when the
-//! build fails, the old generation keeps serving and it says so. Ctrl-C ends it (and the server
-//! it started).
+//! build fails, the old generation keeps serving and it says so. Ctrl-C or SIGTERM ends it,
+//! and stops the server it started (never left running, orphaned); that server's output keeps
+//! flowing to this command's own (a plugin's `println!` never meets a closed pipe).
 
 use std::{
     path::{Path, PathBuf},
@@ -51,9 +52,11 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
     }
 
     let (tx, rx) = mpsc::channel();
+    let signals = tx.clone();
     let mut watcher = notify::recommended_watcher(move |event| {
-        let _ = tx.send(event);
+        let _ = tx.send(Msg::Fs(event));
     })?;
+    stop_on_signals(signals)?;
     watcher.watch(&crate_dir.join("src"), RecursiveMode::Recursive)?;
     for file in ["Cargo.toml", MANIFEST_FILE] {
         watcher.watch(&crate_dir.join(file), RecursiveMode::NonRecursive)?;
@@ -61,15 +64,19 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
     println!("dev: watching src/, Cargo.toml and plugin.toml; Ctrl-C to stop");
     loop {
         let first: notify::Result<notify::Event> = match rx.recv() {
-            Ok(event) => event,
-            Err(_) => return Ok(()),
+            Ok(Msg::Fs(event)) => event,
+            Ok(Msg::Stop) | Err(_) => return stopped(),
         };
         if !first.is_ok_and(|e| is_edit(&e, &crate_dir)) {
             continue;
         }
         let edited = Instant::now();
         // The rest of a save (editors write, rename, touch) folds into this build.
-        while rx.recv_timeout(SETTLE).is_ok() {}
+        while let Ok(msg) = rx.recv_timeout(SETTLE) {
+            if matches!(msg, Msg::Stop) {
+                return stopped();
+            }
+        }
         let built = cargo_build(&crate_dir)?;
         let build_ms = edited.elapsed().as_secs_f64() * 1e3;
         if !built {
@@ -101,6 +108,48 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
             ),
         }
     }
+}
+
+/// What the loop waits for.
+enum Msg {
+    /// A file event.
+    Fs(notify::Result<notify::Event>),
+    /// SIGTERM or SIGINT.
+    Stop,
+}
+
+/// Sends [`Msg::Stop`] at SIGTERM or SIGINT, from a thread of its own.
+fn stop_on_signals(tx: mpsc::Sender<Msg>) -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()?;
+    // Installed here, before the loop: from now on a signal stops the loop instead of the
+    // process (which would leave the server it started running).
+    let (mut term, mut int) = runtime.block_on(async {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok::<_, std::io::Error>((
+            signal(SignalKind::terminate())?,
+            signal(SignalKind::interrupt())?,
+        ))
+    })?;
+    std::thread::Builder::new()
+        .name("hermes-dev-signals".into())
+        .spawn(move || {
+            runtime.block_on(async {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            });
+            let _ = tx.send(Msg::Stop);
+        })?;
+    Ok(())
+}
+
+/// The loop's end at a signal: the server it started stops as `run` returns.
+fn stopped() -> Result<()> {
+    println!("dev: stopping");
+    Ok(())
 }
 
 /// An edit to one of the crate's files (not an access, not under its `target/`, not a hidden
@@ -162,12 +211,19 @@ fn ensure_server(config: &Config, client: &Client) -> Result<Option<Started>> {
         .spawn()
         .context("starting `hermes-host serve --dev`")?;
     let stdout = child.stdout.take().context("the server's stdout")?;
+    let mut reader = std::io::BufReader::new(stdout);
     let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)?;
+    std::io::BufRead::read_line(&mut reader, &mut line)?;
     if !line.starts_with("hermes-host ready") {
         let _ = child.kill();
         bail!("the server did not start (see its log above)");
     }
     println!("dev: started {}", line.trim_end());
+    // What the server prints after (a plugin's `println!`) goes on to our stdout.
+    std::thread::Builder::new()
+        .name("hermes-dev-output".into())
+        .spawn(move || {
+            let _ = std::io::copy(&mut reader, &mut std::io::stdout());
+        })?;
     Ok(Some(Started(child)))
 }
