@@ -209,6 +209,15 @@ fn irc_config_errors_name_the_key() {
         .validate_config(r#"{"server":"h:6667","nick":"x","colour":1}"#, timeout)
         .unwrap_err();
     assert!(e.to_string().contains("unknown field `colour`"), "{e}");
+    // A value of the wrong type names its key.
+    let e = library
+        .validate_config(r#"{"server":"h:6667","nick":"x","burst":"fast"}"#, timeout)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("key `burst`: invalid type: string \"fast\", expected u32"),
+        "{e}"
+    );
     library
         .validate_config(
             r#"{"server":"irc.example:6697","nick":"x","tls":true}"#,

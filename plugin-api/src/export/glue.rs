@@ -104,13 +104,21 @@ fn ffi_result<R>(result: Result<R, String>) -> RResult<R, RString> {
 }
 
 fn parse_config<P: Plugin>(config_json: &str) -> Result<P::Config, String> {
-    serde_json::from_str(config_json).map_err(|e| {
+    let mut json = serde_json::Deserializer::from_str(config_json);
+    serde_path_to_error::deserialize(&mut json).map_err(|e| {
         // serde_json appends a position in the host-generated JSON text, which means nothing
-        // to the user who wrote TOML: keep the part that names the key.
-        let text = e.to_string();
-        match text.find(" at line ") {
+        // to the user who wrote TOML: keep the part that says what is wrong, and name the key
+        // it is about (`burst`, `targets[0].url`).
+        let path = e.path().to_string();
+        let text = e.into_inner().to_string();
+        let text = match text.find(" at line ") {
             Some(cut) => text[..cut].to_owned(),
             None => text,
+        };
+        if path == "." || text.contains(&format!("`{path}`")) {
+            text
+        } else {
+            format!("key `{path}`: {text}")
         }
     })
 }
