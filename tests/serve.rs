@@ -701,3 +701,38 @@ fn plugin_logs_reach_the_host_log_under_their_platform() {
     );
     assert!(log.contains("threaded fixture stopped"), "{log}");
 }
+
+#[test]
+fn the_gateway_is_not_idle_while_a_platform_starts() {
+    let t = TestDir::new();
+    t.install("slow", "fixture_panicky", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.slow]\nstart = \"on_demand\"\nhang_start_ms = 3000\ncall_timeout_ms = 60000\n",
+    );
+    // A load through the control socket, in the background.
+    let loader = {
+        let (bin, config) = (util::bin(), server.config.clone());
+        std::thread::spawn(move || {
+            std::process::Command::new(bin)
+                .arg("--config")
+                .arg(config)
+                .args(["plugin", "reload", "slow"])
+                .output()
+                .unwrap()
+        })
+    };
+    server.wait_platform("slow", |p| p["state"] == "starting");
+    let (_, idle) = server.get("/api/idle?quiet_secs=0");
+    let idle: serde_json::Value = serde_json::from_str(&idle).unwrap();
+    assert_eq!(idle["idle"], false, "{idle}");
+    assert!(
+        idle["busy"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b == "platform `slow` is starting"),
+        "{idle}"
+    );
+    assert!(loader.join().unwrap().status.success());
+}

@@ -110,6 +110,22 @@ pub(super) async fn idle(
         busy.push(format!("{sse_clients} SSE clients connected"));
     }
     for entry in gateway.registry.entries() {
+        // A load, start, reload or stop in progress (from any caller: a send, the control
+        // socket, the supervisor, a config reload) is work a supervisor must not cut short.
+        let state = entry.status().state;
+        if matches!(
+            state,
+            crate::registry::EntryState::Loading
+                | crate::registry::EntryState::Starting
+                | crate::registry::EntryState::Draining
+                | crate::registry::EntryState::Stopping
+        ) {
+            busy.push(format!(
+                "platform `{}` is {}",
+                entry.manifest().id,
+                state.as_str()
+            ));
+        }
         if entry.manifest().inbound && entry.running().is_some() {
             busy.push(format!(
                 "platform `{}` holds inbound connections",
