@@ -230,14 +230,7 @@ fn wait_sse_clients(server: &Server, n: u64) {
 fn ten_thousand_idle_sse_clients_share_one_copy_of_each_event() {
     const CLIENTS: usize = 10_000;
     // This test holds CLIENTS sockets itself.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let _ = rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
+    util::raise_nofile();
     let t = TestDir::new();
     t.install("loopback", "hermes_loopback", 1);
     let server = Server::start(&t, "[platforms.loopback]\n");

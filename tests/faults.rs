@@ -611,14 +611,7 @@ fn a_stuck_journal_blocks_nothing_but_itself() {
 fn a_flood_of_half_open_connections_leaves_health_and_the_control_socket_answering() {
     const FLOOD: usize = 2000;
     // This test holds FLOOD sockets itself.
-    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-    let _ = rustix::process::setrlimit(
-        rustix::process::Resource::Nofile,
-        rustix::process::Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        },
-    );
+    util::raise_nofile();
     let t = TestDir::new();
     t.install("loopback", "hermes_loopback", 1);
     // A header timeout far longer than the test: only the connection limit's eviction of
@@ -1005,11 +998,7 @@ fn a_config_replaced_by_a_fifo_is_refused_at_sighup_without_blocking() {
             .unwrap()
             .success()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !server.log().contains("config reload refused") {
-        assert!(Instant::now() < deadline, "{}", server.log());
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    server.wait_log("config reload refused", 1);
     assert!(
         server.log().contains("not a regular file"),
         "{}",

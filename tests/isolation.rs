@@ -329,14 +329,7 @@ fn a_manual_reload_during_a_crash_backoff_is_not_restarted_again() {
     let reloaded = server.platform("crashy")["generation"].as_u64().unwrap();
     // When the backoff ends, the supervisor finds the crashed generation gone and leaves the
     // healthy one alone.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server
-        .log()
-        .contains("the crashed generation was replaced before its restart")
-    {
-        assert!(std::time::Instant::now() < deadline, "{}", server.log());
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    server.wait_log("the crashed generation was replaced before its restart", 1);
     assert_eq!(
         server.platform("crashy")["generation"].as_u64(),
         Some(reloaded)
@@ -371,15 +364,8 @@ fn what_an_isolated_plugin_prints_is_logged_under_its_id_and_forges_no_line() {
         r"print:hello\n2026-01-01T00:00:00.000000Z  INFO hermes_host: FORGED-LINE \e[31mred";
     let (status, body) = server.send("crashy", "c", forged);
     assert_eq!(status, 200, "{body}");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let log = loop {
-        let log = server.log();
-        if log.matches("FORGED-LINE").count() >= 2 {
-            break log;
-        }
-        assert!(std::time::Instant::now() < deadline, "{log}");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    };
+    server.wait_log("FORGED-LINE", 2);
+    let log = server.log();
     assert!(!log.contains('\x1b'), "a raw escape reached the log");
     for line in log.lines().filter(|l| l.contains("FORGED-LINE")) {
         assert!(!line.starts_with("2026-01-01"), "a forged line: {line}");

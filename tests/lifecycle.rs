@@ -226,19 +226,6 @@ fn rewrite(t: &TestDir, extra: &str) {
     ));
 }
 
-/// Waits until the server's log has `needle` `n` times (panics after 10 s).
-fn wait_log(server: &Server, needle: &str, n: usize) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while server.log().matches(needle).count() < n {
-        assert!(
-            Instant::now() < deadline,
-            "no {needle:?} in:\n{}",
-            server.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn config_reload_applies_a_valid_change_whole_and_refuses_an_invalid_one_whole() {
     let t = TestDir::new();
@@ -258,7 +245,7 @@ fn config_reload_applies_a_valid_change_whole_and_refuses_an_invalid_one_whole()
             .unwrap()
             .success()
     );
-    wait_log(&server, "config reload refused", 1);
+    server.wait_log("config reload refused", 1);
     assert!(
         server
             .log()

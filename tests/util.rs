@@ -483,6 +483,19 @@ impl Server {
         serde_json::from_str(&body).unwrap()
     }
 
+    /// Waits until the server's log has `needle` `n` times (panics after 10 s).
+    pub(crate) fn wait_log(&self, needle: &str, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while self.log().matches(needle).count() < n {
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Polls `GET /api/platforms/{id}` until `done` holds (panics after 10 s).
     pub(crate) fn wait_platform(
         &self,
@@ -680,5 +693,18 @@ pub(crate) fn stop_clean(instance: hermes_host::loader::Instance, threads: &[&st
             .iter()
             .any(|n| threads.iter().any(|t| n.starts_with(t))),
         "plugin threads left: {names:?}"
+    );
+}
+
+/// Raises this (test) process's soft open-file limit to the hard one, for tests that hold
+/// thousands of sockets themselves.
+pub(crate) fn raise_nofile() {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    let _ = rustix::process::setrlimit(
+        rustix::process::Resource::Nofile,
+        rustix::process::Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        },
     );
 }
