@@ -321,3 +321,57 @@ fn config_reload_applies_a_valid_change_whole_and_refuses_an_invalid_one_whole()
     assert_eq!(sse.next()["user"], "c");
     assert!(server.terminate().success());
 }
+
+#[test]
+fn a_platform_enabled_from_the_environment_keeps_its_table_across_a_config_reload() {
+    let t = TestDir::new();
+    let dir = t.install("envy", "hermes_loopback", 1);
+    let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap()
+        + "[plugin.enable_when]\nenv_all = [\"HERMES_TEST_ENVY\"]\n";
+    std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
+    // A bad variable fails the platform naming the variable (not some other key, as starting
+    // it with the defaults would); the gateway serves.
+    let mut server = Server::start_env(
+        &t,
+        "",
+        &[("HERMES_TEST_ENVY", "1"), ("HERMES_ENVY_WORKERS", "many")],
+    );
+    let status = server.platform("envy");
+    assert_eq!(status["state"], "failed", "{status}");
+    assert!(
+        status["error"]
+            .as_str()
+            .unwrap()
+            .contains("environment variable HERMES_ENVY_WORKERS: expected a positive integer"),
+        "{status}"
+    );
+    let (code, answer) = server.send("envy", "c", "hi");
+    assert_eq!(code, 503, "{answer}");
+    assert!(server.terminate().success());
+
+    let server = Server::start_env(
+        &t,
+        "",
+        &[("HERMES_TEST_ENVY", "1"), ("HERMES_ENVY_USER", "from-env")],
+    );
+    let echo_user = || {
+        let mut sse = crate::util::Sse::connect(&server.addr);
+        assert_eq!(server.send("envy", "c", "hi").0, 200);
+        sse.next()["user"].as_str().unwrap().to_owned()
+    };
+    assert_eq!(echo_user(), "from-env");
+    // An unchanged file changes nothing: the platform's table still comes from the environment.
+    let out = server.cli(&["reload-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        stdout.contains("added none; removed none; changed none"),
+        "{stdout}"
+    );
+    assert_eq!(server.platform("envy")["state"], "running");
+    assert_eq!(server.platform("envy")["generation"], 1);
+    assert_eq!(echo_user(), "from-env");
+    // `plugin reload` takes it from the environment too.
+    assert!(server.cli(&["plugin", "reload", "envy"]).status.success());
+    assert_eq!(echo_user(), "from-env");
+}

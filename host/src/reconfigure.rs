@@ -147,7 +147,12 @@ impl Gateway {
         for entry in self.registry.entries() {
             let id = entry.manifest().id.clone();
             let old = entry.platform_config();
-            let now = new.platforms.get(&id).cloned();
+            let now =
+                crate::config::effective_table(&id, new.platforms.get(&id), entry.enabled_by_env())
+                    .map_err(|e| ReconfigureError::Refused {
+                        file: name.clone(),
+                        reason: e.to_string(),
+                    })?;
             match (old.as_deref(), now.as_ref()) {
                 (None, None) => continue,
                 (Some(a), Some(b)) if a == b => continue,

@@ -19,8 +19,8 @@ mod platform;
 
 use platform::platform_config;
 pub use platform::{
-    DEFAULT_CALL_TIMEOUT, EnvConfigError, Isolation, OnHang, PlatformConfig, StartMode, env_prefix,
-    from_env,
+    DEFAULT_CALL_TIMEOUT, EnvConfigError, Isolation, OnHang, PlatformConfig, StartMode,
+    effective_table, env_prefix, from_env,
 };
 
 /// A config that could not be read, naming the file and the key.

@@ -182,6 +182,22 @@ pub fn from_env(id: &str) -> Result<Option<PlatformConfig>, EnvConfigError> {
     )
 }
 
+/// A platform's table in force, the one rule for start-up, `plugin reload` and a config reload:
+/// hermes.toml's `[platforms.<id>]` when it has one; otherwise, for a platform whose manifest's
+/// `enable_when` holds, the environment's `HERMES_<ID>_*` variables ([`from_env`]; `None`, meaning
+/// the defaults, when none is set); otherwise `None` (not configured).
+pub fn effective_table(
+    id: &str,
+    file: Option<&PlatformConfig>,
+    enabled_by_env: bool,
+) -> Result<Option<PlatformConfig>, EnvConfigError> {
+    match file {
+        Some(table) => Ok(Some(table.clone())),
+        None if enabled_by_env => from_env(id),
+        None => Ok(None),
+    }
+}
+
 /// [`from_env`] over `vars`.
 fn from_vars(
     id: &str,

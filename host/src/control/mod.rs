@@ -186,12 +186,17 @@ async fn reload(
     if let Some(file) = &gateway.config.source {
         match crate::config::Config::load(file) {
             Ok(now) => {
-                let table = match now.platforms.get(&id) {
-                    Some(table) => Some(table.clone()),
-                    // Enabled from the environment: its table comes from there.
-                    None if entry.enabled_by_env() => crate::config::from_env(&id).ok().flatten(),
-                    None => None,
-                };
+                let table = crate::config::effective_table(
+                    &id,
+                    now.platforms.get(&id),
+                    entry.enabled_by_env(),
+                )
+                .map_err(|e| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("reload of `{id}` refused: {e}"),
+                    )
+                })?;
                 // The same refusal as at start and at a config reload.
                 if let Some(refusal) = table
                     .as_ref()

@@ -9,7 +9,7 @@ use std::{
 
 use hermes_plugin_api::abi::ABI_VERSION;
 
-use super::{DiscoveryProblem, Entry, Registry, RegistryOptions, api_mismatch};
+use super::{DiscoveryProblem, Entry, LoadFailure, Registry, RegistryOptions, api_mismatch};
 use crate::{
     manifest::{MANIFEST_FILE, Manifest, ManifestError},
     probe::{PROBE_TIMEOUT, Prober},
@@ -65,21 +65,23 @@ impl Registry {
                 .enable_when
                 .as_ref()
                 .is_some_and(|rule| rule.holds());
-            let failure = (manifest.api != ABI_VERSION).then(|| api_mismatch(&manifest, &path));
+            let mut failure = (manifest.api != ABI_VERSION).then(|| api_mismatch(&manifest, &path));
             let id = manifest.id.clone();
             // A platform enabled from the environment takes its table from there too, unless
-            // hermes.toml has one.
-            let platform = match options.platforms.get(&id) {
-                Some(table) => Some(table.clone()),
-                None if enabled_by_env => crate::config::from_env(&id).unwrap_or_else(|e| {
-                    problems.push(DiscoveryProblem::EnvConfig {
-                        id: id.clone(),
-                        error: e,
+            // hermes.toml has one; a bad variable fails the platform, naming the variable.
+            let platform =
+                crate::config::effective_table(&id, options.platforms.get(&id), enabled_by_env)
+                    .unwrap_or_else(|e| {
+                        problems.push(DiscoveryProblem::EnvConfig {
+                            id: id.clone(),
+                            error: e.clone(),
+                        });
+                        failure.get_or_insert(LoadFailure::EnvConfig {
+                            platform: id.clone(),
+                            source: e,
+                        });
+                        None
                     });
-                    None
-                }),
-                None => None,
-            };
             let entry = Entry::new(manifest, path, enabled_by_env, platform, failure);
             entries.insert(id, Arc::new(entry));
         }

@@ -137,6 +137,18 @@ pub enum LoadFailure {
     /// The process died before while loading or starting this very file.
     #[error("{0}")]
     Quarantined(Quarantined),
+    /// A platform enabled from the environment whose `HERMES_<ID>_<KEY>` table is invalid: it
+    /// is not started with the defaults instead (which would fail on some other, misleading key).
+    #[error(
+        "platform `{platform}` (enabled from the environment): {source}; fix the variable and restart"
+    )]
+    EnvConfig {
+        /// The platform.
+        platform: String,
+        /// The variable at fault.
+        #[source]
+        source: crate::config::EnvConfigError,
+    },
     /// The plugin refused its `[platforms.<id>]` table.
     #[error("[platforms.{platform}]: {source}")]
     Config {

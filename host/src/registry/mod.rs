@@ -325,6 +325,14 @@ impl Registry {
             return Err(api_mismatch(entry.manifest(), entry.manifest_path()));
         }
         require_env(entry.manifest(), entry.manifest_path())?;
+        if entry.platform_config().is_none() && entry.enabled_by_env() {
+            // Its table comes from the environment; a bad variable is this load's failure.
+            let id = &entry.manifest().id;
+            crate::config::from_env(id).map_err(|source| LoadFailure::EnvConfig {
+                platform: id.clone(),
+                source,
+            })?;
+        }
         let path = self.resolve_library(entry)?;
         self.loads.fetch_add(1, Ordering::Relaxed);
         let open::Opened {
