@@ -11,16 +11,25 @@ fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
     let irc = Ngircd::start(&t.path().join("ngircd"));
     let broker = Mosquitto::start(&t.path().join("mosquitto"));
     for (id, lib) in [("irc", "hermes_irc"), ("mqtt", "hermes_mqtt")] {
-        t.install(id, lib, 1);
+        // As the adapters' own manifests say: inbound connections, so no sender by default.
+        let dir = t.install(id, lib, 1);
+        let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap();
+        std::fs::write(
+            dir.join("plugin.toml"),
+            manifest.replacen("[plugin]\n", "[plugin]\ninbound = true\n", 1),
+        )
+        .unwrap();
     }
     let mut watcher = IrcClient::connect(&irc.addr(), "watcher");
     watcher.join("#ops");
+    let mut mallory = IrcClient::connect(&irc.addr(), "mallory");
+    mallory.join("#ops");
     let mut from_irc = broker.subscribe("ops/irc");
     let server = Server::start(
         &t,
         &format!(
-            "[platforms.irc]\nserver = \"{}\"\nnick = \"hermes\"\nchannels = [\"#ops\"]\n\n\
-             [platforms.mqtt]\nbroker = \"{}\"\nsubscribe = [\"ops/chat\"]\n\n\
+            "[platforms.irc]\nserver = \"{}\"\nnick = \"hermes\"\nchannels = [\"#ops\"]\nallowed_users = [\"watcher\"]\n\n\
+             [platforms.mqtt]\nbroker = \"{}\"\nsubscribe = [\"ops/chat\"]\nallow_all_users = true\n\n\
              [[routes]]\nfrom = {{ platform = \"irc\", chat = \"#ops\" }}\nto = [{{ platform = \"mqtt\", chat = \"ops/irc\" }}]\n\n\
              [[routes]]\nfrom = {{ platform = \"mqtt\", chat = \"ops/chat\" }}\nto = [{{ platform = \"irc\", chat = \"#ops\" }}]\n",
             irc.addr(),
@@ -30,6 +39,10 @@ fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
     watcher.expect(|l| l.starts_with(":hermes!") && l.contains("JOIN"));
     server.wait_platform("mqtt", |p| p["health"]["status"] == "healthy");
 
+    // Only the allowed nick is bridged: mallory's line, said first, never reaches MQTT.
+    mallory.say("PRIVMSG #ops :drop the database");
+    mallory.say("PING :sync");
+    mallory.expect(|l| l.contains("PONG"));
     watcher.say("PRIVMSG #ops :deploy finished");
     assert_eq!(
         from_irc.next(),
@@ -41,7 +54,9 @@ fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
     loop {
         broker.publish("ops/chat", "ack from mqtt");
         watcher.say("PING :sync");
-        let line = watcher.expect(|l| l.contains("PRIVMSG #ops") || l.contains("PONG"));
+        let line = watcher.expect(|l| {
+            (l.starts_with(":hermes!") && l.contains("PRIVMSG #ops")) || l.contains("PONG")
+        });
         if line.contains("PRIVMSG #ops") {
             assert!(line.ends_with(":<mqtt> ack from mqtt"), "{line}");
             break;
@@ -55,6 +70,10 @@ fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
     let (_, metrics) = server.get("/metrics");
     assert!(
         metrics.contains("hermes_routed_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("hermes_inbound_refused_total{platform=\"irc\"} 1"),
         "{metrics}"
     );
 }

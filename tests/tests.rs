@@ -49,3 +49,5 @@ mod matrix;
 mod abuse;
 // Hostile stand-in peers: deep, endless and huge input from a server.
 mod hostile;
+// Allowlists: whose inbound messages a platform delivers.
+mod allowlist;

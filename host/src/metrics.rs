@@ -99,6 +99,8 @@ pub struct Metrics {
     inbound: Mutex<BTreeMap<String, u64>>,
     routed: Mutex<BTreeMap<&'static str, u64>>,
     stale_deliveries: Mutex<BTreeMap<String, u64>>,
+    /// By platform: inbound messages from senders the platform does not admit.
+    inbound_refused: Mutex<BTreeMap<String, u64>>,
     /// By platform: isolated children that died unasked.
     crashes: Mutex<BTreeMap<String, u64>>,
 }
@@ -131,13 +133,17 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Counts one more under `key`, allocating the key only the first time.
-fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
+/// Counts one more under `key`, allocating the key only the first time; the new count.
+fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) -> u64 {
     let mut map = lock(map);
     match map.get_mut(key) {
-        Some(n) => *n += 1,
+        Some(n) => {
+            *n += 1;
+            *n
+        }
         None => {
             map.insert(key.to_owned(), 1);
+            1
         }
     }
 }
@@ -184,6 +190,11 @@ impl Metrics {
         bump(&self.inbound, platform);
     }
 
+    /// A message from a sender `platform` does not admit was dropped; how many so far.
+    pub fn inbound_refused(&self, platform: &str) -> u64 {
+        bump(&self.inbound_refused, platform)
+    }
+
     /// A routed send finished (`ok` or `error`).
     pub fn routed(&self, result: &'static str) {
         *lock(&self.routed).entry(result).or_default() += 1;
@@ -225,6 +236,12 @@ impl Metrics {
                 "Inbound messages by platform",
                 "platform",
                 lock(&self.inbound).clone(),
+            ),
+            (
+                "hermes_inbound_refused",
+                "Inbound messages dropped because the platform does not admit their sender (allowed_users)",
+                "platform",
+                lock(&self.inbound_refused).clone(),
             ),
             (
                 "hermes_stale_deliveries",

@@ -8,7 +8,8 @@
 //! for that, and unloaded). Anything wrong refuses it as a whole: nothing changes, and the
 //! reason is logged and answered. Otherwise it is applied: the routes are swapped whole;
 //! removed platforms stop and unload; changed running ones reload through the reload
-//! transaction with their new table; added ones start by their `start` mode.
+//! transaction with their new table (a change of `allowed_users`/`allow_all_users` alone
+//! applies without a reload); added ones start by their `start` mode.
 
 use std::sync::Arc;
 
@@ -144,6 +145,7 @@ impl Gateway {
         // Which installed platforms' tables change.
         let mut change = ConfigChange::default();
         let mut tables: Vec<(String, Option<PlatformConfig>)> = Vec::new();
+        let mut only_senders = Vec::new();
         for entry in self.registry.entries() {
             let id = entry.manifest().id.clone();
             let old = entry.platform_config();
@@ -158,7 +160,12 @@ impl Gateway {
                 (Some(a), Some(b)) if a == b => continue,
                 (None, Some(_)) => change.added.push(id.clone()),
                 (Some(_), None) => change.removed.push(id.clone()),
-                (Some(_), Some(_)) => change.changed.push(id.clone()),
+                (Some(a), Some(b)) => {
+                    if a.same_but_senders(b) {
+                        only_senders.push(id.clone());
+                    }
+                    change.changed.push(id.clone());
+                }
             }
             tables.push((id, now));
         }
@@ -219,7 +226,8 @@ impl Gateway {
                 .await
                 .unwrap_or_else(|e| Err(e.to_string()))
             } else if change.changed.contains(&id) {
-                if entry.running().is_some() {
+                // A change of the allowlist alone applies as it is stored: no reload.
+                if entry.running().is_some() && !only_senders.contains(&id) {
                     tokio::task::spawn_blocking(move || {
                         registry
                             .reload(&platform, "config")
@@ -243,6 +251,7 @@ impl Gateway {
                 change.failures.push(format!("{id}: {e}"));
             }
         }
+        crate::gateway::warn_about_senders(&self.registry);
         Ok(change)
     }
 }

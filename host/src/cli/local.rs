@@ -104,7 +104,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     )?,
                     None => row("serving", "no server running".to_owned())?,
                 }
-                let configured = if entry.platform_config().is_some() {
+                let configured = if config.platforms.contains_key(&id) {
                     format!("yes ([platforms.{id}])")
                 } else if entry.configured() {
                     "yes (enable_when holds)".to_owned()
@@ -112,6 +112,9 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     "no".to_owned()
                 };
                 row("configured", configured)?;
+                if entry.configured() {
+                    row("senders", status.senders.clone())?;
+                }
                 for (label, names) in [
                     ("required env", &manifest.required_env),
                     ("optional env", &manifest.optional_env),

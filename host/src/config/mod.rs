@@ -16,12 +16,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 
 mod platform;
+mod senders;
 
 use platform::platform_config;
 pub use platform::{
     DEFAULT_CALL_TIMEOUT, EnvConfigError, Isolation, OnHang, PlatformConfig, StartMode,
     effective_table, env_prefix, from_env,
 };
+pub use senders::Senders;
 
 /// A config that could not be read, naming the file and the key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -1,10 +1,13 @@
 //! `[platforms.<id>]`: the host's keys for one platform (`start`, `call_timeout_ms`,
-//! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`, `isolation`, `memory_limit_mb`), and the rest of the table, which
+//! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`, `isolation`, `memory_limit_mb`,
+//! `allowed_users`, `allow_all_users`), and the rest of the table, which
 //! belongs to the plugin.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use super::senders::Senders;
 
 /// When a configured platform starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +61,8 @@ pub struct PlatformConfig {
     pub isolation: Isolation,
     /// `memory_limit_mb` (process isolation only): the child's address-space limit.
     pub memory_limit_mb: Option<u64>,
+    /// `allowed_users` / `allow_all_users` (or the environment's): whose messages are delivered.
+    pub senders: Senders,
     /// Every other key: the plugin's config.
     pub plugin: toml::Table,
 }
@@ -76,12 +81,21 @@ impl Default for PlatformConfig {
             on_hang: OnHang::Restart,
             isolation: Isolation::InProcess,
             memory_limit_mb: None,
+            senders: Senders::Unset,
             plugin: toml::Table::new(),
         }
     }
 }
 
 impl PlatformConfig {
+    /// Whether `other` differs from this table in its allowlist only (which applies without a
+    /// reload).
+    pub fn same_but_senders(&self, other: &PlatformConfig) -> bool {
+        let mut a = self.clone();
+        a.senders = other.senders.clone();
+        a == *other
+    }
+
     /// The plugin's part as JSON text, as the ABI passes it.
     pub fn plugin_json(&self) -> String {
         serde_json::to_string(&self.plugin).unwrap_or_else(|_| "{}".to_owned())
@@ -150,6 +164,7 @@ pub(super) fn platform_config(
         }
         config.memory_limit_mb = Some(mb);
     }
+    config.senders = Senders::from_table(&mut table)?;
     config.plugin = table;
     Ok(config)
 }
@@ -186,16 +201,23 @@ pub fn from_env(id: &str) -> Result<Option<PlatformConfig>, EnvConfigError> {
 /// hermes.toml's `[platforms.<id>]` when it has one; otherwise, for a platform whose manifest's
 /// `enable_when` holds, the environment's `HERMES_<ID>_*` variables ([`from_env`]; `None`, meaning
 /// the defaults, when none is set); otherwise `None` (not configured).
+///
+/// A table that sets neither `allowed_users` nor `allow_all_users` takes the environment's
+/// `<ID>_ALLOWED_USERS` / `<ID>_ALLOW_ALL_USERS` ([`Senders::from_env`]).
 pub fn effective_table(
     id: &str,
     file: Option<&PlatformConfig>,
     enabled_by_env: bool,
 ) -> Result<Option<PlatformConfig>, EnvConfigError> {
-    match file {
-        Some(table) => Ok(Some(table.clone())),
-        None if enabled_by_env => from_env(id),
-        None => Ok(None),
+    let mut table = match file {
+        Some(table) => table.clone(),
+        None if enabled_by_env => from_env(id)?.unwrap_or_default(),
+        None => return Ok(None),
+    };
+    if table.senders == Senders::Unset {
+        table.senders = Senders::from_env(id)?;
     }
+    Ok(Some(table))
 }
 
 /// [`from_env`] over `vars`.

@@ -1,5 +1,6 @@
 //! Inbound dispatch: a message a plugin delivers goes to the journal, the SSE subscribers and
-//! the routes, on the plugin's own thread and without blocking it.
+//! the routes, on the plugin's own thread and without blocking it, when the platform admits its
+//! sender (`allowed_users`, see [`crate::config::Senders`]); otherwise it is dropped and counted.
 
 use std::sync::{Arc, OnceLock, Weak};
 
@@ -53,6 +54,23 @@ fn dispatch(
     message: Inbound,
     runtime: &tokio::runtime::Handle,
 ) -> Result<(), String> {
+    if let Ok(entry) = gateway.registry.entry(&message.platform)
+        && !entry.admits(&message.user)
+    {
+        // Not delivered anywhere; the first refusal of a platform says how to admit senders.
+        let refused = gateway.metrics.inbound_refused(&message.platform);
+        if refused == 1 {
+            tracing::warn!(
+                platform = %message.platform,
+                user = %message.user,
+                "refused a message from a sender the platform does not admit; set allowed_users (or allow_all_users = true) in [platforms.{}] to deliver them; further refusals are counted in hermes_inbound_refused_total",
+                message.platform
+            );
+        } else {
+            tracing::debug!(platform = %message.platform, user = %message.user, "refused a message from a sender the platform does not admit");
+        }
+        return Ok(());
+    }
     gateway.touch(&message.platform);
     gateway.metrics.inbound(&message.platform);
     let kept = gateway.journal.record(Record {

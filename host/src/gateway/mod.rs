@@ -146,6 +146,7 @@ impl Gateway {
             .source
             .as_deref()
             .map_or("hermes.toml".into(), |p| p.display().to_string());
+        warn_about_senders(&registry);
         for (id, table) in &config.platforms {
             if let Some(unknown) = registry.unknown_table(id) {
                 anyhow::bail!("{file}: {unknown}");
@@ -285,6 +286,17 @@ impl Drop for InFlightGuard {
     fn drop(&mut self) {
         if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.0.idle_again.notify_waiters();
+        }
+    }
+}
+
+/// Logs a warning for every configured platform open to everyone, and for every one with
+/// inbound connections that admits no sender yet (see [`crate::config::Senders`]).
+pub(crate) fn warn_about_senders(registry: &Registry) {
+    for entry in registry.entries().filter(|e| e.configured()) {
+        let manifest = entry.manifest();
+        if let Some(warning) = entry.senders().warning(&manifest.id, manifest.inbound) {
+            tracing::warn!("{warning}");
         }
     }
 }

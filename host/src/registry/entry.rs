@@ -23,7 +23,10 @@ use tokio::sync::watch;
 
 use super::{EntryState, Instance, LoadFailure, PlatformStatus, RETRY_FAILED_LOAD_AFTER};
 use crate::{
-    config::PlatformConfig, loader::UnloadReport, manifest::Manifest, reload::ReloadStats,
+    config::{PlatformConfig, Senders},
+    loader::UnloadReport,
+    manifest::Manifest,
+    reload::ReloadStats,
 };
 
 /// What the registry knows of a plugin.
@@ -182,6 +185,22 @@ impl Entry {
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// Whether the platform delivers a message from `user` (its `allowed_users`; by default
+    /// no one for a plugin with inbound connections, everyone for one without).
+    pub fn admits(&self, user: &str) -> bool {
+        let inbound = self.manifest.inbound;
+        match &*self.platform.read().unwrap_or_else(|e| e.into_inner()) {
+            Some(table) => table.senders.admits(user, inbound),
+            None => Senders::Unset.admits(user, inbound),
+        }
+    }
+
+    /// Its table's allowlist (unset without a table).
+    pub fn senders(&self) -> Senders {
+        self.platform_config()
+            .map_or(Senders::Unset, |t| t.senders.clone())
     }
 
     /// Replaces the platform's table (a config reload); the next start uses it.
@@ -464,6 +483,7 @@ impl Entry {
             last_open_ms: slot.last_open_ms,
             in_flight: slot.instance.as_ref().map_or(0, |i| i.in_flight()),
             quarantined: matches!(slot.failure.as_deref(), Some(LoadFailure::Quarantined(_))),
+            senders: self.senders().describe(self.manifest.inbound),
         }
     }
 

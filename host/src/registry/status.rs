@@ -140,4 +140,7 @@ pub struct PlatformStatus {
     /// Its library is quarantined: the process died while loading or starting it before.
     #[serde(default)]
     pub quarantined: bool,
+    /// Whose inbound messages it delivers (`allowed_users`, `allow_all_users`, the default).
+    #[serde(default)]
+    pub senders: String,
 }
