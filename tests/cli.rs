@@ -1,6 +1,9 @@
 //! `hermes-host plugin list / info / check`, run as a user runs them.
 
-use std::process::{Command, Output};
+use std::{
+    path::Path,
+    process::{Command, Output},
+};
 
 use hermes_plugin_api::abi::MAGIC;
 
@@ -293,6 +296,68 @@ fn a_reader_that_closes_the_pipe_early_is_not_an_error() {
     assert_eq!(text(&out.stderr), "");
 }
 
+/// Rewrites a scaffolded hermes.toml's listen address (a port that was free when it was
+/// written) to port 0, so a test never races another process for it.
+fn listen_on_any_port(config: &Path) {
+    let dev = std::fs::read_to_string(config).unwrap();
+    let listen = dev
+        .lines()
+        .find(|l| l.starts_with("listen = \"127.0.0.1:"))
+        .unwrap_or_else(|| panic!("no listen line in {dev}"));
+    let port: u16 = listen["listen = \"127.0.0.1:".len()..]
+        .trim_end_matches('"')
+        .parse()
+        .unwrap();
+    assert_ne!(port, 0);
+    std::fs::write(config, dev.replace(listen, "listen = \"127.0.0.1:0\"")).unwrap();
+}
+
+#[test]
+fn plugin_new_gives_a_crate_that_compiles_for_any_valid_id_and_honours_cargo_target_dir() {
+    let t = TestDir::new();
+    t.config("");
+    let api = util::root().join("plugin-api");
+    let target = t.path().join("elsewhere");
+    for id in [
+        "host", "config", "state", "plugin", "option", "self", "9lives", "api",
+    ] {
+        let dir = t.path().join(id);
+        let out = Command::new(util::bin())
+            .args(["plugin", "new", id, "--dir"])
+            .arg(&dir)
+            .arg("--api-path")
+            .arg(&api)
+            .env("CARGO_TARGET_DIR", &target)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{id}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stdout).contains("by path"),
+            "{}",
+            text(&out.stdout)
+        );
+        let config = std::fs::read_to_string(dir.join("hermes.toml")).unwrap();
+        assert!(
+            config.contains(&format!("{:?}", target.join("debug").display().to_string())),
+            "{config}"
+        );
+        // Checked in the workspace's target folder (seconds each), and linted as strictly as
+        // the crate's author will.
+        let cargo = Command::new(env!("CARGO"))
+            .args(["check", "--offline", "-q", "--all-targets"])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", util::root().join("target"))
+            .output()
+            .unwrap();
+        assert!(
+            cargo.status.success(),
+            "plugin new {id}: cargo check: {}{}",
+            text(&cargo.stdout),
+            text(&cargo.stderr)
+        );
+    }
+}
+
 #[test]
 fn plugin_new_writes_a_crate_that_tests_builds_checks_and_serves_as_it_is() {
     let t = TestDir::new();
@@ -358,8 +423,7 @@ fn plugin_new_writes_a_crate_that_tests_builds_checks_and_serves_as_it_is() {
 
     // Its dev config, on a free port: check --start, then serve, send, and the echo on SSE.
     let config = dir.join("hermes.toml");
-    let dev = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, dev.replace("127.0.0.1:8650", "127.0.0.1:0")).unwrap();
+    listen_on_any_port(&config);
     let check = Command::new(util::bin())
         .arg("--config")
         .arg(&config)
@@ -484,8 +548,7 @@ fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_bui
     assert!(out.status.success(), "{}", text(&out.stderr));
     std::os::unix::fs::symlink(util::root().join("target"), dir.join("target")).unwrap();
     let config = dir.join("hermes.toml");
-    let dev = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&config, dev.replace("127.0.0.1:8650", "127.0.0.1:0")).unwrap();
+    listen_on_any_port(&config);
     let cargo = Command::new(env!("CARGO"))
         .args(["build", "--offline", "-q"])
         .current_dir(&dir)
@@ -565,6 +628,53 @@ fn plugin_dev_rebuilds_on_an_edit_reloads_and_keeps_serving_through_a_broken_bui
     wait_line("dev: build failed; generation 3 keeps serving");
     let (status, body) = post(r#"{"chat_id":"c","text":"x"}"#);
     assert_eq!(status, 200, "{body}");
+    std::fs::write(&lib, &source).unwrap();
+    assert!(wait_line("dev: edit -> serving in").ends_with("generation 4"));
+
+    // Cargo.toml saved by rename (as `sed -i` and editors' safe writes do), twice: each version
+    // is built and served (a watch on the file would have followed the first, replaced inode).
+    let save_by_rename = |file: &str, from: &str, to: &str| {
+        let path = dir.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains(from), "{text}");
+        let temp = dir.join(format!(".{file}.swp"));
+        std::fs::write(&temp, text.replacen(from, to, 1)).unwrap();
+        std::fs::rename(&temp, &path).unwrap();
+    };
+    let version = || {
+        let (_, body) = util::http(&addr, "GET", "/api/platforms/devplug", None, &[]);
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["version"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    save_by_rename("Cargo.toml", "version = \"0.1.0\"", "version = \"0.2.0\"");
+    assert!(wait_line("dev: edit -> serving in").ends_with("generation 5"));
+    assert_eq!(version(), "0.2.0");
+    save_by_rename("Cargo.toml", "version = \"0.2.0\"", "version = \"0.3.0\"");
+    assert!(wait_line("dev: edit -> serving in").ends_with("generation 6"));
+    assert_eq!(version(), "0.3.0");
+
+    // A stale copy of the library in the plugin's folder comes first in the server's search:
+    // the loop says so, naming it, instead of reporting the edit as served.
+    let stale = dir.join("libhermes_platform_devplug.so");
+    std::fs::copy(
+        util::root().join("target/debug/libhermes_platform_devplug.so"),
+        &stale,
+    )
+    .unwrap();
+    save_by_rename(
+        "plugin.toml",
+        "description = \"",
+        "description = \"Edited: ",
+    );
+    let warning = wait_line("dev: warning: the server loads");
+    assert!(
+        warning.contains(&stale.display().to_string())
+            && warning.contains("not what this build made"),
+        "{warning}"
+    );
+    wait_line("dev: edit -> serving in");
 
     // SIGTERM ends `plugin dev` and the server it started: none is left running, orphaned.
     assert!(

@@ -1,11 +1,14 @@
 //! `hermes-host plugin dev <crate-dir>`: the edit-to-serving loop in one command.
 //!
 //! It builds the crate, makes sure a server runs (it starts `serve --dev` with the config when
-//! none answers on the control socket), then watches the crate's `src/`, `Cargo.toml` and
-//! `plugin.toml`. On a change it runs `cargo build`, showing the compiler's output; when the
-//! build succeeds it has the server reload the plugin through the control socket (the reload
+//! none answers on the control socket), then watches the crate's `src/`, `Cargo.toml`,
+//! `plugin.toml` and `build.rs` (through their folder, so a file saved by rename keeps being
+//! watched). On a change it runs `cargo build`, showing the compiler's output; when the build
+//! succeeds it has the server reload the plugin through the control socket (the reload
 //! transaction: calls held, state handed over) and prints the edit-to-serving time; when the
-//! build fails, the old generation keeps serving and it says so. Ctrl-C or SIGTERM ends it,
+//! build fails, the old generation keeps serving and it says so. When the library the server
+//! resolves is not the one cargo reports it built (a stale copy earlier in the search), it says
+//! which file serves instead. Ctrl-C or SIGTERM ends it,
 //! and stops the server it started (never left running, orphaned); that server's output keeps
 //! flowing to this command's own (a plugin's `println!` never meets a closed pipe).
 
@@ -38,9 +41,10 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
     let client = Client::new(&config.server.control_socket, Duration::from_secs(60));
 
     println!("dev: building {id} in {}", crate_dir.display());
-    if !cargo_build(&crate_dir)? {
+    let Some(artifact) = cargo_build(&crate_dir)? else {
         bail!("the first build of {id} failed; fix it and run `plugin dev` again");
-    }
+    };
+    say_what_serves(config, &id, artifact.as_deref());
     let _server = ensure_server(config, &client)?;
     // The platform serves the build just made (a server already running may hold an old one).
     match client.blocking(client.reload(&id))? {
@@ -57,10 +61,10 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
         let _ = tx.send(Msg::Fs(event));
     })?;
     stop_on_signals(signals)?;
+    // The crate's folder, not its files: an editor's safe write (or `sed -i`) replaces a file
+    // by a rename, and a watch on the file would follow the old inode, deaf to every later edit.
+    watcher.watch(&crate_dir, RecursiveMode::NonRecursive)?;
     watcher.watch(&crate_dir.join("src"), RecursiveMode::Recursive)?;
-    for file in ["Cargo.toml", MANIFEST_FILE] {
-        watcher.watch(&crate_dir.join(file), RecursiveMode::NonRecursive)?;
-    }
     println!("dev: watching src/, Cargo.toml and plugin.toml; Ctrl-C to stop");
     loop {
         let first: notify::Result<notify::Event> = match rx.recv() {
@@ -79,7 +83,7 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
         }
         let built = cargo_build(&crate_dir)?;
         let build_ms = edited.elapsed().as_secs_f64() * 1e3;
-        if !built {
+        let Some(artifact) = built else {
             let serving = client
                 .blocking(client.status())
                 .ok()
@@ -89,7 +93,8 @@ pub(super) fn run(config: &Config, crate_dir: &Path) -> Result<()> {
                 });
             println!("dev: build failed; {serving} keeps serving");
             continue;
-        }
+        };
+        say_what_serves(config, &id, artifact.as_deref());
         match client.blocking(client.reload(&id))? {
             Ok(outcome) => println!(
                 "dev: edit -> serving in {:.0} ms (build {build_ms:.0} ms, reload {:.1} ms, calls held {:.2} ms): generation {}",
@@ -152,32 +157,110 @@ fn stopped() -> Result<()> {
     Ok(())
 }
 
-/// An edit to one of the crate's files (not an access, not under its `target/`, not a hidden
-/// editor file).
+/// The files at the top of the crate's folder whose edits make a build.
+const TOP_FILES: [&str; 3] = ["Cargo.toml", MANIFEST_FILE, "build.rs"];
+
+/// An edit to one of the crate's files: anything under `src/` (not a hidden editor file), or
+/// one of [`TOP_FILES`], also when it is the target of a rename (a safe write); not an access.
 fn is_edit(event: &notify::Event, crate_dir: &Path) -> bool {
     use notify::EventKind;
     matches!(
         event.kind,
         EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
     ) && event.paths.iter().any(|p| {
-        let inside = p.strip_prefix(crate_dir).unwrap_or(p);
-        !inside.starts_with("target")
-            && !p
-                .file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        let Ok(inside) = p.strip_prefix(crate_dir) else {
+            return false;
+        };
+        let hidden = p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'));
+        (inside.starts_with("src") && !hidden) || TOP_FILES.iter().any(|f| inside == Path::new(f))
     })
 }
 
-/// `cargo build` in the crate, its output shown as it comes; whether it succeeded.
-fn cargo_build(crate_dir: &Path) -> Result<bool> {
+/// `cargo build` in the crate, its diagnostics shown as they come: `None` when it failed,
+/// else the cdylib it built, as cargo's JSON messages name it (`Some(None)` if none did).
+fn cargo_build(crate_dir: &Path) -> Result<Option<Option<PathBuf>>> {
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let status = Command::new(&cargo)
-        .args(["build", "--message-format=short"])
+    let mut child = Command::new(&cargo)
+        .args([
+            "build",
+            "--message-format=json-render-diagnostics,json-diagnostic-short",
+        ])
         .current_dir(crate_dir)
         .stdin(Stdio::null())
-        .status()
+        .stdout(Stdio::piped())
+        .spawn()
         .with_context(|| format!("running {}", PathBuf::from(&cargo).display()))?;
-    Ok(status.success())
+    let stdout = child.stdout.take().context("cargo's stdout")?;
+    let mut artifact = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        if let Some(path) = cdylib_of(&line?) {
+            artifact = Some(path);
+        }
+    }
+    Ok(child.wait()?.success().then_some(artifact))
+}
+
+/// The `.so` a `compiler-artifact` message of a cdylib target names.
+fn cdylib_of(line: &str) -> Option<PathBuf> {
+    let message: serde_json::Value = serde_json::from_str(line).ok()?;
+    if message["reason"] != "compiler-artifact"
+        || !message["target"]["kind"]
+            .as_array()?
+            .iter()
+            .any(|k| k == "cdylib")
+    {
+        return None;
+    }
+    message["filenames"]
+        .as_array()?
+        .iter()
+        .filter_map(|f| f.as_str())
+        .find(|f| f.ends_with(".so"))
+        .map(PathBuf::from)
+}
+
+/// Says plainly when the library the server would load for `id` (its plugin folder first, then
+/// `plugins.library_dirs`) is not the one cargo just built: a stale copy earlier in the search
+/// would otherwise serve while the loop reports success.
+fn say_what_serves(config: &Config, id: &str, built: Option<&Path>) {
+    let Some(built) = built else { return };
+    let registry = crate::registry::Registry::discover(
+        &config.plugins.dirs,
+        crate::registry::RegistryOptions::from_config(
+            config,
+            std::sync::Arc::new(crate::loader::DiscardInbound),
+        ),
+    );
+    let Ok(entry) = registry.entry(id) else {
+        println!(
+            "dev: warning: no plugin `{id}` is installed in the server's plugin folders ({}); the server cannot load what this build made ({})",
+            config
+                .plugins
+                .dirs
+                .iter()
+                .map(|d| d.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", "),
+            built.display()
+        );
+        return;
+    };
+    let same = |a: &Path, b: &Path| a.canonicalize().ok() == b.canonicalize().ok();
+    match registry.resolve_library(entry) {
+        Ok(loaded) if same(&loaded, built) => {}
+        Ok(loaded) => println!(
+            "dev: warning: the server loads {}, not what this build made ({}): it comes first in the search (the plugin's folder, then plugins.library_dirs in order); remove it, or put {} first in plugins.library_dirs",
+            loaded.display(),
+            built.display(),
+            built.parent().unwrap_or(Path::new(".")).display()
+        ),
+        Err(e) => println!(
+            "dev: warning: the server cannot find what this build made ({}): {e}",
+            built.display()
+        ),
+    }
 }
 
 /// A server that this command started, stopped when dropped.

@@ -152,6 +152,18 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                 made.dir.display(),
                 made.files.join(", ")
             )?;
+            match &api_path {
+                Some(path) => writeln!(
+                    out,
+                    "it depends on hermes-plugin-api by path: {}",
+                    path.display()
+                )?,
+                None => writeln!(
+                    out,
+                    "note: it depends on hermes-plugin-api {} from crates.io, which this build cannot vouch for (it was built outside its checkout); if cargo cannot find it, give `--api-path <checkout>/plugin-api` or point Cargo.toml's dependency at a copy",
+                    hermes_plugin_api::VERSION
+                )?,
+            }
             writeln!(
                 out,
                 "next: cd {} && cargo test && cargo build && hermes-host -c hermes.toml plugin check {id} --start && hermes-host -c hermes.toml serve --dev",

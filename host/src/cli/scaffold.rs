@@ -3,7 +3,10 @@
 //!
 //! The crate is its own workspace (an empty `[workspace]` table), so it builds wherever it is
 //! put. Its folder is also a plugin folder (`plugin.toml` at its root), and its `hermes.toml`
-//! lists that folder itself under `[plugins] dirs`, with `target/debug` as the library dir.
+//! lists that folder itself under `[plugins] dirs`, with `target/debug` as the library dir
+//! (`$CARGO_TARGET_DIR/debug` when that is set), on a loopback port free when it was written.
+//! Every valid id gives a crate that compiles: the names in the code are derived, never the id
+//! itself (see [`scaffold`]).
 
 use std::path::{Path, PathBuf};
 
@@ -54,8 +57,13 @@ pub fn scaffold(id: &str, dir: &Path, api_path: Option<&Path>) -> Result<Scaffol
         }
         None => format!("version = \"{}\"", hermes_plugin_api::VERSION),
     };
-    let lib = id.replace('-', "_");
-    let type_name: String = id
+    // The crate, its library and its type are named from the id so that every valid id gives
+    // a crate that compiles: `hermes-platform-<id>` (a package name may not start with a digit
+    // or be `self`), `hermes_platform_<id>` and `<Id>Platform` (never one of the names the
+    // template imports, such as `Host`, `State`, `Plugin` or `Config`).
+    let package = format!("hermes-platform-{id}");
+    let lib = package.replace('-', "_");
+    let camel: String = id
         .split(['-', '_'])
         .filter(|part| !part.is_empty())
         .map(|part| {
@@ -66,17 +74,30 @@ pub fn scaffold(id: &str, dir: &Path, api_path: Option<&Path>) -> Result<Scaffol
                 .unwrap_or_default()
         })
         .collect();
-    let type_name = if type_name.starts_with(|c: char| c.is_ascii_digit()) {
-        format!("Plugin{type_name}")
+    let type_name = if camel.starts_with(|c: char| c.is_ascii_digit()) {
+        format!("Platform{camel}")
     } else {
-        type_name
+        format!("{camel}Platform")
+    };
+    let port = free_port();
+    let library_dir = match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        // cargo builds into $CARGO_TARGET_DIR, not the crate's target/: look there.
+        Some(target) => std::path::absolute(PathBuf::from(target))
+            .context("CARGO_TARGET_DIR")?
+            .join("debug")
+            .display()
+            .to_string(),
+        None => "target/debug".to_owned(),
     };
     let fill = |template: &str| {
         template
             .replace("__ID__", id)
+            .replace("__PACKAGE__", &package)
             .replace("__LIB__", &lib)
             .replace("__TYPE__", &type_name)
             .replace("__API__", &api_dependency)
+            .replace("__PORT__", &port.to_string())
+            .replace("__LIBRARY_DIR__", &format!("{library_dir:?}"))
     };
     let files: [(&'static str, &str); 6] = [
         ("Cargo.toml", CARGO_TOML),
@@ -97,8 +118,16 @@ pub fn scaffold(id: &str, dir: &Path, api_path: Option<&Path>) -> Result<Scaffol
     })
 }
 
+/// A port free on loopback now, for the dev config (8650 when none can be had): several
+/// scaffolded plugins, each served on its own, do not collide.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_or(8650, |a| a.port())
+}
+
 const CARGO_TOML: &str = r#"[package]
-name = "__ID__"
+name = "__PACKAGE__"
 version = "0.1.0"
 edition = "2024"
 publish = false
@@ -258,13 +287,14 @@ const HERMES_TOML: &str = r#"# A dev gateway for this plugin alone: `hermes-host
 # Relative paths are relative to this file.
 
 [server]
-listen = "127.0.0.1:8650"
+listen = "127.0.0.1:__PORT__"
 control_socket = ".hermes/control.sock"
 
 [plugins]
 # This folder is itself the plugin folder (plugin.toml is here).
 dirs = ["."]
-library_dirs = ["target/debug"]
+# Where cargo writes the library ($CARGO_TARGET_DIR/debug when it was set at `plugin new`).
+library_dirs = [__LIBRARY_DIR__]
 state_dir = ".hermes"
 
 [hotreload]
@@ -283,9 +313,9 @@ A hermes-host platform plugin.
 cargo test                                  # unit tests
 cargo build                                 # target/debug/lib__LIB__.so
 hermes-host -c hermes.toml plugin check __ID__ --start
-hermes-host -c hermes.toml serve --dev      # http://127.0.0.1:8650
+hermes-host -c hermes.toml serve --dev      # http://127.0.0.1:__PORT__
 hermes-host -c hermes.toml plugin hotreload-enable __ID__   # then every `cargo build` reloads it
-curl -s -X POST 127.0.0.1:8650/api/platforms/__ID__/send -H 'Content-Type: application/json' -d '{"chat_id":"c","text":"hi"}'
+curl -s -X POST 127.0.0.1:__PORT__/api/platforms/__ID__/send -H 'Content-Type: application/json' -d '{"chat_id":"c","text":"hi"}'
 ```
 
 `src/lib.rs` says what to replace. `plugin.toml` is what the host reads before loading anything;
