@@ -282,3 +282,45 @@ fn a_slow_start_shows_as_starting_and_an_unload_waits_for_it() {
     assert!(!EntryState::Registered.can_become(EntryState::Running));
     assert!(!EntryState::Stopping.can_become(EntryState::Loading));
 }
+
+#[test]
+fn a_start_that_returns_after_its_timeout_is_stopped_and_its_library_unloaded() {
+    let t = TestDir::new();
+    t.install("late", "fixture_panicky", 1);
+    let registry = t.registry(
+        "[platforms.late]\nhang_start_ms = 600\ncall_timeout_ms = 100\n",
+        Arc::new(DiscardInbound),
+    );
+    let error = registry.instance("late").err().unwrap().to_string();
+    assert!(
+        error.contains("start did not return within 100 ms"),
+        "{error}"
+    );
+    // The start still runs: its library is still mapped, and nothing serves.
+    assert_eq!(
+        registry.resident_stale_libraries().map(|v| v.len()),
+        Some(1)
+    );
+    assert!(registry.running("late").is_none());
+    // Once it returns, what it started is stopped and the library unmapped (it used to stay,
+    // one more resident library per timed-out start).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while registry.resident_stale_libraries() != Some(vec![]) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the late start's library never went: {:?}",
+            registry.resident_stale_libraries()
+        );
+        thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // The late thread is gone too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while util::thread_names().iter().any(|n| n.contains("-late")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{:?}",
+            util::thread_names()
+        );
+        thread::sleep(std::time::Duration::from_millis(20));
+    }
+}

@@ -96,7 +96,8 @@ impl Library {
         let host = SendHost(context.host_context());
         let config = options.config_json;
         let state = options.state;
-        let started = call_on(&workers, "start", options.call_timeout, move |vtable| {
+        let (tx, rx) = oneshot::channel();
+        let submitted = workers.submit(Box::new(move |vtable: &PluginVTable| {
             let state_ref = state.as_ref().map(|s| StateRef {
                 schema: s.schema,
                 bytes: RSlice::from_slice(&s.bytes),
@@ -110,35 +111,56 @@ impl Library {
                     ROption::from(state_ref),
                 )
             };
-            result
-                .into_result()
-                .map(SendPtr)
-                .map_err(|e| e.into_string())
-        });
+            let _ = tx.send(
+                result
+                    .into_result()
+                    .map(SendPtr)
+                    .map_err(|e| e.into_string()),
+            );
+        }));
+        let started = match submitted {
+            Ok(()) => match await_answer(&rx, options.call_timeout) {
+                Ok(answer) => Ok(answer),
+                Err(oneshot::RecvTimeoutError::Timeout) => Err(CallError::Timeout {
+                    call: "start",
+                    after: options.call_timeout,
+                }),
+                Err(oneshot::RecvTimeoutError::Disconnected) => Err(CallError::Stopped),
+            },
+            Err(e) => Err(e),
+        };
+        let parts = Parts {
+            platform: options.platform,
+            shadow_path: self.shadow_path().to_owned(),
+            generation: options.generation,
+            plugin_version: self.plugin_version().to_owned(),
+            workers,
+            library: Arc::clone(&self.inner),
+            context: Arc::clone(&context),
+            call_timeout: options.call_timeout,
+        };
         let failure = match started {
-            Ok(Ok(ptr)) => {
-                return Ok(Instance {
-                    platform: options.platform,
-                    shadow_path: self.shadow_path().to_owned(),
-                    generation: options.generation,
-                    plugin_version: self.plugin_version().to_owned(),
-                    ptr,
-                    workers,
-                    library: Mutex::new(Some(Arc::clone(&self.inner))),
-                    context,
-                    call_timeout: options.call_timeout,
-                    in_flight: Arc::new(AtomicUsize::new(0)),
-                });
-            }
+            Ok(Ok(ptr)) => return Ok(parts.into_instance(ptr)),
             Ok(Err(message)) => CallError::Plugin {
                 call: "start",
                 message,
                 retryable: false,
             },
+            Err(timeout @ CallError::Timeout { .. }) => {
+                // `start` runs on past its timeout: whatever it delivers is refused from now
+                // on, and once it returns, what it started is stopped and the library unloaded
+                // (by whoever lets go of it last), instead of living on unseen.
+                context.deactivate();
+                LateStart { answer: rx, parts }.reap();
+                return Err(StartFailure {
+                    error: timeout,
+                    library: self,
+                });
+            }
             Err(e) => e,
         };
         context.deactivate();
-        let _ = workers.drain(Instant::now() + Duration::from_secs(1));
+        let _ = parts.workers.drain(Instant::now() + Duration::from_secs(1));
         Err(StartFailure {
             error: failure,
             library: self,
@@ -146,23 +168,74 @@ impl Library {
     }
 }
 
-/// Submits `f` to the pool and waits up to `timeout` for its answer.
-fn call_on<R: Send + 'static>(
-    workers: &Workers,
-    call: &'static str,
-    timeout: Duration,
-    f: impl FnOnce(&PluginVTable) -> R + Send + 'static,
-) -> Result<R, CallError> {
-    let (tx, rx) = oneshot::channel();
-    workers.submit(Box::new(move |vtable| {
-        let _ = tx.send(f(vtable));
-    }))?;
-    match await_answer(&rx, timeout) {
-        Ok(r) => Ok(r),
-        Err(oneshot::RecvTimeoutError::Timeout) => Err(CallError::Timeout {
-            call,
-            after: timeout,
-        }),
-        Err(oneshot::RecvTimeoutError::Disconnected) => Err(CallError::Stopped),
+/// What an instance is made of, but for the pointer `start` returns.
+struct Parts {
+    platform: String,
+    shadow_path: std::path::PathBuf,
+    generation: u64,
+    plugin_version: String,
+    workers: Workers,
+    library: Arc<super::library::LoadedLibrary>,
+    context: Arc<CallbackContext>,
+    call_timeout: Duration,
+}
+
+impl Parts {
+    fn into_instance(self, ptr: SendPtr) -> Instance {
+        Instance {
+            platform: self.platform,
+            shadow_path: self.shadow_path,
+            generation: self.generation,
+            plugin_version: self.plugin_version,
+            ptr,
+            workers: self.workers,
+            library: Mutex::new(Some(self.library)),
+            context: self.context,
+            call_timeout: self.call_timeout,
+            in_flight: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+}
+
+/// A `start` that outran its timeout, and what it will have started.
+struct LateStart {
+    answer: oneshot::Receiver<Result<SendPtr, String>>,
+    parts: Parts,
+}
+
+impl LateStart {
+    /// Waits on a thread of its own for `start` to return; then stops what it started, joins
+    /// its workers and lets go of the library, which the last holder unloads (a `start` that
+    /// never returns keeps it mapped, which is all that can be done for code still running).
+    fn reap(self) {
+        let (platform, generation) = (self.parts.platform.clone(), self.parts.generation);
+        let name = format!("hermes-{platform}-g{generation}-late");
+        let spawned = std::thread::Builder::new().name(name).spawn(move || {
+            let LateStart { answer, parts } = self;
+            let timeout = parts.call_timeout;
+            let library = match answer.recv() {
+                Ok(Ok(ptr)) => match parts.into_instance(ptr).stop(false, timeout) {
+                    Ok(stopped) => Some(stopped.library),
+                    Err(e) => {
+                        tracing::warn!(%platform, generation, error = %e, "a start that returned after its timeout could not be stopped; its library stays mapped");
+                        None
+                    }
+                },
+                // It failed late (or its worker died): nothing to stop.
+                Ok(Err(_)) | Err(_) => {
+                    let _ = parts.workers.drain(Instant::now() + timeout);
+                    Some(Library {
+                        inner: parts.library,
+                    })
+                }
+            };
+            if let Some(library) = library {
+                let report = library.unload();
+                tracing::info!(%platform, generation, closed = report.closed, "a start that returned after its timeout was stopped and its library let go");
+            }
+        });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the thread that waits for a late start; its library stays mapped");
+        }
     }
 }
