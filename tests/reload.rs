@@ -516,3 +516,27 @@ fn concurrent_hotreload_enables_persist_both_and_a_corrupt_state_file_is_logged(
         server.log()
     );
 }
+
+#[test]
+fn a_library_rebuilt_while_another_reload_drains_is_loaded_after_it() {
+    let t = TestDir::new();
+    let library = t.install_copy("slow", "fixture_panicky");
+    // Each generation's stop takes 1.5 s: a reload drains that long.
+    let server = Server::start_with(&t, "[platforms.slow]\nhang_stop_ms = 1500\n", &["--dev"]);
+    assert!(
+        server
+            .cli(&["plugin", "hotreload-enable", "slow"])
+            .status
+            .success()
+    );
+    std::thread::scope(|scope| {
+        let reload = scope.spawn(|| server.cli(&["plugin", "reload", "slow"]));
+        server.wait_platform("slow", |p| p["state"] != "running");
+        // Rebuilt while that reload drains: after it, the new file is loaded as generation 3
+        // (it used to be dropped: "not running, the next load uses it").
+        util::replace_like_cargo(&util::lib("fixture_panicky"), &library);
+        let out = reload.join().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    });
+    server.wait_platform("slow", |p| p["generation"] == 3 && p["state"] == "running");
+}

@@ -429,9 +429,11 @@ fn reload_if_changed(
         return;
     }
     *seen = now;
+    // A reload, load or stop in progress decides whether the platform runs: wait for it, so a
+    // library rebuilt while another reload drains is loaded after it, not dropped.
     let running = registry
         .entry(id)
-        .is_ok_and(|e| e.status().state == EntryState::Running);
+        .is_ok_and(|e| e.settled_state_blocking() == EntryState::Running);
     if !running {
         tracing::info!(
             platform = id,

@@ -241,6 +241,12 @@ impl Entry {
         futures_executor::block_on(self.wait_until(ready));
     }
 
+    /// Waits until no load, swap or stop is in progress; the state then.
+    pub(crate) fn settled_state_blocking(&self) -> EntryState {
+        self.wait_until_blocking(|slot| slot.state.is_settled() && !slot.exclusive);
+        self.slot.borrow().state
+    }
+
     // --- Loads (first use). ---
 
     /// Waits while a load, swap or stop is in progress, then: the serving instance; the
