@@ -375,3 +375,70 @@ fn a_platform_enabled_from_the_environment_keeps_its_table_across_a_config_reloa
     assert!(server.cli(&["plugin", "reload", "envy"]).status.success());
     assert_eq!(echo_user(), "from-env");
 }
+
+#[test]
+fn a_background_platform_added_by_a_config_reload_makes_the_warm_up_pending_until_it_starts() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    t.install("bg", "fixture_panicky", 1);
+    let server = Server::start(&t, "[platforms.lb]\n");
+    let (_, body) = server.get("/api/warmup_wait?timeout_ms=20000");
+    assert!(body.contains("\"status\":\"completed\""), "{body}");
+
+    rewrite(
+        &t,
+        "[platforms.lb]\n\n[platforms.bg]\nstart = \"background\"\nhang_start_ms = 1500\ncall_timeout_ms = 60000\n",
+    );
+    // The reload answers without waiting for the background start...
+    let out = server.cli(&["reload-config"]);
+    assert!(out.status.success(), "{out:?}");
+    // ...which is the warm-up's now: pending, and the gateway is not idle.
+    let (_, body) = server.get("/api/warmup_status");
+    let warmup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(warmup["status"], "pending", "{warmup}");
+    assert_eq!(warmup["pending"], serde_json::json!(["bg"]), "{warmup}");
+    let (_, idle) = server.get("/api/idle?quiet_secs=0");
+    assert!(idle.contains("warm-up pending"), "{idle}");
+    // warmup_wait waits for it.
+    let (status, body) = server.get("/api/warmup_wait?timeout_ms=20000");
+    assert_eq!(status, 200, "{body}");
+    let warmup: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(warmup["status"], "completed", "{warmup}");
+    assert_eq!(warmup["completed"], serde_json::json!(["bg"]), "{warmup}");
+    assert_eq!(server.platform("bg")["state"], "running");
+}
+
+#[test]
+fn one_send_counts_once_in_flight_and_idle_unload_stretches_for_a_platform_needed_again_soon() {
+    let t = TestDir::new();
+    t.install("lazy", "fixture_panicky", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.lazy]\nstart = \"on_demand\"\nidle_unload_secs = 1\nhang_text = \"slow\"\nhang_text_ms = 1500\n",
+    );
+    let idle = || -> serde_json::Value {
+        serde_json::from_str(&server.get("/api/idle?quiet_secs=0").1).unwrap()
+    };
+    std::thread::scope(|scope| {
+        let send = scope.spawn(|| server.send("lazy", "c", "slow"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let running = loop {
+            let now = idle();
+            if now["plugin_calls_in_flight"] == 1 {
+                break now;
+            }
+            assert!(Instant::now() < deadline, "{now}");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        assert_eq!(running["requests_in_flight"], 1, "{running}");
+        assert_eq!(running["in_flight"], 1, "one send, counted once: {running}");
+        assert_eq!(send.join().unwrap().0, 200);
+    });
+
+    // Unloaded after 1 s of quiet; needed again at once, so the next idle period is 2 s.
+    server.wait_log("unloaded after it was idle", 1);
+    assert!(server.log().contains("idle_secs=1.0"), "{}", server.log());
+    assert_eq!(server.send("lazy", "c", "again").0, 200);
+    server.wait_log("unloaded after it was idle", 2);
+    assert!(server.log().contains("idle_secs=2.0"), "{}", server.log());
+}

@@ -9,7 +9,8 @@
 //! reason is logged and answered. Otherwise it is applied: the routes are swapped whole;
 //! removed platforms stop and unload; changed running ones reload through the reload
 //! transaction with their new table (a change of `allowed_users`/`allow_all_users` alone
-//! applies without a reload); added ones start by their `start` mode.
+//! applies without a reload); added ones start by their `start` mode (an added `background`
+//! one through a warm-up of its own, which makes the warm-up state `pending` again).
 
 use std::sync::Arc;
 
@@ -208,6 +209,7 @@ impl Gateway {
 
         // Apply.
         self.routes.replace(routes);
+        let mut background = Vec::new();
         for (id, table) in tables {
             let Ok(entry) = self.registry.entry(&id) else {
                 continue;
@@ -239,7 +241,11 @@ impl Gateway {
                 } else {
                     Ok(())
                 }
-            } else if matches!(start, Some(StartMode::Eager | StartMode::Background)) {
+            } else if start == Some(StartMode::Background) {
+                // Started by a warm-up of its own, as at start-up: the reload does not wait.
+                background.push(id.clone());
+                Ok(())
+            } else if start == Some(StartMode::Eager) {
                 self.instance(&id)
                     .await
                     .map(|_| ())
@@ -252,6 +258,12 @@ impl Gateway {
             }
         }
         crate::gateway::warn_about_senders(&self.registry);
+        if !background.is_empty() {
+            // Warm-up is pending again until they started (or failed): `warmup_wait` waits
+            // for them and `/api/idle` is busy meanwhile.
+            let _ = self.warmup.send_replace(crate::gateway::Warmup::Pending);
+            tokio::spawn(crate::serve::warm_up(Arc::clone(self), background));
+        }
         Ok(change)
     }
 }

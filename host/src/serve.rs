@@ -13,6 +13,7 @@
 //! remove the control socket, exit 0.
 
 use std::{
+    collections::HashMap,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -25,6 +26,7 @@ use crate::{
     config::{Config, StartMode},
     control,
     gateway::{Gateway, PlatformStart, Warmup},
+    registry::EntryState,
 };
 
 /// How long shutdown waits for requests in flight, and for each platform to stop.
@@ -140,7 +142,8 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
             "hermes-host ready: http://{local} (control socket {})",
             socket_path.display()
         );
-        tokio::spawn(warm_up(Arc::clone(&gateway)));
+        let background = platforms_in_mode(&gateway, StartMode::Background);
+        tokio::spawn(warm_up(Arc::clone(&gateway), background));
         tokio::spawn(idle_unloader(Arc::clone(&gateway)));
         tokio::spawn(crate::supervise::supervise(Arc::clone(&gateway)));
         // SIGHUP re-reads hermes.toml (applied or refused as a whole); SIGTERM and Ctrl-C stop.
@@ -261,11 +264,12 @@ async fn start_platforms(
     out
 }
 
-async fn warm_up(gateway: Arc<Gateway>) {
+/// Starts the `background` platforms `ids` (at start-up, and those a config reload adds), then
+/// settles the warm-up state from every background platform's: `pending` while any is still to
+/// start (another warm-up runs), else `failed` if any failed, else `completed`.
+pub(crate) async fn warm_up(gateway: Arc<Gateway>, ids: Vec<String>) {
     let started = Instant::now();
-    let ids = platforms_in_mode(&gateway, StartMode::Background);
     let results = start_platforms(&gateway, ids, StartMode::Background).await;
-    let failed = results.iter().any(|r| r.error.is_some());
     let failures = results.iter().filter(|r| r.error.is_some()).count();
     tracing::info!(
         started = results.len() - failures,
@@ -278,19 +282,50 @@ async fn warm_up(gateway: Arc<Gateway>) {
         profile.platforms.extend(results);
         profile.warmup_ms = Some(ms(started.elapsed()));
     }
-    let _ = gateway.warmup.send_replace(if failed {
+    let states: Vec<EntryState> = gateway
+        .registry
+        .entries()
+        .filter(|e| {
+            e.platform_config()
+                .is_some_and(|p| p.start == StartMode::Background)
+        })
+        .map(|e| e.status().state)
+        .collect();
+    let settled = if states.iter().any(|s| {
+        matches!(
+            s,
+            EntryState::Registered | EntryState::Loading | EntryState::Starting
+        )
+    }) {
+        Warmup::Pending
+    } else if states
+        .iter()
+        .any(|s| matches!(s, EntryState::Failed | EntryState::Invalid))
+    {
         Warmup::Failed
     } else {
         Warmup::Completed
-    });
+    };
+    let _ = gateway.warmup.send_replace(settled);
 }
+
+/// How many times `idle_unload_secs` a platform may come to wait at most (hysteresis).
+const IDLE_STRETCH_MAX: u32 = 8;
 
 /// Unloads platforms with `idle_unload_secs` once they had no traffic for that long (each
 /// platform's current table: a config reload may change it).
+///
+/// With hysteresis: a platform needed again within its idle period after an idle unload waits
+/// twice as long before the next one (up to [`IDLE_STRETCH_MAX`] times `idle_unload_secs`),
+/// so traffic that comes just slower than the idle period does not load and unload it on every
+/// other message; one that stays unloaded longer than that is back to `idle_unload_secs`.
 async fn idle_unloader(gateway: Arc<Gateway>) {
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down = gateway.shutdown.subscribe();
+    // Per platform: the stretch of its idle period, and when it was last unloaded for idleness
+    // (until it is seen running again).
+    let mut stretch: HashMap<String, (u32, Option<Instant>)> = HashMap::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -302,12 +337,22 @@ async fn idle_unloader(gateway: Arc<Gateway>) {
             .filter_map(|e| Some((e.manifest().id.clone(), e.platform_config()?.idle_unload?)))
             .collect();
         for (id, idle) in &watched {
+            let (factor, unloaded_at) = stretch.entry(id.clone()).or_insert((1, None));
             let Some(instance) = gateway.registry.running(id) else {
                 continue;
             };
+            if let Some(at) = unloaded_at.take() {
+                // Loaded again since the idle unload: soon (stretch the period) or not (reset).
+                *factor = if at.elapsed() < *idle * *factor {
+                    (*factor * 2).min(IDLE_STRETCH_MAX)
+                } else {
+                    1
+                };
+            }
+            let period = *idle * *factor;
             let quiet = gateway
                 .since_activity(Some(id))
-                .is_some_and(|since| since >= *idle);
+                .is_some_and(|since| since >= period);
             if quiet && instance.in_flight() == 0 {
                 drop(instance);
                 let registry = Arc::clone(&gateway.registry);
@@ -315,12 +360,15 @@ async fn idle_unloader(gateway: Arc<Gateway>) {
                 let unloaded =
                     tokio::task::spawn_blocking(move || registry.unload(&platform)).await;
                 match unloaded {
-                    Ok(Ok(Some(report))) => tracing::info!(
-                        platform = %id,
-                        idle_secs = idle.as_secs_f64(),
-                        unmapped = ?report.unmapped,
-                        "unloaded after it was idle"
-                    ),
+                    Ok(Ok(Some(report))) => {
+                        *unloaded_at = Some(Instant::now());
+                        tracing::info!(
+                            platform = %id,
+                            idle_secs = period.as_secs_f64(),
+                            unmapped = ?report.unmapped,
+                            "unloaded after it was idle"
+                        );
+                    }
                     // Someone else stopped it first.
                     Ok(Ok(None)) => {}
                     Ok(Err(e)) => tracing::warn!(platform = %id, error = %e, "idle unload failed"),

@@ -150,6 +150,8 @@ pub(super) async fn idle(
         "seconds_since_activity": since.map_or(0.0, |s| s.as_secs_f64()),
         "quiet_secs": quiet.as_secs_f64(),
         "in_flight": in_flight,
+        "requests_in_flight": gateway.requests_in_flight(),
+        "plugin_calls_in_flight": gateway.plugin_calls_in_flight(),
         "sse_clients": sse_clients,
     }))
     .into_response())

@@ -232,15 +232,26 @@ impl Gateway {
         Some(at.elapsed())
     }
 
-    /// Requests and route sends in progress, plus calls queued or running in plugins.
+    /// Work in progress: the larger of the requests and route sends in progress
+    /// ([`Gateway::requests_in_flight`]) and the calls queued or running in plugins
+    /// ([`Gateway::plugin_calls_in_flight`]). A request waits on one call at most, so one send
+    /// counts once, not twice; the count is 0 exactly when both are.
     pub fn in_flight(&self) -> usize {
-        let plugin_calls: usize = self
-            .registry
+        self.requests_in_flight().max(self.plugin_calls_in_flight())
+    }
+
+    /// HTTP requests, control requests and route sends in progress.
+    pub fn requests_in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// Calls queued or running in the serving instances (sends, health checks...).
+    pub fn plugin_calls_in_flight(&self) -> usize {
+        self.registry
             .entries()
             .filter_map(|e| e.running())
             .map(|i| i.in_flight())
-            .sum();
-        self.in_flight.load(Ordering::Acquire) + plugin_calls
+            .sum()
     }
 
     /// Counts one request in flight until the guard drops.
