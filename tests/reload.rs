@@ -390,10 +390,28 @@ fn hot_reload_needs_permission_and_the_watched_set_survives_a_restart() {
     assert!(persisted.contains("\"lb\""), "{persisted}");
 
     let server = Server::start(&t, "[platforms.lb]\n[hotreload]\nallowed = true\n");
-    let status = server.cli(&["plugin", "hotreload-status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["plugins"][0]["id"], "lb");
-    assert_eq!(status["plugins"][0]["watching"], true, "{status}");
+    let watching = || {
+        let status = server.cli(&["plugin", "hotreload-status", "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+        assert_eq!(status["plugins"][0]["id"], "lb");
+        status["plugins"][0]["watching"].as_bool().unwrap()
+    };
+    assert!(watching());
+
+    // A config reload changes the permission: off stops the watch, on starts it again.
+    let config = |allowed: bool| {
+        t.config(&format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n[journal]\nflush_ms = 20\n\n[platforms.lb]\n[hotreload]\nallowed = {allowed}\n"
+        ));
+        let out = server.cli(&["reload-config"]);
+        assert!(out.status.success(), "{out:?}");
+    };
+    config(false);
+    assert!(!watching());
+    let refused = server.cli(&["plugin", "hotreload-enable", "lb"]);
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("hot reload is not allowed"));
+    config(true);
+    assert!(watching());
 }
 
 #[test]

@@ -2,8 +2,8 @@
 //!
 //! The whole change is checked before anything changes: the file must parse; a change to a key
 //! that only a restart can apply (the listen address, the control socket, the token, runtime
-//! threads, connection limits, the plugin folders, the state and shadow folders, hot reload,
-//! the journal) refuses the reload, naming the keys; every added or changed `[platforms.<id>]`
+//! threads, connection limits, the plugin folders, the state and shadow folders, the hot-reload
+//! debounce, the journal) refuses the reload, naming the keys; every added or changed `[platforms.<id>]`
 //! is validated by its plugin's `validate_config` (the library is loaded from a scratch copy
 //! for that, and unloaded). Anything wrong refuses it as a whole: nothing changes, and the
 //! reason is logged and answered. Otherwise it is applied: the routes are swapped whole;
@@ -111,7 +111,10 @@ fn restart_keys(old: &Config, new: &Config) -> Vec<&'static str> {
             o.header_read_timeout != n.header_read_timeout,
         ),
         ("plugins", old.plugins != new.plugins),
-        ("hotreload", old.hotreload != new.hotreload),
+        (
+            "hotreload.debounce_ms",
+            old.hotreload.debounce != new.hotreload.debounce,
+        ),
         ("journal", old.journal != new.journal),
     ]
     .into_iter()
@@ -209,6 +212,9 @@ impl Gateway {
 
         // Apply.
         self.routes.replace(routes);
+        let hotreload = Arc::clone(self);
+        let allowed = new.hotreload.allowed;
+        let _ = tokio::task::spawn_blocking(move || hotreload.hotreload.set_allowed(allowed)).await;
         let mut background = Vec::new();
         for (id, table) in tables {
             let Ok(entry) = self.registry.entry(&id) else {

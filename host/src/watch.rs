@@ -15,7 +15,8 @@
 //! - reloads through the transaction in [`crate::reload`]: a half-written or broken library is a
 //!   refused reload, and the old generation goes on serving.
 //!
-//! Hot reload is off unless `[hotreload] allowed = true` or `serve --dev`. The watched set is
+//! Hot reload is off unless `[hotreload] allowed = true` or `serve --dev`; a config reload may
+//! turn it on (the persisted watches start) or off (every watch stops). The watched set is
 //! written atomically to `<state_dir>/hotreload.json` and restored when the server starts.
 
 use std::{
@@ -97,7 +98,10 @@ enum Msg {
 /// The hot-reload manager of a running server.
 pub struct HotReload {
     registry: Arc<Registry>,
-    allowed: bool,
+    /// `[hotreload] allowed` (or `--dev`); a config reload may change it.
+    allowed: std::sync::atomic::AtomicBool,
+    /// `serve --dev`: allowed whatever the config says.
+    dev: bool,
     debounce: Duration,
     state_file: PathBuf,
     config_name: String,
@@ -112,13 +116,15 @@ impl HotReload {
     pub fn new(
         registry: Arc<Registry>,
         allowed: bool,
+        dev: bool,
         debounce: Duration,
         state_dir: &Path,
         config_name: String,
     ) -> Self {
         HotReload {
             registry,
-            allowed,
+            allowed: std::sync::atomic::AtomicBool::new(allowed || dev),
+            dev,
             debounce,
             state_file: state_dir.join(STATE_FILE),
             config_name,
@@ -129,7 +135,32 @@ impl HotReload {
 
     /// Whether hot reload may be enabled.
     pub fn allowed(&self) -> bool {
-        self.allowed
+        self.allowed.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// A config reload's `[hotreload] allowed` (`serve --dev` keeps it allowed): turned on, the
+    /// persisted watches start; turned off, every watch stops (the persisted set is kept, as
+    /// at shutdown, for when it is allowed again). Whether it changed.
+    pub fn set_allowed(&self, allowed: bool) -> bool {
+        let allowed = allowed || self.dev;
+        let was = self
+            .allowed
+            .swap(allowed, std::sync::atomic::Ordering::AcqRel);
+        match (was, allowed) {
+            (false, true) => self.restore(),
+            (true, false) => self.stop_all(),
+            _ => return false,
+        }
+        tracing::info!(
+            allowed,
+            "hot reload {}",
+            if allowed {
+                "allowed"
+            } else {
+                "no longer allowed; watches stopped"
+            }
+        );
+        true
     }
 
     /// The ids persisted as watched.
@@ -158,7 +189,7 @@ impl HotReload {
         if ids.is_empty() {
             return;
         }
-        if !self.allowed {
+        if !self.allowed() {
             tracing::warn!(watched = ?ids, "hot reload is not allowed; persisted watches not started (`serve --dev` or `[hotreload] allowed = true`)");
             return;
         }
@@ -171,7 +202,7 @@ impl HotReload {
 
     /// Watches `id`'s library and manifest and persists the watched set.
     pub fn enable(&self, id: &str) -> Result<WatchStatus, HotReloadError> {
-        if !self.allowed {
+        if !self.allowed() {
             return Err(HotReloadError::NotAllowed {
                 config: self.config_name.clone(),
             });

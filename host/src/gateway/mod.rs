@@ -171,7 +171,8 @@ impl Gateway {
         .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
         let hotreload = crate::watch::HotReload::new(
             Arc::clone(&registry),
-            config.hotreload.allowed || dev,
+            config.hotreload.allowed,
+            dev,
             config.hotreload.debounce,
             &config.plugins.state_dir,
             config
