@@ -324,3 +324,17 @@ fn a_start_that_returns_after_its_timeout_is_stopped_and_its_library_unloaded() 
         thread::sleep(std::time::Duration::from_millis(20));
     }
 }
+
+#[test]
+fn path_keys_resolve_to_absolute_paths_from_a_relative_config_file() {
+    let config =
+        hermes_host::config::Config::parse("", std::path::Path::new("hermes.toml")).unwrap();
+    let options =
+        hermes_host::registry::RegistryOptions::from_config(&config, Arc::new(DiscardInbound));
+    assert!(
+        options.config_dir.is_absolute(),
+        "{}",
+        options.config_dir.display()
+    );
+    assert_eq!(options.config_dir, std::env::current_dir().unwrap());
+}

@@ -55,9 +55,40 @@ impl<S: Subscriber> Layer<S> for HostLayer {
     }
 }
 
+#[cfg(feature = "testing")]
+std::thread_local! {
+    /// The testing harness whose call runs on this thread: its events go to that harness, not
+    /// to the one started last (tests run in parallel threads of one process). `Host` is
+    /// `Copy`, so this has no destructor to register.
+    static THREAD_HOST: std::cell::Cell<Option<Host>> = const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with the events of this thread going to `host` (the testing harness's calls).
+#[cfg(feature = "testing")]
+pub(crate) fn on_this_thread<R>(host: Host, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Host>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            THREAD_HOST.with(|h| h.set(self.0));
+        }
+    }
+    let _restore = Restore(THREAD_HOST.with(|h| h.replace(Some(host))));
+    f()
+}
+
+/// The host events of this thread go to: the harness whose call runs here (tests), else the
+/// running instance's.
+fn current() -> Option<Host> {
+    #[cfg(feature = "testing")]
+    if let Some(host) = THREAD_HOST.with(std::cell::Cell::get) {
+        return Some(host);
+    }
+    *CURRENT.read().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Hands `event` to the host, if an instance is running.
 fn forward(event: &Event<'_>) {
-    let Some(host) = *CURRENT.read().unwrap_or_else(|e| e.into_inner()) else {
+    let Some(host) = current() else {
         return;
     };
     let meta = event.metadata();

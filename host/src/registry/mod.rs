@@ -77,11 +77,17 @@ impl RegistryOptions {
             probe: config.plugins.probe.then(Prober::find_program).flatten(),
             child_program: Prober::find_program(),
             state_dir: Some(config.plugins.state_dir.clone()),
-            config_dir: config
-                .source
-                .as_deref()
-                .and_then(Path::parent)
-                .map_or_else(|| PathBuf::from("."), Path::to_owned),
+            // Absolute, so that a plugin gets absolute `path_keys` even from `-c hermes.toml`
+            // (a relative file whose folder is "").
+            config_dir: {
+                let dir = config
+                    .source
+                    .as_deref()
+                    .and_then(Path::parent)
+                    .filter(|p| !p.as_os_str().is_empty())
+                    .unwrap_or(Path::new("."));
+                std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
+            },
         }
     }
 }

@@ -27,7 +27,9 @@
 //! `log` are recorded; `stop` exports the state first (as a reload does) and, once it returned,
 //! the instance's deliveries are refused. What it does not: no worker threads, call timeouts,
 //! ABI checks or `dlopen` (`hermes-host plugin check --start` does those). The plugin's
-//! `tracing` events go to the harness started last in the process.
+//! `tracing` events during a harness's call (start, send, health, export, stop) go to that
+//! harness, whichever test thread runs it (cargo runs tests in parallel threads); events from
+//! threads the plugin spawned go to the harness started last in the process.
 
 use std::{
     ffi::c_void,
@@ -74,6 +76,7 @@ struct Recorder {
 pub struct Harness<P: Plugin> {
     plugin: Option<P>,
     recorder: Arc<Recorder>,
+    host: Host,
     generation: u64,
 }
 
@@ -104,10 +107,11 @@ impl<P: Plugin> Harness<P> {
             log: record_log,
         });
         log::install(host);
-        let plugin = P::start(config, host, previous)?;
+        let plugin = log::on_this_thread(host, || P::start(config, host, previous))?;
         Ok(Harness {
             plugin: Some(plugin),
             recorder,
+            host,
             generation,
         })
     }
@@ -125,7 +129,7 @@ impl<P: Plugin> Harness<P> {
 
     /// Calls `send`.
     pub fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
-        self.plugin().send(message)
+        log::on_this_thread(self.host, || self.plugin().send(message))
     }
 
     /// Calls `send` with a plain text message to `chat_id`.
@@ -140,12 +144,12 @@ impl<P: Plugin> Harness<P> {
 
     /// Calls `health`.
     pub fn health(&self) -> Health {
-        self.plugin().health()
+        log::on_this_thread(self.host, || self.plugin().health())
     }
 
     /// Calls `export_state`.
     pub fn export_state(&self) -> Option<State> {
-        self.plugin().export_state()
+        log::on_this_thread(self.host, || self.plugin().export_state())
     }
 
     /// Every message the instance delivered so far.
@@ -194,8 +198,10 @@ impl<P: Plugin> Harness<P> {
         let Some(plugin) = self.plugin.take() else {
             return Ok(None);
         };
-        let state = plugin.export_state();
-        let stopped = plugin.stop();
+        let (state, stopped) = log::on_this_thread(self.host, || {
+            let state = plugin.export_state();
+            (state, plugin.stop())
+        });
         self.recorder.serving.store(false, Ordering::Release);
         // As the export glue does after `stop`: forwarded `tracing` events stop here, so none
         // can reach this harness's recorder once it is gone.
@@ -316,5 +322,48 @@ mod tests {
         assert!(second.logs()[0].message.contains("schema: 3"));
         assert!(Harness::<Noisy>::start(serde_json::json!({ "x": 1 })).is_ok());
         assert!(Harness::<Noisy>::start(serde_json::json!([1])).is_err());
+    }
+
+    /// Logs through `tracing` (the plugin's own copy, forwarded by the glue's subscriber).
+    struct Traced;
+
+    impl Plugin for Traced {
+        type Config = Config;
+
+        fn start(_: Config, _: Host, _: Option<State>) -> Result<Self, String> {
+            Ok(Traced)
+        }
+
+        fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
+            tracing::info!(text = %message.text, "sent");
+            Ok(SendReceipt {
+                message_id: message.text,
+            })
+        }
+
+        fn stop(self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn each_harness_gets_the_tracing_events_of_its_own_calls_across_parallel_threads() {
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                std::thread::spawn(move || {
+                    let harness = Harness::<Traced>::start(serde_json::json!({})).unwrap();
+                    for n in 0..50 {
+                        harness.send_text("c", &format!("t{t}-{n}")).unwrap();
+                    }
+                    let logs = harness.logs();
+                    let mine = format!("text=t{t}-");
+                    assert_eq!(logs.len(), 50, "{logs:?}");
+                    assert!(logs.iter().all(|l| l.message.contains(&mine)), "{logs:?}");
+                })
+            })
+            .collect();
+        for thread in threads {
+            thread.join().unwrap();
+        }
     }
 }
