@@ -206,3 +206,52 @@ fn server_cli(t: &TestDir, args: &[&str]) -> String {
 fn quarantine_list(state: &Path) -> String {
     fs::read_to_string(state.join("quarantine.json")).unwrap_or_default()
 }
+
+#[test]
+fn a_fatal_signal_in_a_plugin_names_it_and_two_in_a_row_quarantine_it() {
+    let t = TestDir::new();
+    t.install("crashy", "fixture_crashy", 1);
+    let crash = |text: &str| -> String {
+        let mut server = Server::start(&t, "[platforms.crashy]\n");
+        let (status, _) = server.post(
+            "/api/platforms/crashy/send",
+            &format!(r#"{{"chat_id":"c","text":"{text}"}}"#),
+        );
+        assert_eq!(status, 0, "the gateway died mid-request");
+        let exit = server.child.wait().unwrap();
+        assert!(exit.signal().is_some(), "{exit:?}");
+        server.log()
+    };
+    // An abort in libc, called by the plugin on its worker thread: named by the thread.
+    let first = crash("crash:abort");
+    assert!(
+        first.contains("hermes-host: fatal signal SIGABRT at pc 0x")
+            && first.contains("on a worker thread of platform=crashy content=")
+            && first.contains("generation=1"),
+        "{first}"
+    );
+    // A write through a null pointer in the plugin's own code: named by the faulting address.
+    let second = crash("crash:null");
+    assert!(
+        second.contains("the previous run of the gateway died of a fatal signal"),
+        "{second}"
+    );
+    assert!(
+        second.contains("hermes-host: fatal signal SIGSEGV at pc 0x")
+            && second.contains("in the code of platform=crashy content=")
+            && second.contains("libfixture_crashy.so"),
+        "{second}"
+    );
+    // Twice in a row with the same library: it is quarantined, the gateway serves on.
+    let server = Server::start(&t, "[platforms.crashy]\n");
+    let crashy = server.platform("crashy");
+    assert_eq!(crashy["quarantined"], true, "{crashy}\n{}", server.log());
+    assert!(
+        crashy["error"]
+            .as_str()
+            .unwrap()
+            .contains("fatal signal in its code 2 times in a row"),
+        "{crashy}"
+    );
+    assert_eq!(server.get("/health").0, 200);
+}

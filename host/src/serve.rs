@@ -54,6 +54,8 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         tracing::info!("development mode: hot reload allowed");
     }
     let (gateway, journal_thread) = Gateway::new(config, dev)?;
+    let quarantine = crate::quarantine::Quarantine::new(&gateway.config.plugins.state_dir);
+    quarantine.watch_for_fatal_signals();
     let discover_ms = ms(t0.elapsed());
     tracing::info!(
         installed = gateway.registry.entries().count(),
@@ -210,6 +212,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         );
     }
     let _ = std::fs::remove_file(&socket_path);
+    quarantine.clean_exit();
     tracing::info!("stopped");
     Ok(())
 }

@@ -47,6 +47,8 @@ pub(crate) struct LoadedLibrary {
     /// The process's threads before the plugin first started: a thread started since then
     /// and still alive after its stop is named when the library stays resident.
     pub(crate) threads_before_start: Mutex<Option<std::collections::HashSet<u32>>>,
+    /// Where a fatal signal in its code finds whose it is (see [`super::fatal`]).
+    pub(crate) crash_slot: Mutex<Option<super::fatal::CrashSlot>>,
 }
 
 // SAFETY: the vtable pointer refers to immutable statics of the library, which stays loaded
@@ -143,6 +145,7 @@ impl Library {
                     shadow_path,
                     contexts: Mutex::new(Vec::new()),
                     threads_before_start: Mutex::new(None),
+                    crash_slot: Mutex::new(None),
                 }),
             }),
             Err(e) => {
@@ -270,6 +273,20 @@ impl Library {
         &self.inner.source
     }
 
+    /// Names this library in the report of a fatal signal in its code (or on a thread that
+    /// calls it): `description` says whose it is (platform, file, content).
+    pub fn name_in_crash_reports(&self, description: &str) {
+        let Some((start, end)) = maps::range_of(&self.inner.shadow_path) else {
+            return;
+        };
+        let slot = super::fatal::CrashSlot::claim(start, end, description);
+        *self
+            .inner
+            .crash_slot
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = slot;
+    }
+
     /// The shadow copy actually mapped.
     pub fn shadow_path(&self) -> &Path {
         &self.inner.shadow_path
@@ -317,6 +334,14 @@ impl Library {
             }
             None => false,
         };
+        if closed {
+            // Its addresses may belong to another library from now on.
+            loaded
+                .crash_slot
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .take();
+        }
         // Only now, with the code gone, may the contexts lent to plugin threads die.
         loaded
             .contexts

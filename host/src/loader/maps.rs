@@ -23,6 +23,30 @@ pub fn mapped_files() -> Option<Vec<PathBuf>> {
     Some(files)
 }
 
+/// The address range `path` is mapped at (from its lowest mapping to the end of its highest),
+/// or `None` when it is not mapped or the maps cannot be read.
+pub(crate) fn range_of(path: &Path) -> Option<(usize, usize)> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let mut range: Option<(usize, usize)> = None;
+    for line in maps.lines() {
+        let (addresses, mut rest) = line.split_once(' ')?;
+        for _ in 0..4 {
+            rest = rest.trim_start().split_once(' ')?.1;
+        }
+        let name = rest.trim();
+        if Path::new(name.strip_suffix(" (deleted)").unwrap_or(name)) != path {
+            continue;
+        }
+        let (start, end) = addresses.split_once('-')?;
+        let (start, end) = (
+            usize::from_str_radix(start, 16).ok()?,
+            usize::from_str_radix(end, 16).ok()?,
+        );
+        range = Some(range.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+    }
+    range
+}
+
 /// Whether `path` is still mapped; `None` where the process's maps cannot be read.
 pub fn is_mapped(path: &Path) -> Option<bool> {
     Some(mapped_files()?.iter().any(|p| p == path))

@@ -18,6 +18,7 @@
 mod callbacks;
 mod elf;
 mod error;
+pub mod fatal;
 mod instance;
 mod jobs;
 mod layout;

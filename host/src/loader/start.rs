@@ -79,7 +79,13 @@ impl Library {
             .unwrap_or_else(|e| e.into_inner())
             .get_or_insert_with(|| super::maps::thread_ids().unwrap_or_default());
         let name = format!("hermes-{}-g{}", options.platform, options.generation);
-        let workers = match Workers::spawn(&self.inner, &name, options.workers, options.max_queue) {
+        let workers = match Workers::spawn(
+            &self.inner,
+            options.generation,
+            &name,
+            options.workers,
+            options.max_queue,
+        ) {
             Ok(w) => w,
             Err(e) => {
                 let message = format!("cannot start worker threads: {e}");

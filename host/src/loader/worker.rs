@@ -83,6 +83,7 @@ pub(crate) enum Drained {
 impl Workers {
     pub(crate) fn spawn(
         library: &Arc<LoadedLibrary>,
+        generation: u64,
         name: &str,
         count: usize,
         max_queue: usize,
@@ -102,6 +103,11 @@ impl Workers {
             let handle = std::thread::Builder::new()
                 .name(format!("{name}-w{i}"))
                 .spawn(move || {
+                    if let Some(slot) =
+                        &*library.crash_slot.lock().unwrap_or_else(|e| e.into_inner())
+                    {
+                        slot.enter(generation);
+                    }
                     while let Ok(job) = receiver.recv() {
                         // Never 0 while busy, even in the first nanosecond after `epoch`.
                         let now = epoch.elapsed().as_nanos().max(1) as u64;

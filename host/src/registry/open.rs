@@ -81,9 +81,11 @@ impl Registry {
         let mut marker = None;
         let mut probed = None;
         let mut alone = false;
+        let mut content = None;
         let library = Library::open_vetted(path, self.shadow_dir()?, |copy| {
             let hash =
                 ContentHash::of_file(copy).map_err(|e| crate::loader::LoadError::io(copy, e))?;
+            content = Some(hash);
             if let Some(quarantine) = &self.quarantine {
                 match quarantine.check(id, hash) {
                     Ok(Some(record)) if !record.suspect => {
@@ -115,6 +117,12 @@ impl Registry {
             }
             Ok(())
         })?;
+        if let Some(hash) = content {
+            library.name_in_crash_reports(&format!(
+                "platform={id} content={hash} library={}",
+                path.display()
+            ));
+        }
         Ok(Opened {
             library,
             marker,
