@@ -21,6 +21,10 @@ use std::{
 use super::wire::{self, Call, FrameReader, FromChild, Reply, ToChild};
 use crate::loader::{CallError, EventSink, UnloadReport};
 
+/// How long an unreadable frame waits for the child's exit before it is blamed: a child that
+/// aborts mid-write is gone within this, and its exit names the real cause.
+const DYING_GRACE: Duration = Duration::from_millis(200);
+
 /// How long an unload may take before the child is killed.
 const UNLOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -163,9 +167,25 @@ impl Conn {
                     .sink
                     .log(&self.platform, generation, level, &target, &message),
                 Ok(None) => return,
+                // The connection ended under us: a child that dies with frames it had not read
+                // resets it. Its exit, which the waiter reports, is the story, not the frame.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                            | std::io::ErrorKind::UnexpectedEof
+                    ) =>
+                {
+                    return;
+                }
                 Err(e) => {
-                    // A frame the gateway cannot read: the child is no longer trusted.
-                    self.kill(&format!("it sent a frame the gateway cannot read ({e})"));
+                    // A frame the gateway cannot read: the child is no longer trusted, unless
+                    // it is dying anyway (a frame cut short by an abort on another thread).
+                    if self.wait_exit(DYING_GRACE).is_none() {
+                        self.kill(&format!("it sent a frame the gateway cannot read ({e})"));
+                    }
                     return;
                 }
             }
