@@ -60,15 +60,6 @@ pub struct Receipt {
     pub message_id: String,
 }
 
-/// A failed send, as the plugin reported it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct SendFailure {
-    /// What went wrong.
-    pub message: String,
-    /// Whether the same send may succeed later.
-    pub retryable: bool,
-}
-
 /// An instance's health.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]

@@ -164,11 +164,6 @@ impl Prober {
             .find(|p| p.is_file())
     }
 
-    /// The program probes run.
-    pub fn program(&self) -> &Path {
-        &self.program
-    }
-
     /// Vets the shadow copy `copy`, whose content hash is `hash`: from the cache, or by a child.
     pub fn vet(&self, copy: &Path, hash: ContentHash) -> Result<Probed, ProbeError> {
         let cached = self

@@ -321,18 +321,6 @@ impl Journal {
         }
     }
 
-    /// Writes every record queued before this call, and waits for it (whatever the
-    /// durability). Callers bound it: a stuck journal never answers.
-    pub async fn flush(&self) -> Result<(), JournalError> {
-        let ticket = {
-            let mut queue = self.queue();
-            queue.urgent = true;
-            Ticket(queue.last)
-        };
-        self.shared.wake.notify_one();
-        self.wait_for(ticket).await
-    }
-
     /// Asks the writer to reopen the journal's path before its next batch (after a log
     /// rotation that renamed the file; one that removed or replaced it is noticed anyway).
     pub fn reopen(&self) {

@@ -268,11 +268,6 @@ impl Library {
         &self.inner.plugin_version
     }
 
-    /// The library file this was loaded from.
-    pub fn source_path(&self) -> &Path {
-        &self.inner.source
-    }
-
     /// Names this library in the report of a fatal signal in its code (or on a thread that
     /// calls it): `description` says whose it is (platform, file, content).
     pub fn name_in_crash_reports(&self, description: &str) {

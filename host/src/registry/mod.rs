@@ -164,11 +164,6 @@ impl Registry {
             })
     }
 
-    /// The options this registry loads with.
-    pub fn options(&self) -> &RegistryOptions {
-        &self.options
-    }
-
     /// Where the entry's library is: the plugin folder first, then the library dirs.
     pub fn resolve_library(&self, entry: &Entry) -> Result<PathBuf, LoadFailure> {
         let file = entry.manifest().library_file_name();
