@@ -10,9 +10,10 @@
 //! - [`gateway`] moves messages: sends, inbound dispatch to SSE ([`events`]), [`journal`]
 //!   and the routes that [`routing`] plans, counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
 //!   socket, each served by [`http`] with a connection limit and a header-read timeout. [`message`] holds the host's own message types.
-//! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`watch`] does it
-//!   when the library file changes (hot reload).
-//! - [`reconfigure`] applies a changed hermes.toml (SIGHUP, `reload-config`) as a whole.
+//! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`hotreload`] does
+//!   it when the library file changes.
+//! - [`gateway::reconfigure`] applies a changed hermes.toml (SIGHUP, `reload-config`) as a
+//!   whole; [`supervise`] replaces hung instances and restarts crashed children.
 //! - [`cli`] is the `hermes-host` command.
 //!
 //! Measured figures for each piece are in BENCHMARKS.md; the README says how to run it.
@@ -24,6 +25,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod gateway;
+pub mod hotreload;
 pub mod http;
 pub mod isolate;
 pub mod journal;
@@ -34,11 +36,9 @@ pub mod message;
 pub mod metrics;
 pub mod probe;
 pub mod quarantine;
-pub mod reconfigure;
 pub mod registry;
 pub use registry::reload;
 pub mod routing;
 pub mod serve;
 pub mod supervise;
 mod toml_error;
-pub mod watch;

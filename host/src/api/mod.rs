@@ -41,7 +41,7 @@ use crate::{
 };
 
 pub mod guard;
-mod supervisor;
+mod readiness;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -143,10 +143,10 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/api/platforms/{id}", get(platform))
         .route("/api/platforms/{id}/send", post(send))
         .route("/api/events", get(events))
-        .route("/api/warmup_status", get(supervisor::warmup_status))
-        .route("/api/warmup_wait", get(supervisor::warmup_wait))
-        .route("/api/idle", get(supervisor::idle))
-        .route("/api/startup_profile", get(supervisor::startup_profile))
+        .route("/api/warmup_status", get(readiness::warmup_status))
+        .route("/api/warmup_wait", get(readiness::warmup_wait))
+        .route("/api/idle", get(readiness::idle))
+        .route("/api/startup_profile", get(readiness::startup_profile))
         .route("/metrics", get(metrics))
         .layer(middleware::from_fn_with_state(
             Arc::clone(&gateway),

@@ -21,8 +21,8 @@ use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use super::{HotReloadOverview, ServerStatus};
 use crate::{
-    gateway::SendOk, message::Outbound, reconfigure::ConfigChange, reload::ReloadOutcome,
-    watch::WatchStatus,
+    gateway::SendOk, gateway::reconfigure::ConfigChange, hotreload::WatchStatus, message::Outbound,
+    reload::ReloadOutcome,
 };
 
 /// Why the CLI could not talk to a server.

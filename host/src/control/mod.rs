@@ -33,9 +33,9 @@ use serde::{Deserialize, Serialize};
 use crate::{
     api::{self, ApiError},
     gateway::{Gateway, Warmup},
+    hotreload::WatchStatus,
     journal::{JournalStatus, RecordKind},
     registry::PlatformStatus,
-    watch::WatchStatus,
 };
 
 mod bind;
@@ -242,9 +242,9 @@ async fn reload(
 }
 
 fn hotreload_answer(
-    result: Result<crate::watch::WatchStatus, crate::watch::HotReloadError>,
+    result: Result<crate::hotreload::WatchStatus, crate::hotreload::HotReloadError>,
 ) -> Result<Response, ApiError> {
-    use crate::watch::HotReloadError;
+    use crate::hotreload::HotReloadError;
     match result {
         Ok(status) => Ok(Json(status).into_response()),
         Err(e @ HotReloadError::NotAllowed { .. }) => {

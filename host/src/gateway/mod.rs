@@ -30,6 +30,7 @@ use crate::{
 };
 
 pub mod dispatch;
+pub mod reconfigure;
 pub mod send;
 
 pub use dispatch::GatewaySink;
@@ -107,7 +108,7 @@ pub struct Gateway {
     /// Set once shutdown begins.
     pub shutdown: watch::Sender<bool>,
     /// Hot reload: the watched plugins.
-    pub hotreload: crate::watch::HotReload,
+    pub hotreload: crate::hotreload::HotReload,
     /// The routes in force: `config.routes` at start, swapped by a config reload.
     pub routes: Routes,
     started: Instant,
@@ -169,7 +170,7 @@ impl Gateway {
             queue_bytes: config.journal.queue_bytes,
         })
         .map_err(|e| anyhow::anyhow!("journal {}: {e}", config.journal.path.display()))?;
-        let hotreload = crate::watch::HotReload::new(
+        let hotreload = crate::hotreload::HotReload::new(
             Arc::clone(&registry),
             config.hotreload.allowed,
             dev,
