@@ -206,13 +206,10 @@ impl Manifest {
         Ok(manifest)
     }
 
-    /// `table`'s config for the plugin as the JSON the ABI passes, with the values of
-    /// `path_keys` that are relative paths resolved against `config_dir`.
-    pub fn plugin_json(&self, table: &crate::config::PlatformConfig, config_dir: &Path) -> String {
-        if self.path_keys.is_empty() {
-            return table.plugin_json();
-        }
-        let mut plugin = table.plugin.clone();
+    /// The plugin's part of a platform's table (`plugin`) as the JSON the ABI passes, with the
+    /// values of `path_keys` that are relative paths resolved against `config_dir`.
+    pub fn plugin_json(&self, plugin: &toml::Table, config_dir: &Path) -> String {
+        let mut plugin = plugin.clone();
         for key in &self.path_keys {
             if let Some(toml::Value::String(path)) = plugin.get_mut(key)
                 && Path::new(path.as_str()).is_relative()
@@ -331,20 +328,14 @@ mod tests {
     fn path_keys_resolve_against_the_config_folder() {
         let text = "[plugin]\nid = \"irc\"\nname = \"IRC\"\nversion = \"1\"\napi = 1\nlibrary = \"x\"\npath_keys = [\"tls_ca_file\", \"absent\"]\n";
         let manifest = Manifest::parse(text, Path::new("plugins/irc/plugin.toml")).unwrap();
-        let mut table = crate::config::PlatformConfig::default();
-        table
-            .plugin
-            .insert("tls_ca_file".into(), "certs/ca.pem".into());
-        table
-            .plugin
-            .insert("nick".into(), "certs/not-a-path".into());
+        let mut table = toml::Table::new();
+        table.insert("tls_ca_file".into(), "certs/ca.pem".into());
+        table.insert("nick".into(), "certs/not-a-path".into());
         let json: serde_json::Value =
             serde_json::from_str(&manifest.plugin_json(&table, Path::new("/etc/hermes"))).unwrap();
         assert_eq!(json["tls_ca_file"], "/etc/hermes/certs/ca.pem");
         assert_eq!(json["nick"], "certs/not-a-path");
-        table
-            .plugin
-            .insert("tls_ca_file".into(), "/abs/ca.pem".into());
+        table.insert("tls_ca_file".into(), "/abs/ca.pem".into());
         let json: serde_json::Value =
             serde_json::from_str(&manifest.plugin_json(&table, Path::new("/etc/hermes"))).unwrap();
         assert_eq!(json["tls_ca_file"], "/abs/ca.pem");

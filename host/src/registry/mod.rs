@@ -244,7 +244,7 @@ impl Registry {
     pub fn plugin_json(&self, entry: &Entry, table: &PlatformConfig) -> String {
         entry
             .manifest()
-            .plugin_json(table, &self.options.config_dir)
+            .plugin_json(&table.plugin, &self.options.config_dir)
     }
 
     /// How long one call into `entry`'s plugin may take.
