@@ -32,109 +32,16 @@ use axum::{
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::{
-    gateway::{Gateway, SendError},
-    journal::RecordKind,
-    loader::CallError,
-    message::Outbound,
-    registry::RegistryError,
-};
+use crate::{gateway::Gateway, journal::RecordKind, message::Outbound};
 
+mod error;
 pub mod guard;
 mod readiness;
 
+pub use error::ApiError;
+
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
-
-/// An error answer: a status and `{"error", "retryable"}`.
-#[derive(Debug)]
-pub struct ApiError {
-    /// The HTTP status.
-    pub status: StatusCode,
-    /// The message for the client.
-    pub message: String,
-    /// Whether retrying may help.
-    pub retryable: bool,
-}
-
-impl ApiError {
-    /// An error with `status`.
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-            retryable: false,
-        }
-    }
-}
-
-/// The one place where a platform's errors become HTTP statuses. A cause that is the
-/// operator's business (paths, loader messages) is logged and left on the platform's status;
-/// the client is told which platform and where to look.
-impl From<RegistryError> for ApiError {
-    fn from(e: RegistryError) -> Self {
-        match &e {
-            RegistryError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, e.to_string()),
-            RegistryError::LoadFailed { id, cause } => {
-                tracing::warn!(platform = %id, error = %cause, "refused: the platform failed to load");
-                // A failed load is tried again a second later (a rebuilt library, a peer that
-                // came back): a retry may succeed.
-                ApiError {
-                    retryable: true,
-                    ..ApiError::new(
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        format!(
-                            "platform `{id}` is unavailable: it failed to load; `hermes-host status`, `hermes-host plugin check {id}` or the server log say why"
-                        ),
-                    )
-                }
-            }
-            RegistryError::StopFailed { .. } => {
-                ApiError::new(StatusCode::GATEWAY_TIMEOUT, e.to_string())
-            }
-        }
-    }
-}
-
-impl From<SendError> for ApiError {
-    fn from(e: SendError) -> Self {
-        let e = match e {
-            SendError::Platform(e) => return e.into(),
-            other => other,
-        };
-        let status = match &e {
-            SendError::NotJournaled { .. } => StatusCode::INTERNAL_SERVER_ERROR,
-            SendError::Call { source, .. } => match source {
-                // A plugin that says "try later" (its peer is down) is unavailable, not failing.
-                CallError::Plugin {
-                    retryable: true, ..
-                } => StatusCode::SERVICE_UNAVAILABLE,
-                CallError::Plugin { .. } => StatusCode::BAD_GATEWAY,
-                // The call failed alone; the platform serves on.
-                CallError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-                // Hung (being replaced), stopping, busy past the deadline or with a full
-                // queue: the call never ran and may go through later.
-                _ => StatusCode::SERVICE_UNAVAILABLE,
-            },
-            _ => StatusCode::SERVICE_UNAVAILABLE,
-        };
-        ApiError {
-            status,
-            message: e.to_string(),
-            retryable: e.retryable(),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({ "error": self.message, "retryable": self.retryable })),
-        )
-            .into_response()
-    }
-}
 
 /// The public API router, without a socket (tests call it directly).
 pub fn app(gateway: Arc<Gateway>) -> Router {

@@ -160,15 +160,8 @@ async fn journal_reopen(State(gateway): State<Arc<Gateway>>) -> Response {
     Json(gateway.journal.status()).into_response()
 }
 
-async fn reload_config(State(gateway): State<Arc<Gateway>>) -> Response {
-    match gateway.reload_config().await {
-        Ok(change) => Json(change).into_response(),
-        Err(e) => (
-            StatusCode::CONFLICT,
-            Json(json!({ "error": e.to_string(), "retryable": false })),
-        )
-            .into_response(),
-    }
+async fn reload_config(State(gateway): State<Arc<Gateway>>) -> Result<Response, ApiError> {
+    Ok(Json(gateway.reload_config().await?).into_response())
 }
 
 async fn reload(
@@ -202,16 +195,12 @@ async fn reload(
                     .as_ref()
                     .and_then(|t| gateway.registry.idle_unload_refusal(&id, t))
                 {
-                    return Ok((
-                        StatusCode::CONFLICT,
-                        Json(json!({
-                            "error": format!("reload of `{id}` refused: {}: {refusal}", file.display()),
-                            "reason": format!("{}: {refusal}", file.display()),
-                            "serving_generation": entry.running().map(|i| i.generation()),
-                            "retryable": false,
-                        })),
-                    )
-                        .into_response());
+                    return Err(crate::reload::ReloadRefused {
+                        platform: id.clone(),
+                        reason: format!("{}: {refusal}", file.display()),
+                        serving_generation: entry.running().map(|i| i.generation()),
+                    }
+                    .into());
                 }
                 entry.set_platform_config(table)
             }
@@ -226,52 +215,21 @@ async fn reload(
     if result.is_err() {
         entry.set_platform_config(previous.map(|p| (*p).clone()));
     }
-    Ok(match result {
-        Ok(outcome) => Json(outcome).into_response(),
-        Err(refused) => (
-            StatusCode::CONFLICT,
-            Json(json!({
-                "error": refused.to_string(),
-                "reason": refused.reason,
-                "serving_generation": refused.serving_generation,
-                "retryable": false,
-            })),
-        )
-            .into_response(),
-    })
-}
-
-fn hotreload_answer(
-    result: Result<crate::hotreload::WatchStatus, crate::hotreload::HotReloadError>,
-) -> Result<Response, ApiError> {
-    use crate::hotreload::HotReloadError;
-    match result {
-        Ok(status) => Ok(Json(status).into_response()),
-        Err(e @ HotReloadError::NotAllowed { .. }) => {
-            Err(ApiError::new(StatusCode::FORBIDDEN, e.to_string()))
-        }
-        Err(e @ HotReloadError::Unknown(_)) => {
-            Err(ApiError::new(StatusCode::NOT_FOUND, e.to_string()))
-        }
-        Err(e) => Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            e.to_string(),
-        )),
-    }
+    Ok(Json(result?).into_response())
 }
 
 async fn hotreload_enable(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    hotreload_answer(blocking(move || gateway.hotreload.enable(&id)).await?)
+    Ok(Json(blocking(move || gateway.hotreload.enable(&id)).await??).into_response())
 }
 
 async fn hotreload_disable(
     State(gateway): State<Arc<Gateway>>,
     UrlPath(id): UrlPath<String>,
 ) -> Result<Response, ApiError> {
-    hotreload_answer(blocking(move || gateway.hotreload.disable(&id)).await?)
+    Ok(Json(blocking(move || gateway.hotreload.disable(&id)).await??).into_response())
 }
 
 async fn hotreload_status(State(gateway): State<Arc<Gateway>>) -> Json<HotReloadOverview> {
