@@ -264,6 +264,10 @@ fn a_drifted_vtable_is_refused_naming_the_mismatch() {
             "PluginVTable: 7 fields in the plugin, the host has 6",
         ),
         (
+            "outbound_field",
+            "PluginVTable.send -> OutboundFfi: 5 fields in the plugin, the host has 4",
+        ),
+        (
             "changed_type",
             "PluginVTable.start -> HostContext.deliver -> InboundFfi.timestamp_ms: i64 in the host, u64 in the plugin",
         ),

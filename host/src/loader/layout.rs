@@ -15,12 +15,16 @@ pub(crate) fn summarize(errors: &AbiInstabilityErrors) -> String {
     };
     let mut path = Vec::new();
     let mut owner = errors.interface.name().to_owned();
+    // Whether the last step went through a function pointer or a reference: then the
+    // difference lies in the type reached (`OutboundFfi`), which the path must name.
+    let mut through_hop = false;
     for step in first.stack_trace.iter() {
         match &step.expected {
             TLFieldOrFunction::Field(field) => {
                 // Hops through a function pointer's parameters or a reference say nothing a
                 // reader needs: `PluginVTable.start -> HostContext.deliver` is the path.
-                if owner != "AFunctionPointer" && owner != "&" {
+                through_hop = is_hop(&owner);
+                if !through_hop {
                     path.push(format!("{owner}.{}", field.name()));
                 }
                 owner = field.layout().name().to_owned();
@@ -29,7 +33,7 @@ pub(crate) fn summarize(errors: &AbiInstabilityErrors) -> String {
             TLFieldOrFunction::Function(_) => {}
         }
     }
-    if path.is_empty() {
+    if path.is_empty() || (through_hop && !is_hop(&owner)) {
         path.push(owner);
     }
     // The most telling difference first: a size follows from a field count or a type.
@@ -39,6 +43,11 @@ pub(crate) fn summarize(errors: &AbiInstabilityErrors) -> String {
         .min_by_key(|e| rank(e))
         .map_or_else(|| "differs".to_owned(), describe);
     format!("{}: {what}", path.join(" -> "))
+}
+
+/// A function pointer or a reference: a hop between the types a path names.
+fn is_hop(name: &str) -> bool {
+    name == "AFunctionPointer" || name == "&"
 }
 
 fn rank(error: &AbiInstability) -> u8 {
