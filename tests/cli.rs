@@ -411,6 +411,8 @@ fn plugin_new_writes_a_crate_that_tests_builds_checks_and_serves_as_it_is() {
             .args(args)
             .current_dir(&dir)
             .env_remove("CARGO_TARGET_DIR")
+            // Its tests run in parallel threads: not one per process, as NEXTEST would say.
+            .env_remove("NEXTEST")
             .output()
             .unwrap();
         assert!(

@@ -29,7 +29,10 @@
 //! ABI checks or `dlopen` (`hermes-host plugin check --start` does those). The plugin's
 //! `tracing` events during a harness's call (start, send, health, export, stop) go to that
 //! harness, whichever test thread runs it (cargo runs tests in parallel threads); events from
-//! threads the plugin spawned go to the harness started last in the process.
+//! threads the plugin spawned go to the harness started last in the process. When the process
+//! runs one test at a time (cargo-nextest, or `--test-threads=1`), `stop` also fails if a
+//! thread started during the instance's life still runs a second after `stop` returned: a
+//! plugin that leaks its threads would crash the gateway when the host unloads it.
 
 use std::{
     ffi::c_void,
@@ -78,6 +81,8 @@ pub struct Harness<P: Plugin> {
     recorder: Arc<Recorder>,
     host: Host,
     generation: u64,
+    /// The process's threads before `start`, when this process runs one test at a time.
+    threads_before: Option<Vec<u32>>,
 }
 
 impl<P: Plugin> Harness<P> {
@@ -107,12 +112,14 @@ impl<P: Plugin> Harness<P> {
             log: record_log,
         });
         log::install(host);
+        let threads_before = one_test_at_a_time().then(thread_ids).flatten();
         let plugin = log::on_this_thread(host, || P::start(config, host, previous))?;
         Ok(Harness {
             plugin: Some(plugin),
             recorder,
             host,
             generation,
+            threads_before,
         })
     }
 
@@ -206,13 +213,65 @@ impl<P: Plugin> Harness<P> {
         // As the export glue does after `stop`: forwarded `tracing` events stop here, so none
         // can reach this harness's recorder once it is gone.
         log::uninstall();
-        stopped.map(|()| state)
+        stopped?;
+        if let Some(before) = self.threads_before.take() {
+            let leaked = threads_left_since(&before);
+            if !leaked.is_empty() {
+                return Err(format!(
+                    "`stop` returned with threads the plugin started still running: {}; join every thread `start` spawned (the host unloads the library after `stop`, and a thread still in its code would crash the gateway)",
+                    leaked.join(", ")
+                ));
+            }
+        }
+        Ok(state)
     }
 }
 
 impl<P: Plugin> Drop for Harness<P> {
     fn drop(&mut self) {
         let _ = self.stop_inner();
+    }
+}
+
+/// Whether this process runs one test at a time (cargo-nextest runs each test in a process of
+/// its own; `--test-threads=1` runs them in turn): only then is every thread started during a
+/// harness's life the plugin's, and `stop` checks that none outlives it.
+fn one_test_at_a_time() -> bool {
+    std::env::var_os("NEXTEST").is_some()
+        || std::env::var("RUST_TEST_THREADS").is_ok_and(|n| n.trim() == "1")
+}
+
+/// The ids of this process's threads (Linux); `None` elsewhere.
+fn thread_ids() -> Option<Vec<u32>> {
+    let tasks = std::fs::read_dir("/proc/self/task").ok()?;
+    Some(
+        tasks
+            .filter_map(|t| t.ok()?.file_name().to_str()?.parse().ok())
+            .collect(),
+    )
+}
+
+/// `name (tid)` of the threads started since `before` that are still running after a grace of
+/// a second (a thread told to stop may take a moment to end after `stop` returned).
+fn threads_left_since(before: &[u32]) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let new: Vec<u32> = thread_ids()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|t| !before.contains(t))
+            .collect();
+        if new.is_empty() || Instant::now() >= deadline {
+            return new
+                .into_iter()
+                .map(|tid| {
+                    let name = std::fs::read_to_string(format!("/proc/self/task/{tid}/comm"))
+                        .unwrap_or_default();
+                    format!("{} ({tid})", name.trim())
+                })
+                .collect();
+        }
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -365,5 +424,46 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
+    }
+
+    /// Starts a thread in `start` and never joins it.
+    struct Leaky;
+
+    impl Plugin for Leaky {
+        type Config = Config;
+
+        fn start(_: Config, _: Host, _: Option<State>) -> Result<Self, String> {
+            std::thread::Builder::new()
+                .name("leaky-worker".into())
+                .spawn(|| std::thread::sleep(Duration::from_secs(30)))
+                .map_err(|e| e.to_string())?;
+            Ok(Leaky)
+        }
+
+        fn send(&self, message: OutboundMessage) -> Result<SendReceipt, SendError> {
+            Ok(SendReceipt {
+                message_id: message.text,
+            })
+        }
+
+        fn stop(self) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn stop_names_a_thread_the_plugin_leaked_when_tests_run_one_at_a_time() {
+        if !one_test_at_a_time() || thread_ids().is_none() {
+            // Threads of tests running beside it could not be told from the plugin's.
+            return;
+        }
+        let error = Harness::<Leaky>::start(serde_json::json!({}))
+            .unwrap()
+            .stop()
+            .unwrap_err();
+        assert!(error.contains("leaky-worker"), "{error}");
+        // A plugin that joins its threads stops cleanly.
+        let clean = Harness::<Noisy>::start(serde_json::json!({})).unwrap();
+        assert!(clean.stop().is_ok());
     }
 }
