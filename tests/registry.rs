@@ -165,7 +165,7 @@ fn bad_manifests_are_reported_and_the_others_register() {
     assert!(listed[2].2.contains("missing/plugin.toml"), "{listed:?}");
     match registry.instance("missing") {
         Err(RegistryError::LoadFailed { cause, .. }) => {
-            assert!(matches!(*cause, LoadFailure::Manifest(_)), "{cause}")
+            assert!(matches!(*cause, LoadFailure::Manifest(_)), "{cause}");
         }
         Ok(_) => panic!("an invalid plugin was loaded"),
         Err(other) => panic!("{other}"),

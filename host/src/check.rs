@@ -17,7 +17,7 @@ use crate::{
 
 /// One step of a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Step {
+pub(crate) struct Step {
     /// What was checked.
     pub name: &'static str,
     /// Whether it passed; `None` when skipped.
@@ -28,7 +28,7 @@ pub struct Step {
 
 /// The outcome of a check.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct CheckReport {
+pub(crate) struct CheckReport {
     /// The platform id.
     pub id: String,
     /// Whether every step that ran passed.
@@ -53,7 +53,7 @@ impl CheckReport {
     }
 
     /// The first failed step's detail: the reason the plugin was refused.
-    pub fn reason(&self) -> Option<&str> {
+    pub(crate) fn reason(&self) -> Option<&str> {
         self.steps
             .iter()
             .find(|s| s.ok == Some(false))
@@ -62,7 +62,11 @@ impl CheckReport {
 }
 
 /// Checks plugin `id`; with `start`, also starts and stops a throwaway instance.
-pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, RegistryError> {
+pub(crate) fn check(
+    registry: &Registry,
+    id: &str,
+    start: bool,
+) -> Result<CheckReport, RegistryError> {
     let entry = registry.entry(id)?;
     let manifest = entry.manifest();
     let mut report = CheckReport {
@@ -135,7 +139,7 @@ pub fn check(registry: &Registry, id: &str, start: bool) -> Result<CheckReport, 
     };
     match &opened.probed {
         Some(probed) if probed.cached => {
-            report.step("probe", Some(true), "sound (verdict cached)".to_owned())
+            report.step("probe", Some(true), "sound (verdict cached)".to_owned());
         }
         Some(probed) => report.step(
             "probe",

@@ -21,10 +21,10 @@ use tokio::sync::Notify;
 use crate::message::Inbound;
 
 /// Events queued for one subscriber at most.
-pub const MAX_QUEUED: usize = 4096;
+pub(crate) const MAX_QUEUED: usize = 4096;
 
 /// Bytes of encoded events queued for one subscriber at most.
-pub const MAX_QUEUED_BYTES: usize = 4 << 20;
+pub(crate) const MAX_QUEUED_BYTES: usize = 4 << 20;
 
 /// What a subscriber's stream yields.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -37,7 +37,7 @@ use crate::{
 };
 
 /// The file, under the state dir, that lists the watched plugins.
-pub const STATE_FILE: &str = "hotreload.json";
+pub(crate) const STATE_FILE: &str = "hotreload.json";
 
 /// Why hot reload could not be turned on or off.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

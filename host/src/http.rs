@@ -38,17 +38,17 @@ use tokio::sync::{Notify, watch};
 use tower::ServiceExt as _;
 
 /// File descriptors kept out of the public port's connection limit.
-pub const FD_RESERVE: u64 = 256;
+pub(crate) const FD_RESERVE: u64 = 256;
 
 /// The default header-read timeout.
-pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The control socket's connection limit: it serves an operator and scripts, not the world.
-pub const CONTROL_MAX_CONNECTIONS: usize = 64;
+pub(crate) const CONTROL_MAX_CONNECTIONS: usize = 64;
 
 /// How a listener is served.
 #[derive(Debug, Clone, Copy)]
-pub struct Limits {
+pub(crate) struct Limits {
     /// Open connections at most.
     pub max_connections: usize,
     /// Time allowed for a whole request head.
@@ -58,7 +58,7 @@ pub struct Limits {
 }
 
 /// Raises the soft open-file limit to the hard one; returns the soft limit in force after.
-pub fn raise_open_file_limit() -> u64 {
+pub(crate) fn raise_open_file_limit() -> u64 {
     use rustix::process::{Resource, getrlimit, setrlimit};
     let limit = getrlimit(Resource::Nofile);
     let (Some(soft), hard) = (limit.current, limit.maximum) else {
@@ -80,22 +80,22 @@ pub fn raise_open_file_limit() -> u64 {
 }
 
 /// The public port's default connection limit for an open-file limit of `nofile`.
-pub fn default_max_connections(nofile: u64) -> usize {
+pub(crate) fn default_max_connections(nofile: u64) -> usize {
     nofile.saturating_sub(FD_RESERVE).clamp(16, 1 << 20) as usize
 }
 
 /// The most bytes of a request body read (each router bounds its own routes further).
-pub const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 1 << 20;
 
 /// The default time a whole request body has.
-pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The slowest a request body may arrive, on average since its head, once
 /// [`BODY_RATE_GRACE`] has passed.
-pub const MIN_BODY_RATE: u64 = 1024;
+pub(crate) const MIN_BODY_RATE: u64 = 1024;
 
 /// How long a body may come slower than [`MIN_BODY_RATE`] (a short body sent late).
-pub const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+pub(crate) const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
 
 /// One accepted connection, as the limiter sees it.
 struct Conn {
@@ -304,7 +304,7 @@ async fn read_body(
 
 /// Serves `app` on `listener` until `shutdown` turns true; then stops accepting, lets requests
 /// in flight finish, and returns once every connection is closed.
-pub async fn serve<L: Listener>(
+pub(crate) async fn serve<L: Listener>(
     mut listener: L,
     app: Router,
     limits: Limits,

@@ -19,26 +19,26 @@
 //! Measured figures for each piece are in BENCHMARKS.md; the README says how to run it.
 
 pub mod api;
-pub mod check;
+pub(crate) mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
-pub mod events;
+pub(crate) mod events;
 pub mod gateway;
-pub mod hotreload;
-pub mod http;
-pub mod isolate;
-pub mod journal;
+pub(crate) mod hotreload;
+pub(crate) mod http;
+pub(crate) mod isolate;
+pub(crate) mod journal;
 #[allow(unsafe_code)]
 pub mod loader;
-pub mod manifest;
+pub(crate) mod manifest;
 pub mod message;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod probe;
-pub mod quarantine;
+pub(crate) mod quarantine;
 pub mod registry;
 pub use registry::reload;
-pub mod routing;
-pub mod serve;
-pub mod supervise;
+pub(crate) mod routing;
+pub(crate) mod serve;
+pub(crate) mod supervise;
 mod toml_error;

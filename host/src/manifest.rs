@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The file name of a manifest inside a plugin folder.
-pub const MANIFEST_FILE: &str = "plugin.toml";
+pub(crate) const MANIFEST_FILE: &str = "plugin.toml";
 
 /// A plugin's manifest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -255,7 +255,7 @@ impl Manifest {
 }
 
 /// The largest manifest read; a bigger file is an error, not a memory hog.
-pub const MANIFEST_LIMIT: u64 = 64 * 1024;
+pub(crate) const MANIFEST_LIMIT: u64 = 64 * 1024;
 
 /// Reads a manifest: open and read, without the `stat` that `fs::read_to_string` makes for a
 /// size hint (start-up reads hundreds of these; every system call shows).
@@ -304,7 +304,7 @@ pub(crate) fn describe_file_type(kind: std::fs::FileType) -> &'static str {
 }
 
 /// Whether `id` is a valid plugin id: `^[a-z0-9][a-z0-9_-]{0,63}$`.
-pub fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     let bytes = id.as_bytes();
     !bytes.is_empty()
         && bytes.len() <= 64

@@ -25,14 +25,14 @@ use crate::{journal::JournalStatus, registry::PlatformStatus};
 const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
 /// The content type of [`Metrics::render`]'s text.
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// The content type of [`to_prometheus_text`]'s text.
-pub const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const PROMETHEUS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
 /// Whether a scraper's `Accept` header asks for the Prometheus text format rather than
 /// OpenMetrics: it names `text/plain` and not `application/openmetrics-text`.
-pub fn wants_prometheus_text(accept: &str) -> bool {
+pub(crate) fn wants_prometheus_text(accept: &str) -> bool {
     let accept = accept.to_ascii_lowercase();
     accept.contains("text/plain") && !accept.contains("application/openmetrics-text")
 }
@@ -40,7 +40,7 @@ pub fn wants_prometheus_text(accept: &str) -> bool {
 /// Rewrites OpenMetrics text (as [`Metrics::render`] makes it) into Prometheus' text format
 /// 0.0.4: no `# EOF` or `# UNIT` lines, counter families named as their `_total` samples,
 /// `unknown` as `untyped`.
-pub fn to_prometheus_text(openmetrics: &str) -> String {
+pub(crate) fn to_prometheus_text(openmetrics: &str) -> String {
     let mut counters = std::collections::HashSet::new();
     for line in openmetrics.lines() {
         if let Some(name) = line

@@ -79,7 +79,7 @@ pub enum ProbeError {
         signal: String,
     },
     /// The child exited without finishing (the library called `exit`, or the probe failed).
-    #[error("the probe exited with code {code} while loading the library{}", detail_suffix(.detail))]
+    #[error("the probe exited with code {code} while loading the library{}", detail_suffix(.detail.as_deref()))]
     Exited {
         /// The exit code.
         code: i32,
@@ -102,11 +102,8 @@ pub enum ProbeError {
     },
 }
 
-fn detail_suffix(detail: &Option<String>) -> String {
-    detail
-        .as_deref()
-        .map(|d| format!(": {d}"))
-        .unwrap_or_default()
+fn detail_suffix(detail: Option<&str>) -> String {
+    detail.map(|d| format!(": {d}")).unwrap_or_default()
 }
 
 /// What the child prints: one JSON line.
@@ -234,16 +231,13 @@ impl Prober {
             })
             .map_err(spawn_error)?;
         let output = rx.recv_timeout(self.timeout);
-        let (out, err) = match output {
-            Ok(output) => output,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                drop(reader);
-                return Err(ProbeError::TimedOut {
-                    after: self.timeout,
-                });
-            }
+        let Ok((out, err)) = output else {
+            let _ = child.kill();
+            let _ = child.wait();
+            drop(reader);
+            return Err(ProbeError::TimedOut {
+                after: self.timeout,
+            });
         };
         let _ = reader.join();
         let status = child.wait().map_err(spawn_error)?;

@@ -15,10 +15,10 @@ use crate::{
 };
 
 /// The metadata key a routed send carries: `platform/chat` of the source.
-pub const ROUTED_KEY: &str = "hermes_routed_from";
+pub(crate) const ROUTED_KEY: &str = "hermes_routed_from";
 
 /// The metadata key with the source message's author (the plugin API's, which adapters read).
-pub use hermes_plugin_api::ROUTED_USER_KEY;
+pub(crate) use hermes_plugin_api::ROUTED_USER_KEY;
 
 /// The routes in force, swapped whole by a config reload.
 pub struct Routes(RwLock<Arc<Vec<Route>>>);
@@ -42,7 +42,7 @@ impl Routes {
 
 /// One send a route asks for.
 #[derive(Debug, Clone, PartialEq)]
-pub struct RoutedSend {
+pub(crate) struct RoutedSend {
     /// The target platform.
     pub platform: String,
     /// The message, addressed to the target chat and marked as routed.
@@ -52,7 +52,7 @@ pub struct RoutedSend {
 }
 
 /// The sends that `routes` ask for when `message` arrives; none for a routed message.
-pub fn plan(routes: &[Route], message: &Inbound) -> Vec<RoutedSend> {
+pub(crate) fn plan(routes: &[Route], message: &Inbound) -> Vec<RoutedSend> {
     if message.metadata.contains_key(ROUTED_KEY) {
         return Vec::new();
     }

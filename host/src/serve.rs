@@ -30,13 +30,13 @@ use crate::{
 };
 
 /// How long shutdown waits for requests in flight, and for each platform to stop.
-pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long shutdown waits for the journal's last write.
-pub const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Runs the gateway until SIGTERM or Ctrl-C.
-pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()> {
+pub(crate) async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
     // Install the handlers first: a SIGTERM that arrives once we said "ready" must be ours.
     let signals = Signals::install()?;
@@ -189,7 +189,7 @@ pub async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()
         for id in order.iter().rev() {
             match registry.unload(id) {
                 Ok(Some(report)) if !report.clean() => {
-                    tracing::warn!(platform = %id, ?report, "library still resident after unload")
+                    tracing::warn!(platform = %id, ?report, "library still resident after unload");
                 }
                 Ok(_) => {}
                 Err(e) => tracing::error!(platform = %id, error = %e, "stop failed; going on"),

@@ -26,15 +26,15 @@ const SUPERVISE_EVERY: Duration = Duration::from_millis(250);
 const MAX_HUNG_BACKOFF: Duration = Duration::from_secs(60);
 
 /// The wait before the second restart of a platform that keeps crashing.
-pub const FIRST_CRASH_BACKOFF: Duration = Duration::from_millis(100);
+pub(crate) const FIRST_CRASH_BACKOFF: Duration = Duration::from_millis(100);
 /// The longest wait between two restarts of a platform that keeps crashing.
-pub const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
+pub(crate) const MAX_CRASH_BACKOFF: Duration = Duration::from_secs(30);
 /// A platform that ran this long since its last restart without crashing starts over.
-pub const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+pub(crate) const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 
 /// The wait before restarting a platform that crashed at `now`, given its last restart and
 /// the wait that restart had; returns the wait now.
-pub fn crash_backoff(last: Option<(Instant, Duration)>, now: Instant) -> Duration {
+pub(crate) fn crash_backoff(last: Option<(Instant, Duration)>, now: Instant) -> Duration {
     match last {
         Some((at, waited)) if now.duration_since(at) < HEALTHY_AFTER => match waited {
             Duration::ZERO => FIRST_CRASH_BACKOFF,
@@ -45,7 +45,7 @@ pub fn crash_backoff(last: Option<(Instant, Duration)>, now: Instant) -> Duratio
 }
 
 /// Runs until shutdown.
-pub async fn supervise(gateway: Arc<Gateway>) {
+pub(crate) async fn supervise(gateway: Arc<Gateway>) {
     let mut tick = tokio::time::interval(SUPERVISE_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut down = gateway.shutdown.subscribe();
@@ -108,10 +108,10 @@ async fn restart(
     } else {
         match reload(gateway, &id, "crash").await {
             Ok(generation) => {
-                tracing::warn!(platform = %id, generation, "crashed platform restarted in a new child")
+                tracing::warn!(platform = %id, generation, "crashed platform restarted in a new child");
             }
             Err(reason) => {
-                tracing::error!(platform = %id, %reason, "restarting the crashed platform failed; trying again with backoff")
+                tracing::error!(platform = %id, %reason, "restarting the crashed platform failed; trying again with backoff");
             }
         }
     }
@@ -151,7 +151,7 @@ async fn replace_hung(gateway: &Arc<Gateway>, restarts: &mut HashMap<String, (In
         match reload(gateway, &id, "supervisor").await {
             Ok(generation) => tracing::warn!(platform = %id, generation, "hung instance replaced"),
             Err(reason) => {
-                tracing::error!(platform = %id, %reason, "replacing the hung instance failed; retrying after {wait:?}")
+                tracing::error!(platform = %id, %reason, "replacing the hung instance failed; retrying after {wait:?}");
             }
         }
     }

@@ -32,7 +32,7 @@ fn warmup_json(gateway: &Gateway) -> serde_json::Value {
         use crate::registry::EntryState::*;
         match s.state {
             Running | Draining | Hung | Crashed | Stopping | Unloaded => {
-                completed.push(s.id.as_str())
+                completed.push(s.id.as_str());
             }
             Failed | Invalid => failed.push(s.id.as_str()),
             Registered | Loading | Starting => pending.push(s.id.as_str()),

@@ -202,10 +202,10 @@ async fn reload(
                     }
                     .into());
                 }
-                entry.set_platform_config(table)
+                entry.set_platform_config(table);
             }
             Err(e) => {
-                tracing::warn!(error = %e, "plugin reload: the config file does not parse; the platform's table in force is kept")
+                tracing::warn!(error = %e, "plugin reload: the config file does not parse; the platform's table in force is kept");
             }
         }
     }

@@ -30,7 +30,7 @@ use crate::{
 const DELIVER_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
 /// Runs the child: `parent` is the gateway's pid, `memory_limit_mb` its limit, if any.
-pub fn child_main(parent: u32, memory_limit_mb: Option<u64>) -> ExitCode {
+pub(crate) fn child_main(parent: u32, memory_limit_mb: Option<u64>) -> ExitCode {
     match run(parent, memory_limit_mb) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

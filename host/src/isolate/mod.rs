@@ -7,10 +7,10 @@
 //! - [`remote`]: the gateway's side, [`RemoteLibrary`] and [`RemoteInstance`], which mirror
 //!   the loader's `Library` and `Instance` so the registry's transactions run on either.
 
-pub mod child;
+pub(crate) mod child;
 mod conn;
-pub mod remote;
-pub mod wire;
+pub(crate) mod remote;
+pub(crate) mod wire;
 
-pub use conn::Spawn;
-pub use remote::{ChildError, RemoteInstance, RemoteLibrary, RemoteStopped};
+pub(crate) use conn::Spawn;
+pub(crate) use remote::{ChildError, RemoteInstance, RemoteLibrary};

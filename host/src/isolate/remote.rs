@@ -28,7 +28,7 @@ use crate::{
 };
 
 /// How long the child may take to open the library (a constructor that hangs is killed).
-pub const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A library opened in a child process.
 pub struct RemoteLibrary {

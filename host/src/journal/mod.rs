@@ -53,8 +53,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-pub use admission::Reservation;
-pub use repair::{Repaired, repair};
+pub(crate) use repair::repair;
 
 /// What happened to a message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -118,10 +117,10 @@ pub struct JournalOptions {
 }
 
 /// The queue's default bound: 16 MiB of encoded records.
-pub const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
+pub(crate) const DEFAULT_QUEUE_BYTES: usize = 16 << 20;
 
 /// How long a send waits for room in a full queue before it is refused.
-pub const ADMIT_WAIT: Duration = Duration::from_millis(500);
+pub(crate) const ADMIT_WAIT: Duration = Duration::from_millis(500);
 
 /// Queued bytes that wake the writer before its tick.
 const WAKE_AT_BYTES: usize = 1 << 20;
@@ -235,7 +234,7 @@ pub struct Journal {
 }
 
 /// The writer thread; [`Journal::close`] ends it.
-pub type JournalThread = std::thread::JoinHandle<()>;
+pub(crate) type JournalThread = std::thread::JoinHandle<()>;
 
 impl Journal {
     /// Repairs a torn last line, opens (appending, creating the folder 0700 and the file 0600)

@@ -10,7 +10,7 @@ use std::{
 
 /// What [`repair`] cut from the end of a journal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Repaired {
+pub(crate) struct Repaired {
     /// The bytes of the partial line.
     pub bytes: u64,
     /// Where they were moved.
@@ -22,7 +22,7 @@ const BLOCK: u64 = 64 * 1024;
 
 /// Cuts a partial last line from the journal at `path` (a regular file; anything else, or no
 /// file, is left alone) and appends it, with a newline, to `<path>.corrupt` (mode 0600).
-pub fn repair(path: &Path) -> io::Result<Option<Repaired>> {
+pub(crate) fn repair(path: &Path) -> io::Result<Option<Repaired>> {
     let file = match OpenOptions::new()
         .read(true)
         .write(true)

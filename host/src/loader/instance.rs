@@ -352,7 +352,7 @@ impl Instance {
                         state = s.into_option().map(|s| PluginState {
                             schema: s.schema,
                             bytes: s.bytes.to_vec(),
-                        })
+                        });
                     }
                     Err(e) => error = Some(("export_state", e.into_string())),
                 }

@@ -18,7 +18,7 @@ pub(crate) fn summarize(errors: &AbiInstabilityErrors) -> String {
     // Whether the last step went through a function pointer or a reference: then the
     // difference lies in the type reached (`OutboundFfi`), which the path must name.
     let mut through_hop = false;
-    for step in first.stack_trace.iter() {
+    for step in &first.stack_trace {
         match &step.expected {
             TLFieldOrFunction::Field(field) => {
                 // Hops through a function pointer's parameters or a reference say nothing a

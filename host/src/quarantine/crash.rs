@@ -12,7 +12,7 @@ impl Quarantine {
     /// [`crate::loader::fatal`]) is `report`: counts it towards a streak kept in
     /// `<state_dir>/crash.streak`; the same library (platform and content) named by two crashes
     /// in a row, with no clean exit between, is quarantined. The record, when it was.
-    pub fn after_crash(&self, report: &str) -> io::Result<Option<Quarantined>> {
+    pub(crate) fn after_crash(&self, report: &str) -> io::Result<Option<Quarantined>> {
         let field = |key: &str| {
             report
                 .split_whitespace()
@@ -58,7 +58,7 @@ impl Quarantine {
     /// At `serve`'s start: reports how the previous run died if a fatal signal ended it
     /// (counting it towards the quarantine streak), then installs the fatal-signal handler that
     /// writes this run's report.
-    pub fn watch_for_fatal_signals(&self) {
+    pub(crate) fn watch_for_fatal_signals(&self) {
         let file = self.state_dir.join("crash.last");
         if let Some(report) = crate::loader::fatal::take_last_crash(&file) {
             tracing::error!(%report, "the previous run of the gateway died of a fatal signal");
@@ -76,7 +76,7 @@ impl Quarantine {
     }
 
     /// The gateway stopped cleanly: a crash streak ends.
-    pub fn clean_exit(&self) {
+    pub(crate) fn clean_exit(&self) {
         let _ = fs::remove_file(self.streak_path());
     }
 

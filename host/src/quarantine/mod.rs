@@ -77,7 +77,7 @@ impl std::fmt::Display for Quarantined {
 
 /// The quarantine of one state folder.
 #[derive(Debug, Clone)]
-pub struct Quarantine {
+pub(crate) struct Quarantine {
     state_dir: PathBuf,
 }
 
@@ -87,7 +87,7 @@ static LOADS: RwLock<()> = RwLock::new(());
 /// A load in progress: its marker, removed when dropped (a suspect's record too: it did not
 /// take the process down).
 #[derive(Debug)]
-pub struct Marker {
+pub(crate) struct Marker {
     path: PathBuf,
     _lock: File,
     cleared_suspect: Option<(Quarantine, String)>,
@@ -119,7 +119,7 @@ impl Drop for Marker {
 
 impl Quarantine {
     /// The quarantine kept in `state_dir`.
-    pub fn new(state_dir: &Path) -> Quarantine {
+    pub(crate) fn new(state_dir: &Path) -> Quarantine {
         Quarantine {
             state_dir: state_dir.to_owned(),
         }
@@ -135,7 +135,7 @@ impl Quarantine {
 
     /// Marks a load of `library` (content `hash`) for `platform` as in progress; `alone` (a
     /// suspect) waits until no other load runs and keeps them all waiting until it is dropped.
-    pub fn begin(
+    pub(crate) fn begin(
         &self,
         platform: &str,
         library: &Path,
@@ -181,7 +181,7 @@ impl Quarantine {
 
     /// Turns the markers of dead processes into quarantine records (suspects where a process
     /// left several); returns the new records.
-    pub fn sweep(&self) -> io::Result<Vec<Quarantined>> {
+    pub(crate) fn sweep(&self) -> io::Result<Vec<Quarantined>> {
         let read = match fs::read_dir(self.markers()) {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -224,7 +224,7 @@ impl Quarantine {
     }
 
     /// Every quarantined library, by platform.
-    pub fn list(&self) -> io::Result<BTreeMap<String, Quarantined>> {
+    pub(crate) fn list(&self) -> io::Result<BTreeMap<String, Quarantined>> {
         match fs::read_to_string(self.list_path()) {
             Ok(text) => serde_json::from_str(&text).map_err(|e| {
                 io::Error::new(
@@ -240,7 +240,11 @@ impl Quarantine {
     /// The record for `platform`'s library with content `hash`, if any: a quarantine (refuse
     /// it) or a suspect (load it alone). A record for another content (the file changed) is
     /// not returned.
-    pub fn check(&self, platform: &str, hash: ContentHash) -> io::Result<Option<Quarantined>> {
+    pub(crate) fn check(
+        &self,
+        platform: &str,
+        hash: ContentHash,
+    ) -> io::Result<Option<Quarantined>> {
         let hash = hash.to_string();
         Ok(self
             .list()?
@@ -249,7 +253,7 @@ impl Quarantine {
     }
 
     /// Lifts `platform`'s quarantine; the record lifted, if there was one.
-    pub fn lift(&self, platform: &str) -> io::Result<Option<Quarantined>> {
+    pub(crate) fn lift(&self, platform: &str) -> io::Result<Option<Quarantined>> {
         let mut list = self.list()?;
         let lifted = list.remove(platform);
         if lifted.is_some() {

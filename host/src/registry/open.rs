@@ -100,7 +100,7 @@ impl Registry {
                     }
                     Ok(None) => {}
                     Err(e) => {
-                        tracing::warn!(platform = id, error = %e, "cannot read the quarantine list; loading without it")
+                        tracing::warn!(platform = id, error = %e, "cannot read the quarantine list; loading without it");
                     }
                 }
             }
@@ -111,7 +111,7 @@ impl Registry {
                 match quarantine.begin(id, path, hash, alone) {
                     Ok(m) => marker = Some(m),
                     Err(e) => {
-                        tracing::warn!(platform = id, error = %e, "cannot write a load marker; a crash in this load would not be quarantined")
+                        tracing::warn!(platform = id, error = %e, "cannot write a load marker; a crash in this load would not be quarantined");
                     }
                 }
             }

@@ -74,9 +74,8 @@ impl EntryState {
             (self, next),
             (Registered | Unloaded | Failed, Loading)
                 | (Loading, Starting | Failed)
-                | (Starting, Running | Failed)
+                | (Starting | Draining, Running | Failed)
                 | (Running, Draining | Stopping)
-                | (Draining, Running | Failed)
                 | (Stopping, Unloaded | Failed)
         )
     }

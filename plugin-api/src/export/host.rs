@@ -63,7 +63,7 @@ impl Host {
                 level,
                 RStr::from_str(target),
                 RStr::from_str(message),
-            )
+            );
         }
     }
 }

@@ -93,7 +93,7 @@ fn session(config: &Config, shared: &Shared, host: &Host, mut conn: Conn) -> Str
         }
     }
     let interval = Duration::from_millis(config.send_interval_ms);
-    let mut tokens = config.burst as f64;
+    let mut tokens = f64::from(config.burst);
     let mut refilled = Instant::now();
     let mut registered = false;
     let mut lines = protocol::Lines::default();
@@ -108,9 +108,9 @@ fn session(config: &Config, shared: &Shared, host: &Host, mut conn: Conn) -> Str
         // Pacing: `burst` lines at once, then one per `interval`.
         if !interval.is_zero() {
             tokens = (tokens + refilled.elapsed().as_secs_f64() / interval.as_secs_f64())
-                .min(config.burst as f64);
+                .min(f64::from(config.burst));
         } else {
-            tokens = config.burst as f64;
+            tokens = f64::from(config.burst);
         }
         refilled = Instant::now();
         while registered && tokens >= 1.0 {

@@ -146,7 +146,7 @@ fn sync_once(
             match client.join(room) {
                 Ok(_) => tracing::info!(room = %room, "matrix: joined on invite"),
                 Err(e) => {
-                    tracing::warn!(room = %room, error = %e.message, "matrix: cannot join on invite")
+                    tracing::warn!(room = %room, error = %e.message, "matrix: cannot join on invite");
                 }
             }
         }

@@ -378,8 +378,7 @@ fn drive(
     let deadline = Instant::now() + Duration::from_millis(500);
     while Instant::now() < deadline {
         match connection.recv_timeout(Duration::from_millis(50)) {
-            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)))
-            | Ok(Err(_))
+            Ok(Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_))
             | Err(rumqttc::RecvTimeoutError::Disconnected) => break,
             _ => {}
         }

@@ -162,7 +162,7 @@ impl From<Inbound> for WireInbound {
 
 impl WireInbound {
     /// The host's message, arrived on `platform`.
-    pub fn into_inbound(self, platform: &str) -> Inbound {
+    pub(crate) fn into_inbound(self, platform: &str) -> Inbound {
         Inbound {
             platform: platform.to_owned(),
             chat_id: self.chat_id,
@@ -201,7 +201,7 @@ impl From<WireUnload> for UnloadReport {
 }
 
 /// [`Health`] as the wire carries it, and back.
-pub fn health_to_wire(h: Health) -> (u8, String) {
+pub(crate) fn health_to_wire(h: Health) -> (u8, String) {
     let status = match h.status {
         HealthStatus::Healthy => 0,
         HealthStatus::Degraded => 1,
@@ -211,7 +211,7 @@ pub fn health_to_wire(h: Health) -> (u8, String) {
 }
 
 /// See [`health_to_wire`].
-pub fn health_from_wire((status, detail): (u8, String)) -> Health {
+pub(crate) fn health_from_wire((status, detail): (u8, String)) -> Health {
     Health {
         status: match status {
             0 => HealthStatus::Healthy,

@@ -14,13 +14,13 @@ use tokio_util::codec::{Decoder, Encoder, LengthDelimitedCodec};
 
 mod convert;
 
-pub use convert::{health_from_wire, health_to_wire};
+pub(crate) use convert::{health_from_wire, health_to_wire};
 
 /// The largest frame either side accepts (a state snapshot is the largest thing sent).
-pub const MAX_FRAME: usize = 64 * 1024 * 1024;
+pub(crate) const MAX_FRAME: usize = 64 * 1024 * 1024;
 
 /// The codec both sides frame with.
-pub fn codec() -> LengthDelimitedCodec {
+pub(crate) fn codec() -> LengthDelimitedCodec {
     LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME)
         .new_codec()
@@ -28,7 +28,7 @@ pub fn codec() -> LengthDelimitedCodec {
 
 /// Gateway to child.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum ToChild {
+pub(crate) enum ToChild {
     /// A call; answered by [`FromChild::Reply`] with the same id.
     Call {
         /// Request id.
@@ -47,7 +47,7 @@ pub enum ToChild {
 
 /// A call the gateway makes in the child.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Call {
+pub(crate) enum Call {
     /// Open the library (a shadow copy in the child's own folder under `shadow_dir`), with every
     /// load-time check. Answered by [`Reply::Opened`].
     Open {
@@ -87,7 +87,7 @@ pub enum Call {
 
 /// [`Call::Start`]'s arguments (the loader's `StartOptions` without the sink).
 #[derive(Debug, Serialize, Deserialize)]
-pub struct StartCall {
+pub(crate) struct StartCall {
     /// The platform id.
     pub platform: String,
     /// The generation.
@@ -106,7 +106,7 @@ pub struct StartCall {
 
 /// Child to gateway.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum FromChild {
+pub(crate) enum FromChild {
     /// The answer to [`ToChild::Call`] with the same id.
     Reply {
         /// Request id.
@@ -136,7 +136,7 @@ pub enum FromChild {
 
 /// An answer from the child.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum Reply {
+pub(crate) enum Reply {
     /// The library is open: its version.
     Opened(Result<String, String>),
     /// `validate_config` or `start` returned.
@@ -177,7 +177,7 @@ pub struct WireOutbound {
 
 /// [`crate::message::Inbound`], metadata as JSON text.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct WireInbound {
+pub(crate) struct WireInbound {
     /// Chat.
     pub chat_id: String,
     /// User.
@@ -233,7 +233,7 @@ pub enum WireCallError {
 
 /// [`crate::loader::Stopped`] without the library, which stays in the child.
 #[derive(Debug, Serialize, Deserialize)]
-pub struct WireStopped {
+pub(crate) struct WireStopped {
     /// Exported state.
     pub state: Option<WireState>,
     /// An error from `export_state` or `stop`.
@@ -270,7 +270,7 @@ pub struct WireUnload {
 }
 
 /// One frame of `value`, ready to write.
-pub fn encode<T: Serialize>(value: &T) -> std::io::Result<BytesMut> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> std::io::Result<BytesMut> {
     let bytes = postcard::to_stdvec(value).map_err(std::io::Error::other)?;
     let mut out = BytesMut::with_capacity(bytes.len() + 4);
     codec().encode(Bytes::from(bytes), &mut out)?;
@@ -278,7 +278,7 @@ pub fn encode<T: Serialize>(value: &T) -> std::io::Result<BytesMut> {
 }
 
 /// Reads frames from a blocking stream (the gateway's side, on its reader thread).
-pub struct FrameReader<R> {
+pub(crate) struct FrameReader<R> {
     inner: R,
     codec: LengthDelimitedCodec,
     buffer: BytesMut,
@@ -286,7 +286,7 @@ pub struct FrameReader<R> {
 
 impl<R: Read> FrameReader<R> {
     /// Frames from `inner`.
-    pub fn new(inner: R) -> Self {
+    pub(crate) fn new(inner: R) -> Self {
         FrameReader {
             inner,
             codec: codec(),
@@ -295,7 +295,7 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// The next message; `Ok(None)` at the end of the stream.
-    pub fn read_frame<T: DeserializeOwned>(&mut self) -> std::io::Result<Option<T>> {
+    pub(crate) fn read_frame<T: DeserializeOwned>(&mut self) -> std::io::Result<Option<T>> {
         loop {
             if let Some(frame) = self.codec.decode(&mut self.buffer)? {
                 return postcard::from_bytes(&frame)
