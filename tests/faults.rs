@@ -1058,5 +1058,20 @@ fn plugin_reload_refuses_idle_unload_for_an_inbound_plugin_as_start_does() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{said}");
     assert!(said.contains("holds inbound connections"), "{said}");
+    // The refusal is typed: a caller matches on its kind, not its words.
+    let client = hermes_host::control::Client::new(
+        &t.path().join("state/control.sock"),
+        std::time::Duration::from_secs(30),
+    );
+    let refusal = client
+        .blocking(client.reload("webhook"))
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(
+        refusal.kind,
+        Some(hermes_host::reload::RefusalKind::Config),
+        "{refusal:?}"
+    );
+    assert_eq!(refusal.serving_generation, before);
     assert_eq!(server.platform("webhook")["generation"].as_u64(), before);
 }

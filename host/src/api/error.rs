@@ -102,6 +102,7 @@ impl From<SendError> for ApiError {
 impl From<ReloadRefused> for ApiError {
     fn from(refused: ReloadRefused) -> Self {
         let mut error = ApiError::new(StatusCode::CONFLICT, refused.to_string());
+        error.details.insert("kind".into(), json!(refused.kind));
         error.details.insert("reason".into(), json!(refused.reason));
         error.details.insert(
             "serving_generation".into(),

@@ -71,6 +71,9 @@ pub struct Refusal {
     /// For a refused reload: the generation still serving.
     #[serde(default)]
     pub serving_generation: Option<u64>,
+    /// For a refused reload: what refused it.
+    #[serde(default)]
+    pub kind: Option<crate::reload::RefusalKind>,
 }
 
 /// A request's answer: the server's result, or its refusal.

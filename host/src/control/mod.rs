@@ -197,6 +197,7 @@ async fn reload(
                 {
                     return Err(crate::reload::ReloadRefused {
                         platform: id.clone(),
+                        kind: crate::reload::RefusalKind::Config,
                         reason: format!("{}: {refusal}", file.display()),
                         serving_generation: entry.running().map(|i| i.generation()),
                     }

@@ -69,10 +69,28 @@ pub struct ReloadOutcome {
 pub struct ReloadRefused {
     /// The platform.
     pub platform: String,
-    /// Why.
+    /// What kind of refusal: what a caller matches on.
+    pub kind: RefusalKind,
+    /// Why, in words (the cause's own message).
     pub reason: String,
     /// The generation still serving.
     pub serving_generation: Option<u64>,
+}
+
+/// What refused a reload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalKind {
+    /// No plugin with that id is installed.
+    NotInstalled,
+    /// The manifest is gone, broken, of another API, or its `required_env` is unset.
+    Manifest,
+    /// The new library could not be opened, failed a check, or refused the platform's table.
+    Load,
+    /// The new library failed to start (the old one serves again when it could restart).
+    Start,
+    /// The host refuses the platform's table (idle unload of a plugin with inbound connections).
+    Config,
 }
 
 /// Reload counts and the last outcome of one platform.
@@ -112,11 +130,9 @@ pub struct LastReload {
 impl Registry {
     /// Reloads `id` as a transaction (see the module docs). `trigger` is recorded in the stats.
     pub fn reload(&self, id: &str, trigger: &str) -> Result<ReloadOutcome, ReloadRefused> {
-        let entry = self.entry(id).map_err(|e| ReloadRefused {
-            platform: id.to_owned(),
-            reason: e.to_string(),
-            serving_generation: None,
-        })?;
+        let entry = self
+            .entry(id)
+            .map_err(|e| refused(id, RefusalKind::NotInstalled, e, None))?;
         let owner = entry.exclusive_blocking();
         let started = Instant::now();
         let result = self.reload_owned(entry, &owner, started);
@@ -139,12 +155,14 @@ impl Registry {
         let serving = old.as_ref().map(|i| i.generation());
 
         // 1. Everything that can fail without touching the serving instance.
-        check_manifest(entry).map_err(|e| refused(id, e, serving))?;
+        check_manifest(entry).map_err(|e| refused(id, RefusalKind::Manifest, e, serving))?;
         let Some(old) = old else {
             // Not running: a reload is a first load.
             let instance = self.instance(id).map_err(|e| match e {
-                RegistryError::LoadFailed { cause, .. } => refused(id, cause, None),
-                other => refused(id, other.to_string(), None),
+                RegistryError::LoadFailed { cause, .. } => {
+                    refused(id, RefusalKind::Load, cause, None)
+                }
+                other => refused(id, RefusalKind::Load, other, None),
             })?;
             return Ok(ReloadOutcome {
                 platform: id.to_owned(),
@@ -168,7 +186,7 @@ impl Registry {
             ..
         } = self
             .open_validated(entry)
-            .map_err(|e| refused(id, e, serving))?;
+            .map_err(|e| refused(id, RefusalKind::Load, e, serving))?;
         let timeout = self.call_timeout(entry);
 
         // 2. Hold the door, drain the old instance.
@@ -283,7 +301,7 @@ impl Registry {
                         None
                     }
                 };
-                Err(refused(id, reason, serving))
+                Err(refused(id, RefusalKind::Start, reason, serving))
             }
         }
     }
@@ -416,11 +434,13 @@ pub(crate) fn reap(instance: Arc<Instance>) {
 
 fn refused(
     platform: &str,
+    kind: RefusalKind,
     reason: impl ToString,
     serving_generation: Option<u64>,
 ) -> ReloadRefused {
     ReloadRefused {
         platform: platform.to_owned(),
+        kind,
         reason: reason.to_string(),
         serving_generation,
     }
