@@ -21,13 +21,19 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{EntryState, Instance, LoadFailure, PlatformStatus, RETRY_FAILED_LOAD_AFTER};
+use super::{
+    error::LoadFailure,
+    instance::Instance,
+    status::{EntryState, PlatformStatus, ReloadStats},
+};
 use crate::{
     config::{PlatformConfig, Senders},
     loader::UnloadReport,
     manifest::Manifest,
-    reload::ReloadStats,
 };
+
+/// After a failed load, uses within this time get that error instead of another attempt.
+pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(1);
 
 /// What the registry knows of a plugin.
 pub struct Entry {

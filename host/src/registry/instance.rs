@@ -234,3 +234,38 @@ impl Instance {
         }
     }
 }
+
+/// Stops and unloads an instance a hung call kept from stopping, once that call returns; an
+/// isolated one is killed at once (its process goes, and the library with it).
+pub(crate) fn reap(instance: std::sync::Arc<Instance>) {
+    if let Instance::Process(remote) = &*instance {
+        remote.kill_replaced("it was replaced while a call was still running");
+        return;
+    }
+    let name = format!(
+        "hermes-reap-{}-g{}",
+        instance.platform(),
+        instance.generation()
+    );
+    let spawned = std::thread::Builder::new().name(name).spawn(move || {
+        loop {
+            match instance.stop(false, Duration::from_secs(60)) {
+                Ok(stopped) => {
+                    let report = stopped.library.unload();
+                    tracing::info!(
+                        platform = instance.platform(),
+                        generation = instance.generation(),
+                        unmapped = ?report.unmapped,
+                        "a hung instance finished its call and was unloaded"
+                    );
+                    return;
+                }
+                Err(crate::loader::StopError::Busy) => continue,
+                Err(_) => return,
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::warn!("cannot start a reaper thread: {e}; the old library stays mapped");
+    }
+}

@@ -40,8 +40,7 @@ pub use error::{DiscoveryProblem, LoadFailure, RegistryError};
 pub use instance::{Instance, Library, StartFailure, Stopped};
 pub use status::{EntryState, PlatformStatus};
 
-/// After a failed load, uses within this time get that error instead of another attempt.
-pub const RETRY_FAILED_LOAD_AFTER: Duration = Duration::from_secs(1);
+pub use entry::RETRY_FAILED_LOAD_AFTER;
 
 /// How the registry loads libraries.
 #[derive(Clone)]
@@ -344,7 +343,7 @@ impl Registry {
                 if e == crate::loader::StopError::Busy {
                     // Its library is unloaded once the running call returns.
                     instance.retire();
-                    crate::reload::reap(instance);
+                    instance::reap(instance);
                 }
                 Err(RegistryError::StopFailed {
                     id: id.to_owned(),

@@ -26,9 +26,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     loader::UnloadReport,
     manifest::Manifest,
-    registry::{
-        Entry, Exclusive, Instance, Library, LoadFailure, Registry, RegistryError, Settled,
-    },
+    registry::{Entry, Exclusive, Library, LoadFailure, Registry, RegistryError, Settled},
 };
 
 /// A completed reload.
@@ -93,39 +91,7 @@ pub enum RefusalKind {
     Config,
 }
 
-/// Reload counts and the last outcome of one platform.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct ReloadStats {
-    /// Completed reloads.
-    pub done: u64,
-    /// Refused reloads.
-    pub refused: u64,
-    /// The last reload, either way.
-    pub last: Option<LastReload>,
-    /// The last refusal's reason.
-    pub last_error: Option<String>,
-}
-
-/// The last reload of a platform.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LastReload {
-    /// Milliseconds since the Unix epoch.
-    pub at_ms: i64,
-    /// `done` or `refused`.
-    pub outcome: std::borrow::Cow<'static, str>,
-    /// How long it took.
-    pub latency_ms: f64,
-    /// Generation serving afterwards.
-    pub generation: Option<u64>,
-    /// How long new calls were held at the door (0 when refused before the swap).
-    pub held_ms: f64,
-    /// Of that, the old instance's stop.
-    pub stop_ms: f64,
-    /// Of that, the new instance's start.
-    pub start_ms: f64,
-    /// What triggered it: `cli`, `watcher`...
-    pub trigger: String,
-}
+pub use super::status::{LastReload, ReloadStats};
 
 impl Registry {
     /// Reloads `id` as a transaction (see the module docs). `trigger` is recorded in the stats.
@@ -214,7 +180,7 @@ impl Registry {
             // then its library is reported as stale).
             Err(e) => {
                 old.retire();
-                reap(Arc::clone(&old));
+                super::instance::reap(Arc::clone(&old));
                 (None, None, Some(e.to_string()))
             }
         };
@@ -394,41 +360,6 @@ fn record(
             });
             tracing::warn!(platform = id, reason = %refused.reason, "reload refused; the old generation serves");
         }
-    }
-}
-
-/// Stops and unloads an instance a hung call kept from stopping, once that call returns; an
-/// isolated one is killed at once (its process goes, and the library with it).
-pub(crate) fn reap(instance: Arc<Instance>) {
-    if let Instance::Process(remote) = &*instance {
-        remote.kill_replaced("it was replaced while a call was still running");
-        return;
-    }
-    let name = format!(
-        "hermes-reap-{}-g{}",
-        instance.platform(),
-        instance.generation()
-    );
-    let spawned = std::thread::Builder::new().name(name).spawn(move || {
-        loop {
-            match instance.stop(false, Duration::from_secs(60)) {
-                Ok(stopped) => {
-                    let report = stopped.library.unload();
-                    tracing::info!(
-                        platform = instance.platform(),
-                        generation = instance.generation(),
-                        unmapped = ?report.unmapped,
-                        "a hung instance finished its call and was unloaded"
-                    );
-                    return;
-                }
-                Err(crate::loader::StopError::Busy) => continue,
-                Err(_) => return,
-            }
-        }
-    });
-    if let Err(e) = spawned {
-        tracing::warn!("cannot start a reaper thread: {e}; the old library stays mapped");
     }
 }
 

@@ -143,3 +143,37 @@ pub struct PlatformStatus {
     #[serde(default)]
     pub senders: String,
 }
+
+/// Reload counts and the last outcome of one platform.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ReloadStats {
+    /// Completed reloads.
+    pub done: u64,
+    /// Refused reloads.
+    pub refused: u64,
+    /// The last reload, either way.
+    pub last: Option<LastReload>,
+    /// The last refusal's reason.
+    pub last_error: Option<String>,
+}
+
+/// The last reload of a platform.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LastReload {
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// `done` or `refused`.
+    pub outcome: std::borrow::Cow<'static, str>,
+    /// How long it took.
+    pub latency_ms: f64,
+    /// Generation serving afterwards.
+    pub generation: Option<u64>,
+    /// How long new calls were held at the door (0 when refused before the swap).
+    pub held_ms: f64,
+    /// Of that, the old instance's stop.
+    pub stop_ms: f64,
+    /// Of that, the new instance's start.
+    pub start_ms: f64,
+    /// What triggered it: `cli`, `watcher`...
+    pub trigger: String,
+}
