@@ -118,12 +118,7 @@ fn a_contradictory_allowlist_is_refused_naming_the_key() {
     let t = TestDir::new();
     install_inbound(&t, "lb");
     t.config("[platforms.lb]\nallowed_users = [\"a\"]\nallow_all_users = true\n");
-    let out = std::process::Command::new(crate::util::bin())
-        .arg("--config")
-        .arg(t.path().join("hermes.toml"))
-        .arg("serve")
-        .output()
-        .unwrap();
+    let out = t.run(&["serve"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

@@ -10,16 +10,7 @@ use hermes_plugin_api::abi::MAGIC;
 use crate::util::{self, TestDir};
 
 fn run(t: &TestDir, args: &[&str]) -> Output {
-    let config = t.path().join("hermes.toml");
-    if !config.exists() {
-        t.config("");
-    }
-    Command::new(util::bin())
-        .arg("--config")
-        .arg(&config)
-        .args(args)
-        .output()
-        .expect("run hermes-host")
+    t.run(args)
 }
 
 fn text(bytes: &[u8]) -> String {

@@ -425,12 +425,7 @@ fn the_control_socket_is_private_and_status_goes_through_it() {
     );
 
     // A second server on the same socket is refused; the first keeps its socket.
-    let second = std::process::Command::new(util::bin())
-        .arg("--config")
-        .arg(&server.config)
-        .arg("serve")
-        .output()
-        .unwrap();
+    let second = t.run(&["serve"]);
     assert!(!second.status.success());
     assert!(
         String::from_utf8_lossy(&second.stderr).contains("another hermes-host server is running")
@@ -455,13 +450,8 @@ fn a_stale_socket_is_replaced() {
 #[test]
 fn bad_config_and_an_unguarded_public_address_refuse_to_start() {
     let t = TestDir::new();
-    let config = t.config("[platforms.loopback]\nstart = \"sometime\"\n");
-    let out = std::process::Command::new(util::bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .output()
-        .unwrap();
+    t.config("[platforms.loopback]\nstart = \"sometime\"\n");
+    let out = t.run(&["serve"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -469,13 +459,8 @@ fn bad_config_and_an_unguarded_public_address_refuse_to_start() {
         "{stderr}"
     );
 
-    let config = t.config("[server]\nlisten = \"0.0.0.0:0\"\n");
-    let out = std::process::Command::new(util::bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .output()
-        .unwrap();
+    t.config("[server]\nlisten = \"0.0.0.0:0\"\n");
+    let out = t.run(&["serve"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr.contains("key `server.api_token`: required when `server.listen` (0.0.0.0:0) is not a loopback address"), "{stderr}");
@@ -665,15 +650,10 @@ fn idle_unload_is_refused_for_a_plugin_that_holds_inbound_connections() {
     let dir = t.install("listener", "hermes_loopback", 1);
     let manifest = std::fs::read_to_string(dir.join("plugin.toml")).unwrap() + "inbound = true\n";
     std::fs::write(dir.join("plugin.toml"), manifest).unwrap();
-    let config = t.config(
+    t.config(
         "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n[platforms.listener]\nidle_unload_secs = 5\n",
     );
-    let out = std::process::Command::new(util::bin())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .output()
-        .unwrap();
+    let out = t.run(&["serve"]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(

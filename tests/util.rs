@@ -148,6 +148,21 @@ impl TestDir {
         dir
     }
 
+    /// Runs `hermes-host --config <this dir>/hermes.toml <args>` to its end (writing a default
+    /// config first when there is none).
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
+        let config = self.path().join("hermes.toml");
+        if !config.exists() {
+            self.config("");
+        }
+        std::process::Command::new(bin())
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .output()
+            .expect("run hermes-host")
+    }
+
     /// A config file in this dir with `extra` appended; plugins from `plugins/`, libraries
     /// from the build's debug dir.
     pub(crate) fn config(&self, extra: &str) -> PathBuf {
