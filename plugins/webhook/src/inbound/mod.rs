@@ -13,7 +13,7 @@
 //! Signatures (scheme `v1`): the sender puts the Unix time in `X-Hermes-Timestamp` and
 //! `X-Hermes-Signature: v1=<hex HMAC-SHA256>` of `<timestamp>\n<METHOD>\n<path>\n<body>` under
 //! the shared secret. A request is delivered only if the signature matches, the timestamp is
-//! within [`WINDOW`] of the listener's clock, and that signature was not seen before within the
+//! within [`signature::WINDOW`] of the listener's clock, and that signature was not seen before within the
 //! window (a replay). So a captured request cannot be sent again, later, or to another chat.
 //! The body-only `sha256=` signature of earlier versions is refused, saying so.
 //!
@@ -21,7 +21,6 @@
 //! each handler ends at its next read.
 
 use std::{
-    collections::HashMap,
     io::{Read, Write},
     net::{Shutdown, TcpListener, TcpStream},
     sync::{
@@ -29,12 +28,14 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread::JoinHandle,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use hermes_plugin_api::{Host, InboundMessage};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+
+mod signature;
+
+use signature::Signatures;
 
 /// Request bodies larger than this are refused.
 const BODY_LIMIT: usize = 64 * 1024;
@@ -51,13 +52,6 @@ pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Connections served at once.
 pub(crate) const MAX_CONNECTIONS: usize = 64;
 
-/// How far a request's timestamp may be from the listener's clock, either way.
-pub(crate) const WINDOW: Duration = Duration::from_secs(300);
-
-/// Signatures remembered (for replays) at most; past it, new requests are refused (503) until
-/// old ones leave the window, rather than forgetting one that could then be replayed.
-const MAX_REMEMBERED: usize = 100_000;
-
 /// A connection, as the acceptor sees it.
 struct Conn {
     id: u64,
@@ -70,12 +64,10 @@ struct Conn {
 
 /// What the acceptor and the handlers share.
 struct Shared {
-    secret: Vec<u8>,
+    signatures: Signatures,
     host: Host,
     stop: Arc<AtomicBool>,
     conns: Mutex<Vec<Conn>>,
-    /// Signatures seen, with when each leaves the window.
-    seen: Mutex<HashMap<Vec<u8>, u64>>,
     received: AtomicU64,
 }
 
@@ -95,11 +87,10 @@ pub(crate) fn spawn(
         .map_err(|e| e.to_string())?
         .to_string();
     let shared = Arc::new(Shared {
-        secret,
+        signatures: Signatures::new(secret),
         host,
         stop,
         conns: Mutex::new(Vec::new()),
-        seen: Mutex::new(HashMap::new()),
         received: AtomicU64::new(0),
     });
     let thread = std::thread::Builder::new()
@@ -240,88 +231,6 @@ fn read_until(
     Ok(true)
 }
 
-/// The message a `v1` signature covers.
-pub(crate) fn signed_message(timestamp: &str, method: &str, path: &str, body: &[u8]) -> Vec<u8> {
-    let mut message = format!("{timestamp}\n{method}\n{path}\n").into_bytes();
-    message.extend_from_slice(body);
-    message
-}
-
-/// The MAC a `v1=<hex>` signature carries, if it is one.
-fn v1_mac(signature: &str) -> Option<Vec<u8>> {
-    hex::decode(signature.trim().strip_prefix("v1=")?).ok()
-}
-
-/// Whether `mac` is the HMAC-SHA256 of `message` under `secret`; compared in constant time.
-pub(crate) fn mac_ok(secret: &[u8], message: &[u8], mac: &[u8]) -> bool {
-    let Ok(mut hmac) = Hmac::<Sha256>::new_from_slice(secret) else {
-        return false;
-    };
-    hmac.update(message);
-    hmac.verify_slice(mac).is_ok()
-}
-
-fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
-}
-
-/// Why a request's signature is not accepted, as the client is told.
-fn check_signature(
-    shared: &Shared,
-    headers: &Headers,
-    method: &str,
-    path: &str,
-    body: &[u8],
-) -> Result<(), (&'static str, String)> {
-    let unauthorized = |why: &str| ("401 Unauthorized", format!(r#"{{"error":"{why}"}}"#));
-    let Some(signature) = headers.signature.as_deref() else {
-        return Err(unauthorized("missing X-Hermes-Signature"));
-    };
-    if signature.trim().starts_with("sha256=") {
-        return Err(unauthorized(
-            "body-only sha256= signatures are no longer accepted: sign v1 (timestamp, method, path and body; see the README)",
-        ));
-    }
-    let Some(mac) = v1_mac(signature) else {
-        return Err(unauthorized("X-Hermes-Signature must be v1=<hex>"));
-    };
-    let Some(timestamp) = headers.timestamp.as_deref() else {
-        return Err(unauthorized("missing X-Hermes-Timestamp"));
-    };
-    if !mac_ok(
-        &shared.secret,
-        &signed_message(timestamp, method, path, body),
-        &mac,
-    ) {
-        return Err(unauthorized("bad X-Hermes-Signature"));
-    }
-    let now = now_secs();
-    let Some(at) = timestamp.parse::<u64>().ok() else {
-        return Err(unauthorized("X-Hermes-Timestamp must be Unix seconds"));
-    };
-    if at.abs_diff(now) > WINDOW.as_secs() {
-        return Err(unauthorized(
-            "X-Hermes-Timestamp is outside the 300 s window (a replay, or a clock off)",
-        ));
-    }
-    let mut seen = lock(&shared.seen);
-    if seen.len() >= MAX_REMEMBERED {
-        seen.retain(|_, until| *until > now);
-        if seen.len() >= MAX_REMEMBERED {
-            return Err((
-                "503 Service Unavailable",
-                r#"{"error":"too many signed requests within the window; retry"}"#.into(),
-            ));
-        }
-    }
-    if seen.insert(mac, at + WINDOW.as_secs()).is_some() {
-        return Err(unauthorized("this signature was seen already (a replay)"));
-    }
-    Ok(())
-}
-
 /// The headers the listener reads.
 #[derive(Default)]
 struct Headers {
@@ -400,7 +309,13 @@ fn serve(mut stream: TcpStream, shared: &Shared, reading: &AtomicBool) -> std::i
     body.truncate(length);
     // The request is read: from here on it is delivered, not evicted.
     reading.store(false, Ordering::Release);
-    if let Err((status, error)) = check_signature(shared, &headers, method, path, &body) {
+    if let Err((status, error)) = shared.signatures.check(
+        headers.signature.as_deref(),
+        headers.timestamp.as_deref(),
+        method,
+        path,
+        &body,
+    ) {
         return respond(&mut stream, status, &error);
     }
     #[derive(serde::Deserialize)]
@@ -430,36 +345,5 @@ fn serve(mut stream: TcpStream, shared: &Shared, reading: &AtomicBool) -> std::i
             "503 Service Unavailable",
             &serde_json::json!({ "error": e }).to_string(),
         ),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn signatures_cover_timestamp_method_path_and_body() {
-        let secret = b"0123456789abcdef";
-        let message = signed_message("1700000000", "POST", "/hooks/a", b"{}");
-        assert_eq!(message, b"1700000000\nPOST\n/hooks/a\n{}");
-        let mut mac = Hmac::<Sha256>::new_from_slice(secret).unwrap();
-        mac.update(&message);
-        let good = mac.finalize().into_bytes().to_vec();
-        assert!(mac_ok(secret, &message, &good));
-        for other in [
-            signed_message("1700000001", "POST", "/hooks/a", b"{}"),
-            signed_message("1700000000", "POST", "/hooks/b", b"{}"),
-            signed_message("1700000000", "PUT", "/hooks/a", b"{}"),
-            signed_message("1700000000", "POST", "/hooks/a", b"{ }"),
-        ] {
-            assert!(!mac_ok(secret, &other, &good));
-        }
-        assert!(!mac_ok(b"another secret!!", &message, &good));
-        assert_eq!(
-            v1_mac(&format!("v1={}", hex::encode(&good))),
-            Some(good.clone())
-        );
-        assert_eq!(v1_mac("v1=zz"), None);
-        assert_eq!(v1_mac(&format!("sha256={}", hex::encode(&good))), None);
     }
 }
