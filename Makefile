@@ -11,6 +11,7 @@ build:
 	$(CARGO) build --workspace
 	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build -p hermes-loopback --target-dir target/variant
 	scripts/abi-variants
+	scripts/compat-levels
 
 ## The main job: serve the example config (loopback + a route; needs nothing external).
 run: build

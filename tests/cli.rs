@@ -125,7 +125,11 @@ fn plugin_check_accepts_the_shipped_plugins() {
             "{args:?}: {stdout}{}",
             text(&out.stderr)
         );
-        assert!(stdout.contains("vtable layout compatible"), "{stdout}");
+        assert!(stdout.contains("vtable layouts compatible"), "{stdout}");
+        assert!(
+            stdout.contains("plugin API level 1.1 (this host: 1.0 to 1.1)"),
+            "{stdout}"
+        );
         assert!(stdout.contains("the copy is no longer mapped"), "{stdout}");
         assert!(stdout.trim_end().ends_with(": sound"), "{stdout}");
     }

@@ -20,6 +20,8 @@ fn options(platform: &str, config_json: &str, sink: Arc<dyn EventSink>) -> Start
         call_timeout: Duration::from_secs(10),
         max_queue: 1024,
         state: None,
+        data_dir: None,
+        max_attachment_bytes: 1 << 20,
     }
 }
 
@@ -281,8 +283,23 @@ fn a_drifted_vtable_is_refused_naming_the_mismatch() {
         );
         assert_eq!(text.lines().count(), 1, "{text}");
     }
+    // A plugin built for a later level (1.2) is refused in one line naming both levels,
+    // before any of its functions is called.
+    let e = Library::open(&util::abi_variant_lib("level_raised"), &t.shadow())
+        .expect_err("a level-1.2 plugin");
+    let text = e.to_string();
+    assert!(
+        matches!(e, LoadError::NewerLevel { level: 2, .. }),
+        "{text}"
+    );
+    assert!(
+        text.contains("built for plugin API level 1.2, this host speaks levels 1.0 to 1.1"),
+        "{text}"
+    );
+    assert_eq!(text.lines().count(), 1, "{text}");
     assert_eq!(util::file_count(&t.shadow()), 0);
     assert!(util::mapped_containing("fixture_drift").is_empty());
+    assert!(util::mapped_containing("abi_variant").is_empty());
     still_serving(&t);
 }
 
@@ -383,7 +400,8 @@ fn plugin_errors_keep_their_retryable_flag() {
         CallError::Plugin {
             call: "send",
             message: "fixture failure in send".into(),
-            retryable: true
+            retryable: true,
+            retry_after_ms: None,
         }
     );
     assert!(instance.stop(false, STOP).unwrap().library.unload().clean());

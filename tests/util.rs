@@ -675,6 +675,8 @@ pub(crate) fn start_plugin(
             call_timeout: Duration::from_secs(20),
             max_queue: 1024,
             state: None,
+            data_dir: None,
+            max_attachment_bytes: 1 << 20,
         })
         .unwrap()
 }

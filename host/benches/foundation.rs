@@ -164,6 +164,8 @@ fn bench_calls() {
             call_timeout: Duration::from_secs(5),
             max_queue: 1024,
             state: None,
+            data_dir: None,
+            max_attachment_bytes: 1 << 20,
         })
         .unwrap();
 

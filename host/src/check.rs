@@ -161,7 +161,9 @@ pub(crate) fn check(
         "load",
         Some(true),
         format!(
-            "ABI v{ABI_VERSION}, vtable layout compatible, plugin version {} ({:.2} ms: copy, probe, dlopen, checks)",
+            "plugin API level {} (this host: 1.0 to {}), vtable layouts compatible, plugin version {} ({:.2} ms: copy, probe, dlopen, checks)",
+            hermes_plugin_api::abi::level_name(library.level()),
+            hermes_plugin_api::abi::level_name(hermes_plugin_api::abi::LEVEL),
             library.plugin_version(),
             started.elapsed().as_secs_f64() * 1e3
         ),
@@ -241,6 +243,8 @@ pub(crate) fn check(
             call_timeout: timeout,
             max_queue: 16,
             state: None,
+            data_dir: None,
+            max_attachment_bytes: crate::message::limits::ATTACHMENT_BYTES,
         };
         match library.start(options) {
             Ok(instance) => {

@@ -152,8 +152,8 @@ mod tests {
             text: text.into(),
             message_id: "1".into(),
             timestamp: 0,
-            metadata: Default::default(),
             generation: 1,
+            ..Inbound::default()
         }
     }
 

@@ -2,12 +2,17 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use hermes_plugin_api::MessageKind;
+
 /// A message that arrived on a platform, as the host hands it to the SSE stream, routes and
 /// the journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Inbound {
     /// The platform id it arrived on.
     pub platform: String,
+    /// What it does: a new message, an edit, a delete or a reaction.
+    #[serde(default)]
+    pub kind: MessageKind,
     /// Where it arrived.
     pub chat_id: String,
     /// Who sent it.
@@ -18,6 +23,25 @@ pub struct Inbound {
     pub message_id: String,
     /// Milliseconds since the Unix epoch.
     pub timestamp: i64,
+    /// The id of a message this one answers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_to: Option<String>,
+    /// The thread it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// The message an edit, delete or reaction is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+    /// A reaction's emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// A reaction taken back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+    /// Files: name, type, size and URL go out (SSE, journal); bytes stay in the gateway, for
+    /// the routes that carry them to other platforms.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
     /// Extra fields, a JSON object.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
@@ -26,31 +50,95 @@ pub struct Inbound {
 }
 
 /// A message to send through a platform.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Outbound {
+    /// What it does: a new message, an edit, a delete or a reaction.
+    #[serde(default, skip_serializing_if = "is_message")]
+    pub kind: MessageKind,
     /// The platform's address: channel, nick, topic...
     pub chat_id: String,
-    /// The text.
+    /// The text (an edit's new text).
+    #[serde(default)]
     pub text: String,
     /// The id of a message this one answers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
+    /// The thread it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub thread_id: Option<String>,
+    /// The message an edit, delete or reaction is about.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_id: Option<String>,
+    /// A reaction's emoji.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emoji: Option<String>,
+    /// Take a reaction back.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove: bool,
+    /// Files.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachments: Vec<Attachment>,
+    /// The client's key: the same key is the same message, resent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
     /// Extra fields, a JSON object.
     #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 
 impl Outbound {
-    /// A message with no reply-to and no metadata.
+    /// A text message with no reply-to and no metadata.
     pub fn new(chat_id: impl Into<String>, text: impl Into<String>) -> Self {
         Outbound {
             chat_id: chat_id.into(),
             text: text.into(),
-            reply_to: None,
-            metadata: serde_json::Map::new(),
+            ..Outbound::default()
         }
     }
+
+    /// Whether a level-1.0 plugin can carry it: a plain text message, no thread, no files.
+    pub fn is_level_1_0(&self) -> bool {
+        self.kind == MessageKind::Message && self.thread_id.is_none() && self.attachments.is_empty()
+    }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde passes a reference
+fn is_message(kind: &MessageKind) -> bool {
+    *kind == MessageKind::Message
+}
+
+/// A file a message carries: its bytes (`data_base64` in JSON requests), or a URL.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// The file name.
+    pub name: String,
+    /// Its MIME type.
+    pub mime: String,
+    /// Its size in bytes (the bytes' length when they are given).
+    #[serde(default)]
+    pub size: u64,
+    /// The bytes: read from `data_base64`, never written out (SSE and the journal say the
+    /// size; the bytes go to the platform alone).
+    #[serde(
+        default,
+        rename = "data_base64",
+        skip_serializing,
+        deserialize_with = "base64_bytes"
+    )]
+    pub data: Vec<u8>,
+    /// Where it can be fetched, instead of the bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+}
+
+fn base64_bytes<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    use base64::Engine as _;
+    let text = String::deserialize(d)?;
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|e| serde::de::Error::custom(format!("not base64: {e}")))
 }
 
 /// A successful send.
@@ -103,6 +191,10 @@ pub mod limits {
     pub const INBOUND_FIELD_BYTES: usize = 1024;
     /// An inbound message's metadata as JSON; a larger one is refused.
     pub const METADATA_BYTES: usize = 16 * 1024;
+    /// Attachments on one message; more are refused.
+    pub const ATTACHMENTS: usize = 10;
+    /// One attachment's bytes, unless the config sets another cap.
+    pub const ATTACHMENT_BYTES: u64 = 10 * 1024 * 1024;
 
     /// `text` cut to at most `max` bytes at a character boundary, marked when cut.
     pub fn cut(mut text: String, max: usize) -> String {

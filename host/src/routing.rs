@@ -97,8 +97,8 @@ mod tests {
             text: "hi".into(),
             message_id: "1".into(),
             timestamp: 0,
-            metadata: Default::default(),
             generation: 1,
+            ..Inbound::default()
         }
     }
 

@@ -58,8 +58,8 @@ pub use export::Host;
 #[cfg(feature = "testing")]
 pub use export::testing;
 pub use plugin::{
-    Health, HealthStatus, InboundMessage, OutboundMessage, Plugin, ROUTED_USER_KEY, SendError,
-    SendReceipt, State, now_ms,
+    Attachment, DeliverError, Health, HealthStatus, InboundMessage, MessageKind, OutboundMessage,
+    Plugin, ROUTED_USER_KEY, SendError, SendReceipt, State, now_ms,
 };
 
 #[doc(hidden)]

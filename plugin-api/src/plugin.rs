@@ -50,15 +50,83 @@ pub trait Plugin: Sized + Send + Sync + 'static {
     fn stop(self) -> Result<(), String>;
 }
 
+/// What a message does: most are new messages; level 1.1 adds edits, deletes and reactions.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum MessageKind {
+    /// A new message.
+    #[default]
+    Message,
+    /// New text for the message `target_id`.
+    Edit,
+    /// The message `target_id` is taken back.
+    Delete,
+    /// `emoji` on the message `target_id` (`remove` takes it back).
+    Reaction,
+}
+
+impl MessageKind {
+    /// `message`, `edit`, `delete` or `reaction`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MessageKind::Message => "message",
+            MessageKind::Edit => "edit",
+            MessageKind::Delete => "delete",
+            MessageKind::Reaction => "reaction",
+        }
+    }
+}
+
+impl std::fmt::Display for MessageKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A file a message carries: its bytes, or a URL where it can be fetched.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Attachment {
+    /// The file name.
+    pub name: String,
+    /// Its MIME type (`image/png`).
+    pub mime: String,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The bytes; empty when `url` is set.
+    pub data: Vec<u8>,
+    /// Where it can be fetched, instead of `data`.
+    pub url: Option<String>,
+}
+
 /// A message to send.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// A level-1.1 host fills every field; a plain text message has kind `Message` and leaves the
+/// rest empty. Build one with [`OutboundMessage::new`] and struct update syntax.
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct OutboundMessage {
+    /// What it does: a new message, an edit, a delete or a reaction.
+    pub kind: MessageKind,
     /// Channel, nick, topic...: the platform's own address.
     pub chat_id: String,
-    /// The text.
+    /// The text (an edit's new text; empty for a delete or a reaction).
     pub text: String,
     /// The id of a message this one answers.
     pub reply_to: Option<String>,
+    /// The thread it belongs to.
+    pub thread_id: Option<String>,
+    /// The message an edit, delete or reaction is about.
+    pub target_id: Option<String>,
+    /// A reaction's emoji.
+    pub emoji: Option<String>,
+    /// For a reaction: take it back.
+    pub remove: bool,
+    /// Files, within the host's `max_attachment_bytes` each.
+    pub attachments: Vec<Attachment>,
+    /// The client's key for this message: a send with a key seen before is the same message,
+    /// resent (platforms that dedupe by a transaction id can use it as that id).
+    pub idempotency_key: Option<String>,
     /// Extra fields, a JSON object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -68,6 +136,15 @@ pub struct OutboundMessage {
 pub const ROUTED_USER_KEY: &str = "hermes_routed_user";
 
 impl OutboundMessage {
+    /// A text message to `chat_id`.
+    pub fn new(chat_id: impl Into<String>, text: impl Into<String>) -> Self {
+        OutboundMessage {
+            chat_id: chat_id.into(),
+            text: text.into(),
+            ..OutboundMessage::default()
+        }
+    }
+
     /// The text, as `<author> text` when a route brought it from another platform: on a chat
     /// network the gateway's account says it, so the text names who did.
     pub fn text_naming_author(&self) -> String {
@@ -79,18 +156,32 @@ impl OutboundMessage {
 }
 
 /// A message that arrived on the platform.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct InboundMessage {
+    /// What it does: a new message, an edit, a delete or a reaction.
+    pub kind: MessageKind,
     /// Where it arrived.
     pub chat_id: String,
     /// Who sent it.
     pub user: String,
-    /// The text.
+    /// The text (an edit's new text).
     pub text: String,
     /// The platform's id for it.
     pub message_id: String,
     /// Milliseconds since the Unix epoch.
     pub timestamp_ms: i64,
+    /// The id of a message this one answers.
+    pub reply_to: Option<String>,
+    /// The thread it belongs to.
+    pub thread_id: Option<String>,
+    /// The message an edit, delete or reaction is about.
+    pub target_id: Option<String>,
+    /// A reaction's emoji.
+    pub emoji: Option<String>,
+    /// For a reaction: it was taken back.
+    pub remove: bool,
+    /// Files (a level-1.0 host receives none of them).
+    pub attachments: Vec<Attachment>,
     /// Extra fields, a JSON object.
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
@@ -109,8 +200,16 @@ impl InboundMessage {
             text: text.into(),
             message_id: message_id.into(),
             timestamp_ms: now_ms(),
-            metadata: serde_json::Map::new(),
+            ..InboundMessage::default()
         }
+    }
+
+    /// This message as an edit, delete or reaction about `target_id`.
+    #[must_use]
+    pub fn about(mut self, kind: MessageKind, target_id: impl Into<String>) -> Self {
+        self.kind = kind;
+        self.target_id = Some(target_id.into());
+        self
     }
 }
 
@@ -136,6 +235,9 @@ pub struct SendError {
     pub message: String,
     /// Whether the same send may succeed later (peer away, rate limited...).
     pub retryable: bool,
+    /// The platform asked to wait this long before sending again (a rate limit's
+    /// `Retry-After`); the host waits at least that long before its next try.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl SendError {
@@ -144,6 +246,7 @@ impl SendError {
         SendError {
             message: message.into(),
             retryable: false,
+            retry_after_ms: None,
         }
     }
 
@@ -152,7 +255,42 @@ impl SendError {
         SendError {
             message: message.into(),
             retryable: true,
+            retry_after_ms: None,
         }
+    }
+
+    /// A failure worth retrying after `ms` milliseconds, as the platform asked.
+    #[must_use]
+    pub fn retry_after(mut self, ms: u64) -> Self {
+        self.retryable = true;
+        self.retry_after_ms = Some(ms);
+        self
+    }
+}
+
+/// Why the host refused an inbound message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeliverError {
+    /// This instance no longer serves (replaced by a reload, stopping, hung): stop delivering.
+    Stale,
+    /// This message was refused (too large, malformed...): the reason says why.
+    Refused(String),
+}
+
+impl std::fmt::Display for DeliverError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeliverError::Stale => f.write_str("this instance no longer serves"),
+            DeliverError::Refused(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl std::error::Error for DeliverError {}
+
+impl From<DeliverError> for String {
+    fn from(e: DeliverError) -> String {
+        e.to_string()
     }
 }
 

@@ -34,6 +34,7 @@ use serde_json::json;
 
 use crate::{gateway::Gateway, journal::RecordKind, message::Outbound};
 
+mod bodies;
 mod error;
 pub mod guard;
 mod readiness;
@@ -228,51 +229,7 @@ pub fn json_content(headers: &HeaderMap) -> Result<(), ApiError> {
 /// Parses a send body, naming the field at fault (a missing, unknown or mistyped one) or where
 /// the JSON breaks.
 pub fn parse_send(body: &[u8]) -> Result<Outbound, ApiError> {
-    let unprocessable = |m: String| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, m);
-    let mut json = serde_json::Deserializer::from_slice(body);
-    let message: Outbound = serde_path_to_error::deserialize(&mut json).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        let text = inner.to_string();
-        let text = text.split(" at line ").next().unwrap_or(&text).to_owned();
-        if inner.is_syntax() || inner.is_eof() {
-            unprocessable(format!(
-                "invalid send body: not JSON (line {}, column {}): {text}",
-                inner.line(),
-                inner.column()
-            ))
-        } else if path == "." {
-            unprocessable(format!("invalid send body: {text}"))
-        } else {
-            unprocessable(format!("invalid send body: field `{path}`: {text}"))
-        }
-    })?;
-    if message.chat_id.trim().is_empty() {
-        return Err(unprocessable(
-            "field `chat_id` must not be empty".to_owned(),
-        ));
-    }
-    // The bounds the gateway holds inbound messages to: a chat or reply id past them names no
-    // chat anywhere, and an echo of it could never come back in (a retry would not help).
-    use crate::message::limits::{INBOUND_FIELD_BYTES, METADATA_BYTES};
-    for (field, value) in [
-        ("chat_id", message.chat_id.as_str()),
-        ("reply_to", message.reply_to.as_deref().unwrap_or("")),
-    ] {
-        if value.len() > INBOUND_FIELD_BYTES {
-            return Err(unprocessable(format!(
-                "field `{field}` is {} bytes; at most {INBOUND_FIELD_BYTES}",
-                value.len()
-            )));
-        }
-    }
-    let metadata = serde_json::to_string(&message.metadata).map_or(0, |m| m.len());
-    if metadata > METADATA_BYTES {
-        return Err(unprocessable(format!(
-            "field `metadata` is {metadata} bytes as JSON; at most {METADATA_BYTES}"
-        )));
-    }
-    Ok(message)
+    bodies::parse_message(crate::message::MessageKind::Message, body)
 }
 
 /// `POST /api/platforms/{id}/send`.

@@ -81,7 +81,11 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                 row("version", manifest.version.clone())?;
                 row(
                     "api",
-                    format!("{} (this host speaks {ABI_VERSION})", manifest.api),
+                    format!(
+                        "{} (this host speaks levels 1.0 to {}; a plugin's level shows once it is loaded)",
+                        manifest.api,
+                        hermes_plugin_api::abi::level_name(hermes_plugin_api::abi::LEVEL)
+                    ),
                 )?;
                 row("kind", manifest.kind.clone())?;
                 row("manifest", entry.manifest_path().display().to_string())?;
@@ -96,10 +100,13 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     Some(live) => row(
                         "serving",
                         format!(
-                            "{} in the running server: generation {}, version {}",
+                            "{} in the running server: generation {}, version {}{}",
                             live.state.as_str(),
                             live.generation,
-                            live.version
+                            live.version,
+                            live.api_level
+                                .map(|l| format!(", plugin API level {l}"))
+                                .unwrap_or_default()
                         ),
                     )?,
                     None => row("serving", "no server running".to_owned())?,

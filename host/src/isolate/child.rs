@@ -20,7 +20,9 @@ use std::{
     time::Duration,
 };
 
-use super::wire::{self, Call, FrameReader, FromChild, Reply, StartCall, ToChild, WireCallError};
+use super::wire::{
+    self, Call, FrameReader, FromChild, Reply, StartCall, ToChild, WireCallError, WireOpened,
+};
 use crate::{
     loader::{EventSink, Instance, Library, ShadowDir, StartOptions},
     message::Inbound,
@@ -286,7 +288,7 @@ fn blocking_call(shared: &Arc<Shared>, call: Call) -> Reply {
     }
 }
 
-fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<String, String> {
+fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<WireOpened, String> {
     let mut shadow = shared.shadow.lock().unwrap_or_else(|e| e.into_inner());
     if shadow.is_none() {
         let (dir, _) = ShadowDir::claim(Path::new(shadow_root))
@@ -298,9 +300,12 @@ fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<String, String
         .map(|d| d.path().to_owned())
         .unwrap_or_default();
     let library = Library::open(Path::new(path), &dir).map_err(|e| e.to_string())?;
-    let version = library.plugin_version().to_owned();
+    let opened = WireOpened {
+        version: library.plugin_version().to_owned(),
+        level: library.level(),
+    };
     *shared.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(library);
-    Ok(version)
+    Ok(opened)
 }
 
 fn start(shared: &Arc<Shared>, start: StartCall) -> Result<(), WireCallError> {
@@ -321,6 +326,8 @@ fn start(shared: &Arc<Shared>, start: StartCall) -> Result<(), WireCallError> {
         call_timeout: Duration::from_millis(start.call_timeout_ms),
         max_queue: start.max_queue as usize,
         state: start.state.map(Into::into),
+        data_dir: (!start.data_dir.is_empty()).then(|| start.data_dir.into()),
+        max_attachment_bytes: start.max_attachment_bytes,
     };
     match library.start(options) {
         Ok(instance) => {

@@ -34,6 +34,7 @@ pub(crate) const OPEN_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct RemoteLibrary {
     conn: Arc<Conn>,
     version: String,
+    level: u32,
     source: PathBuf,
 }
 
@@ -78,9 +79,10 @@ impl RemoteLibrary {
             Err(error(message))
         };
         match opened {
-            Ok(Reply::Opened(Ok(version))) => Ok(RemoteLibrary {
+            Ok(Reply::Opened(Ok(opened))) => Ok(RemoteLibrary {
                 conn,
-                version,
+                version: opened.version,
+                level: opened.level,
                 source: path.to_owned(),
             }),
             Ok(Reply::Opened(Err(message))) => failed(message),
@@ -96,6 +98,11 @@ impl RemoteLibrary {
     /// The library's own version.
     pub fn plugin_version(&self) -> &str {
         &self.version
+    }
+
+    /// The plugin API level the library was built for (0 for 1.0, 1 for 1.1).
+    pub fn level(&self) -> u32 {
+        self.level
     }
 
     /// The plugin's `validate_config`, in the child.
@@ -130,6 +137,13 @@ impl RemoteLibrary {
             call_timeout_ms: options.call_timeout.as_millis() as u64,
             max_queue: options.max_queue as u64,
             state: options.state.clone().map(Into::into),
+            data_dir: options
+                .data_dir
+                .as_deref()
+                .and_then(|d| d.to_str())
+                .unwrap_or_default()
+                .to_owned(),
+            max_attachment_bytes: options.max_attachment_bytes,
         });
         let result = match self
             .conn
@@ -144,6 +158,7 @@ impl RemoteLibrary {
                 conn: self.conn,
                 generation: options.generation,
                 plugin_version: self.version,
+                level: self.level,
                 source: self.source,
                 call_timeout: options.call_timeout,
                 in_flight: AtomicUsize::new(0),
@@ -167,6 +182,7 @@ pub struct RemoteInstance {
     conn: Arc<Conn>,
     generation: u64,
     plugin_version: String,
+    level: u32,
     source: PathBuf,
     call_timeout: Duration,
     in_flight: AtomicUsize,
@@ -198,6 +214,11 @@ impl RemoteInstance {
     /// The library's own version.
     pub fn plugin_version(&self) -> &str {
         &self.plugin_version
+    }
+
+    /// The plugin API level its library was built for.
+    pub fn level(&self) -> u32 {
+        self.level
     }
 
     /// The child's pid.
@@ -302,6 +323,7 @@ impl RemoteInstance {
                 library: RemoteLibrary {
                     conn: Arc::clone(&self.conn),
                     version: self.plugin_version.clone(),
+                    level: self.level,
                     source: self.source.clone(),
                 },
                 state: stopped.state.map(Into::into),
@@ -358,6 +380,7 @@ fn unexpected(call: &'static str, reply: &Reply) -> CallError {
         call,
         message: format!("the child answered {reply:?}"),
         retryable: false,
+        retry_after_ms: None,
     }
 }
 

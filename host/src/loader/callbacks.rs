@@ -16,10 +16,12 @@ use std::{
 
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
 use hermes_plugin_api::abi::{
-    HostContext, InboundFfi, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
+    DELIVER_REFUSED, DELIVER_STALE, DeliverErrorFfi, HostContext, HostV1_1, InboundFfi,
+    InboundV1_1, KIND_DELETE, KIND_EDIT, KIND_REACTION, LEVEL, LOG_DEBUG, LOG_ERROR, LOG_INFO,
+    LOG_TRACE, LOG_WARN,
 };
 
-use crate::message::{Inbound, limits};
+use crate::message::{Attachment, Inbound, MessageKind, limits};
 
 /// Where a running instance's inbound messages and log records go.
 pub trait EventSink: Send + Sync + 'static {
@@ -107,16 +109,30 @@ pub(crate) struct CallbackContext {
     /// Deliveries are accepted (until the instance stops serving: replaced, stopping, hung).
     serving: AtomicBool,
     sink: Arc<dyn EventSink>,
+    /// Lent to a level-1.1 plugin as `data_dir` (empty: none); never changes.
+    data_dir: String,
+    max_attachment_bytes: u64,
 }
 
 impl CallbackContext {
-    pub(crate) fn new(platform: &str, generation: u64, sink: Arc<dyn EventSink>) -> Arc<Self> {
+    pub(crate) fn new(
+        platform: &str,
+        generation: u64,
+        sink: Arc<dyn EventSink>,
+        data_dir: Option<&std::path::Path>,
+        max_attachment_bytes: u64,
+    ) -> Arc<Self> {
         Arc::new(CallbackContext {
             platform: platform.to_owned(),
             generation,
             active: AtomicBool::new(true),
             serving: AtomicBool::new(true),
             sink,
+            data_dir: data_dir
+                .and_then(|d| d.to_str())
+                .unwrap_or_default()
+                .to_owned(),
+            max_attachment_bytes,
         })
     }
 
@@ -142,6 +158,20 @@ impl CallbackContext {
         }
     }
 
+    /// What a level-1.1 plugin gets beside [`Self::host_context`]; valid as long.
+    pub(crate) fn host_v1_1(self: &Arc<Self>) -> HostV1_1 {
+        // SAFETY: only the lifetime is widened: the string lives in this context, which the
+        // library keeps until after `dlclose`, and is never changed, so no code of the plugin
+        // can see it freed or moved.
+        let data_dir: &'static str = unsafe { &*std::ptr::from_ref::<str>(self.data_dir.as_str()) };
+        HostV1_1 {
+            level: LEVEL,
+            data_dir: RStr::from_str(data_dir),
+            max_attachment_bytes: self.max_attachment_bytes,
+            deliver: deliver_v1_1,
+        }
+    }
+
     fn accepts(&self, generation: u64) -> bool {
         self.active.load(Ordering::Acquire) && generation == self.generation
     }
@@ -155,22 +185,81 @@ unsafe fn context<'a>(ctx: *const c_void) -> &'a CallbackContext {
     unsafe { &*ctx.cast::<CallbackContext>() }
 }
 
+/// Why a delivery was not taken.
+struct Refusal {
+    /// The instance no longer serves.
+    stale: bool,
+    reason: String,
+}
+
+fn refused(reason: String) -> Refusal {
+    Refusal {
+        stale: false,
+        reason,
+    }
+}
+
 unsafe extern "C" fn deliver(
     ctx: *const c_void,
     generation: u64,
     message: &InboundFfi<'_>,
 ) -> RResult<(), RString> {
+    // SAFETY: plugins call back with the `ctx` they were lent in `start`.
+    match unsafe { take(ctx, generation, message, None) } {
+        Ok(()) => ROk(()),
+        Err(refusal) => RErr(refusal.reason.into()),
+    }
+}
+
+unsafe extern "C" fn deliver_v1_1(
+    ctx: *const c_void,
+    generation: u64,
+    message: &InboundV1_1<'_>,
+) -> RResult<(), DeliverErrorFfi> {
+    // SAFETY: plugins call back with the `ctx` they were lent in `start`.
+    match unsafe { take(ctx, generation, &message.base, Some(message)) } {
+        Ok(()) => ROk(()),
+        Err(refusal) => RErr(DeliverErrorFfi {
+            code: if refusal.stale {
+                DELIVER_STALE
+            } else {
+                DELIVER_REFUSED
+            },
+            reason: refusal.reason.into(),
+        }),
+    }
+}
+
+/// Checks a delivery against the instance's state and the host's caps and hands it to the
+/// sink; `v1_1` is the whole message when the plugin is of level 1.1.
+///
+/// # Safety
+/// `ctx` is the pointer from [`CallbackContext::host_context`], still owned by its library.
+unsafe fn take(
+    ctx: *const c_void,
+    generation: u64,
+    message: &InboundFfi<'_>,
+    v1_1: Option<&InboundV1_1<'_>>,
+) -> Result<(), Refusal> {
     // A panic must not unwind into the plugin's frames: catch it and answer an error.
     let result = catch_unwind(AssertUnwindSafe(|| {
-        // SAFETY: plugins call back with the `ctx` they were lent in `start`.
+        // SAFETY: as the caller promised.
         let ctx = unsafe { context(ctx) };
         if !ctx.accepts(generation) || !ctx.serving.load(Ordering::Acquire) {
             ctx.sink.stale_delivery(&ctx.platform, generation);
-            return Err(format!(
-                "{} generation {generation} no longer serves; message not accepted",
-                ctx.platform
-            ));
+            return Err(Refusal {
+                stale: true,
+                reason: format!(
+                    "{} generation {generation} no longer serves; message not accepted",
+                    ctx.platform
+                ),
+            });
         }
+        let more = v1_1.map(|m| &m.more);
+        let reply_to = v1_1.and_then(|m| m.reply_to.into_option());
+        let thread_id = more.and_then(|m| m.thread_id.into_option());
+        let target_id = more.and_then(|m| m.target_id.into_option());
+        let emoji = more.and_then(|m| m.emoji.into_option());
         for (field, value, max) in [
             (
                 "chat_id",
@@ -189,35 +278,126 @@ unsafe extern "C" fn deliver(
                 message.metadata_json.as_str(),
                 limits::METADATA_BYTES,
             ),
+            (
+                "reply_to",
+                reply_to.map_or("", |s| s.as_str()),
+                limits::INBOUND_FIELD_BYTES,
+            ),
+            (
+                "thread_id",
+                thread_id.map_or("", |s| s.as_str()),
+                limits::INBOUND_FIELD_BYTES,
+            ),
+            (
+                "target_id",
+                target_id.map_or("", |s| s.as_str()),
+                limits::INBOUND_FIELD_BYTES,
+            ),
+            (
+                "emoji",
+                emoji.map_or("", |s| s.as_str()),
+                limits::INBOUND_FIELD_BYTES,
+            ),
         ] {
             if value.len() > max {
-                return Err(format!(
+                return Err(refused(format!(
                     "{}: inbound `{field}` of {} bytes is over the host's limit of {max}; message not accepted",
                     ctx.platform,
                     value.len()
-                ));
+                )));
             }
         }
+        let attachments = match more {
+            Some(more) => attachments(ctx, more.attachments.as_slice())?,
+            None => Vec::new(),
+        };
+        let kind = match more.map(|m| m.kind) {
+            Some(KIND_EDIT) => MessageKind::Edit,
+            Some(KIND_DELETE) => MessageKind::Delete,
+            Some(KIND_REACTION) => MessageKind::Reaction,
+            _ => MessageKind::Message,
+        };
         let metadata = match serde_json::from_str(message.metadata_json.as_str()) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
-        ctx.sink.inbound(Inbound {
-            platform: ctx.platform.clone(),
-            chat_id: message.chat_id.as_str().to_owned(),
-            user: message.user.as_str().to_owned(),
-            text: message.text.as_str().to_owned(),
-            message_id: message.message_id.as_str().to_owned(),
-            timestamp: message.timestamp_ms,
-            metadata,
-            generation,
-        })
+        let owned = |s: Option<RStr<'_>>| s.map(|s| s.as_str().to_owned());
+        ctx.sink
+            .inbound(Inbound {
+                platform: ctx.platform.clone(),
+                kind,
+                chat_id: message.chat_id.as_str().to_owned(),
+                user: message.user.as_str().to_owned(),
+                text: message.text.as_str().to_owned(),
+                message_id: message.message_id.as_str().to_owned(),
+                timestamp: message.timestamp_ms,
+                reply_to: owned(reply_to),
+                thread_id: owned(thread_id),
+                target_id: owned(target_id),
+                emoji: owned(emoji),
+                remove: more.is_some_and(|m| m.remove),
+                attachments,
+                metadata,
+                generation,
+            })
+            .map_err(refused)
     }));
-    match result {
-        Ok(Ok(())) => ROk(()),
-        Ok(Err(e)) => RErr(e.into()),
-        Err(_) => RErr("the host failed to take the message".into()),
+    result.unwrap_or_else(|_| Err(refused("the host failed to take the message".into())))
+}
+
+/// A delivery's attachments as the host's, within its caps (count, bytes, field lengths).
+fn attachments(
+    ctx: &CallbackContext,
+    given: &[hermes_plugin_api::abi::AttachmentFfi<'_>],
+) -> Result<Vec<Attachment>, Refusal> {
+    if given.len() > limits::ATTACHMENTS {
+        return Err(refused(format!(
+            "{}: {} attachments; the host takes at most {}",
+            ctx.platform,
+            given.len(),
+            limits::ATTACHMENTS
+        )));
     }
+    given
+        .iter()
+        .map(|a| {
+            let url = a.url.into_option().map(|u| u.as_str().to_owned());
+            let long = [
+                a.name.as_str(),
+                a.mime.as_str(),
+                url.as_deref().unwrap_or(""),
+            ]
+            .iter()
+            .any(|f| f.len() > limits::INBOUND_FIELD_BYTES);
+            if long {
+                return Err(refused(format!(
+                    "{}: an attachment's name, type or URL is over {} bytes",
+                    ctx.platform,
+                    limits::INBOUND_FIELD_BYTES
+                )));
+            }
+            if a.data.len() as u64 > ctx.max_attachment_bytes {
+                return Err(refused(format!(
+                    "{}: attachment `{}` of {} bytes is over the host's limit of {}",
+                    ctx.platform,
+                    a.name.as_str(),
+                    a.data.len(),
+                    ctx.max_attachment_bytes
+                )));
+            }
+            Ok(Attachment {
+                name: a.name.as_str().to_owned(),
+                mime: a.mime.as_str().to_owned(),
+                size: if a.data.is_empty() {
+                    a.size
+                } else {
+                    a.data.len() as u64
+                },
+                data: a.data.to_vec(),
+                url,
+            })
+        })
+        .collect()
 }
 
 unsafe extern "C" fn log(

@@ -2,7 +2,7 @@
 
 use std::{io, path::PathBuf, time::Duration};
 
-use hermes_plugin_api::abi::{ABI_VERSION, MAGIC};
+use hermes_plugin_api::abi::{ABI_VERSION, LEVEL, MAGIC, level_name};
 
 /// Why a library was refused. Nothing of a refused library stays loaded.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +70,14 @@ pub enum LoadError {
         /// The plugin's ABI version.
         found: u32,
     },
+    /// The plugin was built for a newer level of the plugin API than this host speaks.
+    #[error("{}: built for plugin API level {}, this host speaks levels 1.0 to {}; upgrade the host, or build the plugin against a hermes-plugin-api of level {} or lower", path.display(), level_name(*level), level_name(LEVEL), level_name(LEVEL))]
+    NewerLevel {
+        /// The file.
+        path: PathBuf,
+        /// The plugin's level (2 for 1.2).
+        level: u32,
+    },
     /// The header is smaller than this ABI's.
     #[error("{}: header is {found} bytes, expected at least {expected}", path.display())]
     HeaderSize {
@@ -114,6 +122,9 @@ pub enum CallError {
         message: String,
         /// Whether the plugin said a retry may succeed.
         retryable: bool,
+        /// How long the plugin asked to wait before a retry (level 1.1: a rate limit), in
+        /// milliseconds (up to 49 days).
+        retry_after_ms: Option<u32>,
     },
     /// The call ran for longer than its timeout (it may still be running: its result is lost).
     #[error("{call} did not return within {} ms", after.as_millis())]

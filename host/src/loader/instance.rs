@@ -8,13 +8,13 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_plugin_api::abi::{InstancePtr, PluginVTable};
+use hermes_plugin_api::abi::InstancePtr;
 
 use super::{
     callbacks::CallbackContext,
     error::{CallError, StopError},
     jobs::{health_error, health_job, send_job},
-    library::{Library, LoadedLibrary},
+    library::{Fns, Library, LoadedLibrary},
     worker::{CallState, Drained, Workers, await_answer, run_once},
 };
 use crate::message::{Health, Outbound, PluginState, Receipt};
@@ -77,6 +77,15 @@ impl Instance {
         &self.plugin_version
     }
 
+    /// The plugin API level its library was built for (0 for 1.0, 1 for 1.1).
+    pub fn level(&self) -> u32 {
+        self.library
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or(0, |l| l.level())
+    }
+
     /// The shadow copy this instance's library was loaded from.
     pub fn shadow_path(&self) -> &std::path::Path {
         &self.shadow_path
@@ -104,7 +113,7 @@ impl Instance {
     /// dropped unrun); the answer comes through the returned receiver.
     fn submit<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
+        f: impl FnOnce(Fns<'_>, InstancePtr) -> R + Send + 'static,
     ) -> Result<(oneshot::Receiver<R>, Arc<CallState>), CallError> {
         if self.is_hung() {
             return Err(CallError::Unhealthy);
@@ -135,7 +144,7 @@ impl Instance {
     /// its calls and kills the child).
     fn submit_then<R: Send + 'static>(
         &self,
-        f: impl FnOnce(&PluginVTable, InstancePtr) -> Result<R, CallError> + Send + 'static,
+        f: impl FnOnce(Fns<'_>, InstancePtr) -> Result<R, CallError> + Send + 'static,
         then: impl FnOnce(Result<R, CallError>) + Send + 'static,
     ) {
         if self.is_hung() {
@@ -172,16 +181,7 @@ impl Instance {
         then: impl FnOnce(Result<Receipt, CallError>) + Send + 'static,
     ) {
         let job = send_job(message);
-        self.submit_then(
-            move |vtable, ptr| {
-                job(vtable, ptr).map_err(|(message, retryable)| CallError::Plugin {
-                    call: "send",
-                    message,
-                    retryable,
-                })
-            },
-            then,
-        );
+        self.submit_then(job, then);
     }
 
     /// Asks the plugin's health on a worker and hands the answer to `then` there.
@@ -223,7 +223,7 @@ impl Instance {
     fn call<R: Send + 'static>(
         &self,
         call: &'static str,
-        f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
+        f: impl FnOnce(Fns<'_>, InstancePtr) -> R + Send + 'static,
     ) -> Result<R, CallError> {
         let (rx, state) = self.submit(f)?;
         match await_answer(&rx, self.call_timeout) {
@@ -241,29 +241,19 @@ impl Instance {
 
     /// Sends one message through the plugin, waiting on this thread.
     pub fn send(&self, message: &Outbound) -> Result<Receipt, CallError> {
-        let result = self.call("send", send_job(message.clone()))?;
-        result.map_err(|(message, retryable)| CallError::Plugin {
-            call: "send",
-            message,
-            retryable,
-        })
+        self.call("send", send_job(message.clone()))?
     }
 
     /// Sends one message through the plugin, awaiting the answer without blocking the
     /// runtime's thread.
     pub async fn send_async(&self, message: &Outbound) -> Result<Receipt, CallError> {
-        let result = self.call_async("send", send_job(message.clone())).await?;
-        result.map_err(|(message, retryable)| CallError::Plugin {
-            call: "send",
-            message,
-            retryable,
-        })
+        self.call_async("send", send_job(message.clone())).await?
     }
 
     async fn call_async<R: Send + 'static>(
         &self,
         call: &'static str,
-        f: impl FnOnce(&PluginVTable, InstancePtr) -> R + Send + 'static,
+        f: impl FnOnce(Fns<'_>, InstancePtr) -> R + Send + 'static,
     ) -> Result<R, CallError> {
         let (rx, state) = self.submit(f)?;
         // Let the runtime run whatever else is ready first: a worker that is awake answers in
@@ -312,7 +302,7 @@ impl Instance {
             let started = Instant::now();
             for _ in 0..n {
                 // SAFETY: as in `send`.
-                let result = unsafe { (vtable.health)(std::hint::black_box(ptr)) };
+                let result = unsafe { (vtable.base.health)(std::hint::black_box(ptr)) };
                 drop(std::hint::black_box(result));
             }
             started.elapsed()
@@ -347,7 +337,7 @@ impl Instance {
             let mut state = None;
             if export_state {
                 // SAFETY: every other call has returned (the pool is joined); `stop` is next.
-                match unsafe { (vtable.export_state)(ptr.get()) }.into_result() {
+                match unsafe { (vtable.base.export_state)(ptr.get()) }.into_result() {
                     Ok(s) => {
                         state = s.into_option().map(|s| PluginState {
                             schema: s.schema,
@@ -358,7 +348,7 @@ impl Instance {
                 }
             }
             // SAFETY: the instance pointer is used here for the last time.
-            if let Err(e) = unsafe { (vtable.stop)(ptr.get()) }.into_result() {
+            if let Err(e) = unsafe { (vtable.base.stop)(ptr.get()) }.into_result() {
                 error = Some(("stop", e.into_string()));
             }
             (state, error)
@@ -372,6 +362,7 @@ impl Instance {
                     call,
                     message,
                     retryable: false,
+                    retry_after_ms: None,
                 }),
             }),
             Err(_) => Err(StopError::StopTimedOut { after: left }),

@@ -6,12 +6,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use abi_stable::abi_stability::abi_checking::{
-    CheckingGlobals, check_layout_compatibility_with_globals,
+use abi_stable::{
+    abi_stability::abi_checking::{
+        AbiInstability, CheckingGlobals, check_layout_compatibility_with_globals,
+    },
+    type_layout::TypeLayout,
 };
 use hermes_plugin_api::abi::{
-    ABI_VERSION, ENTRY_SYMBOL, EntryFn, HeaderPrefix, MAGIC, PluginHeader, PluginVTable,
-    vtable_layout,
+    ABI_VERSION, ENTRY_SYMBOL, EntryFn, HEADER_SIZE_1_0, HeaderPrefix, LEVEL, MAGIC, PluginHeader,
+    PluginVTable, PluginVTableV1_1, vtable_layout, vtable_v1_1_layout,
 };
 use libloading::os::unix::{Library as DlHandle, RTLD_LOCAL, RTLD_NOW};
 
@@ -36,8 +39,8 @@ pub struct Library {
 pub(crate) struct LoadedLibrary {
     /// `Some` until `unload` closes it.
     handle: Option<DlHandle>,
-    /// Points into the library; valid while `handle` is open, i.e. for this value's life.
-    vtable: *const PluginVTable,
+    /// Point into the library; valid while `handle` is open, i.e. for this value's life.
+    tables: Tables,
     plugin_version: String,
     source: PathBuf,
     shadow: Option<ShadowCopy>,
@@ -57,11 +60,38 @@ unsafe impl Send for LoadedLibrary {}
 // SAFETY: as for `Send`: shared access only reads the immutable vtable.
 unsafe impl Sync for LoadedLibrary {}
 
+/// A library's tables of functions, one per level it has, as raw pointers into it.
+#[derive(Clone, Copy)]
+struct Tables {
+    base: *const PluginVTable,
+    /// Null below level 1.1.
+    v1_1: *const PluginVTableV1_1,
+    level: u32,
+}
+
+/// A library's functions, borrowed for as long as it stays loaded: level 1.0's, and those of
+/// later levels it has. A call uses the newest table that has it.
+#[derive(Clone, Copy)]
+pub(crate) struct Fns<'a> {
+    pub(crate) base: &'a PluginVTable,
+    pub(crate) v1_1: Option<&'a PluginVTableV1_1>,
+}
+
 impl LoadedLibrary {
-    pub(crate) fn vtable(&self) -> &PluginVTable {
-        // SAFETY: `vtable` points at a static of the library, which is open for as long as
-        // `self` exists: only `unload`, which consumes `self`, closes it.
-        unsafe { &*self.vtable }
+    pub(crate) fn vtable(&self) -> Fns<'_> {
+        // SAFETY: both point at statics of the library (or `v1_1` is null), which is open for
+        // as long as `self` exists: only `unload`, which consumes `self`, closes it.
+        unsafe {
+            Fns {
+                base: &*self.tables.base,
+                v1_1: self.tables.v1_1.as_ref(),
+            }
+        }
+    }
+
+    /// The plugin API level the library was built for (0 for 1.0, 1 for 1.1).
+    pub(crate) fn level(&self) -> u32 {
+        self.tables.level
     }
 }
 
@@ -135,10 +165,10 @@ impl Library {
             return Err(e);
         }
         match Self::open_copy(source, &shadow_path) {
-            Ok((handle, vtable, plugin_version)) => Ok(Library {
+            Ok((handle, tables, plugin_version)) => Ok(Library {
                 inner: Arc::new(LoadedLibrary {
                     handle: Some(handle),
-                    vtable,
+                    tables,
                     plugin_version,
                     source: source.to_owned(),
                     shadow: Some(shadow),
@@ -158,16 +188,13 @@ impl Library {
     /// Opens `copy` where it is, with every load-time check, and leaves it loaded: for the
     /// probe's child process, which exits right after. The plugin's version when sound.
     pub fn check_in_place(copy: &Path) -> Result<String, LoadError> {
-        let (handle, _vtable, version) = Self::open_copy(copy, copy)?;
+        let (handle, _tables, version) = Self::open_copy(copy, copy)?;
         // The process exits next: closing would only run the library's destructors for nothing.
         std::mem::forget(handle);
         Ok(version)
     }
 
-    fn open_copy(
-        source: &Path,
-        copy: &Path,
-    ) -> Result<(DlHandle, *const PluginVTable, String), LoadError> {
+    fn open_copy(source: &Path, copy: &Path) -> Result<(DlHandle, Tables, String), LoadError> {
         let not_a_library = |reason: String| LoadError::NotALibrary {
             path: source.to_owned(),
             reason,
@@ -189,7 +216,7 @@ impl Library {
 
         let checked = Self::check_header(source, &handle);
         match checked {
-            Ok((vtable, version)) => Ok((handle, vtable, version)),
+            Ok((tables, version)) => Ok((handle, tables, version)),
             Err(e) => {
                 // Nothing of the library ran but its initialisers and the entry function,
                 // which only returns a static's address: closing it now is safe.
@@ -199,10 +226,7 @@ impl Library {
         }
     }
 
-    fn check_header(
-        source: &Path,
-        handle: &DlHandle,
-    ) -> Result<(*const PluginVTable, String), LoadError> {
+    fn check_header(source: &Path, handle: &DlHandle) -> Result<(Tables, String), LoadError> {
         let path = source.to_owned();
         // SAFETY: the symbol is declared with the entry function's type by every plugin built
         // with hermes-plugin-api; a library that exports the name with another type is outside
@@ -234,33 +258,57 @@ impl Library {
                 found: prefix.abi_version,
             });
         }
-        let expected = size_of::<PluginHeader>();
-        if (prefix.header_size as usize) < expected {
+        let size = prefix.header_size as usize;
+        if size < HEADER_SIZE_1_0 {
             return Err(LoadError::HeaderSize {
                 path,
                 found: prefix.header_size,
-                expected,
+                expected: HEADER_SIZE_1_0,
             });
         }
-        // SAFETY: magic, version and size say this is a `PluginHeader` of our ABI version, at
-        // least as large as ours; it is a static, so properly aligned.
-        let header: &PluginHeader = unsafe { &*prefix_ptr.cast::<PluginHeader>() };
-        // A fresh `CheckingGlobals` for every load: abi_stable's shared one caches layouts of
-        // libraries that may be unloaded by now.
-        let globals = CheckingGlobals::new();
-        if let Err(errors) =
-            check_layout_compatibility_with_globals(vtable_layout(), header.vtable_layout, &globals)
-        {
-            // The errors point into the library: render them before it can be unloaded.
-            return Err(LoadError::Layout {
+        let header = prefix_ptr.cast::<PluginHeader>();
+        // SAFETY: magic, version and size say this is a `PluginHeader` of our ABI version with
+        // at least the level-1.0 fields, which come first; it is a static, so aligned. Fields
+        // past `header_size` are never read.
+        let (vtable_layout_found, base, version) = unsafe {
+            (
+                (*header).vtable_layout,
+                (*header).vtable as *const PluginVTable,
+                (*header).plugin_version.as_str().to_owned(),
+            )
+        };
+        let level = if size == HEADER_SIZE_1_0 {
+            0
+        } else {
+            // SAFETY: a larger header has the level field right after the level-1.0 ones
+            // (every level appends), within the static.
+            unsafe { (*header).level }
+        };
+        if level > LEVEL {
+            return Err(LoadError::NewerLevel { path, level });
+        }
+        if level >= 1 && size < size_of::<PluginHeader>() {
+            return Err(LoadError::HeaderSize {
                 path,
-                summary: super::layout::summarize(&errors),
-                details: errors.to_string(),
+                found: prefix.header_size,
+                expected: size_of::<PluginHeader>(),
             });
         }
-        drop(globals);
-        let version = header.plugin_version.as_str().to_owned();
-        Ok((header.vtable as *const PluginVTable, version))
+        check_layout(&path, vtable_layout(), vtable_layout_found)?;
+        let v1_1 = if level >= 1 {
+            // SAFETY: a level-1.1 header is at least `size_of::<PluginHeader>()` (checked).
+            let (layout, table) = unsafe { ((*header).vtable_v1_1_layout, (*header).vtable_v1_1) };
+            check_layout(&path, vtable_v1_1_layout(), layout)?;
+            table as *const PluginVTableV1_1
+        } else {
+            std::ptr::null()
+        };
+        Ok((Tables { base, v1_1, level }, version))
+    }
+
+    /// The plugin API level the library was built for (0 for 1.0, 1 for 1.1).
+    pub fn level(&self) -> u32 {
+        self.inner.level()
     }
 
     /// The plugin crate's own version, as compiled into the library.
@@ -292,13 +340,14 @@ impl Library {
         let json = config_json.to_owned();
         worker::run_once(&self.inner, "validate_config", timeout, move |vtable| {
             // SAFETY: `validate_config` borrows the JSON for the call only.
-            let result = unsafe { (vtable.validate_config)(json.as_str().into()) };
+            let result = unsafe { (vtable.base.validate_config)(json.as_str().into()) };
             result.into_result().map_err(|e| e.into_string())
         })?
         .map_err(|message| CallError::Plugin {
             call: "validate_config",
             message,
             retryable: false,
+            retry_after_ms: None,
         })
     }
 
@@ -384,6 +433,37 @@ impl Library {
             detail,
         }
     }
+}
+
+/// Compares a table's layout in the plugin with the host's copy of that level's, with fresh
+/// checking globals (abi_stable's shared ones cache layouts of libraries that may be unloaded
+/// by now). The package version abi_stable records does not count: levels decide, so a
+/// plugin built with another release of hermes-plugin-api of a supported level loads.
+fn check_layout(
+    path: &Path,
+    expected: &'static TypeLayout,
+    found: &'static TypeLayout,
+) -> Result<(), LoadError> {
+    let globals = CheckingGlobals::new();
+    let Err(mut errors) = check_layout_compatibility_with_globals(expected, found, &globals) else {
+        return Ok(());
+    };
+    drop(globals);
+    for error in &mut errors.errors {
+        error
+            .errs
+            .retain(|e| !matches!(e, AbiInstability::PackageVersion(_)));
+    }
+    errors.errors.retain(|e| !e.errs.is_empty());
+    if errors.errors.is_empty() {
+        return Ok(());
+    }
+    // The errors point into the library: render them before it can be unloaded.
+    Err(LoadError::Layout {
+        path: path.to_owned(),
+        summary: super::layout::summarize(&errors),
+        details: errors.to_string(),
+    })
 }
 
 impl std::fmt::Debug for Library {

@@ -7,13 +7,13 @@ use std::{
 };
 
 use abi_stable::std_types::{ROption, RSlice, RStr};
-use hermes_plugin_api::abi::{HostContext, PluginVTable, StateRef};
+use hermes_plugin_api::abi::{HostContext, HostV1_1, StateRef};
 
 use super::{
     callbacks::{CallbackContext, EventSink},
     error::CallError,
     instance::{Instance, SendPtr},
-    library::Library,
+    library::{Fns, Library},
     worker::{Workers, await_answer},
 };
 use crate::message::PluginState;
@@ -36,6 +36,10 @@ pub struct StartOptions {
     pub max_queue: usize,
     /// State exported by the previous generation.
     pub state: Option<PluginState>,
+    /// The platform's own folder, handed to a level-1.1 plugin (`Host::data_dir`).
+    pub data_dir: Option<std::path::PathBuf>,
+    /// The largest attachment the host hands over or accepts, told to a level-1.1 plugin.
+    pub max_attachment_bytes: u64,
 }
 
 /// A failed start: the error, and the library (still loaded) to unload or try again.
@@ -47,15 +51,16 @@ pub struct StartFailure {
     pub library: Library,
 }
 
-/// The host context, moved into the `start` job.
-struct SendHost(HostContext);
+/// The host context (and its level-1.1 part), moved into the `start` job.
+struct SendHost(HostContext, HostV1_1);
 
-// SAFETY: the context points at a `CallbackContext`, which is `Send + Sync`.
+// SAFETY: the context points at a `CallbackContext`, which is `Send + Sync`; the level-1.1
+// part borrows a string of that same context.
 unsafe impl Send for SendHost {}
 
 impl SendHost {
-    fn get(self) -> HostContext {
-        self.0
+    fn get(self) -> (HostContext, HostV1_1) {
+        (self.0, self.1)
     }
 }
 
@@ -67,6 +72,8 @@ impl Library {
             &options.platform,
             options.generation,
             Arc::clone(&options.sink),
+            options.data_dir.as_deref(),
+            options.max_attachment_bytes,
         );
         self.inner
             .contexts
@@ -94,28 +101,30 @@ impl Library {
                         call: "start",
                         message,
                         retryable: true,
+                        retry_after_ms: None,
                     },
                     library: self,
                 });
             }
         };
-        let host = SendHost(context.host_context());
+        let host = SendHost(context.host_context(), context.host_v1_1());
         let config = options.config_json;
         let state = options.state;
         let (tx, rx) = oneshot::channel();
-        let submitted = workers.submit(Box::new(move |vtable: &PluginVTable| {
-            let state_ref = state.as_ref().map(|s| StateRef {
+        let submitted = workers.submit(Box::new(move |vtable: Fns<'_>| {
+            let state_ref = ROption::from(state.as_ref().map(|s| StateRef {
                 schema: s.schema,
                 bytes: RSlice::from_slice(&s.bytes),
-            });
-            // SAFETY: the config and state are borrowed for the call; `host` stays valid until
-            // the library is unloaded (the library keeps its context).
+            }));
+            let config = RStr::from_str(&config);
+            let (host, host_v1_1) = host.get();
+            // SAFETY: the config and state are borrowed for the call; `host` and `host_v1_1`
+            // stay valid until the library is unloaded (the library keeps its context).
             let result = unsafe {
-                (vtable.start)(
-                    RStr::from_str(&config),
-                    host.get(),
-                    ROption::from(state_ref),
-                )
+                match vtable.v1_1 {
+                    Some(v1_1) => (v1_1.start)(config, host, host_v1_1, state_ref),
+                    None => (vtable.base.start)(config, host, state_ref),
+                }
             };
             let _ = tx.send(
                 result
@@ -151,6 +160,7 @@ impl Library {
                 call: "start",
                 message,
                 retryable: false,
+                retry_after_ms: None,
             },
             Err(timeout @ CallError::Timeout { .. }) => {
                 // `start` runs on past its timeout: whatever it delivers is refused from now

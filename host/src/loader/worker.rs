@@ -15,11 +15,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_plugin_api::abi::PluginVTable;
+use super::{
+    error::CallError,
+    library::{Fns, LoadedLibrary},
+};
 
-use super::{error::CallError, library::LoadedLibrary};
-
-pub(crate) type Job = Box<dyn FnOnce(&PluginVTable) + Send>;
+pub(crate) type Job = Box<dyn FnOnce(Fns<'_>) + Send>;
 
 /// A pool of threads serving one instance's calls, in arrival order, from a bounded queue.
 pub(crate) struct Workers {
@@ -208,7 +209,7 @@ pub(crate) fn run_once<R: Send + 'static>(
     library: &Arc<LoadedLibrary>,
     call: &'static str,
     timeout: Duration,
-    f: impl FnOnce(&PluginVTable) -> R + Send + 'static,
+    f: impl FnOnce(Fns<'_>) -> R + Send + 'static,
 ) -> Result<R, CallError> {
     let (tx, rx) = oneshot::channel();
     let library = Arc::clone(library);
@@ -223,6 +224,7 @@ pub(crate) fn run_once<R: Send + 'static>(
             call,
             message: format!("cannot start a worker thread: {e}"),
             retryable: true,
+            retry_after_ms: None,
         })?;
     match rx.recv_timeout(timeout) {
         Ok(result) => {
@@ -239,6 +241,7 @@ pub(crate) fn run_once<R: Send + 'static>(
                 call,
                 message: "the worker thread died".into(),
                 retryable: false,
+                retry_after_ms: None,
             })
         }
     }

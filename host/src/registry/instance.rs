@@ -56,6 +56,14 @@ impl Library {
         }
     }
 
+    /// The plugin API level the library was built for (0 for 1.0, 1 for 1.1).
+    pub fn level(&self) -> u32 {
+        match self {
+            Library::InProcess(l) => l.level(),
+            Library::Process(l) => l.level(),
+        }
+    }
+
     /// The plugin's `validate_config`.
     pub fn validate_config(&self, config_json: &str, timeout: Duration) -> Result<(), CallError> {
         match self {
@@ -118,6 +126,14 @@ impl Instance {
         match self {
             Instance::InProcess(i) => i.plugin_version(),
             Instance::Process(i) => i.plugin_version(),
+        }
+    }
+
+    /// The plugin API level its library was built for (0 for 1.0, 1 for 1.1).
+    pub fn level(&self) -> u32 {
+        match self {
+            Instance::InProcess(i) => i.level(),
+            Instance::Process(i) => i.level(),
         }
     }
 

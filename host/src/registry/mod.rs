@@ -236,6 +236,21 @@ impl Registry {
             call_timeout: platform.call_timeout,
             max_queue: platform.max_queue,
             state,
+            data_dir: self.data_dir(&entry.manifest().id),
+            max_attachment_bytes: crate::message::limits::ATTACHMENT_BYTES,
+        }
+    }
+
+    /// `<state_dir>/data/<id>`, the platform's own folder, made when missing; `None` (logged)
+    /// without a state dir or when it cannot be made: the plugin then runs without one.
+    fn data_dir(&self, id: &str) -> Option<PathBuf> {
+        let dir = self.options.state_dir.as_ref()?.join("data").join(id);
+        match std::fs::create_dir_all(&dir) {
+            Ok(()) => Some(dir),
+            Err(e) => {
+                tracing::warn!(platform = id, dir = %dir.display(), error = %e, "cannot make the platform's data folder; it starts without one");
+                None
+            }
         }
     }
 

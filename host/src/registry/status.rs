@@ -105,6 +105,9 @@ pub struct PlatformStatus {
     pub manifest_version: String,
     /// The plugin ABI version the manifest declares.
     pub api: u32,
+    /// The plugin API level of the loaded library (`1.0`, `1.1`); known once loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_level: Option<String>,
     /// The lifecycle state.
     pub state: EntryState,
     /// The generation serving (or last served); 0 when never loaded.

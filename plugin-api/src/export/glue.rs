@@ -17,12 +17,13 @@ use crate::{
     Plugin, State,
     abi::{
         ABI_VERSION, HEALTH_DEGRADED, HEALTH_HEALTHY, HEALTH_UNHEALTHY, HeaderPrefix, HealthFfi,
-        HostContext, InstancePtr, MAGIC, OutboundFfi, PluginHeader, PluginVTable, ReceiptFfi,
-        SendErrorFfi, StateFfi, StateRef,
+        HostContext, HostV1_1, InstancePtr, LEVEL, MAGIC, OutboundFfi, OutboundV1_1, PluginHeader,
+        PluginVTable, PluginVTableV1_1, ReceiptFfi, SendErrorFfi, SendErrorV1_1, StateFfi,
+        StateRef,
     },
-    export::Host,
+    export::{Host, convert},
     log,
-    plugin::{HealthStatus, OutboundMessage, SendError},
+    plugin::{HealthStatus, OutboundMessage, SendError, SendReceipt},
 };
 
 /// Builds the header of plugin `P`; called by [`export_plugin!`](crate::export_plugin).
@@ -36,6 +37,9 @@ pub const fn header<P: Plugin>(plugin_version: &'static str) -> PluginHeader {
         vtable_layout: <PluginVTable as StableAbi>::LAYOUT,
         vtable: VTableOf::<P>::VTABLE,
         plugin_version: RStr::from_str(plugin_version),
+        level: LEVEL,
+        vtable_v1_1_layout: <PluginVTableV1_1 as StableAbi>::LAYOUT,
+        vtable_v1_1: VTableOf::<P>::VTABLE_V1_1,
     }
 }
 
@@ -49,6 +53,11 @@ impl<P: Plugin> VTableOf<P> {
         health: health::<P>,
         export_state: export_state::<P>,
         stop: stop::<P>,
+    };
+
+    const VTABLE_V1_1: &'static PluginVTableV1_1 = &PluginVTableV1_1 {
+        start: start_v1_1::<P>,
+        send: send_v1_1::<P>,
     };
 }
 
@@ -135,10 +144,26 @@ unsafe extern "C" fn start<P: Plugin>(
     host: HostContext,
     state: ROption<StateRef<'_>>,
 ) -> RResult<InstancePtr, RString> {
+    start_with::<P>(config_json, Host::new(host, None), state)
+}
+
+unsafe extern "C" fn start_v1_1<P: Plugin>(
+    config_json: RStr<'_>,
+    host: HostContext,
+    host_v1_1: HostV1_1,
+    state: ROption<StateRef<'_>>,
+) -> RResult<InstancePtr, RString> {
+    start_with::<P>(config_json, Host::new(host, Some(host_v1_1)), state)
+}
+
+fn start_with<P: Plugin>(
+    config_json: RStr<'_>,
+    host: Host,
+    state: ROption<StateRef<'_>>,
+) -> RResult<InstancePtr, RString> {
     ffi_result(guarded("start", || {
         let config = parse_config::<P>(config_json.as_str())?;
         P::validate_config(&config)?;
-        let host = Host::new(host);
         log::install(host);
         let previous = match state {
             ROption::RSome(state) => Some(State {
@@ -164,40 +189,56 @@ unsafe extern "C" fn send<P: Plugin>(
     instance: InstancePtr,
     message: &OutboundFfi<'_>,
 ) -> RResult<ReceiptFfi, SendErrorFfi> {
-    install_panic_hook();
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        let metadata = match serde_json::from_str(message.metadata_json.as_str()) {
-            Ok(serde_json::Value::Object(map)) => map,
-            _ => serde_json::Map::new(),
-        };
-        let message = OutboundMessage {
-            chat_id: message.chat_id.as_str().to_owned(),
-            text: message.text.as_str().to_owned(),
-            reply_to: message
-                .reply_to
-                .into_option()
-                .map(|r| r.as_str().to_owned()),
-            metadata,
-        };
-        // SAFETY: the host passes the pointer its `start` returned, before `stop`.
-        let plugin = unsafe { plugin_ref::<P>(instance) };
-        plugin.send(message)
-    }));
-    let result = result.unwrap_or_else(|payload| {
-        Err(SendError::permanent(format!(
-            "plugin panicked in send: {}",
-            panic_message(&*payload)
-        )))
-    });
+    // SAFETY: the host passes the pointer its `start` returned, before `stop`.
+    let result = unsafe { send_with::<P>(instance, || convert::outbound_v1_0(message)) };
     match result {
-        Ok(receipt) => ROk(ReceiptFfi {
-            message_id: receipt.message_id.into(),
-        }),
+        Ok(receipt) => ROk(receipt),
         Err(e) => RErr(SendErrorFfi {
             message: e.message.into(),
             retryable: e.retryable,
         }),
     }
+}
+
+unsafe extern "C" fn send_v1_1<P: Plugin>(
+    instance: InstancePtr,
+    message: &OutboundV1_1<'_>,
+) -> RResult<ReceiptFfi, SendErrorV1_1> {
+    // SAFETY: the host passes the pointer its `start` returned, before `stop`.
+    let result = unsafe { send_with::<P>(instance, || convert::outbound_v1_1(message)) };
+    match result {
+        Ok(receipt) => ROk(receipt),
+        Err(e) => RErr(SendErrorV1_1 {
+            base: SendErrorFfi {
+                message: e.message.into(),
+                retryable: e.retryable,
+            },
+            retry_after_ms: e.retry_after_ms.into(),
+        }),
+    }
+}
+
+/// # Safety
+/// As for [`plugin_ref`].
+unsafe fn send_with<P: Plugin>(
+    instance: InstancePtr,
+    message: impl FnOnce() -> OutboundMessage,
+) -> Result<ReceiptFfi, SendError> {
+    install_panic_hook();
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: as the caller promised.
+        let plugin = unsafe { plugin_ref::<P>(instance) };
+        plugin.send(message())
+    }));
+    let result: Result<SendReceipt, SendError> = result.unwrap_or_else(|payload| {
+        Err(SendError::permanent(format!(
+            "plugin panicked in send: {}",
+            panic_message(&*payload)
+        )))
+    });
+    result.map(|receipt| ReceiptFfi {
+        message_id: receipt.message_id.into(),
+    })
 }
 
 unsafe extern "C" fn health<P: Plugin>(instance: InstancePtr) -> RResult<HealthFfi, RString> {

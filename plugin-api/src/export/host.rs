@@ -3,8 +3,9 @@
 use abi_stable::std_types::RStr;
 
 use crate::{
-    InboundMessage,
-    abi::{HostContext, InboundFfi},
+    DeliverError, InboundMessage,
+    abi::{DELIVER_STALE, HostContext, HostV1_1, InboundFfi, InboundV1_1},
+    export::convert,
 };
 
 /// The host as a plugin instance sees it: deliver inbound messages, write log records.
@@ -15,6 +16,8 @@ use crate::{
 #[derive(Clone, Copy)]
 pub struct Host {
     ctx: HostContext,
+    /// What a level-1.1 host adds; `None` from a level-1.0 host.
+    v1_1: Option<HostV1_1>,
 }
 
 // SAFETY: the host guarantees that its context is shared-state safe (its callbacks take `&self`
@@ -24,8 +27,27 @@ unsafe impl Send for Host {}
 unsafe impl Sync for Host {}
 
 impl Host {
-    pub(crate) fn new(ctx: HostContext) -> Self {
-        Host { ctx }
+    pub(crate) fn new(ctx: HostContext, v1_1: Option<HostV1_1>) -> Self {
+        Host { ctx, v1_1 }
+    }
+
+    /// The host's plugin API level (1 for 1.1; 0 for a level-1.0 host, which does not say).
+    pub fn level(&self) -> u32 {
+        self.v1_1.map_or(0, |h| h.level)
+    }
+
+    /// A folder of this platform's own that survives restarts and upgrades (its state dir's
+    /// `data/<id>`), for caches, keys or a sync position; `None` from a host that has none to
+    /// give (level 1.0).
+    pub fn data_dir(&self) -> Option<&std::path::Path> {
+        let dir = self.v1_1?.data_dir.as_str();
+        (!dir.is_empty()).then(|| std::path::Path::new(dir))
+    }
+
+    /// The largest attachment the host accepts or hands over, in bytes (0 from a level-1.0
+    /// host, which carries none).
+    pub fn max_attachment_bytes(&self) -> u64 {
+        self.v1_1.map_or(0, |h| h.max_attachment_bytes)
     }
 
     /// The generation of this instance (1 for the first load, then one more per reload).
@@ -35,9 +57,13 @@ impl Host {
 
     /// Hands an inbound message to the host (SSE stream, routes, journal). It returns quickly:
     /// the host queues the message and does not call back into the plugin from here.
-    pub fn deliver(&self, message: &InboundMessage) -> Result<(), String> {
+    ///
+    /// A level-1.0 host receives the text alone: of an edit, delete or reaction, of a reply,
+    /// a thread or attachments it learns nothing, and its refusals are all
+    /// [`DeliverError::Refused`] (its text says when the instance no longer serves).
+    pub fn deliver(&self, message: &InboundMessage) -> Result<(), DeliverError> {
         let metadata = serde_json::Value::Object(message.metadata.clone()).to_string();
-        let ffi = InboundFfi {
+        let base = InboundFfi {
             chat_id: RStr::from_str(&message.chat_id),
             user: RStr::from_str(&message.user),
             text: RStr::from_str(&message.text),
@@ -45,10 +71,37 @@ impl Host {
             timestamp_ms: message.timestamp_ms,
             metadata_json: RStr::from_str(&metadata),
         };
-        // SAFETY: `ctx` and `deliver` came from the host in `start` and stay valid until the
-        // library is unloaded; `ffi` borrows strings that outlive the call.
-        let result = unsafe { (self.ctx.deliver)(self.ctx.ctx, self.ctx.generation, &ffi) };
-        result.into_result().map_err(|e| e.into_string())
+        let Some(v1_1) = self.v1_1 else {
+            // SAFETY: `ctx` and `deliver` came from the host in `start` and stay valid until
+            // the library is unloaded; `base` borrows strings that outlive the call.
+            let result = unsafe { (self.ctx.deliver)(self.ctx.ctx, self.ctx.generation, &base) };
+            return result
+                .into_result()
+                .map_err(|e| DeliverError::Refused(e.into_string()));
+        };
+        let attachments: Vec<_> = message
+            .attachments
+            .iter()
+            .map(convert::attachment_to_ffi)
+            .collect();
+        let ffi = InboundV1_1 {
+            base,
+            reply_to: message.reply_to.as_deref().map(RStr::from_str).into(),
+            more: convert::kind_to_ffi_parts(
+                message.kind,
+                message.remove,
+                message.thread_id.as_deref(),
+                message.target_id.as_deref(),
+                message.emoji.as_deref(),
+                &attachments,
+            ),
+        };
+        // SAFETY: as above, for the level-1.1 callback the same host lent.
+        let result = unsafe { (v1_1.deliver)(self.ctx.ctx, self.ctx.generation, &ffi) };
+        result.into_result().map_err(|e| match e.code {
+            DELIVER_STALE => DeliverError::Stale,
+            _ => DeliverError::Refused(e.reason.into_string()),
+        })
     }
 
     /// Writes a log record into the host's log under this platform. `level` is one of

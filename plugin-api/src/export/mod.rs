@@ -4,6 +4,7 @@
 //! allowed `unsafe`: turning the opaque instance pointer back into the plugin's value, calling
 //! the host's callbacks, and exporting the entry symbol.
 
+mod convert;
 mod glue;
 mod host;
 #[cfg(feature = "testing")]

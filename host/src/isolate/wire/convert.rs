@@ -3,10 +3,13 @@
 
 use std::time::Duration;
 
-use super::{WireCallError, WireInbound, WireOutbound, WireState, WireStopError, WireUnload};
+use super::{
+    WireAttachment, WireCallError, WireInbound, WireMore, WireOutbound, WireState, WireStopError,
+    WireUnload,
+};
 use crate::{
     loader::{CallError, StopError, UnloadReport},
-    message::{Health, HealthStatus, Inbound, Outbound, PluginState},
+    message::{Attachment, Health, HealthStatus, Inbound, MessageKind, Outbound, PluginState},
 };
 
 /// A call name as the loader's errors hold it.
@@ -31,10 +34,12 @@ impl From<&CallError> for WireCallError {
                 call,
                 message,
                 retryable,
+                retry_after_ms,
             } => WireCallError::Plugin {
                 call: (*call).to_owned(),
                 message: message.clone(),
                 retryable: *retryable,
+                retry_after_ms: *retry_after_ms,
             },
             CallError::Timeout { call, after } => WireCallError::Timeout {
                 call: (*call).to_owned(),
@@ -60,10 +65,12 @@ impl From<WireCallError> for CallError {
                 call,
                 message,
                 retryable,
+                retry_after_ms,
             } => CallError::Plugin {
                 call: call_name(&call),
                 message,
                 retryable,
+                retry_after_ms,
             },
             WireCallError::Timeout { call, after_ms } => CallError::Timeout {
                 call: call_name(&call),
@@ -124,13 +131,66 @@ impl From<WireState> for PluginState {
     }
 }
 
+impl WireMore {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        kind: MessageKind,
+        thread_id: Option<String>,
+        target_id: Option<String>,
+        emoji: Option<String>,
+        remove: bool,
+        attachments: Vec<Attachment>,
+    ) -> Self {
+        WireMore {
+            kind,
+            thread_id,
+            target_id,
+            emoji,
+            remove,
+            attachments: attachments
+                .into_iter()
+                .map(|a| WireAttachment {
+                    name: a.name,
+                    mime: a.mime,
+                    size: a.size,
+                    data: a.data,
+                    url: a.url,
+                })
+                .collect(),
+        }
+    }
+
+    fn attachments(attachments: Vec<WireAttachment>) -> Vec<Attachment> {
+        attachments
+            .into_iter()
+            .map(|a| Attachment {
+                name: a.name,
+                mime: a.mime,
+                size: a.size,
+                data: a.data,
+                url: a.url,
+            })
+            .collect()
+    }
+}
+
 impl From<&Outbound> for WireOutbound {
     fn from(m: &Outbound) -> Self {
+        let m = m.clone();
         WireOutbound {
-            chat_id: m.chat_id.clone(),
-            text: m.text.clone(),
-            reply_to: m.reply_to.clone(),
-            metadata_json: serde_json::Value::Object(m.metadata.clone()).to_string(),
+            chat_id: m.chat_id,
+            text: m.text,
+            reply_to: m.reply_to,
+            metadata_json: serde_json::Value::Object(m.metadata).to_string(),
+            more: WireMore::new(
+                m.kind,
+                m.thread_id,
+                m.target_id,
+                m.emoji,
+                m.remove,
+                m.attachments,
+            ),
+            idempotency_key: m.idempotency_key,
         }
     }
 }
@@ -138,9 +198,16 @@ impl From<&Outbound> for WireOutbound {
 impl From<WireOutbound> for Outbound {
     fn from(m: WireOutbound) -> Self {
         Outbound {
+            kind: m.more.kind,
             chat_id: m.chat_id,
             text: m.text,
             reply_to: m.reply_to,
+            thread_id: m.more.thread_id,
+            target_id: m.more.target_id,
+            emoji: m.more.emoji,
+            remove: m.more.remove,
+            attachments: WireMore::attachments(m.more.attachments),
+            idempotency_key: m.idempotency_key,
             metadata: json_object(&m.metadata_json),
         }
     }
@@ -155,6 +222,15 @@ impl From<Inbound> for WireInbound {
             message_id: m.message_id,
             timestamp: m.timestamp,
             metadata_json: serde_json::Value::Object(m.metadata).to_string(),
+            reply_to: m.reply_to,
+            more: WireMore::new(
+                m.kind,
+                m.thread_id,
+                m.target_id,
+                m.emoji,
+                m.remove,
+                m.attachments,
+            ),
             generation: m.generation,
         }
     }
@@ -165,11 +241,18 @@ impl WireInbound {
     pub(crate) fn into_inbound(self, platform: &str) -> Inbound {
         Inbound {
             platform: platform.to_owned(),
+            kind: self.more.kind,
             chat_id: self.chat_id,
             user: self.user,
             text: self.text,
             message_id: self.message_id,
             timestamp: self.timestamp,
+            reply_to: self.reply_to,
+            thread_id: self.more.thread_id,
+            target_id: self.more.target_id,
+            emoji: self.more.emoji,
+            remove: self.more.remove,
+            attachments: WireMore::attachments(self.more.attachments),
             metadata: json_object(&self.metadata_json),
             generation: self.generation,
         }

@@ -102,6 +102,51 @@ pub(crate) struct StartCall {
     pub max_queue: u64,
     /// The previous generation's state.
     pub state: Option<WireState>,
+    /// The platform's own folder (empty: none).
+    pub data_dir: String,
+    /// The attachment cap told to the plugin.
+    pub max_attachment_bytes: u64,
+}
+
+/// What [`Call::Open`] learnt of the library.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct WireOpened {
+    /// The plugin's own version.
+    pub version: String,
+    /// Its plugin API level.
+    pub level: u32,
+}
+
+/// [`crate::message::Attachment`].
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireAttachment {
+    /// File name.
+    pub name: String,
+    /// MIME type.
+    pub mime: String,
+    /// Size.
+    pub size: u64,
+    /// Bytes.
+    pub data: Vec<u8>,
+    /// URL.
+    pub url: Option<String>,
+}
+
+/// What level 1.1 adds to a message, both ways.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct WireMore {
+    /// Kind.
+    pub kind: crate::message::MessageKind,
+    /// Thread.
+    pub thread_id: Option<String>,
+    /// Target.
+    pub target_id: Option<String>,
+    /// Emoji.
+    pub emoji: Option<String>,
+    /// Remove a reaction.
+    pub remove: bool,
+    /// Files.
+    pub attachments: Vec<WireAttachment>,
 }
 
 /// Child to gateway.
@@ -137,8 +182,8 @@ pub(crate) enum FromChild {
 /// An answer from the child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Reply {
-    /// The library is open: its version.
-    Opened(Result<String, String>),
+    /// The library is open.
+    Opened(Result<WireOpened, String>),
     /// `validate_config` or `start` returned.
     Done(Result<(), WireCallError>),
     /// `send` returned.
@@ -173,6 +218,10 @@ pub struct WireOutbound {
     pub reply_to: Option<String>,
     /// Metadata, a JSON object as text.
     pub metadata_json: String,
+    /// Kind, thread, target, emoji, files.
+    pub more: WireMore,
+    /// The client's key.
+    pub idempotency_key: Option<String>,
 }
 
 /// [`crate::message::Inbound`], metadata as JSON text.
@@ -190,6 +239,10 @@ pub(crate) struct WireInbound {
     pub timestamp: i64,
     /// Metadata, a JSON object as text.
     pub metadata_json: String,
+    /// Reply-to.
+    pub reply_to: Option<String>,
+    /// Kind, thread, target, emoji, files.
+    pub more: WireMore,
     /// The delivering instance's generation.
     pub generation: u64,
 }
@@ -205,6 +258,8 @@ pub enum WireCallError {
         message: String,
         /// Retryable.
         retryable: bool,
+        /// The plugin's retry-after.
+        retry_after_ms: Option<u32>,
     },
     /// Timed out.
     Timeout {

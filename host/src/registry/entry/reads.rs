@@ -68,6 +68,10 @@ impl Entry {
             version,
             manifest_version: self.manifest.version.clone(),
             api: self.manifest.api,
+            api_level: slot
+                .instance
+                .as_ref()
+                .map(|i| hermes_plugin_api::abi::level_name(i.level())),
             state,
             generation: slot.generation,
             configured: self.configured(),

@@ -49,9 +49,13 @@ use serde::Serialize;
 use super::Host;
 use crate::{
     Health, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
-    abi::{HostContext, InboundFfi},
+    abi::{DELIVER_STALE, DeliverErrorFfi, HostContext, HostV1_1, InboundFfi, InboundV1_1, LEVEL},
+    export::convert,
     log,
 };
+
+/// The largest attachment the harness's host accepts, as the gateway's default.
+pub const MAX_ATTACHMENT_BYTES: u64 = 10 * 1024 * 1024;
 
 /// A log record the plugin wrote.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,12 +109,21 @@ impl<P: Plugin> Harness<P> {
             serving: AtomicBool::new(true),
             ..Recorder::default()
         });
-        let host = Host::new(HostContext {
-            ctx: Arc::as_ptr(&recorder).cast(),
-            generation,
-            deliver,
-            log: record_log,
-        });
+        // A host of this crate's level, without a data folder.
+        let host = Host::new(
+            HostContext {
+                ctx: Arc::as_ptr(&recorder).cast(),
+                generation,
+                deliver,
+                log: record_log,
+            },
+            Some(HostV1_1 {
+                level: LEVEL,
+                data_dir: RStr::from_str(""),
+                max_attachment_bytes: MAX_ATTACHMENT_BYTES,
+                deliver: deliver_v1_1,
+            }),
+        );
         log::install(host);
         let threads_before = one_test_at_a_time().then(thread_ids).flatten();
         let plugin = log::on_this_thread(host, || P::start(config, host, previous))?;
@@ -141,12 +154,7 @@ impl<P: Plugin> Harness<P> {
 
     /// Calls `send` with a plain text message to `chat_id`.
     pub fn send_text(&self, chat_id: &str, text: &str) -> Result<SendReceipt, SendError> {
-        self.send(OutboundMessage {
-            chat_id: chat_id.to_owned(),
-            text: text.to_owned(),
-            reply_to: None,
-            metadata: serde_json::Map::new(),
-        })
+        self.send(OutboundMessage::new(chat_id, text))
     }
 
     /// Calls `health`.
@@ -292,18 +300,27 @@ unsafe extern "C" fn deliver(
     if !recorder.serving.load(Ordering::Acquire) {
         return RErr(RString::from("this instance no longer serves"));
     }
-    let metadata = match serde_json::from_str(message.metadata_json.as_str()) {
-        Ok(serde_json::Value::Object(map)) => map,
-        _ => serde_json::Map::new(),
-    };
-    lock(&recorder.delivered).push(InboundMessage {
-        chat_id: message.chat_id.as_str().to_owned(),
-        user: message.user.as_str().to_owned(),
-        text: message.text.as_str().to_owned(),
-        message_id: message.message_id.as_str().to_owned(),
-        timestamp_ms: message.timestamp_ms,
-        metadata,
-    });
+    lock(&recorder.delivered).push(convert::inbound_v1_0(message));
+    recorder.arrived.notify_all();
+    ROk(())
+}
+
+/// # Safety
+/// As for [`deliver`].
+unsafe extern "C" fn deliver_v1_1(
+    ctx: *const c_void,
+    _generation: u64,
+    message: &InboundV1_1<'_>,
+) -> RResult<(), DeliverErrorFfi> {
+    // SAFETY: as in `deliver`.
+    let recorder = unsafe { &*ctx.cast::<Recorder>() };
+    if !recorder.serving.load(Ordering::Acquire) {
+        return RErr(DeliverErrorFfi {
+            code: DELIVER_STALE,
+            reason: RString::from("this instance no longer serves"),
+        });
+    }
+    lock(&recorder.delivered).push(convert::inbound_v1_1(message));
     recorder.arrived.notify_all();
     ROk(())
 }

@@ -343,7 +343,7 @@ fn serve(mut stream: TcpStream, shared: &Shared, reading: &AtomicBool) -> std::i
         Err(e) => respond(
             &mut stream,
             "503 Service Unavailable",
-            &serde_json::json!({ "error": e }).to_string(),
+            &serde_json::json!({ "error": e.to_string() }).to_string(),
         ),
     }
 }

@@ -1,59 +1,14 @@
-//! The binary contract between the host and a plugin library.
-//!
-//! A plugin exports one symbol, [`ENTRY_SYMBOL`], an `extern "C" fn() -> *const PluginHeader`.
-//! The header's first three fields ([`HeaderPrefix`]) never change, so a host can read them from
-//! any library, whatever its age, and refuse it before touching the rest. The vtable's layout is
-//! described by abi_stable's [`TypeLayout`], which the host compares with its own.
-//!
-//! Every string or vector that crosses the boundary is an abi_stable type. Borrowed data
-//! (`RStr`) stays owned by the side that lends it; owned data (`RString`, `RVec`) returned by a
-//! plugin is dropped through the allocator of the library that made it, so the host converts it
-//! to std types while the library is still loaded.
+//! Level 1.0 of the plugin ABI, frozen: the types as every plugin built for level 1.0 has
+//! them (hermes-plugin-api 0.1). Never change a field, a type or an order here: the host
+//! checks a level-1.0 library's layouts against these, and a difference refuses every plugin
+//! built for that level. Later levels add their own types beside them ([`super::level_1_1`]).
 
 use std::ffi::c_void;
 
 use abi_stable::{
     StableAbi,
     std_types::{ROption, RResult, RSlice, RStr, RString, RVec},
-    type_layout::TypeLayout,
 };
-
-/// The first eight bytes of every header: ASCII `HERMESPL`, little-endian.
-pub const MAGIC: u64 = u64::from_le_bytes(*b"HERMESPL");
-
-/// The plugin ABI version; a plugin's manifest `api` and header must both carry it.
-pub const ABI_VERSION: u32 = 1;
-
-/// The name of the one symbol a plugin library exports.
-pub const ENTRY_SYMBOL: &str = "hermes_plugin_entry";
-
-/// The type of the entry symbol.
-pub type EntryFn = extern "C" fn() -> *const HeaderPrefix;
-
-/// The part of the header that is the same in every ABI version.
-#[repr(C)]
-#[derive(Debug, Clone, Copy)]
-pub struct HeaderPrefix {
-    /// Always [`MAGIC`].
-    pub magic: u64,
-    /// The ABI version the plugin was built for.
-    pub abi_version: u32,
-    /// `size_of::<PluginHeader>()` as the plugin compiled it.
-    pub header_size: u32,
-}
-
-/// What the entry symbol points at: a `static` inside the plugin library.
-#[repr(C)]
-pub struct PluginHeader {
-    /// Magic, ABI version and size; read and checked first.
-    pub prefix: HeaderPrefix,
-    /// The layout of [`PluginVTable`] as compiled into the plugin.
-    pub vtable_layout: &'static TypeLayout,
-    /// The plugin's functions.
-    pub vtable: &'static PluginVTable,
-    /// The plugin crate's own version (`CARGO_PKG_VERSION`).
-    pub plugin_version: RStr<'static>,
-}
 
 /// An opaque pointer to a started plugin instance, owned by the plugin.
 #[repr(transparent)]
@@ -215,9 +170,4 @@ pub struct StateRef<'a> {
     pub schema: u32,
     /// The state.
     pub bytes: RSlice<'a, u8>,
-}
-
-/// The layout of [`PluginVTable`] as compiled into whoever calls this.
-pub fn vtable_layout() -> &'static TypeLayout {
-    <PluginVTable as StableAbi>::LAYOUT
 }
