@@ -15,6 +15,8 @@ mod peers;
 mod registry;
 // Loader: load/call/unload, leak-free cycles, refusals, panics, plugin threads, timeouts.
 mod loader;
+// Plugins built for earlier plugin API levels, from their frozen sources, in this host.
+mod compat;
 // The `hermes-host plugin` commands run as a user runs them.
 mod cli;
 // `serve`: the API router called directly, and the real binary end to end.
