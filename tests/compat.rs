@@ -72,6 +72,13 @@ fn level_1_0_plugins_serve_reload_and_hot_reload_in_this_host() {
     assert_eq!(server.platform("echo")["api_level"], "1.0");
     send(&server, "current", "x");
     assert_eq!(server.platform("current")["api_level"], "1.1");
+    // It carries text messages only: an edit is refused naming its level.
+    let (status, body) = server.post(
+        "/api/platforms/lb/edit",
+        r#"{"chat_id":"room","message_id":"lb-1-1","text":"x"}"#,
+    );
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("built for plugin API level 1.0"), "{body}");
     let info = server.cli(&["plugin", "info", "lb"]);
     let text = String::from_utf8_lossy(&info.stdout);
     assert!(text.contains("plugin API level 1.0"), "{text}");

@@ -165,7 +165,10 @@ async fn bad_requests_get_clear_errors() {
     let (status, _) = call(&gateway, "GET", "/api/platforms/nope", "", None).await;
     assert_eq!(status, 404);
     // Every error is the documented JSON, axum's own answers included.
-    let big = format!(r#"{{"chat_id":"c","text":"{}"}}"#, "x".repeat(100 * 1024));
+    let big = format!(
+        r#"{{"chat_id":"c","text":"{}"}}"#,
+        "x".repeat(hermes_host::api::SEND_BODY_LIMIT)
+    );
     for (method, uri, body, want) in [
         ("POST", "/api/platforms/loopback/send", big.as_str(), 413),
         ("GET", "/api/platforms/loopback/send", "", 405),
@@ -179,6 +182,19 @@ async fn bad_requests_get_clear_errors() {
             "{method} {uri}: {e}"
         );
     }
+
+    // A text the loopback cannot echo (over the inbound cap): the plugin's permanent refusal.
+    let long = format!(r#"{{"chat_id":"c","text":"{}"}}"#, "x".repeat(100 * 1024));
+    let (status, e) = send(&gateway, "loopback", &long, None).await;
+    assert_eq!(status, 502, "{e}");
+    assert!(
+        e["error"]
+            .as_str()
+            .unwrap()
+            .contains("over the host's limit of 65536"),
+        "{e}"
+    );
+    assert_eq!(e["retryable"], false);
 
     // A platform whose load fails: 503 naming the platform and where to look, never a path or
     // a loader message; the error is on the entry; the rest serves.

@@ -21,6 +21,8 @@ mod compat;
 mod cli;
 // `serve`: the API router called directly, and the real binary end to end.
 mod serve;
+// Edits, deletes, reactions, replies, threads, attachments; capabilities; long texts split.
+mod kinds;
 // Reload as a transaction, in process and through the CLI; the hot-reload watcher.
 mod reload;
 // The IRC adapter against ngircd.

@@ -19,6 +19,7 @@
 //! Measured figures for each piece are in BENCHMARKS.md; the README says how to run it.
 
 pub mod api;
+pub mod capabilities;
 pub(crate) mod check;
 pub mod cli;
 pub mod config;

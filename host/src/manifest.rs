@@ -10,8 +10,9 @@
 //! library = "hermes_irc"  # -> libhermes_irc.so in the plugin folder, then the library dirs
 //! ```
 //!
-//! Optional: `description`, `emoji`, `required_env`, `optional_env`, `install_hint` and
-//! `[plugin.enable_when]` with `env_all` / `env_any` (env var names).
+//! Optional: `description`, `emoji`, `required_env`, `optional_env`, `install_hint`,
+//! `[plugin.enable_when]` with `env_all` / `env_any` (env var names), and `[capabilities]`
+//! ([`crate::capabilities`]).
 
 use std::path::{Path, PathBuf};
 
@@ -64,6 +65,9 @@ pub struct Manifest {
     /// (unloading would stop its inbound until the next send).
     #[serde(default)]
     pub inbound: bool,
+    /// `[capabilities]` (a table of its own beside `[plugin]`): what the platform carries.
+    #[serde(default, skip_deserializing)]
+    pub capabilities: crate::capabilities::Capabilities,
 }
 
 fn default_kind() -> String {
@@ -109,6 +113,8 @@ pub struct ManifestError {
 #[serde(deny_unknown_fields)]
 struct ManifestFile {
     plugin: Manifest,
+    #[serde(default)]
+    capabilities: crate::capabilities::Capabilities,
 }
 
 impl Manifest {
@@ -149,7 +155,8 @@ impl Manifest {
             field: None,
             message: crate::toml_error::describe(text, &e),
         })?;
-        let manifest = file.plugin;
+        let mut manifest = file.plugin;
+        manifest.capabilities = file.capabilities;
         let bad = |field: &str, message: String| ManifestError {
             path: path.to_owned(),
             field: Some(format!("plugin.{field}")),

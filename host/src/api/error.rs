@@ -77,6 +77,7 @@ impl From<SendError> for ApiError {
         };
         let status = match &e {
             SendError::NotJournaled { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            SendError::Unsupported(_) => StatusCode::UNPROCESSABLE_ENTITY,
             SendError::Call { source, .. } => match source {
                 // A plugin that says "try later" (its peer is down) is unavailable, not failing.
                 CallError::Plugin {
@@ -91,10 +92,22 @@ impl From<SendError> for ApiError {
             },
             _ => StatusCode::SERVICE_UNAVAILABLE,
         };
-        ApiError {
+        let mut error = ApiError {
             retryable: e.retryable(),
             ..ApiError::new(status, e.to_string())
+        };
+        if let SendError::Call {
+            source:
+                CallError::Plugin {
+                    retry_after_ms: Some(ms),
+                    ..
+                },
+            ..
+        } = &e
+        {
+            error.details.insert("retry_after_ms".into(), json!(ms));
         }
+        error
     }
 }
 

@@ -5,7 +5,10 @@
 //! | `GET /health` | `{"status":"ok"}` (never needs the token) |
 //! | `GET /api/platforms` | every platform's status; loads nothing |
 //! | `GET /api/platforms/{id}` | one platform's status, with health when running; loads nothing |
-//! | `POST /api/platforms/{id}/send` | `{"chat_id","text","reply_to"?,"metadata"?}` -> `{"message_id","platform","generation"}` |
+//! | `POST /api/platforms/{id}/send` | `{"chat_id","text","reply_to"?,"thread_id"?,"attachments"?,"metadata"?}` -> `{"message_id","platform","generation","parts"?}` |
+//! | `POST /api/platforms/{id}/edit` | `{"chat_id","message_id","text"}` -> as `send` |
+//! | `POST /api/platforms/{id}/delete` | `{"chat_id","message_id"}` -> as `send` |
+//! | `POST /api/platforms/{id}/react` | `{"chat_id","message_id","emoji","remove"?}` -> as `send` |
 //! | `GET /api/events` | Server-Sent Events, one `data:` JSON per inbound message |
 //! | `GET /api/warmup_status`, `GET /api/warmup_wait?timeout_ms=` | warm-up of `background` platforms |
 //! | `GET /api/idle` | `{"idle","seconds_since_activity","in_flight"}` for scale-to-zero |
@@ -14,7 +17,8 @@
 //!
 //! Errors are `{"error": "...", "retryable": bool}` with 403 (a `Host` or `Origin` that is not
 //! the gateway's: [`guard`]), 404 (unknown platform), 408 (a body too slow), 413 (body over
-//! 64 KiB), 415 (a body not sent as `application/json`), 422 (bad body, naming the field), 502
+//! 64 KiB; a send's, over [`SEND_BODY_LIMIT`]), 415 (a body not sent as `application/json`),
+//! 422 (bad body, naming the field; or what the platform cannot carry), 502
 //! (the plugin refused), 503 (not available), 504 (timed out). With `api_token` set, every route but `/health` needs
 //! `Authorization: Bearer <token>`.
 
@@ -32,7 +36,11 @@ use axum::{
 use futures_util::StreamExt;
 use serde_json::json;
 
-use crate::{gateway::Gateway, journal::RecordKind, message::Outbound};
+use crate::{
+    gateway::Gateway,
+    journal::RecordKind,
+    message::{MessageKind, Outbound},
+};
 
 mod bodies;
 mod error;
@@ -44,12 +52,23 @@ pub use error::ApiError;
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
 
+/// A send's body may carry one attachment of the host's largest size, as base64 (4/3 of it),
+/// beside the rest of a body; larger files go by URL.
+pub const SEND_BODY_LIMIT: usize =
+    (crate::message::limits::ATTACHMENT_BYTES as usize) / 3 * 4 + BODY_LIMIT;
+
 /// The public API router, without a socket (tests call it directly).
 pub fn app(gateway: Arc<Gateway>) -> Router {
     let api = Router::new()
         .route("/api/platforms", get(platforms))
         .route("/api/platforms/{id}", get(platform))
-        .route("/api/platforms/{id}/send", post(send))
+        .route(
+            "/api/platforms/{id}/send",
+            post(send).layer(DefaultBodyLimit::max(SEND_BODY_LIMIT)),
+        )
+        .route("/api/platforms/{id}/edit", post(edit))
+        .route("/api/platforms/{id}/delete", post(delete))
+        .route("/api/platforms/{id}/react", post(react))
         .route("/api/events", get(events))
         .route("/api/warmup_status", get(readiness::warmup_status))
         .route("/api/warmup_wait", get(readiness::warmup_wait))
@@ -182,6 +201,7 @@ pub async fn platform(
     if let Some(report) = entry.last_unload() {
         detail["last_unload"] = json!(report);
     }
+    detail["capabilities"] = json!(entry.manifest().capabilities);
     detail["reloads"] = json!(entry.reload_stats());
     detail["hotreload"] = json!(gateway.hotreload.status_of(&id).map(|s| s.watching));
     Ok(Json(detail).into_response())
@@ -239,11 +259,53 @@ pub async fn send(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    json_content(&headers)?;
-    installed(&gateway, &id)?;
-    let message = parse_send(&body)?;
+    send_kind(&gateway, &id, MessageKind::Message, &headers, &body).await
+}
+
+/// `POST /api/platforms/{id}/edit`: `{chat_id, message_id, text}`.
+async fn edit(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    send_kind(&gateway, &id, MessageKind::Edit, &headers, &body).await
+}
+
+/// `POST /api/platforms/{id}/delete`: `{chat_id, message_id}`.
+async fn delete(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    send_kind(&gateway, &id, MessageKind::Delete, &headers, &body).await
+}
+
+/// `POST /api/platforms/{id}/react`: `{chat_id, message_id, emoji, remove?}`.
+async fn react(
+    State(gateway): State<Arc<Gateway>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    send_kind(&gateway, &id, MessageKind::Reaction, &headers, &body).await
+}
+
+/// A message of `kind` through platform `id`: the body parsed, the message fitted to what the
+/// platform carries, sent.
+async fn send_kind(
+    gateway: &Arc<Gateway>,
+    id: &str,
+    kind: MessageKind,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    json_content(headers)?;
+    installed(gateway, id)?;
+    let message = bodies::parse_message(kind, body)?;
     let ok = gateway
-        .send(&id, message, RecordKind::Outbound, None)
+        .send(id, message, RecordKind::Outbound, None)
         .await?;
     Ok(Json(ok).into_response())
 }

@@ -1,6 +1,6 @@
 //! `[platforms.<id>]`: the host's keys for one platform (`start`, `call_timeout_ms`,
 //! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`, `isolation`, `memory_limit_mb`,
-//! `allowed_users`, `allow_all_users`), and the rest of the table, which
+//! `allowed_users`, `allow_all_users`, `fallback`), and the rest of the table, which
 //! belongs to the plugin.
 
 use std::time::Duration;
@@ -63,6 +63,8 @@ pub struct PlatformConfig {
     pub memory_limit_mb: Option<u64>,
     /// `allowed_users` / `allow_all_users` (or the environment's): whose messages are delivered.
     pub senders: Senders,
+    /// `fallback`, default `refuse`: what becomes of a message the platform cannot carry.
+    pub fallback: crate::capabilities::Fallback,
     /// Every other key: the plugin's config.
     pub plugin: toml::Table,
 }
@@ -82,6 +84,7 @@ impl Default for PlatformConfig {
             isolation: Isolation::InProcess,
             memory_limit_mb: None,
             senders: Senders::Unset,
+            fallback: crate::capabilities::Fallback::Refuse,
             plugin: toml::Table::new(),
         }
     }
@@ -163,6 +166,11 @@ pub(super) fn platform_config(
             ));
         }
         config.memory_limit_mb = Some(mb);
+    }
+    if let Some(v) = table.remove("fallback") {
+        config.fallback = v
+            .try_into()
+            .map_err(|_| ("fallback", "expected \"refuse\" or \"text\"".to_owned()))?;
     }
     config.senders = Senders::from_table(&mut table)?;
     config.plugin = table;

@@ -88,7 +88,10 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/status", get(status))
         .route("/platforms/{id}/load", post(load))
         .route("/platforms/{id}/unload", post(unload))
-        .route("/platforms/{id}/send", post(send))
+        .route(
+            "/platforms/{id}/send",
+            post(send).layer(axum::extract::DefaultBodyLimit::max(api::SEND_BODY_LIMIT)),
+        )
         .route("/platforms/{id}/reload", post(reload))
         .route(
             "/platforms/{id}/hotreload",

@@ -60,6 +60,10 @@ pub enum SendError {
         #[source]
         source: CallError,
     },
+    /// The platform cannot carry the message (a kind, a thread, a file), and its table does
+    /// not ask for the text fallback.
+    #[error(transparent)]
+    Unsupported(#[from] crate::capabilities::Unsupported),
     /// Sent, but with `fsync` durability the journal could not record it: the answer must not
     /// claim it is kept, and a retry would send it twice.
     #[error("{platform}: sent as {message_id}, but the journal could not record it: {source}")]
@@ -78,7 +82,9 @@ impl SendError {
     /// Whether the same send may succeed later.
     pub fn retryable(&self) -> bool {
         match self {
-            SendError::Platform(_) | SendError::NotJournaled { .. } => false,
+            SendError::Platform(_) | SendError::NotJournaled { .. } | SendError::Unsupported(_) => {
+                false
+            }
             SendError::HeldByReload { .. }
             | SendError::LoadTask { .. }
             | SendError::NotAdmitted { .. } => true,
@@ -109,6 +115,10 @@ pub struct SendOk {
     pub platform: String,
     /// The generation that sent it.
     pub generation: u64,
+    /// The ids of the parts, in order, when the text was split under the platform's
+    /// `max_text_len` (`message_id` is the first's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<Vec<String>>,
 }
 
 impl Gateway {
@@ -185,23 +195,15 @@ impl Gateway {
                     source,
                 })?;
         let started = Instant::now();
-        let mut attempts = 0;
-        let (instance, result) = loop {
-            let instance = self.instance(platform).await?;
-            let result = instance.send_async(&message).await;
-            attempts += 1;
-            // `Stopped` means the call never reached the plugin: the instance was swapped out
-            // by a reload between our lookup and the call. Take the serving one and go again.
-            if result == Err(CallError::Stopped) && attempts < 5 {
-                continue;
-            }
-            break (instance, result);
-        };
+        let (instance, result) = self.send_parts(platform, &message).await?;
         // While the call ran it counted in flight, which keeps idle unload away; the activity
         // clock starts again from its end.
         self.touch(platform);
         match result {
-            Ok(receipt) => {
+            Ok(ids) => {
+                let receipt = crate::message::Receipt {
+                    message_id: ids[0].clone(),
+                };
                 self.metrics.send(platform, "ok", started.elapsed());
                 let kept = reservation.record(Record {
                     ts: hermes_plugin_api::now_ms(),
@@ -234,6 +236,7 @@ impl Gateway {
                     message_id: receipt.message_id,
                     platform: platform.to_owned(),
                     generation: instance.generation(),
+                    parts: (ids.len() > 1).then_some(ids),
                 })
             }
             Err(source) => {
@@ -245,5 +248,46 @@ impl Gateway {
                 Err(e)
             }
         }
+    }
+
+    /// `message` fitted to the platform (split, or refused or turned into text where it lacks
+    /// something) and sent part by part, in order; the ids of the parts sent. Each part that
+    /// finds the instance swapped out by a reload (`Stopped`: the call never reached the
+    /// plugin) goes again to the serving one.
+    async fn send_parts(
+        self: &Arc<Self>,
+        platform: &str,
+        message: &Outbound,
+    ) -> Result<(Arc<Instance>, Result<Vec<String>, CallError>), SendError> {
+        let mut instance = self.instance(platform).await?;
+        let entry = self.registry.entry(platform)?;
+        let fallback = entry
+            .platform_config()
+            .map(|p| p.fallback)
+            .unwrap_or_default();
+        let parts = entry.manifest().capabilities.fit(
+            platform,
+            instance.level(),
+            fallback,
+            message.clone(),
+        )?;
+        let mut ids = Vec::with_capacity(parts.len());
+        for part in &parts {
+            let mut attempts = 0;
+            let result = loop {
+                let result = instance.send_async(part).await;
+                attempts += 1;
+                if result == Err(CallError::Stopped) && attempts < 5 {
+                    instance = self.instance(platform).await?;
+                    continue;
+                }
+                break result;
+            };
+            match result {
+                Ok(receipt) => ids.push(receipt.message_id),
+                Err(e) => return Ok((instance, Err(e))),
+            }
+        }
+        Ok((instance, Ok(ids)))
     }
 }

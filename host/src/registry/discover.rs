@@ -173,6 +173,7 @@ fn placeholder_manifest(id: &str) -> Manifest {
         optional_env: Vec::new(),
         install_hint: None,
         enable_when: None,
+        capabilities: Default::default(),
         path_keys: Vec::new(),
         inbound: false,
     }

@@ -6,7 +6,9 @@
 //! - `user` (string, default `"loopback"`): the sender name of echoed messages.
 //! - `prefix` (string, default `""`): put in front of every echoed text.
 //!
-//! It counts the messages it echoed and hands the count to the next generation on a reload.
+//! Every kind (message, edit, delete, reaction) comes back as the same kind, with its reply,
+//! thread, target, emoji and attachments. It counts the messages it echoed and hands the count
+//! to the next generation on a reload.
 //! Echoes carry `echo_count` and the library's `version` in their metadata. Building with
 //! `HERMES_LOOPBACK_VERSION=x.y.z` set makes a library that reports that version instead of the
 //! crate's: the tests and benchmarks reload between two such builds.
@@ -14,7 +16,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hermes_plugin_api::{
-    Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
+    DeliverError, Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt, State,
 };
 use serde::Deserialize;
 
@@ -87,10 +89,27 @@ impl Plugin for Loopback {
         echo.metadata = message.metadata;
         echo.metadata.insert("echo_count".into(), n.into());
         echo.metadata.insert("version".into(), VERSION.into());
-        if let Some(reply_to) = message.reply_to {
-            echo.metadata.insert("reply_to".into(), reply_to.into());
+        if let Some(reply_to) = &message.reply_to {
+            echo.metadata
+                .insert("reply_to".into(), reply_to.clone().into());
         }
-        self.host.deliver(&echo).map_err(SendError::retryable)?;
+        // Every kind comes back as itself: an edit as an edit of the same target, a reaction
+        // as that reaction; replies, threads and files as they went out.
+        echo.kind = message.kind;
+        echo.reply_to = message.reply_to;
+        echo.thread_id = message.thread_id;
+        echo.target_id = message.target_id;
+        echo.emoji = message.emoji;
+        echo.remove = message.remove;
+        echo.attachments = message.attachments;
+        if let Some(key) = message.idempotency_key {
+            echo.metadata.insert("idempotency_key".into(), key.into());
+        }
+        // A refused echo (too large) fails for good; a stale instance's may pass on the next.
+        self.host.deliver(&echo).map_err(|e| match e {
+            DeliverError::Stale => SendError::retryable(e),
+            DeliverError::Refused(reason) => SendError::permanent(reason),
+        })?;
         Ok(SendReceipt { message_id })
     }
 
