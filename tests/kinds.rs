@@ -269,3 +269,96 @@ fn a_long_text_is_split_under_max_text_len_in_order() {
     );
     assert!(sent.get("parts").is_none(), "{sent}");
 }
+
+/// The next SSE event from `platform`.
+fn next_from(sse: &mut Sse, platform: &str) -> serde_json::Value {
+    loop {
+        let event = sse.next();
+        if event["platform"] == platform {
+            return event;
+        }
+    }
+}
+
+#[test]
+fn routes_carry_edits_reactions_and_replies_to_the_copies_across_a_restart() {
+    let t = TestDir::new();
+    install(&t, "src", ALL);
+    install(&t, "dst", ALL);
+    let routes = "[platforms.src]\n\n[platforms.dst]\nuser = \"copy\"\n\n[[routes]]\nfrom = { platform = \"src\", chat = \"a\" }\nto = [{ platform = \"dst\", chat = \"b\" }]\n";
+    let mut server = Server::start(&t, routes);
+    let mut sse = Sse::connect(&server.addr);
+    // Two messages on the source, each routed: the copies get ids of their own.
+    for text in ["first", "second"] {
+        post(
+            &server,
+            "/api/platforms/src/send",
+            serde_json::json!({ "chat_id": "a", "text": text }),
+        );
+    }
+    let copy1 = next_from(&mut sse, "dst");
+    let copy2 = next_from(&mut sse, "dst");
+    assert_eq!(
+        (&copy1["text"], &copy2["text"]),
+        (&"first".into(), &"second".into())
+    );
+    let src_first = "lb-1-1";
+
+    // An edit of the source's first message edits its copy.
+    post(
+        &server,
+        "/api/platforms/src/edit",
+        serde_json::json!({ "chat_id": "a", "message_id": src_first, "text": "first!" }),
+    );
+    let edit = next_from(&mut sse, "dst");
+    assert_eq!(edit["kind"], "edit");
+    assert_eq!(edit["target_id"], copy1["message_id"]);
+    assert_eq!(edit["text"], "first!");
+
+    // After a restart the map still knows the copies: a reaction and a reply find them.
+    drop(sse);
+    server.terminate();
+    let server = Server::start(&t, routes);
+    let mut sse = Sse::connect(&server.addr);
+    post(
+        &server,
+        "/api/platforms/src/react",
+        serde_json::json!({ "chat_id": "a", "message_id": "lb-1-2", "emoji": "🎉" }),
+    );
+    let reaction = next_from(&mut sse, "dst");
+    assert_eq!(
+        (&reaction["kind"], &reaction["emoji"]),
+        (&"reaction".into(), &"🎉".into())
+    );
+    assert_eq!(reaction["target_id"], copy2["message_id"]);
+    post(
+        &server,
+        "/api/platforms/src/send",
+        serde_json::json!({ "chat_id": "a", "text": "re", "reply_to": src_first }),
+    );
+    let reply = next_from(&mut sse, "dst");
+    assert_eq!(reply["text"], "re");
+    assert_eq!(reply["reply_to"], copy1["message_id"]);
+
+    // An edit of a message that was never routed has no copy to change: not sent.
+    post(
+        &server,
+        "/api/platforms/src/edit",
+        serde_json::json!({ "chat_id": "a", "message_id": "never", "text": "x" }),
+    );
+    post(
+        &server,
+        "/api/platforms/src/send",
+        serde_json::json!({ "chat_id": "a", "text": "after" }),
+    );
+    let next = next_from(&mut sse, "dst");
+    assert_eq!(
+        (&next["kind"], &next["text"]),
+        (&"message".into(), &"after".into())
+    );
+    let (_, metrics) = server.get("/metrics");
+    assert!(
+        metrics.contains("hermes_routed_total{result=\"unmapped\"} 1"),
+        "{metrics}"
+    );
+}

@@ -41,5 +41,6 @@ pub mod registry;
 pub use registry::reload;
 pub(crate) mod routing;
 pub(crate) mod serve;
+pub mod store;
 pub(crate) mod supervise;
 mod toml_error;

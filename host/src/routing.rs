@@ -6,12 +6,18 @@
 //! [`ROUTED_KEY`] (and [`ROUTED_USER_KEY`], the original author); a message that comes back
 //! carrying it (loopback echoes metadata) is never routed again, and a target equal to the
 //! source is skipped: no loops. A config reload swaps the whole table at once ([`Routes`]).
+//!
+//! Every kind travels: a routed message keeps its kind, thread, reply, target, emoji and files,
+//! and the ids among them (the message an edit, delete or reaction is about, the message
+//! replied to, the thread) are those of the source platform until the gateway maps them to the
+//! target's through the store's message map ([`crate::store`]), just before the send.
 
 use std::sync::{Arc, RwLock};
 
 use crate::{
     config::Route,
     message::{Inbound, Outbound},
+    store::MessageRef,
 };
 
 /// The metadata key a routed send carries: `platform/chat` of the source.
@@ -49,6 +55,8 @@ pub(crate) struct RoutedSend {
     pub message: Outbound,
     /// `platform/chat` of the source.
     pub source: String,
+    /// The source message itself: its copy is recorded in the message map once sent.
+    pub origin: MessageRef,
 }
 
 /// The sends that `routes` ask for when `message` arrives; none for a routed message.
@@ -63,7 +71,18 @@ pub(crate) fn plan(routes: &[Route], message: &Inbound) -> Vec<RoutedSend> {
         .flat_map(|r| &r.to)
         .filter(|t| !(t.platform == message.platform && t.chat == message.chat_id))
         .map(|target| {
-            let mut out = Outbound::new(target.chat.clone(), message.text.clone());
+            let mut out = Outbound {
+                kind: message.kind,
+                chat_id: target.chat.clone(),
+                text: message.text.clone(),
+                reply_to: message.reply_to.clone(),
+                thread_id: message.thread_id.clone(),
+                target_id: message.target_id.clone(),
+                emoji: message.emoji.clone(),
+                remove: message.remove,
+                attachments: message.attachments.clone(),
+                ..Outbound::default()
+            };
             out.metadata
                 .insert(ROUTED_KEY.into(), source.clone().into());
             out.metadata
@@ -72,6 +91,11 @@ pub(crate) fn plan(routes: &[Route], message: &Inbound) -> Vec<RoutedSend> {
                 platform: target.platform.clone(),
                 message: out,
                 source: source.clone(),
+                origin: MessageRef {
+                    platform: message.platform.clone(),
+                    chat: message.chat_id.clone(),
+                    id: message.message_id.clone(),
+                },
             }
         })
         .collect()

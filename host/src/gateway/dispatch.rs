@@ -9,7 +9,6 @@ use crate::{
     journal::{Durability, Record, RecordKind},
     loader::EventSink,
     message::Inbound,
-    routing::RoutedSend,
 };
 
 /// Takes inbound messages on plugin threads and dispatches them without blocking.
@@ -45,8 +44,9 @@ impl EventSink for GatewaySink {
     }
 }
 
-/// Hands an inbound message to the journal, the routes and the SSE stream. Runs on the
-/// plugin's thread: everything here queues or spawns and returns at once, except that with
+/// Hands an inbound message to the journal, the routes (their target chats' lanes, see
+/// [`super::lanes`]) and the SSE stream. Runs on the plugin's thread: everything here queues
+/// and returns at once, except that with
 /// `fsync` durability the record is on disk first, and a message the journal could not keep is
 /// refused (the plugin sees the error) before anything else sees it.
 fn dispatch(
@@ -91,27 +91,12 @@ fn dispatch(
     let sends = crate::routing::plan(&gateway.routes.current(), &message);
     // SSE first: a routed copy must never reach subscribers before its source message.
     gateway.events.publish(&message);
-    for RoutedSend {
-        platform,
-        message,
-        source,
-    } in sends
-    {
-        let gateway2 = Arc::clone(gateway);
-        let guard = gateway.begin();
-        runtime.spawn(async move {
-            let _guard = guard;
-            let sent = gateway2
-                .send(&platform, message, RecordKind::Routed, Some(source.clone()))
-                .await;
-            match sent {
-                Ok(_) => gateway2.metrics.routed("ok"),
-                Err(e) => {
-                    gateway2.metrics.routed("error");
-                    tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
-                }
-            }
-        });
+    for send in sends {
+        let (to, chat) = (send.platform.clone(), send.message.chat_id.clone());
+        if !gateway.lanes.push(gateway, send, runtime) {
+            gateway.metrics.routed("dropped");
+            tracing::warn!(from = %message.platform, %to, %chat, "a routed send was dropped: its target chat's lane is full (the target does not keep up)");
+        }
     }
     Ok(())
 }

@@ -30,6 +30,7 @@ use crate::{
 };
 
 pub mod dispatch;
+pub mod lanes;
 pub mod reconfigure;
 pub mod send;
 
@@ -111,6 +112,10 @@ pub struct Gateway {
     pub hotreload: crate::hotreload::HotReload,
     /// The routes in force: `config.routes` at start, swapped by a config reload.
     pub routes: Routes,
+    /// Routed sends, in order per target chat.
+    pub lanes: lanes::Lanes,
+    /// The embedded store (`<state_dir>/hermes.db`): the message map.
+    pub store: crate::store::Store,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -182,8 +187,11 @@ impl Gateway {
                 .map_or("hermes.toml".into(), |p| p.display().to_string()),
         );
         let routes = Routes::new(config.routes.clone());
+        let store = crate::store::Store::open(&config.plugins.state_dir)?;
         let gateway = Arc::new(Gateway {
             routes,
+            lanes: lanes::Lanes::default(),
+            store,
             config,
             hotreload,
             registry,
