@@ -199,15 +199,34 @@ impl Client {
             })
     }
 
-    /// Sends `content` as an `m.room.message` under transaction id `txn`: the same `txn` on a
-    /// retry never posts twice. The event id.
-    pub fn send(&self, room_id: &str, txn: &str, content: &Value) -> Result<String, ApiError> {
+    /// Sends `content` as an event of `event_type` under transaction id `txn`: the same `txn`
+    /// on a retry never posts twice. The event id.
+    pub fn send_event(
+        &self,
+        room_id: &str,
+        event_type: &str,
+        txn: &str,
+        content: &Value,
+    ) -> Result<String, ApiError> {
         let path = format!(
-            "/rooms/{}/send/m.room.message/{}",
+            "/rooms/{}/send/{}/{}",
             segment(room_id),
+            segment(event_type),
             segment(txn)
         );
         let answer = self.call("PUT", &path, Some(content), None)?;
+        Ok(answer["event_id"].as_str().unwrap_or_default().to_owned())
+    }
+
+    /// Redacts `event_id` under transaction id `txn`. The redaction's event id.
+    pub fn redact(&self, room_id: &str, event_id: &str, txn: &str) -> Result<String, ApiError> {
+        let path = format!(
+            "/rooms/{}/redact/{}/{}",
+            segment(room_id),
+            segment(event_id),
+            segment(txn)
+        );
+        let answer = self.call("PUT", &path, Some(&serde_json::json!({})), None)?;
         Ok(answer["event_id"].as_str().unwrap_or_default().to_owned())
     }
 

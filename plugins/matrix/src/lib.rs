@@ -11,9 +11,13 @@
 //! `m.emote`) of joined rooms, except its own. The position crosses reloads (exported state)
 //! and restarts (`store_path`). Sends run on the calling worker: a transaction id per message,
 //! the same on every retry (so a retry never posts twice), `M_LIMIT_EXCEEDED`'s `retry_after_ms`
-//! honoured, within `send_budget_ms`. End-to-end encrypted rooms are not supported.
+//! honoured, within `send_budget_ms` (past it, the error carries it as `retry_after_ms`); a
+//! send with an idempotency key uses it as its transaction id. Every kind travels in Matrix's
+//! own form, both ways ([`events`]: edits, redactions, reactions, replies, threads).
+//! End-to-end encrypted rooms are not supported; attachments are not carried yet.
 
 mod api;
+mod events;
 mod sync;
 
 use std::{
@@ -27,7 +31,7 @@ use std::{
 };
 
 use hermes_plugin_api::{
-    Health, HealthStatus, Host, OutboundMessage, Plugin, SendError, SendReceipt, State,
+    Health, HealthStatus, Host, MessageKind, OutboundMessage, Plugin, SendError, SendReceipt, State,
 };
 use serde::{Deserialize, Serialize};
 
@@ -115,6 +119,9 @@ pub struct Matrix {
     /// Transaction ids: this instance's start and a counter.
     txn_prefix: String,
     txn: AtomicU64,
+    /// Our reactions' events by (room, target, emoji), to take one back by redacting it; at
+    /// most [`REACTIONS_KEPT`], forgotten on a reload (taking back an older one then fails).
+    reactions: Mutex<HashMap<(String, String, String), String>>,
 }
 
 const STATE_SCHEMA: u32 = 1;
@@ -196,6 +203,7 @@ impl Plugin for Matrix {
             thread: Some(thread),
             txn_prefix: format!("hermes{}", hermes_plugin_api::now_ms()),
             txn: AtomicU64::new(0),
+            reactions: Mutex::new(HashMap::new()),
         })
     }
 
@@ -221,24 +229,44 @@ impl Plugin for Matrix {
                 "{chat:?} is not a room id (!id) or alias (#name:server)"
             )));
         }
-        let body = message.text_naming_author();
-        let mut content = serde_json::json!({ "msgtype": "m.text", "body": body });
-        if let Some(html) = message
-            .metadata
-            .get("formatted_body")
-            .and_then(|h| h.as_str())
-        {
-            content["format"] = "org.matrix.custom.html".into();
-            content["formatted_body"] = html.into();
-        }
         let n = self.txn.fetch_add(1, Ordering::Relaxed) + 1;
-        let txn = format!("{}-{n}", self.txn_prefix);
+        // The client's idempotency key as the transaction id: a resend of the same message,
+        // even from another generation with the same session, is posted once.
+        let txn = match &message.idempotency_key {
+            Some(key) => format!("idem-{key}"),
+            None => format!("{}-{n}", self.txn_prefix),
+        };
         let deadline = Instant::now() + Duration::from_millis(self.shared.config.send_budget_ms);
         let mut wait = Duration::from_millis(250);
+        let mut request = None;
         loop {
-            let attempt = self
-                .room_id(&client, chat)
-                .and_then(|room| client.send(&room, &txn, &content));
+            let attempt = self.room_id(&client, chat).and_then(|room| {
+                let request = match &request {
+                    Some(r) => r,
+                    None => request.insert(
+                        events::outbound(&message, &room, |room, target, emoji| {
+                            self.own_reaction(room, target, emoji)
+                        })
+                        .map_err(|message| ApiError {
+                            message,
+                            retryable: false,
+                            retry_after: None,
+                            unauthorized: false,
+                        })?,
+                    ),
+                };
+                let id = match request {
+                    events::Request::Event {
+                        event_type,
+                        content,
+                    } => client.send_event(&room, event_type, &txn, content)?,
+                    events::Request::Redact { event_id } => client.redact(&room, event_id, &txn)?,
+                };
+                if message.kind == MessageKind::Reaction {
+                    self.note_reaction(&room, &message, &id);
+                }
+                Ok(id)
+            });
             match attempt {
                 Ok(event_id) => {
                     return Ok(SendReceipt {
@@ -248,9 +276,11 @@ impl Plugin for Matrix {
                 Err(e) => {
                     let pause = e.retry_after.unwrap_or(wait);
                     if !e.retryable || Instant::now() + pause > deadline {
-                        return Err(match e.retryable {
-                            true => SendError::retryable(e.message),
-                            false => SendError::permanent(e.message),
+                        return Err(match (e.retryable, e.retry_after) {
+                            (true, Some(after)) => SendError::retryable(e.message)
+                                .retry_after(u64::try_from(after.as_millis()).unwrap_or(u64::MAX)),
+                            (true, None) => SendError::retryable(e.message),
+                            (false, _) => SendError::permanent(e.message),
                         });
                     }
                     // The same transaction id: the homeserver posts it once however often
@@ -315,7 +345,37 @@ impl Plugin for Matrix {
     }
 }
 
+/// Our own reactions kept to take back, at most.
+const REACTIONS_KEPT: usize = 4096;
+
 impl Matrix {
+    /// The event of a reaction we sent: `emoji` on `target` in `room`.
+    fn own_reaction(&self, room: &str, target: &str, emoji: &str) -> Option<String> {
+        self.reactions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(room.to_owned(), target.to_owned(), emoji.to_owned()))
+            .cloned()
+    }
+
+    /// Remembers a reaction we sent (or forgets one taken back).
+    fn note_reaction(&self, room: &str, message: &OutboundMessage, event_id: &str) {
+        let key = (
+            room.to_owned(),
+            message.target_id.clone().unwrap_or_default(),
+            message.emoji.clone().unwrap_or_default(),
+        );
+        let mut reactions = self.reactions.lock().unwrap_or_else(|e| e.into_inner());
+        if message.remove {
+            reactions.remove(&key);
+            return;
+        }
+        if reactions.len() >= REACTIONS_KEPT {
+            reactions.clear();
+        }
+        reactions.insert(key, event_id.to_owned());
+    }
+
     fn status(&self) -> Status {
         self.shared
             .status

@@ -7,7 +7,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_plugin_api::{Host, InboundMessage};
+use hermes_plugin_api::Host;
 use serde_json::Value;
 
 use crate::{Config, Saved, Shared, api::Client};
@@ -164,7 +164,8 @@ fn sync_once(
     Ok(())
 }
 
-/// Hands the new messages of joined rooms to the host, except our own.
+/// Hands the new messages of joined rooms to the host (every kind: [`crate::events`]), except
+/// our own.
 fn deliver(host: &Host, answer: &Value, me: &str) {
     let Some(rooms) = answer["rooms"]["join"].as_object() else {
         return;
@@ -174,33 +175,12 @@ fn deliver(host: &Host, answer: &Value, me: &str) {
             continue;
         };
         for event in events {
-            if event["type"] != "m.room.message" || event["sender"] == me {
+            if event["sender"] == me {
                 continue;
             }
-            let content = &event["content"];
-            if !matches!(
-                content["msgtype"].as_str(),
-                Some("m.text" | "m.notice" | "m.emote")
-            ) {
-                continue;
-            }
-            let Some(body) = content["body"].as_str() else {
+            let Some(message) = crate::events::inbound(room_id, event) else {
                 continue;
             };
-            let mut message = InboundMessage::new(
-                room_id.clone(),
-                event["sender"].as_str().unwrap_or_default(),
-                body,
-                event["event_id"].as_str().unwrap_or_default(),
-            );
-            if let Some(ts) = event["origin_server_ts"].as_i64() {
-                message.timestamp_ms = ts;
-            }
-            if let Some(html) = content["formatted_body"].as_str() {
-                message
-                    .metadata
-                    .insert("formatted_body".into(), html.into());
-            }
             if let Err(e) = host.deliver(&message) {
                 tracing::warn!(room = %room_id, error = %e, "the host did not take a matrix message");
             }
