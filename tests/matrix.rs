@@ -14,7 +14,7 @@ use crate::{
 
 const ROOM: &str = "#ops:localhost";
 
-fn synapse(t: &TestDir) -> Synapse {
+pub(crate) fn synapse(t: &TestDir) -> Synapse {
     Synapse::start(
         &t.path().join("synapse"),
         &[("hermes", "secret-h"), ("alice", "secret-a")],
@@ -43,7 +43,7 @@ fn token(synapse: &Synapse, user: &str, password: &str) -> String {
 }
 
 /// A call to the homeserver as alice, straight (not through the gateway): its JSON answer.
-fn as_alice(synapse: &Synapse, method: &str, path: &str, body: Option<Value>) -> Value {
+pub(crate) fn as_alice(synapse: &Synapse, method: &str, path: &str, body: Option<Value>) -> Value {
     let alice = token(synapse, "alice", "secret-a");
     let (status, answer) = util::http(
         &synapse.addr(),
@@ -57,7 +57,7 @@ fn as_alice(synapse: &Synapse, method: &str, path: &str, body: Option<Value>) ->
 }
 
 /// `/rooms/<room>` with the room id encoded.
-fn room_path(room: &str) -> String {
+pub(crate) fn room_path(room: &str) -> String {
     format!("/rooms/{}", room.replace('!', "%21").replace(':', "%3A"))
 }
 
@@ -72,7 +72,7 @@ fn alice_says(synapse: &Synapse, room: &str, txn: &str, text: &str) {
 }
 
 /// Alice makes the public room `#ops:localhost`.
-fn make_room(synapse: &Synapse) -> String {
+pub(crate) fn make_room(synapse: &Synapse) -> String {
     let body = json!({ "preset": "public_chat", "room_alias_name": "ops", "name": "ops" });
     as_alice(synapse, "POST", "/createRoom", Some(body))["room_id"]
         .as_str()
@@ -89,7 +89,7 @@ fn platform(id: &str, synapse: &Synapse, user: &str, password: &str, store: &Pat
 }
 
 /// `hermes` as platform `matrix`, `alice` as platform `alice`, both in the room.
-fn config(t: &TestDir, synapse: &Synapse) -> String {
+pub(crate) fn config(t: &TestDir, synapse: &Synapse) -> String {
     t.install("matrix", "hermes_matrix", 1);
     t.install("alice", "hermes_matrix", 1);
     format!(
@@ -111,7 +111,7 @@ fn config(t: &TestDir, synapse: &Synapse) -> String {
     )
 }
 
-fn wait_synced(server: &Server) {
+pub(crate) fn wait_synced(server: &Server) {
     for id in ["matrix", "alice"] {
         server.wait_platform(id, |p| p["health"]["status"] == "healthy");
     }
@@ -354,137 +354,4 @@ fn matrix_waits_out_the_rate_limit_and_posts_each_message_once() {
         log.contains("M_LIMIT_EXCEEDED") && log.contains("matrix: send retried"),
         "{log}"
     );
-}
-
-/// The shipped manifest's `[capabilities]`, for platforms installed under another id.
-fn shipped_capabilities(t: &TestDir, ids: &[&str]) {
-    let shipped = std::fs::read_to_string(util::root().join("plugins/matrix/plugin.toml")).unwrap();
-    let caps = &shipped[shipped
-        .find("[capabilities]")
-        .expect("matrix declares capabilities")..];
-    for id in ids {
-        let path = t.plugins().join(id).join("plugin.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, format!("{text}\n{caps}")).unwrap();
-    }
-}
-
-fn post(server: &Server, path: &str, body: Value) -> Value {
-    let (status, answer) = server.post(path, &body.to_string());
-    assert_eq!(status, 200, "{path}: {answer}");
-    serde_json::from_str(&answer).unwrap()
-}
-
-/// The next SSE event on `platform` of `kind`.
-fn next_kind(sse: &mut Sse, platform: &str, kind: &str) -> Value {
-    loop {
-        let event = sse.next();
-        if event["platform"] == platform && event["kind"] == kind {
-            return event;
-        }
-    }
-}
-
-#[test]
-fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
-    let t = TestDir::new();
-    let synapse = synapse(&t);
-    let room = make_room(&synapse);
-    let config = config(&t, &synapse);
-    shipped_capabilities(&t, &["matrix", "alice"]);
-    let server = Server::start(&t, &config);
-    wait_synced(&server);
-    let mut sse = Sse::connect(&server.addr);
-
-    let sent = post(
-        &server,
-        "/api/platforms/matrix/send",
-        json!({ "chat_id": room, "text": "original" }),
-    );
-    let original = sent["message_id"].as_str().unwrap().to_owned();
-    sse.until("original");
-
-    // The gateway's edit reaches alice as an edit: on the homeserver an m.replace.
-    let edit = post(
-        &server,
-        "/api/platforms/matrix/edit",
-        json!({ "chat_id": room, "message_id": original, "text": "edited" }),
-    );
-    let seen = next_kind(&mut sse, "alice", "edit");
-    assert_eq!(
-        (&seen["target_id"], &seen["text"]),
-        (&json!(original), &json!("edited"))
-    );
-    let raw = as_alice(
-        &synapse,
-        "GET",
-        &format!(
-            "{}/event/{}",
-            room_path(&room),
-            edit["message_id"].as_str().unwrap().replace('$', "%24")
-        ),
-        None,
-    );
-    assert_eq!(
-        raw["content"]["m.relates_to"]["rel_type"], "m.replace",
-        "{raw}"
-    );
-    assert_eq!(raw["content"]["m.new_content"]["body"], "edited", "{raw}");
-
-    // A reaction, and taking it back (a redaction of the reaction).
-    let reaction = post(
-        &server,
-        "/api/platforms/matrix/react",
-        json!({ "chat_id": room, "message_id": original, "emoji": "👍" }),
-    );
-    let seen = next_kind(&mut sse, "alice", "reaction");
-    assert_eq!(
-        (&seen["emoji"], &seen["target_id"]),
-        (&json!("👍"), &json!(original))
-    );
-    post(
-        &server,
-        "/api/platforms/matrix/react",
-        json!({ "chat_id": room, "message_id": original, "emoji": "👍", "remove": true }),
-    );
-    let seen = next_kind(&mut sse, "alice", "delete");
-    assert_eq!(seen["target_id"], reaction["message_id"]);
-
-    // A reply in a thread.
-    post(
-        &server,
-        "/api/platforms/matrix/send",
-        json!({ "chat_id": room, "text": "in thread", "thread_id": original, "reply_to": original }),
-    );
-    let (seen, _) = sse.until("in thread");
-    assert_eq!(
-        (&seen["thread_id"], &seen["reply_to"]),
-        (&json!(original), &json!(original))
-    );
-
-    // Alice's own edit reaches the gateway as kind `edit` with its target.
-    let hers = post(
-        &server,
-        "/api/platforms/alice/send",
-        json!({ "chat_id": room, "text": "tpyo" }),
-    );
-    post(
-        &server,
-        "/api/platforms/alice/edit",
-        json!({ "chat_id": room, "message_id": hers["message_id"], "text": "typo" }),
-    );
-    let seen = next_kind(&mut sse, "matrix", "edit");
-    assert_eq!(
-        (&seen["target_id"], &seen["text"]),
-        (&hers["message_id"], &json!("typo"))
-    );
-
-    // A delete is a redaction.
-    post(
-        &server,
-        "/api/platforms/matrix/delete",
-        json!({ "chat_id": room, "message_id": original }),
-    );
-    let seen = next_kind(&mut sse, "alice", "delete");
-    assert_eq!(seen["target_id"], json!(original));
 }

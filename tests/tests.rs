@@ -49,6 +49,8 @@ mod isolation;
 mod xmpp;
 // The Matrix adapter against Synapse.
 mod matrix;
+// Matrix's edits, reactions, replies, threads and redactions, both ways.
+mod matrix_kinds;
 // Abusive clients: idle keep-alive and slow-body lock-outs, other hosts and origins.
 mod abuse;
 // Hostile stand-in peers: deep, endless and huge input from a server.
