@@ -9,19 +9,6 @@ use crate::{
     util::{self, Server, Sse, TestDir},
 };
 
-/// The shipped manifest's `[capabilities]`, for platforms installed under another id.
-fn shipped_capabilities(t: &TestDir, ids: &[&str]) {
-    let shipped = std::fs::read_to_string(util::root().join("plugins/matrix/plugin.toml")).unwrap();
-    let caps = &shipped[shipped
-        .find("[capabilities]")
-        .expect("matrix declares capabilities")..];
-    for id in ids {
-        let path = t.plugins().join(id).join("plugin.toml");
-        let text = std::fs::read_to_string(&path).unwrap();
-        std::fs::write(&path, format!("{text}\n{caps}")).unwrap();
-    }
-}
-
 fn post(server: &Server, path: &str, body: Value) -> Value {
     let (status, answer) = server.post(path, &body.to_string());
     assert_eq!(status, 200, "{path}: {answer}");
@@ -44,7 +31,7 @@ fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
     let synapse = synapse(&t);
     let room = make_room(&synapse);
     let config = config(&t, &synapse);
-    shipped_capabilities(&t, &["matrix", "alice"]);
+    util::shipped_capabilities(&t, "matrix", &["matrix", "alice"]);
     let server = Server::start(&t, &config);
     wait_synced(&server);
     let mut sse = Sse::connect(&server.addr);

@@ -47,6 +47,8 @@ mod readme;
 mod isolation;
 // The XMPP adapter against Prosody.
 mod xmpp;
+// XMPP's corrections, retractions, reactions, replies and threads, both ways.
+mod xmpp_kinds;
 // The Matrix adapter against Synapse.
 mod matrix;
 // Matrix's edits, reactions, replies, threads and redactions, both ways.

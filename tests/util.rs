@@ -81,6 +81,20 @@ pub(crate) fn replace_like_cargo(src: &Path, dest: &Path) {
     fs::remove_file(&tmp).unwrap();
 }
 
+/// Appends the `[capabilities]` of the shipped manifest of `plugins/<plugin>` to the manifests
+/// of `ids`, installed under other ids by [`TestDir::install`].
+pub(crate) fn shipped_capabilities(t: &TestDir, plugin: &str, ids: &[&str]) {
+    let shipped = fs::read_to_string(root().join(format!("plugins/{plugin}/plugin.toml"))).unwrap();
+    let caps = &shipped[shipped
+        .find("[capabilities]")
+        .unwrap_or_else(|| panic!("{plugin} declares no capabilities"))..];
+    for id in ids {
+        let path = t.plugins().join(id).join("plugin.toml");
+        let text = fs::read_to_string(&path).unwrap();
+        fs::write(&path, format!("{text}\n{caps}")).unwrap();
+    }
+}
+
 /// The `hermes-host` binary under test.
 pub(crate) fn bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_hermes-host"))

@@ -12,9 +12,10 @@ use crate::{
 };
 
 /// `hermes` as platform `xmpp` and `alice` as platform `alice`, both in the room `ops`.
-fn start(t: &TestDir, prosody: &Prosody, ca: &Path) -> Server {
+pub(crate) fn start(t: &TestDir, prosody: &Prosody, ca: &Path) -> Server {
     t.install("xmpp", "hermes_xmpp", 1);
     t.install("alice", "hermes_xmpp", 1);
+    util::shipped_capabilities(t, "xmpp", &["xmpp", "alice"]);
     let platform = |id: &str, user: &str, password: &str| {
         format!(
             "[platforms.{id}]\njid = \"{user}@localhost\"\npassword = \"{password}\"\nserver = \"{}\"\ntls_ca_file = \"{}\"\nrooms = [\"ops@conference.localhost\"]\n",
@@ -36,7 +37,7 @@ fn start(t: &TestDir, prosody: &Prosody, ca: &Path) -> Server {
     server
 }
 
-fn prosody(t: &TestDir) -> (Prosody, std::path::PathBuf) {
+pub(crate) fn prosody(t: &TestDir) -> (Prosody, std::path::PathBuf) {
     let dir = t.path().join("prosody");
     let server = Prosody::start(&dir, &[("hermes", "secret-h"), ("alice", "secret-a")]);
     (server, dir.join("ca.pem"))

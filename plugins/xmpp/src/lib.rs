@@ -22,6 +22,7 @@
 //! direct TLS (port 5223). A stanza over 1 MiB or nested over 64 elements deep ends the
 //! connection with a warning naming the bound, and the adapter reconnects.
 
+mod kinds;
 mod session;
 pub mod xml;
 
@@ -159,6 +160,8 @@ pub struct Xmpp {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
     sent: AtomicU64,
+    /// The reactions we sent, per message (XEP-0444 sends the whole set).
+    reactions: std::sync::Mutex<kinds::ReactionSets>,
 }
 
 impl Xmpp {
@@ -250,6 +253,7 @@ impl Plugin for Xmpp {
             shared,
             thread: Some(thread),
             sent: AtomicU64::new(0),
+            reactions: std::sync::Mutex::default(),
         })
     }
 
@@ -265,23 +269,28 @@ impl Plugin for Xmpp {
                 message.chat_id
             )));
         }
-        if message.text.is_empty() {
-            return Err(SendError::permanent("nothing to send: the text is empty"));
-        }
-        // A message a route brought from another platform names its author.
-        let text = message.text_naming_author();
         let kind = if self.config.rooms.iter().any(|r| r == to) {
             "groupchat"
         } else {
             "chat"
         };
-        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = format!("hermes-{}-{n}", std::process::id());
-        let stanza = format!(
-            "<message to='{}' type='{kind}' id='{id}'><body>{}</body></message>",
-            xml::escape(to),
-            xml::escape(&text)
-        );
+        // The client's idempotency key as the stanza id (XMPP servers and archives dedupe
+        // by it), else our own.
+        let id = match &message.idempotency_key {
+            Some(key) => format!("hermes-{key}"),
+            None => {
+                let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+                format!("hermes-{}-{n}", std::process::id())
+            }
+        };
+        let stanza = kinds::stanza(
+            &message,
+            to,
+            kind,
+            &id,
+            &mut self.reactions.lock().unwrap_or_else(|e| e.into_inner()),
+        )
+        .map_err(SendError::permanent)?;
         let mut queue = self
             .shared
             .outgoing

@@ -10,10 +10,11 @@ use std::{
 
 use base64::Engine;
 use hermes_adapter_net::Conn;
-use hermes_plugin_api::{Host, InboundMessage};
+use hermes_plugin_api::Host;
 
 use crate::{
     Config, Jid, Shared, Tls,
+    kinds::{self, ReactionSets},
     xml::{Element, Item, Stream, escape},
 };
 
@@ -35,6 +36,7 @@ pub(crate) fn run(config: &Config, shared: &Shared, host: Host) {
             host: &host,
             stream: Stream::default(),
             connected: false,
+            reactions: ReactionSets::default(),
         };
         let reason = session.run().err().unwrap_or_else(|| "stopped".into());
         if session.connected {
@@ -64,6 +66,8 @@ struct Session<'a> {
     stream: Stream,
     /// The session got as far as binding.
     connected: bool,
+    /// Each sender's last set of reactions per message (XEP-0444 sends the whole set).
+    reactions: ReactionSets,
 }
 
 impl Session<'_> {
@@ -336,10 +340,7 @@ impl Session<'_> {
         Ok(())
     }
 
-    fn message(&self, stanza: &Element, nick: &str) {
-        let Some(body) = stanza.child("body") else {
-            return;
-        };
+    fn message(&mut self, stanza: &Element, nick: &str) {
         let from = stanza.attr("from").unwrap_or("");
         let Some(sender) = Jid::parse(from) else {
             return;
@@ -361,9 +362,10 @@ impl Session<'_> {
             || format!("xmpp-{}", hermes_plugin_api::now_ms()),
             str::to_owned,
         );
-        let message = InboundMessage::new(chat, user, body.text.clone(), id);
-        if let Err(e) = self.host.deliver(&message) {
-            tracing::warn!(error = %e, "the host did not take an xmpp message");
+        for message in kinds::inbound(stanza, &chat, &user, &id, &mut self.reactions) {
+            if let Err(e) = self.host.deliver(&message) {
+                tracing::warn!(error = %e, "the host did not take an xmpp message");
+            }
         }
     }
 }
