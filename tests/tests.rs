@@ -27,6 +27,8 @@ mod kinds;
 mod reload;
 // The IRC adapter against ngircd.
 mod irc;
+// IRC through the gateway: long texts in parts, other kinds as text.
+mod irc_kinds;
 // The MQTT adapter against mosquitto.
 mod mqtt;
 // The webhook adapter against an HTTP server in the test.
