@@ -190,3 +190,51 @@ fn mqtt_carries_large_messages_both_ways_and_refuses_what_its_limit_cannot() {
     small.send(&Outbound::new("out/small", "fits")).unwrap();
     stop(small);
 }
+
+#[test]
+fn mqtt_json_payloads_carry_every_kind_both_ways() {
+    let t = TestDir::new();
+    let broker = Mosquitto::start(&t.path().join("mosquitto"));
+    let recorder = Recorder::new();
+    let mqtt = start(
+        &t,
+        serde_json::json!({ "broker": broker.addr(), "subscribe": ["in/#"], "payload": "json" }),
+        &recorder,
+    );
+    util::wait_health(&mqtt, HealthStatus::Healthy);
+    let mut sub = broker.subscribe("out/#");
+    let edit = Outbound {
+        kind: hermes_host::message::MessageKind::Edit,
+        target_id: Some("mqtt-out-1".into()),
+        ..Outbound::new("out/x", "fixed")
+    };
+    let sent = mqtt.send(&edit).unwrap();
+    let (topic, payload) = sub.next();
+    let payload: serde_json::Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(topic, "out/x");
+    assert_eq!(
+        payload,
+        serde_json::json!({ "kind": "edit", "message_id": sent.message_id, "text": "fixed", "target_id": "mqtt-out-1" })
+    );
+
+    // A reaction published as JSON arrives as one; plain text stays a message.
+    let reaction = r#"{"kind":"reaction","message_id":"p-9","target_id":"mqtt-out-1","emoji":"👍","user":"ann"}"#;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while recorder.messages().is_empty() {
+        broker.publish("in/a", reaction);
+        assert!(std::time::Instant::now() < deadline, "never subscribed");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let got = &recorder.messages()[0];
+    assert_eq!(got.kind, hermes_host::message::MessageKind::Reaction);
+    assert_eq!(
+        (
+            got.emoji.as_deref(),
+            got.target_id.as_deref(),
+            got.user.as_str(),
+            got.message_id.as_str()
+        ),
+        (Some("👍"), Some("mqtt-out-1"), "ann", "p-9")
+    );
+    stop(mqtt);
+}

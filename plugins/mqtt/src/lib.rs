@@ -13,14 +13,21 @@
 //!   bound; a retained message that large on a subscribed topic would repeat that at every
 //!   connect, so the limit should not be below what publishers may send.
 //!
-//! A chat id is a topic; an inbound message's user is `mqtt` (MQTT 3.1.1 carries no sender)
-//! and its metadata holds `qos` and `retain`. One thread drives the connection (rumqttc's own
+//! - `payload = "text"` (default: a publish is the text alone) or `"json"` (the message with its
+//!   kind, ids, reply, thread, reaction and attachment URLs: [`payload`]).
+//!
+//! A chat id is a topic; an inbound message's user is `mqtt` (MQTT 3.1.1 carries no sender; a
+//! JSON payload may name one) and its metadata holds `qos` and `retain`. One thread drives the connection (rumqttc's own
 //! current-thread runtime): it resubscribes after every connect (clean sessions) and reconnects
 //! with backoff. While disconnected, sends fail at once with a retryable error. A send is
 //! accepted once the client queued the publish for the connected broker.
 //!
 //! Several gateways can share one broker's traffic with shared subscriptions: subscribe to
 //! `$share/<group>/<filter>` and the broker hands each message to one member of the group.
+
+mod payload;
+
+pub use payload::Payload;
 
 use std::{
     sync::{
@@ -32,7 +39,7 @@ use std::{
 };
 
 use hermes_plugin_api::{
-    Health, HealthStatus, Host, InboundMessage, OutboundMessage, Plugin, SendError, SendReceipt,
+    Health, HealthStatus, Host, OutboundMessage, Plugin, SendError, SendReceipt,
 };
 use rumqttc::{Client, Event, MqttOptions, Packet, QoS};
 use serde::Deserialize;
@@ -70,6 +77,9 @@ pub struct Config {
     /// The largest packet sent or read.
     #[serde(default = "default_max_packet")]
     pub max_packet_bytes: usize,
+    /// `text` (default) or `json`: the text alone, or the message with its kind as JSON.
+    #[serde(default)]
+    pub payload: Payload,
 }
 
 /// The largest `max_packet_bytes` accepted: MQTT's own limit is 256 MiB.
@@ -242,7 +252,11 @@ impl Plugin for Mqtt {
                 "{topic:?} is not a topic one can publish to"
             )));
         }
-        let packet = publish_packet_len(topic, message.text.len(), self.config.qos);
+        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("mqtt-out-{n}");
+        let bytes =
+            payload::encode(&message, &id, self.config.payload).map_err(SendError::permanent)?;
+        let packet = publish_packet_len(topic, bytes.len(), self.config.qos);
         if packet > self.config.max_packet_bytes {
             return Err(SendError::permanent(format!(
                 "the message makes an MQTT packet of {packet} bytes; the limit is {} (`max_packet_bytes`)",
@@ -254,17 +268,9 @@ impl Plugin for Mqtt {
             return Err(SendError::retryable(self.disconnected(status)));
         }
         self.client
-            .try_publish(
-                topic,
-                qos(self.config.qos),
-                false,
-                message.text.into_bytes(),
-            )
+            .try_publish(topic, qos(self.config.qos), false, bytes)
             .map_err(|e| SendError::retryable(format!("publish to {topic}: {e}")))?;
-        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(SendReceipt {
-            message_id: format!("mqtt-out-{n}"),
-        })
+        Ok(SendReceipt { message_id: id })
     }
 
     fn health(&self) -> Health {
@@ -323,12 +329,11 @@ fn drive(
             }
             Ok(Ok(Event::Incoming(Packet::Publish(publish)))) => {
                 received += 1;
-                let text = String::from_utf8_lossy(&publish.payload).into_owned();
-                let mut inbound = InboundMessage::new(
-                    publish.topic.clone(),
-                    "mqtt",
-                    text,
+                let mut inbound = payload::decode(
+                    &publish.payload,
+                    &publish.topic,
                     format!("mqtt-in-{}-{received}", host.generation()),
+                    config.payload,
                 );
                 inbound
                     .metadata
