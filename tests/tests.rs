@@ -33,6 +33,8 @@ mod irc_kinds;
 mod mqtt;
 // The webhook adapter against an HTTP server in the test.
 mod webhook;
+// The webhook adapter's JSON targets and listener carry every kind.
+mod webhook_kinds;
 // IRC and MQTT bridged by routes through `serve`.
 mod bridge;
 // The lifecycle under load and hangs: queue deadlines, timeouts, the supervisor, fencing.

@@ -21,21 +21,21 @@ use crate::{
 
 /// A request the target server received.
 #[derive(Debug, Clone)]
-struct Seen {
-    path: String,
-    body: serde_json::Value,
-    at: Instant,
+pub(crate) struct Seen {
+    pub(crate) path: String,
+    pub(crate) body: serde_json::Value,
+    pub(crate) at: Instant,
 }
 
 /// An HTTP server answering each path from a script of `(status, extra header)`; the last entry
 /// repeats.
-struct Target {
-    addr: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
+pub(crate) struct Target {
+    pub(crate) addr: String,
+    pub(crate) seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl Target {
-    fn start(script: Vec<(&'static str, Vec<(u16, &'static str)>)>) -> Target {
+    pub(crate) fn start(script: Vec<(&'static str, Vec<(u16, &'static str)>)>) -> Target {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Vec::new()));
@@ -96,11 +96,11 @@ impl Target {
     }
 }
 
-fn start(t: &TestDir, config: serde_json::Value, recorder: &Arc<Recorder>) -> Instance {
+pub(crate) fn start(t: &TestDir, config: serde_json::Value, recorder: &Arc<Recorder>) -> Instance {
     util::start_plugin(t, "hermes_webhook", "webhook", config, recorder.clone())
 }
 
-fn stop(instance: Instance) {
+pub(crate) fn stop(instance: Instance) {
     util::stop_clean(instance, &["webhook-in"]);
 }
 
@@ -214,7 +214,7 @@ fn webhook_retries_stop_at_their_budget() {
     stop(webhook);
 }
 
-fn now_secs() -> u64 {
+pub(crate) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
@@ -222,7 +222,12 @@ fn now_secs() -> u64 {
 }
 
 /// The `v1` headers for `body` POSTed to `path` at `timestamp`.
-fn signed_at(secret: &str, timestamp: u64, path: &str, body: &str) -> [(String, String); 2] {
+pub(crate) fn signed_at(
+    secret: &str,
+    timestamp: u64,
+    path: &str,
+    body: &str,
+) -> [(String, String); 2] {
     let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
     mac.update(format!("{timestamp}\nPOST\n{path}\n{body}").as_bytes());
     [
@@ -235,7 +240,12 @@ fn signed_at(secret: &str, timestamp: u64, path: &str, body: &str) -> [(String, 
 }
 
 /// POSTs `body` to `path` with `headers`: the status and the answer.
-fn post(addr: &str, path: &str, body: &str, headers: &[(String, String)]) -> (u16, String) {
+pub(crate) fn post(
+    addr: &str,
+    path: &str,
+    body: &str,
+    headers: &[(String, String)],
+) -> (u16, String) {
     let headers: Vec<(&str, &str)> = headers
         .iter()
         .map(|(k, v)| (k.as_str(), v.as_str()))

@@ -47,6 +47,7 @@
 pub mod abi;
 #[allow(unsafe_code)]
 mod export;
+pub mod json;
 pub mod log;
 mod plugin;
 

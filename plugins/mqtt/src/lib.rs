@@ -332,7 +332,7 @@ fn drive(
                 let mut inbound = payload::decode(
                     &publish.payload,
                     &publish.topic,
-                    format!("mqtt-in-{}-{received}", host.generation()),
+                    &format!("mqtt-in-{}-{received}", host.generation()),
                     config.payload,
                 );
                 inbound

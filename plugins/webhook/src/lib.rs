@@ -12,16 +12,20 @@
 //! [[platforms.webhook.targets]]
 //! chat = "ops"                # the chat id sends use
 //! url = "https://hooks.slack.com/services/..."
-//! format = "slack"            # slack | mattermost | discord
+//! format = "slack"            # slack | mattermost | discord | json
 //! username = "hermes"         # optional display name (mattermost, discord)
 //! ```
 //!
-//! Outbound: a 2xx answer is a sent message. 5xx and network errors are retried with
+//! Outbound: Slack, Mattermost and Discord incoming webhooks only post, so an edit, delete or
+//! reaction for them is refused (naming the target's format); the `json` format carries every
+//! kind as the gateway's JSON form of a message. A 2xx answer is a sent message. 5xx and network errors are retried with
 //! exponential backoff (100 ms, 200 ms, 400 ms, ...); a 429 waits for its `Retry-After`
 //! (seconds, at most 30) before the next attempt. Other 4xx answers are permanent errors. When
 //! the retries run out, the error is retryable.
 //!
-//! Inbound: `POST /hooks/<chat>` with a JSON body `{"text": "...", "user": "..."}` and the
+//! Inbound: `POST /hooks/<chat>` with a JSON body `{"text": "...", "user": "..."}` (or any
+//! kind: `{"kind": "reaction", "target_id": "...", "emoji": "👍"}`, the JSON form of a message
+//! in `hermes_plugin_api::json`) and the
 //! headers `X-Hermes-Timestamp: <Unix seconds>` and `X-Hermes-Signature: v1=<hex HMAC-SHA256
 //! of "<timestamp>\n<METHOD>\n<path>\n<body>" with the secret>` (see `inbound`: the window
 //! and replays). Answers: 204 delivered, 401 missing, bad, stale or replayed signature (never
@@ -40,7 +44,9 @@ use std::{
     thread::JoinHandle,
 };
 
-use hermes_plugin_api::{Health, Host, OutboundMessage, Plugin, SendError, SendReceipt};
+use hermes_plugin_api::{
+    Health, Host, MessageKind, OutboundMessage, Plugin, SendError, SendReceipt,
+};
 use serde::Deserialize;
 
 /// `[platforms.webhook]`.
@@ -102,6 +108,9 @@ pub enum Format {
     Mattermost,
     /// `{"content": ..., "username": ...}`.
     Discord,
+    /// The message as JSON with its kind and every field (`hermes_plugin_api::json`): for a
+    /// receiver of the gateway's own, which can edit, delete and react.
+    Json,
 }
 
 /// A running webhook instance.
@@ -202,17 +211,22 @@ impl Plugin for Webhook {
             .ok_or_else(|| {
                 SendError::permanent(format!("no webhook target for chat {:?}", message.chat_id))
             })?;
+        if target.format != Format::Json && message.kind != MessageKind::Message {
+            return Err(SendError::permanent(format!(
+                "a {} cannot go to the {:?} incoming webhook of chat {:?} (it only posts); a target of format = \"json\" takes every kind",
+                message.kind, target.format, target.chat
+            )));
+        }
+        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
+        let id = format!("webhook-{n}");
         outbound::post(
             &self.agent,
             target,
-            &message.text,
+            &outbound::body(target, &message, &id),
             self.config.max_retries,
             std::time::Duration::from_millis(self.config.retry_budget_ms),
         )?;
-        let n = self.sent.fetch_add(1, Ordering::Relaxed) + 1;
-        Ok(SendReceipt {
-            message_id: format!("webhook-{n}"),
-        })
+        Ok(SendReceipt { message_id: id })
     }
 
     fn health(&self) -> Health {

@@ -2,16 +2,18 @@
 
 use std::time::Duration;
 
-use hermes_plugin_api::SendError;
+use hermes_plugin_api::{OutboundMessage, SendError};
 use serde_json::json;
 
 use crate::{Format, Target};
 
-/// The JSON body `target`'s format wants for `text`.
-pub(crate) fn body(target: &Target, text: &str) -> serde_json::Value {
+/// The JSON body `target`'s format wants for `message`, sent as `id`.
+pub(crate) fn body(target: &Target, message: &OutboundMessage, id: &str) -> serde_json::Value {
+    let text = &message.text;
     let mut body = match target.format {
         Format::Slack | Format::Mattermost => json!({ "text": text }),
         Format::Discord => json!({ "content": text }),
+        Format::Json => return hermes_plugin_api::json::outbound_to_json(message, id),
     };
     if let (Some(name), Format::Mattermost | Format::Discord) = (&target.username, target.format) {
         body["username"] = json!(name);
@@ -22,18 +24,18 @@ pub(crate) fn body(target: &Target, text: &str) -> serde_json::Value {
 /// The longest `Retry-After` honoured; beyond it the send fails (retryable) at once.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// POSTs `text` to `target`: 2xx is done; 5xx, 429 and network errors are retried, as long as
+/// POSTs `body` to `target`: 2xx is done; 5xx, 429 and network errors are retried, as long as
 /// the whole send (attempts and waits) stays within `budget`, which the config keeps below the
 /// host's call timeout: the send then fails (retryable) before the host gives up on the call.
 pub(crate) fn post(
     agent: &ureq::Agent,
     target: &Target,
-    text: &str,
+    body: &serde_json::Value,
     max_retries: u32,
     budget: Duration,
 ) -> Result<(), SendError> {
     let started = std::time::Instant::now();
-    let payload = body(target, text).to_string();
+    let payload = body.to_string();
     let mut backoff = Duration::from_millis(100);
     let mut last = String::new();
     for attempt in 0..=max_retries {

@@ -31,7 +31,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use hermes_plugin_api::{Host, InboundMessage};
+use hermes_plugin_api::Host;
 
 mod signature;
 
@@ -318,26 +318,15 @@ fn serve(mut stream: TcpStream, shared: &Shared, reading: &AtomicBool) -> std::i
     ) {
         return respond(&mut stream, status, &error);
     }
-    #[derive(serde::Deserialize)]
-    struct Body {
-        text: String,
-        #[serde(default)]
-        user: Option<String>,
-    }
-    let parsed: Body = match serde_json::from_slice(&body) {
-        Ok(b) => b,
-        Err(e) => {
-            let error = serde_json::json!({ "error": format!("bad body: {e}") }).to_string();
-            return respond(&mut stream, "400 Bad Request", &error);
-        }
-    };
     let n = shared.received.fetch_add(1, Ordering::Relaxed) + 1;
-    let message = InboundMessage::new(
-        chat,
-        parsed.user.unwrap_or_else(|| "webhook".into()),
-        parsed.text,
-        format!("webhook-in-{}-{n}", shared.host.generation()),
-    );
+    let id = format!("webhook-in-{}-{n}", shared.host.generation());
+    let parsed = serde_json::from_slice(&body)
+        .ok()
+        .and_then(|v| hermes_plugin_api::json::inbound_from_json(v, chat, "webhook", &id));
+    let Some(message) = parsed else {
+        let error = serde_json::json!({ "error": "bad body: a JSON object with `text` (a string) or a `kind` is expected" }).to_string();
+        return respond(&mut stream, "400 Bad Request", &error);
+    };
     match shared.host.deliver(&message) {
         Ok(()) => respond(&mut stream, "204 No Content", ""),
         Err(e) => respond(
