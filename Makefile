@@ -5,8 +5,9 @@ CONFIG ?= examples/hermes.toml
 .PHONY: build run test test-deps lint bench clean-state
 
 ## Build the host and every plugin library (debug), a second loopback build that reports
-## another version (the reload tests swap between the two), and plugins built against modified
-## copies of plugin-api (the ABI-mismatch tests).
+## another version (the reload tests swap between the two), plugins built against modified
+## copies of plugin-api (the ABI-mismatch tests), and the plugins of earlier API levels from
+## their frozen sources (the compatibility matrix).
 build:
 	$(CARGO) build --workspace
 	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build -p hermes-loopback --target-dir target/variant
@@ -44,7 +45,9 @@ lint:
 bench: build
 	$(CARGO) build --workspace --release
 	HERMES_LOOPBACK_VERSION=0.2.0-next $(CARGO) build --release -p hermes-loopback --target-dir target/variant
+	scripts/compat-levels --release
 	$(CARGO) bench -p hermes-host --bench foundation
+	$(CARGO) bench -p hermes-host --bench levels
 	$(CARGO) bench -p hermes-host --bench serve
 	$(CARGO) bench -p hermes-host --bench reload
 	$(CARGO) bench -p hermes-host --bench isolation

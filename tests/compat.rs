@@ -13,7 +13,7 @@ fn compat_lib(level: &str, name: &str) -> PathBuf {
     let path = util::target_debug()
         .parent()
         .unwrap()
-        .join(format!("compat/level-{level}/lib{name}.so"));
+        .join(format!("compat/level-{level}/debug/lib{name}.so"));
     assert!(
         path.is_file(),
         "{} is missing: build it with `make build` (scripts/compat-levels)",
