@@ -22,7 +22,7 @@ pub(crate) fn synapse(t: &TestDir) -> Synapse {
 }
 
 /// Logs `user` in over plain HTTP: its access token.
-fn token(synapse: &Synapse, user: &str, password: &str) -> String {
+pub(crate) fn token(synapse: &Synapse, user: &str, password: &str) -> String {
     let body = json!({
         "type": "m.login.password",
         "identifier": { "type": "m.id.user", "user": user },

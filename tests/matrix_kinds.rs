@@ -127,4 +127,36 @@ fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
     );
     let seen = next_kind(&mut sse, "alice", "delete");
     assert_eq!(seen["target_id"], json!(original));
+
+    // A file: uploaded to the media repository; alice gets a URL that serves the same bytes.
+    post(
+        &server,
+        "/api/platforms/matrix/send",
+        json!({
+            "chat_id": room, "text": "the log",
+            "attachments": [{ "name": "build.log", "mime": "text/plain", "data_base64": "b2sK" }],
+        }),
+    );
+    let seen = loop {
+        let event = sse.next();
+        if event["platform"] == "alice" && event.get("attachments").is_some() {
+            break event;
+        }
+    };
+    let file = &seen["attachments"][0];
+    assert_eq!(
+        (&file["name"], &file["mime"], &file["size"]),
+        (&json!("build.log"), &json!("text/plain"), &json!(3))
+    );
+    let url = file["url"].as_str().unwrap();
+    let path = &url[url.find("/_matrix").unwrap()..];
+    let alice = crate::matrix::token(&synapse, "alice", "secret-a");
+    let (status, bytes) = util::http(
+        &synapse.addr(),
+        "GET",
+        path,
+        None,
+        &[("Authorization", &format!("Bearer {alice}"))],
+    );
+    assert_eq!((status, bytes.as_str()), (200, "ok\n"));
 }

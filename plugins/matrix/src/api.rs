@@ -59,6 +59,14 @@ pub struct Session {
     pub access_token: String,
 }
 
+/// A request's body.
+enum Body<'a> {
+    None,
+    Json(&'a Value),
+    /// Bytes and their content type.
+    Bytes(&'a [u8], &'a str),
+}
+
 /// A path segment, percent-encoded.
 pub(crate) fn segment(text: &str) -> String {
     utf8_percent_encode(text, NON_ALPHANUMERIC).to_string()
@@ -86,7 +94,50 @@ impl Client {
         timeout: Option<Duration>,
     ) -> Result<Value, ApiError> {
         let url = format!("{}/_matrix/client/v3{path}", self.base);
-        let mut request = self.agent.request(method, &url);
+        let body = match body {
+            Some(json) => Body::Json(json),
+            None => Body::None,
+        };
+        self.request(method, &url, path, body, timeout)
+    }
+
+    /// Uploads a file to the media repository: its `mxc://` URI.
+    pub fn upload(&self, name: &str, mime: &str, bytes: &[u8]) -> Result<String, ApiError> {
+        let path = format!("/upload?filename={}", segment(name));
+        let url = format!("{}/_matrix/media/v3{path}", self.base);
+        let answer = self.request("POST", &url, &path, Body::Bytes(bytes, mime), None)?;
+        answer["content_uri"]
+            .as_str()
+            .map(str::to_owned)
+            .ok_or_else(|| ApiError {
+                message: format!("upload of {name}: the homeserver gave no content_uri"),
+                retryable: false,
+                retry_after: None,
+                unauthorized: false,
+            })
+    }
+
+    /// Where an `mxc://server/id` URI can be downloaded (with the access token, on homeservers
+    /// that require authenticated media); `None` for another URI.
+    pub fn download_url(base: &str, mxc: &str) -> Option<String> {
+        let (server, id) = mxc.strip_prefix("mxc://")?.split_once('/')?;
+        Some(format!(
+            "{}/_matrix/client/v1/media/download/{}/{}",
+            base.trim_end_matches('/'),
+            segment(server),
+            segment(id)
+        ))
+    }
+
+    fn request(
+        &self,
+        method: &str,
+        url: &str,
+        path: &str,
+        body: Body<'_>,
+        timeout: Option<Duration>,
+    ) -> Result<Value, ApiError> {
+        let mut request = self.agent.request(method, url);
         if let Some(token) = &self.token {
             request = request.set("Authorization", &format!("Bearer {token}"));
         }
@@ -94,8 +145,9 @@ impl Client {
             request = request.timeout(timeout);
         }
         let result = match body {
-            Some(body) => request.send_json(body),
-            None => request.call(),
+            Body::Json(body) => request.send_json(body),
+            Body::Bytes(bytes, mime) => request.set("Content-Type", mime).send_bytes(bytes),
+            Body::None => request.call(),
         };
         match result {
             Ok(response) => read_json(response).map_err(|e| ApiError {

@@ -8,8 +8,9 @@
 //! | edit | `m.room.message` with `m.new_content` and `rel_type: m.replace` |
 //! | delete | a redaction of the event |
 //! | reaction | `m.reaction` with `rel_type: m.annotation` and the emoji as `key`; taken back by redacting our reaction event |
+//! | attachment | uploaded to the media repository, then an `m.image`, `m.video`, `m.audio` or `m.file` event (after the text, when there is one); inbound, a download URL |
 
-use hermes_plugin_api::{InboundMessage, MessageKind, OutboundMessage};
+use hermes_plugin_api::{Attachment, InboundMessage, MessageKind, OutboundMessage};
 use serde_json::{Value, json};
 
 /// What a send asks of the homeserver.
@@ -22,11 +23,51 @@ pub(crate) enum Request {
     },
     /// `PUT /rooms/{room}/redact/{event_id}/{txn}`.
     Redact { event_id: String },
+    /// A file: uploaded (its bytes) or linked (an `mxc://` URL), then an event naming it.
+    File(Attachment),
 }
 
-/// The request for `message`; `own_reaction` finds the event of a reaction we sent (room,
-/// target, emoji), to take it back.
+/// The `msgtype` for a file of `mime`.
+pub(crate) fn file_msgtype(mime: &str) -> &'static str {
+    match mime.split('/').next().unwrap_or_default() {
+        "image" => "m.image",
+        "video" => "m.video",
+        "audio" => "m.audio",
+        _ => "m.file",
+    }
+}
+
+/// The event content for `file` stored at `mxc`.
+pub(crate) fn file_content(file: &Attachment, mxc: &str) -> Value {
+    json!({
+        "msgtype": file_msgtype(&file.mime),
+        "body": file.name,
+        "url": mxc,
+        "info": { "mimetype": file.mime, "size": file.size },
+    })
+}
+
+/// The requests for `message`, in order (a text with files is the text's event, then one per
+/// file); `own_reaction` finds the event of a reaction we sent (room, target, emoji), to take
+/// it back.
 pub(crate) fn outbound(
+    message: &OutboundMessage,
+    room: &str,
+    own_reaction: impl Fn(&str, &str, &str) -> Option<String>,
+) -> Result<Vec<Request>, String> {
+    let first = first_request(message, room, own_reaction)?;
+    let mut requests = Vec::with_capacity(1 + message.attachments.len());
+    if !(message.kind == MessageKind::Message
+        && message.text.is_empty()
+        && !message.attachments.is_empty())
+    {
+        requests.push(first);
+    }
+    requests.extend(message.attachments.iter().cloned().map(Request::File));
+    Ok(requests)
+}
+
+fn first_request(
     message: &OutboundMessage,
     room: &str,
     own_reaction: impl Fn(&str, &str, &str) -> Option<String>,
@@ -105,7 +146,13 @@ pub(crate) fn outbound(
 
 /// A timeline event as a message of its kind; `None` for what is not a message (state,
 /// other types, unknown msgtypes, a malformed relation).
-pub(crate) fn inbound(room_id: &str, event: &Value) -> Option<InboundMessage> {
+/// `download` turns an `mxc://` URI into a URL a client can fetch (with a token where the
+/// homeserver requires authenticated media).
+pub(crate) fn inbound(
+    room_id: &str,
+    event: &Value,
+    download: impl Fn(&str) -> String,
+) -> Option<InboundMessage> {
     let content = &event["content"];
     let relates = &content["m.relates_to"];
     let sender = event["sender"].as_str().unwrap_or_default();
@@ -113,10 +160,28 @@ pub(crate) fn inbound(room_id: &str, event: &Value) -> Option<InboundMessage> {
     let related = || relates["event_id"].as_str().map(str::to_owned);
     let mut message = match event["type"].as_str()? {
         "m.room.message" => {
-            if !matches!(
-                content["msgtype"].as_str(),
-                Some("m.text" | "m.notice" | "m.emote")
-            ) {
+            let msgtype = content["msgtype"].as_str()?;
+            if matches!(msgtype, "m.image" | "m.video" | "m.audio" | "m.file") {
+                let mxc = content["url"].as_str()?;
+                let name = content["filename"]
+                    .as_str()
+                    .or_else(|| content["body"].as_str())
+                    .unwrap_or("file");
+                let mut message = InboundMessage::new(room_id, sender, "", event_id);
+                message.attachments.push(Attachment {
+                    name: name.to_owned(),
+                    mime: content["info"]["mimetype"]
+                        .as_str()
+                        .unwrap_or("application/octet-stream")
+                        .to_owned(),
+                    size: content["info"]["size"].as_u64().unwrap_or(0),
+                    data: Vec::new(),
+                    url: Some(download(mxc)),
+                });
+                message.metadata.insert("mxc".into(), mxc.into());
+                return Some(message);
+            }
+            if !matches!(msgtype, "m.text" | "m.notice" | "m.emote") {
                 return None;
             }
             if relates["rel_type"] == "m.replace" {
@@ -179,13 +244,13 @@ mod tests {
         let Request::Event {
             event_type,
             content,
-        } = outbound(&edit, "!r", |_, _, _| None).unwrap()
+        } = outbound(&edit, "!r", |_, _, _| None).unwrap().remove(0)
         else {
             panic!("an edit is an event");
         };
         let event =
             json!({ "type": event_type, "content": content, "sender": "@a:x", "event_id": "$e" });
-        let read = inbound("!r", &event).unwrap();
+        let read = inbound("!r", &event, str::to_owned).unwrap();
         assert_eq!(
             (read.kind, read.target_id.as_deref(), read.text.as_str()),
             (MessageKind::Edit, Some("$t"), "fixed")
@@ -196,11 +261,13 @@ mod tests {
             reply_to: Some("$r".into()),
             ..OutboundMessage::new("!r", "hi")
         };
-        let Request::Event { content, .. } = outbound(&reply, "!r", |_, _, _| None).unwrap() else {
+        let Request::Event { content, .. } =
+            outbound(&reply, "!r", |_, _, _| None).unwrap().remove(0)
+        else {
             panic!()
         };
         let event = json!({ "type": "m.room.message", "content": content, "sender": "@a:x", "event_id": "$e" });
-        let read = inbound("!r", &event).unwrap();
+        let read = inbound("!r", &event, str::to_owned).unwrap();
         assert_eq!(
             (read.thread_id.as_deref(), read.reply_to.as_deref()),
             (Some("$root"), Some("$r"))
@@ -220,9 +287,9 @@ mod tests {
         );
         assert_eq!(
             outbound(&unreact, "!r", |_, _, _| Some("$mine".into())).unwrap(),
-            Request::Redact {
+            vec![Request::Redact {
                 event_id: "$mine".into()
-            }
+            }]
         );
     }
 }

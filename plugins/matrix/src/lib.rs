@@ -238,12 +238,12 @@ impl Plugin for Matrix {
         };
         let deadline = Instant::now() + Duration::from_millis(self.shared.config.send_budget_ms);
         let mut wait = Duration::from_millis(250);
-        let mut request = None;
+        let mut requests = None;
         loop {
             let attempt = self.room_id(&client, chat).and_then(|room| {
-                let request = match &request {
+                let requests = match &requests {
                     Some(r) => r,
-                    None => request.insert(
+                    None => requests.insert(
                         events::outbound(&message, &room, |room, target, emoji| {
                             self.own_reaction(room, target, emoji)
                         })
@@ -255,13 +255,19 @@ impl Plugin for Matrix {
                         })?,
                     ),
                 };
-                let id = match request {
-                    events::Request::Event {
-                        event_type,
-                        content,
-                    } => client.send_event(&room, event_type, &txn, content)?,
-                    events::Request::Redact { event_id } => client.redact(&room, event_id, &txn)?,
-                };
+                // Each request its own transaction id, the same on every retry: a retry after
+                // the second of three never posts the first again.
+                let mut first = None;
+                for (i, request) in requests.iter().enumerate() {
+                    let txn = if i == 0 {
+                        txn.clone()
+                    } else {
+                        format!("{txn}-{i}")
+                    };
+                    let id = Self::perform(&client, &room, &txn, request)?;
+                    first.get_or_insert(id);
+                }
+                let id = first.unwrap_or_default();
                 if message.kind == MessageKind::Reaction {
                     self.note_reaction(&room, &message, &id);
                 }
@@ -342,6 +348,41 @@ impl Plugin for Matrix {
                 .map_err(|_| "the sync thread panicked".to_owned())?;
         }
         Ok(())
+    }
+}
+
+impl Matrix {
+    /// One request of a send, under transaction id `txn`: the event id it made.
+    fn perform(
+        client: &Client,
+        room: &str,
+        txn: &str,
+        request: &events::Request,
+    ) -> Result<String, ApiError> {
+        match request {
+            events::Request::Event {
+                event_type,
+                content,
+            } => client.send_event(room, event_type, txn, content),
+            events::Request::Redact { event_id } => client.redact(room, event_id, txn),
+            events::Request::File(file) => {
+                let mxc = match &file.url {
+                    Some(url) if url.starts_with("mxc://") => url.clone(),
+                    Some(url) => {
+                        // Not in a media repository: a link, as text.
+                        let content = serde_json::json!({ "msgtype": "m.text", "body": format!("{}: {url}", file.name) });
+                        return client.send_event(room, "m.room.message", txn, &content);
+                    }
+                    None => client.upload(&file.name, &file.mime, &file.data)?,
+                };
+                client.send_event(
+                    room,
+                    "m.room.message",
+                    txn,
+                    &events::file_content(file, &mxc),
+                )
+            }
+        }
     }
 }
 

@@ -138,7 +138,7 @@ fn sync_once(
         .user_id
         .clone();
     if since.is_some() {
-        deliver(host, &answer, &me);
+        deliver(host, &answer, &me, &shared.config.homeserver);
     }
     let invites = answer["rooms"]["invite"].as_object();
     if let Some(invites) = invites.filter(|_| shared.config.auto_join) {
@@ -166,7 +166,7 @@ fn sync_once(
 
 /// Hands the new messages of joined rooms to the host (every kind: [`crate::events`]), except
 /// our own.
-fn deliver(host: &Host, answer: &Value, me: &str) {
+fn deliver(host: &Host, answer: &Value, me: &str, base: &str) {
     let Some(rooms) = answer["rooms"]["join"].as_object() else {
         return;
     };
@@ -178,7 +178,10 @@ fn deliver(host: &Host, answer: &Value, me: &str) {
             if event["sender"] == me {
                 continue;
             }
-            let Some(message) = crate::events::inbound(room_id, event) else {
+            let download = |mxc: &str| {
+                crate::Client::download_url(base, mxc).unwrap_or_else(|| mxc.to_owned())
+            };
+            let Some(message) = crate::events::inbound(room_id, event, download) else {
                 continue;
             };
             if let Err(e) = host.deliver(&message) {
