@@ -105,6 +105,21 @@ fn every_kind_goes_out_and_comes_back_as_itself() {
         (&"delete".into(), &id.into())
     );
 
+    // An idempotency key reaches the plugin (the loopback echoes it in the metadata).
+    let (status, _) = server.post_with(
+        "/api/platforms/lb/send",
+        r#"{"chat_id":"room","text":"keyed"}"#,
+        &[("Idempotency-Key", "order-42")],
+    );
+    assert_eq!(status, 200);
+    assert_eq!(sse.next()["metadata"]["idempotency_key"], "order-42");
+    let (status, _) = server.post_with(
+        "/api/platforms/lb/send",
+        r#"{"chat_id":"room","text":"keyed"}"#,
+        &[("Idempotency-Key", &"k".repeat(256))],
+    );
+    assert_eq!(status, 422);
+
     // Bad bodies name the field.
     let (status, e) = post(
         &server,

@@ -486,6 +486,16 @@ impl Server {
         http(&self.addr, "POST", path, Some(body), &[])
     }
 
+    /// A POST with extra headers.
+    pub(crate) fn post_with(
+        &self,
+        path: &str,
+        body: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        http(&self.addr, "POST", path, Some(body), headers)
+    }
+
     /// Runs `hermes-host --config <this server's config> <args>`.
     pub(crate) fn cli(&self, args: &[&str]) -> std::process::Output {
         std::process::Command::new(bin())

@@ -292,6 +292,31 @@ async fn react(
     send_kind(&gateway, &id, MessageKind::Reaction, &headers, &body).await
 }
 
+/// The longest `Idempotency-Key` taken.
+pub const IDEMPOTENCY_KEY_MAX: usize = 255;
+
+/// The request's `Idempotency-Key`, handed to the plugin (level 1.1), whose platform may
+/// dedupe by it (Matrix's transaction ids, XMPP's stanza ids); 422 when it is empty, over
+/// [`IDEMPOTENCY_KEY_MAX`] characters or not visible ASCII.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = value.to_str().unwrap_or_default().trim();
+    if key.is_empty()
+        || key.len() > IDEMPOTENCY_KEY_MAX
+        || !key.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "header `Idempotency-Key` must be 1 to {IDEMPOTENCY_KEY_MAX} visible ASCII characters"
+            ),
+        ));
+    }
+    Ok(Some(key.to_owned()))
+}
+
 /// A message of `kind` through platform `id`: the body parsed, the message fitted to what the
 /// platform carries, sent.
 async fn send_kind(
@@ -303,7 +328,8 @@ async fn send_kind(
 ) -> Result<Response, ApiError> {
     json_content(headers)?;
     installed(gateway, id)?;
-    let message = bodies::parse_message(kind, body)?;
+    let mut message = bodies::parse_message(kind, body)?;
+    message.idempotency_key = idempotency_key(headers)?;
     let ok = gateway
         .send(id, message, RecordKind::Outbound, None)
         .await?;
