@@ -48,6 +48,7 @@ bench: build
 	scripts/compat-levels --release
 	$(CARGO) bench -p hermes-host --bench foundation
 	$(CARGO) bench -p hermes-host --bench levels
+	$(CARGO) bench -p hermes-host --bench split
 	$(CARGO) bench -p hermes-host --bench serve
 	$(CARGO) bench -p hermes-host --bench reload
 	$(CARGO) bench -p hermes-host --bench isolation

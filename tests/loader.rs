@@ -12,16 +12,8 @@ use crate::util::{self, Recorder, TestDir};
 
 fn options(platform: &str, config_json: &str, sink: Arc<dyn EventSink>) -> StartOptions {
     StartOptions {
-        platform: platform.to_owned(),
-        generation: 1,
-        config_json: config_json.to_owned(),
-        sink,
-        workers: 2,
         call_timeout: Duration::from_secs(10),
-        max_queue: 1024,
-        state: None,
-        data_dir: None,
-        max_attachment_bytes: 1 << 20,
+        ..StartOptions::new(platform, 1, config_json, sink)
     }
 }
 

@@ -2,28 +2,12 @@
 //! replies, threads and redactions, from the gateway to a human and back, checked on the
 //! homeserver's own events.
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::{
     matrix::{as_alice, config, make_room, room_path, synapse, wait_synced},
     util::{self, Server, Sse, TestDir},
 };
-
-fn post(server: &Server, path: &str, body: Value) -> Value {
-    let (status, answer) = server.post(path, &body.to_string());
-    assert_eq!(status, 200, "{path}: {answer}");
-    serde_json::from_str(&answer).unwrap()
-}
-
-/// The next SSE event on `platform` of `kind`.
-fn next_kind(sse: &mut Sse, platform: &str, kind: &str) -> Value {
-    loop {
-        let event = sse.next();
-        if event["platform"] == platform && event["kind"] == kind {
-            return event;
-        }
-    }
-}
 
 #[test]
 fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
@@ -36,8 +20,7 @@ fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
     wait_synced(&server);
     let mut sse = Sse::connect(&server.addr);
 
-    let sent = post(
-        &server,
+    let sent = server.post_ok(
         "/api/platforms/matrix/send",
         json!({ "chat_id": room, "text": "original" }),
     );
@@ -45,12 +28,11 @@ fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
     sse.until("original");
 
     // The gateway's edit reaches alice as an edit: on the homeserver an m.replace.
-    let edit = post(
-        &server,
+    let edit = server.post_ok(
         "/api/platforms/matrix/edit",
         json!({ "chat_id": room, "message_id": original, "text": "edited" }),
     );
-    let seen = next_kind(&mut sse, "alice", "edit");
+    let seen = sse.next_kind("alice", "edit");
     assert_eq!(
         (&seen["target_id"], &seen["text"]),
         (&json!(original), &json!("edited"))
@@ -72,28 +54,24 @@ fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
     assert_eq!(raw["content"]["m.new_content"]["body"], "edited", "{raw}");
 
     // A reaction, and taking it back (a redaction of the reaction).
-    let reaction = post(
-        &server,
+    let reaction = server.post_ok(
         "/api/platforms/matrix/react",
         json!({ "chat_id": room, "message_id": original, "emoji": "👍" }),
     );
-    let seen = next_kind(&mut sse, "alice", "reaction");
+    let seen = sse.next_kind("alice", "reaction");
     assert_eq!(
         (&seen["emoji"], &seen["target_id"]),
         (&json!("👍"), &json!(original))
     );
-    post(
-        &server,
+    server.post_ok(
         "/api/platforms/matrix/react",
         json!({ "chat_id": room, "message_id": original, "emoji": "👍", "remove": true }),
     );
-    let seen = next_kind(&mut sse, "alice", "delete");
+    let seen = sse.next_kind("alice", "delete");
     assert_eq!(seen["target_id"], reaction["message_id"]);
 
     // A reply in a thread.
-    post(
-        &server,
-        "/api/platforms/matrix/send",
+    server.post_ok("/api/platforms/matrix/send",
         json!({ "chat_id": room, "text": "in thread", "thread_id": original, "reply_to": original }),
     );
     let (seen, _) = sse.until("in thread");
@@ -103,34 +81,30 @@ fn matrix_carries_edits_reactions_replies_threads_and_redactions_both_ways() {
     );
 
     // Alice's own edit reaches the gateway as kind `edit` with its target.
-    let hers = post(
-        &server,
+    let hers = server.post_ok(
         "/api/platforms/alice/send",
         json!({ "chat_id": room, "text": "tpyo" }),
     );
-    post(
-        &server,
+    server.post_ok(
         "/api/platforms/alice/edit",
         json!({ "chat_id": room, "message_id": hers["message_id"], "text": "typo" }),
     );
-    let seen = next_kind(&mut sse, "matrix", "edit");
+    let seen = sse.next_kind("matrix", "edit");
     assert_eq!(
         (&seen["target_id"], &seen["text"]),
         (&hers["message_id"], &json!("typo"))
     );
 
     // A delete is a redaction.
-    post(
-        &server,
+    server.post_ok(
         "/api/platforms/matrix/delete",
         json!({ "chat_id": room, "message_id": original }),
     );
-    let seen = next_kind(&mut sse, "alice", "delete");
+    let seen = sse.next_kind("alice", "delete");
     assert_eq!(seen["target_id"], json!(original));
 
     // A file: uploaded to the media repository; alice gets a URL that serves the same bytes.
-    post(
-        &server,
+    server.post_ok(
         "/api/platforms/matrix/send",
         json!({
             "chat_id": room, "text": "the log",

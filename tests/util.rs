@@ -486,6 +486,13 @@ impl Server {
         http(&self.addr, "POST", path, Some(body), &[])
     }
 
+    /// POSTs `body` as JSON to `path`, which must answer 200: its JSON answer.
+    pub(crate) fn post_ok(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let (status, answer) = self.post(path, &body.to_string());
+        assert_eq!(status, 200, "{path}: {answer}");
+        serde_json::from_str(&answer).unwrap()
+    }
+
     /// A POST with extra headers.
     pub(crate) fn post_with(
         &self,
@@ -663,6 +670,16 @@ impl Sse {
         }
     }
 
+    /// The next event from `platform` of `kind` (`message`, `edit`...), skipping others.
+    pub(crate) fn next_kind(&mut self, platform: &str, kind: &str) -> serde_json::Value {
+        loop {
+            let event = self.next();
+            if event["platform"] == platform && event["kind"] == kind {
+                return event;
+            }
+        }
+    }
+
     pub(crate) fn next(&mut self) -> serde_json::Value {
         use std::io::BufRead;
         let mut line = String::new();
@@ -691,16 +708,8 @@ pub(crate) fn start_plugin(
     hermes_host::loader::Library::open(&lib(lib_name), &t.shadow())
         .unwrap()
         .start(hermes_host::loader::StartOptions {
-            platform: platform.into(),
-            generation: 1,
-            config_json: config.to_string(),
-            sink,
-            workers: 2,
             call_timeout: Duration::from_secs(20),
-            max_queue: 1024,
-            state: None,
-            data_dir: None,
-            max_attachment_bytes: 1 << 20,
+            ..hermes_host::loader::StartOptions::new(platform, 1, config.to_string(), sink)
         })
         .unwrap()
 }

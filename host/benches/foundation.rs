@@ -156,16 +156,9 @@ fn bench_calls() {
     let instance = Library::open(&lib, dir.path())
         .unwrap()
         .start(StartOptions {
-            platform: "loopback".into(),
-            generation: 1,
-            config_json: "{}".into(),
-            sink: Arc::new(DiscardInbound),
             workers: 1,
             call_timeout: Duration::from_secs(5),
-            max_queue: 1024,
-            state: None,
-            data_dir: None,
-            max_attachment_bytes: 1 << 20,
+            ..StartOptions::new("loopback", 1, "{}", Arc::new(DiscardInbound))
         })
         .unwrap();
 

@@ -22,16 +22,8 @@ fn start(lib: &std::path::Path, shadow: &std::path::Path) -> Instance {
     Library::open(lib, shadow)
         .unwrap_or_else(|e| panic!("{}: {e}", lib.display()))
         .start(StartOptions {
-            platform: "loopback".into(),
-            generation: 1,
-            config_json: "{}".into(),
-            sink: Arc::new(DiscardInbound),
             workers: 1,
-            call_timeout: Duration::from_secs(5),
-            max_queue: 1024,
-            state: None,
-            data_dir: None,
-            max_attachment_bytes: 1 << 20,
+            ..StartOptions::new("loopback", 1, "{}", Arc::new(DiscardInbound))
         })
         .unwrap()
 }

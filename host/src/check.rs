@@ -235,16 +235,15 @@ pub(crate) fn check(
     let library = if start && config_ok && env_ok {
         let platform = platform.unwrap_or_default();
         let options = StartOptions {
-            platform: id.to_owned(),
-            generation: 1,
-            config_json: registry.plugin_json(entry, &platform),
-            sink: Arc::new(DiscardInbound),
             workers: 1,
             call_timeout: timeout,
             max_queue: 16,
-            state: None,
-            data_dir: None,
-            max_attachment_bytes: crate::message::limits::ATTACHMENT_BYTES,
+            ..StartOptions::new(
+                id,
+                1,
+                registry.plugin_json(entry, &platform),
+                Arc::new(DiscardInbound),
+            )
         };
         match library.start(options) {
             Ok(instance) => {

@@ -27,6 +27,8 @@ pub struct Instance {
     pub(super) plugin_version: String,
     pub(super) ptr: SendPtr,
     pub(super) workers: Workers,
+    /// The plugin API level of its library.
+    pub(super) level: u32,
     pub(super) library: Mutex<Option<Arc<LoadedLibrary>>>,
     pub(super) context: Arc<CallbackContext>,
     pub(super) call_timeout: Duration,
@@ -79,11 +81,7 @@ impl Instance {
 
     /// The plugin API level its library was built for (0 for 1.0, 1 for 1.1).
     pub fn level(&self) -> u32 {
-        self.library
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .map_or(0, |l| l.level())
+        self.level
     }
 
     /// The shadow copy this instance's library was loaded from.

@@ -46,7 +46,8 @@ pub(super) fn send_job(
     message: Outbound,
 ) -> impl FnOnce(Fns<'_>, InstancePtr) -> Result<Receipt, CallError> + Send + 'static {
     move |vtable, ptr| {
-        let metadata = serde_json::Value::Object(message.metadata.clone()).to_string();
+        let mut message = message;
+        let metadata = serde_json::Value::Object(std::mem::take(&mut message.metadata)).to_string();
         let base = OutboundFfi {
             chat_id: RStr::from_str(&message.chat_id),
             text: RStr::from_str(&message.text),

@@ -42,6 +42,31 @@ pub struct StartOptions {
     pub max_attachment_bytes: u64,
 }
 
+impl StartOptions {
+    /// Generation `generation` of `platform` with `config_json`, events to `sink`: two workers,
+    /// a 30 s call timeout, a queue of 1024, no previous state, no data folder, attachments up
+    /// to the host's cap. Tools, tests and benchmarks change what they need.
+    pub fn new(
+        platform: &str,
+        generation: u64,
+        config_json: impl Into<String>,
+        sink: Arc<dyn EventSink>,
+    ) -> Self {
+        StartOptions {
+            platform: platform.to_owned(),
+            generation,
+            config_json: config_json.into(),
+            sink,
+            workers: 2,
+            call_timeout: crate::config::DEFAULT_CALL_TIMEOUT,
+            max_queue: 1024,
+            state: None,
+            data_dir: None,
+            max_attachment_bytes: crate::message::limits::ATTACHMENT_BYTES,
+        }
+    }
+}
+
 /// A failed start: the error, and the library (still loaded) to unload or try again.
 #[derive(Debug)]
 pub struct StartFailure {
@@ -205,6 +230,7 @@ impl Parts {
             plugin_version: self.plugin_version,
             ptr,
             workers: self.workers,
+            level: self.library.level(),
             library: Mutex::new(Some(self.library)),
             context: self.context,
             call_timeout: self.call_timeout,
