@@ -457,17 +457,21 @@ impl Prosody {
         std::fs::create_dir_all(dir.join("data")).unwrap();
         test_certificates(dir, "localhost", "DNS:localhost,DNS:conference.localhost");
         let port = free_port();
+        // HTTP for the file share (XEP-0363 upload.localhost), on a port of its own.
+        let http = free_port();
         let d = dir.display();
         std::fs::write(
             dir.join("prosody.cfg.lua"),
             format!(
                 "pidfile = \"{d}/prosody.pid\"\ndata_path = \"{d}/data\"\ndaemonize = false\nrun_as_root = true\n\
                  log = {{ {{ levels = {{ min = \"info\" }}, to = \"file\", filename = \"{d}/prosody.log\" }} }}\n\
-                 interfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\ns2s_ports = {{ }}\nhttp_ports = {{ }}\nhttps_ports = {{ }}\nc2s_direct_tls_ports = {{ }}\n\
+                 interfaces = {{ \"127.0.0.1\" }}\nc2s_ports = {{ {port} }}\ns2s_ports = {{ }}\nhttp_ports = {{ {http} }}\nhttp_interfaces = {{ \"127.0.0.1\" }}\nhttps_ports = {{ }}\nc2s_direct_tls_ports = {{ }}\n\
+                 http_external_url = \"http://127.0.0.1:{http}/\"\n\
                  modules_enabled = {{ \"roster\"; \"saslauth\"; \"tls\"; \"disco\"; \"ping\"; \"posix\" }}\nmodules_disabled = {{ \"s2s\" }}\n\
                  authentication = \"internal_hashed\"\nc2s_require_encryption = true\n\
                  ssl = {{ certificate = \"{d}/server.pem\"; key = \"{d}/server.key\" }}\n\
-                 VirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n    muc_room_locking = false\n"
+                 VirtualHost \"localhost\"\nComponent \"conference.localhost\" \"muc\"\n    muc_room_locking = false\n\
+                 Component \"upload.localhost\" \"http_file_share\"\n    http_file_share_size_limit = 10485760\n    http_host = \"127.0.0.1\"\n"
             ),
         )
         .unwrap();

@@ -18,7 +18,7 @@ pub(crate) fn start(t: &TestDir, prosody: &Prosody, ca: &Path) -> Server {
     util::shipped_capabilities(t, "xmpp", &["xmpp", "alice"]);
     let platform = |id: &str, user: &str, password: &str| {
         format!(
-            "[platforms.{id}]\njid = \"{user}@localhost\"\npassword = \"{password}\"\nserver = \"{}\"\ntls_ca_file = \"{}\"\nrooms = [\"ops@conference.localhost\"]\n",
+            "[platforms.{id}]\njid = \"{user}@localhost\"\npassword = \"{password}\"\nserver = \"{}\"\ntls_ca_file = \"{}\"\nrooms = [\"ops@conference.localhost\"]\nupload_service = \"upload.localhost\"\n",
             prosody.addr(),
             ca.display()
         )

@@ -94,4 +94,26 @@ fn xmpp_carries_corrections_reactions_replies_and_retractions_both_ways() {
     );
     let seen = sse.next_kind("alice", "delete");
     assert_eq!(seen["target_id"], json!(original));
+
+    // A file: put to Prosody's file share (XEP-0363), shared by its URL, which serves it.
+    server.post_ok(
+        "/api/platforms/xmpp/send",
+        json!({
+            "chat_id": alice, "text": "the log",
+            "attachments": [{ "name": "build.log", "mime": "text/plain", "data_base64": "b2sK" }],
+        }),
+    );
+    sse.until("the log");
+    let seen = loop {
+        let event = sse.next();
+        if event["platform"] == "alice" && event.get("attachments").is_some() {
+            break event;
+        }
+    };
+    let url = seen["attachments"][0]["url"].as_str().unwrap().to_owned();
+    assert!(url.ends_with("/build.log"), "{url}");
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_at(rest.find('/').unwrap());
+    let (status, body) = crate::util::http(addr, "GET", path, None, &[]);
+    assert_eq!((status, body.as_str()), (200, "ok\n"));
 }

@@ -183,6 +183,9 @@ pub(crate) fn inbound(
         .child("thread")
         .map(|t| t.text.clone())
         .filter(|t| !t.is_empty());
+    message
+        .attachments
+        .extend(crate::upload::oob_attachment(stanza));
     out.push(message);
     out
 }

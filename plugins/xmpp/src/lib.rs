@@ -9,7 +9,9 @@
 //!   private CAs) or `"none"`, accepted only for a server on a loopback address;
 //! - `rooms = ["ops@conference.example.org"]`: rooms joined as `nick` (default: the JID's local
 //!   part), without their history;
-//! - `connect_timeout_ms = 5000`, `reconnect_max_ms = 30000`, `queue_limit = 1000` stanzas.
+//! - `connect_timeout_ms = 5000`, `reconnect_max_ms = 30000`, `queue_limit = 1000` stanzas;
+//! - `upload_service = "upload.example.org"`: the HTTP upload component (XEP-0363) files are
+//!   put to ([`upload`]); without it a file goes only as a URL it already has.
 //!
 //! A chat id is a bare JID (a 1:1 chat) or the JID of a configured room (a groupchat message).
 //! One thread owns the connection: it reads stanzas, answers pings, writes what sends queued,
@@ -24,6 +26,7 @@
 
 mod kinds;
 mod session;
+mod upload;
 pub mod xml;
 
 use std::{
@@ -32,10 +35,11 @@ use std::{
         atomic::{AtomicU64, Ordering},
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use hermes_plugin_api::{
-    Health, HealthStatus, Host, OutboundMessage, Plugin, SendError, SendReceipt,
+    Health, HealthStatus, Host, MessageKind, OutboundMessage, Plugin, SendError, SendReceipt,
 };
 use serde::Deserialize;
 
@@ -72,6 +76,9 @@ pub struct Config {
     /// Stanzas queued at most; beyond, sends fail (retryable).
     #[serde(default = "default_queue_limit")]
     pub queue_limit: usize,
+    /// The HTTP upload component (XEP-0363) files' bytes go to, e.g. `upload.example.org`.
+    #[serde(default)]
+    pub upload_service: Option<String>,
 }
 
 /// How the connection is secured.
@@ -162,6 +169,8 @@ pub struct Xmpp {
     sent: AtomicU64,
     /// The reactions we sent, per message (XEP-0444 sends the whole set).
     reactions: std::sync::Mutex<kinds::ReactionSets>,
+    /// Upload slot requests waiting for their answer.
+    iqs: Arc<upload::Iqs>,
 }
 
 impl Xmpp {
@@ -241,11 +250,12 @@ impl Plugin for Xmpp {
             return Err("`password`: not set (nor XMPP_PASSWORD)".into());
         }
         let shared = Arc::new(Shared::new(Status::default()));
+        let iqs = Arc::new(upload::Iqs::default());
         let thread = {
-            let (config, shared) = (config.clone(), Arc::clone(&shared));
+            let (config, shared, iqs) = (config.clone(), Arc::clone(&shared), Arc::clone(&iqs));
             std::thread::Builder::new()
                 .name("xmpp-conn".into())
-                .spawn(move || session::run(&config, &shared, host))
+                .spawn(move || session::run(&config, &shared, &iqs, host))
                 .map_err(|e| format!("cannot start the connection thread: {e}"))?
         };
         Ok(Xmpp {
@@ -254,6 +264,7 @@ impl Plugin for Xmpp {
             thread: Some(thread),
             sent: AtomicU64::new(0),
             reactions: std::sync::Mutex::default(),
+            iqs,
         })
     }
 
@@ -283,27 +294,65 @@ impl Plugin for Xmpp {
                 format!("hermes-{}-{n}", std::process::id())
             }
         };
-        let stanza = kinds::stanza(
-            &message,
-            to,
-            kind,
-            &id,
-            &mut self.reactions.lock().unwrap_or_else(|e| e.into_inner()),
-        )
-        .map_err(SendError::permanent)?;
+        // A message of files alone is one stanza per file; otherwise the text comes first.
+        let mut stanzas = Vec::new();
+        let mut first = id.clone();
+        if !(message.kind == MessageKind::Message
+            && message.text.is_empty()
+            && !message.attachments.is_empty())
+        {
+            stanzas.push(
+                kinds::stanza(
+                    &message,
+                    to,
+                    kind,
+                    &id,
+                    &mut self.reactions.lock().unwrap_or_else(|e| e.into_inner()),
+                )
+                .map_err(SendError::permanent)?,
+            );
+        }
+        for (i, file) in message.attachments.iter().enumerate() {
+            let url = match &file.url {
+                Some(url) => url.clone(),
+                None => {
+                    let service = self.config.upload_service.as_deref().ok_or_else(|| {
+                        SendError::permanent(format!(
+                            "`{}`: sending a file's bytes needs `upload_service` (the XEP-0363 upload component, e.g. upload.example.org)",
+                            file.name
+                        ))
+                    })?;
+                    let timeout = Duration::from_millis(self.config.connect_timeout_ms);
+                    upload::upload(
+                        &self.shared,
+                        &self.iqs,
+                        service,
+                        file,
+                        &format!("{id}-up{i}"),
+                        timeout,
+                    )
+                    .map_err(SendError::retryable)?
+                }
+            };
+            let file_id = format!("{id}-f{i}");
+            if stanzas.is_empty() {
+                first.clone_from(&file_id);
+            }
+            stanzas.push(upload::oob_message(to, kind, &file_id, &url));
+        }
         let mut queue = self
             .shared
             .outgoing
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if queue.len() >= self.config.queue_limit {
+        if queue.len() + stanzas.len() > self.config.queue_limit {
             return Err(SendError::retryable(format!(
                 "send queue full ({} stanzas); slow down",
                 queue.len()
             )));
         }
-        queue.push_back(stanza);
-        Ok(SendReceipt { message_id: id })
+        queue.extend(stanzas);
+        Ok(SendReceipt { message_id: first })
     }
 
     fn health(&self) -> Health {

@@ -15,6 +15,7 @@ use hermes_plugin_api::Host;
 use crate::{
     Config, Jid, Shared, Tls,
     kinds::{self, ReactionSets},
+    upload::Iqs,
     xml::{Element, Item, Stream, escape},
 };
 
@@ -26,13 +27,14 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(10);
 const KEEPALIVE: Duration = Duration::from_secs(60);
 
 /// Runs until `shared.stop`: connects, serves a session, reconnects with backoff.
-pub(crate) fn run(config: &Config, shared: &Shared, host: Host) {
+pub(crate) fn run(config: &Config, shared: &Shared, iqs: &Iqs, host: Host) {
     let mut backoff = Duration::from_millis(500);
     let max = Duration::from_millis(config.reconnect_max_ms.max(500));
     while !shared.stop.load(Ordering::Acquire) {
         let mut session = Session {
             config,
             shared,
+            iqs,
             host: &host,
             stream: Stream::default(),
             connected: false,
@@ -62,6 +64,8 @@ pub(crate) fn run(config: &Config, shared: &Shared, host: Host) {
 struct Session<'a> {
     config: &'a Config,
     shared: &'a Shared,
+    /// IQ answers a send waits for (upload slots).
+    iqs: &'a Iqs,
     host: &'a Host,
     stream: Stream,
     /// The session got as far as binding.
@@ -308,6 +312,8 @@ impl Session<'_> {
     fn handle(&mut self, conn: &mut Conn, stanza: &Element, nick: &str) -> Result<(), String> {
         match stanza.local_name() {
             "message" => self.message(stanza, nick),
+            "iq" if matches!(stanza.attr("type"), Some("result" | "error"))
+                && self.iqs.answer(stanza) => {}
             "iq" => {
                 let (id, from) = (stanza.attr("id").unwrap_or(""), stanza.attr("from"));
                 let to = from.map_or(String::new(), |f| format!(" to='{}'", escape(f)));
