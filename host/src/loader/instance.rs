@@ -13,8 +13,9 @@ use hermes_plugin_api::abi::InstancePtr;
 use super::{
     callbacks::CallbackContext,
     error::{CallError, StopError},
+    header::Fns,
     jobs::{health_error, health_job, send_job},
-    library::{Fns, Library, LoadedLibrary},
+    library::{Library, LoadedLibrary},
     worker::{CallState, Drained, Workers, await_answer, run_once},
 };
 use crate::message::{Health, Outbound, PluginState, Receipt};

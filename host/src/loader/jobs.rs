@@ -8,7 +8,7 @@ use hermes_plugin_api::abi::{
     KIND_MESSAGE, KIND_REACTION, KindFfi, OutboundFfi, OutboundV1_1,
 };
 
-use super::{error::CallError, library::Fns};
+use super::{error::CallError, header::Fns};
 use crate::message::{Attachment, Health, HealthStatus, MessageKind, Outbound, Receipt, limits};
 
 /// The `health` job: the call and the conversion to std types, on the worker.

@@ -1,4 +1,5 @@
-//! Opening a plugin library: shadow copy, ELF check, `dlopen`, header and layout checks.
+//! Opening a plugin library: shadow copy, ELF check, `dlopen`, then the header and layout
+//! checks of [`super::header`]; one-off calls; unloading.
 
 use std::{
     path::{Path, PathBuf},
@@ -6,16 +7,6 @@ use std::{
     time::{Duration, Instant},
 };
 
-use abi_stable::{
-    abi_stability::abi_checking::{
-        AbiInstability, CheckingGlobals, check_layout_compatibility_with_globals,
-    },
-    type_layout::TypeLayout,
-};
-use hermes_plugin_api::abi::{
-    ABI_VERSION, ENTRY_SYMBOL, EntryFn, HEADER_SIZE_1_0, HeaderPrefix, LEVEL, MAGIC, PluginHeader,
-    PluginVTable, PluginVTableV1_1, vtable_layout, vtable_v1_1_layout,
-};
 use libloading::os::unix::{Library as DlHandle, RTLD_LOCAL, RTLD_NOW};
 
 use super::{
@@ -40,7 +31,7 @@ pub(crate) struct LoadedLibrary {
     /// `Some` until `unload` closes it.
     handle: Option<DlHandle>,
     /// Point into the library; valid while `handle` is open, i.e. for this value's life.
-    tables: Tables,
+    tables: super::header::Tables,
     plugin_version: String,
     source: PathBuf,
     shadow: Option<ShadowCopy>,
@@ -60,29 +51,12 @@ unsafe impl Send for LoadedLibrary {}
 // SAFETY: as for `Send`: shared access only reads the immutable vtable.
 unsafe impl Sync for LoadedLibrary {}
 
-/// A library's tables of functions, one per level it has, as raw pointers into it.
-#[derive(Clone, Copy)]
-struct Tables {
-    base: *const PluginVTable,
-    /// Null below level 1.1.
-    v1_1: *const PluginVTableV1_1,
-    level: u32,
-}
-
-/// A library's functions, borrowed for as long as it stays loaded: level 1.0's, and those of
-/// later levels it has. A call uses the newest table that has it.
-#[derive(Clone, Copy)]
-pub(crate) struct Fns<'a> {
-    pub(crate) base: &'a PluginVTable,
-    pub(crate) v1_1: Option<&'a PluginVTableV1_1>,
-}
-
 impl LoadedLibrary {
-    pub(crate) fn vtable(&self) -> Fns<'_> {
+    pub(crate) fn vtable(&self) -> super::header::Fns<'_> {
         // SAFETY: both point at statics of the library (or `v1_1` is null), which is open for
         // as long as `self` exists: only `unload`, which consumes `self`, closes it.
         unsafe {
-            Fns {
+            super::header::Fns {
                 base: &*self.tables.base,
                 v1_1: self.tables.v1_1.as_ref(),
             }
@@ -194,7 +168,10 @@ impl Library {
         Ok(version)
     }
 
-    fn open_copy(source: &Path, copy: &Path) -> Result<(DlHandle, Tables, String), LoadError> {
+    fn open_copy(
+        source: &Path,
+        copy: &Path,
+    ) -> Result<(DlHandle, super::header::Tables, String), LoadError> {
         let not_a_library = |reason: String| LoadError::NotALibrary {
             path: source.to_owned(),
             reason,
@@ -214,7 +191,7 @@ impl Library {
             }
         })?;
 
-        let checked = Self::check_header(source, &handle);
+        let checked = super::header::check(source, &handle);
         match checked {
             Ok((tables, version)) => Ok((handle, tables, version)),
             Err(e) => {
@@ -224,86 +201,6 @@ impl Library {
                 Err(e)
             }
         }
-    }
-
-    fn check_header(source: &Path, handle: &DlHandle) -> Result<(Tables, String), LoadError> {
-        let path = source.to_owned();
-        // SAFETY: the symbol is declared with the entry function's type by every plugin built
-        // with hermes-plugin-api; a library that exports the name with another type is outside
-        // what any check can detect before calling it.
-        let entry = unsafe { handle.get::<EntryFn>(ENTRY_SYMBOL.as_bytes()) }.map_err(|_| {
-            LoadError::MissingEntry {
-                path: path.clone(),
-                symbol: ENTRY_SYMBOL,
-            }
-        })?;
-        // The generated entry function returns the address of a static; it runs no plugin
-        // code and touches no thread-local, so calling it on this thread pins nothing.
-        let prefix_ptr = entry();
-        if prefix_ptr.is_null() {
-            return Err(LoadError::NullHeader { path });
-        }
-        // SAFETY: non-null and pointing at the library's header static, whose first fields are
-        // the `HeaderPrefix` in every ABI version; read before anything else is trusted.
-        let prefix: HeaderPrefix = unsafe { prefix_ptr.read_unaligned() };
-        if prefix.magic != MAGIC {
-            return Err(LoadError::BadMagic {
-                path,
-                found: prefix.magic,
-            });
-        }
-        if prefix.abi_version != ABI_VERSION {
-            return Err(LoadError::AbiVersion {
-                path,
-                found: prefix.abi_version,
-            });
-        }
-        let size = prefix.header_size as usize;
-        if size < HEADER_SIZE_1_0 {
-            return Err(LoadError::HeaderSize {
-                path,
-                found: prefix.header_size,
-                expected: HEADER_SIZE_1_0,
-            });
-        }
-        let header = prefix_ptr.cast::<PluginHeader>();
-        // SAFETY: magic, version and size say this is a `PluginHeader` of our ABI version with
-        // at least the level-1.0 fields, which come first; it is a static, so aligned. Fields
-        // past `header_size` are never read.
-        let (vtable_layout_found, base, version) = unsafe {
-            (
-                (*header).vtable_layout,
-                (*header).vtable as *const PluginVTable,
-                (*header).plugin_version.as_str().to_owned(),
-            )
-        };
-        let level = if size == HEADER_SIZE_1_0 {
-            0
-        } else {
-            // SAFETY: a larger header has the level field right after the level-1.0 ones
-            // (every level appends), within the static.
-            unsafe { (*header).level }
-        };
-        if level > LEVEL {
-            return Err(LoadError::NewerLevel { path, level });
-        }
-        if level >= 1 && size < size_of::<PluginHeader>() {
-            return Err(LoadError::HeaderSize {
-                path,
-                found: prefix.header_size,
-                expected: size_of::<PluginHeader>(),
-            });
-        }
-        check_layout(&path, vtable_layout(), vtable_layout_found)?;
-        let v1_1 = if level >= 1 {
-            // SAFETY: a level-1.1 header is at least `size_of::<PluginHeader>()` (checked).
-            let (layout, table) = unsafe { ((*header).vtable_v1_1_layout, (*header).vtable_v1_1) };
-            check_layout(&path, vtable_v1_1_layout(), layout)?;
-            table as *const PluginVTableV1_1
-        } else {
-            std::ptr::null()
-        };
-        Ok((Tables { base, v1_1, level }, version))
     }
 
     /// The plugin API level the library was built for (0 for 1.0, 1 for 1.1).
@@ -433,37 +330,6 @@ impl Library {
             detail,
         }
     }
-}
-
-/// Compares a table's layout in the plugin with the host's copy of that level's, with fresh
-/// checking globals (abi_stable's shared ones cache layouts of libraries that may be unloaded
-/// by now). The package version abi_stable records does not count: levels decide, so a
-/// plugin built with another release of hermes-plugin-api of a supported level loads.
-fn check_layout(
-    path: &Path,
-    expected: &'static TypeLayout,
-    found: &'static TypeLayout,
-) -> Result<(), LoadError> {
-    let globals = CheckingGlobals::new();
-    let Err(mut errors) = check_layout_compatibility_with_globals(expected, found, &globals) else {
-        return Ok(());
-    };
-    drop(globals);
-    for error in &mut errors.errors {
-        error
-            .errs
-            .retain(|e| !matches!(e, AbiInstability::PackageVersion(_)));
-    }
-    errors.errors.retain(|e| !e.errs.is_empty());
-    if errors.errors.is_empty() {
-        return Ok(());
-    }
-    // The errors point into the library: render them before it can be unloaded.
-    Err(LoadError::Layout {
-        path: path.to_owned(),
-        summary: super::layout::summarize(&errors),
-        details: errors.to_string(),
-    })
 }
 
 impl std::fmt::Debug for Library {

@@ -19,6 +19,7 @@ mod callbacks;
 mod elf;
 mod error;
 pub mod fatal;
+mod header;
 mod instance;
 mod jobs;
 mod layout;

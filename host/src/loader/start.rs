@@ -12,8 +12,9 @@ use hermes_plugin_api::abi::{HostContext, HostV1_1, StateRef};
 use super::{
     callbacks::{CallbackContext, EventSink},
     error::CallError,
+    header::Fns,
     instance::{Instance, SendPtr},
-    library::{Fns, Library},
+    library::Library,
     worker::{Workers, await_answer},
 };
 use crate::message::PluginState;

@@ -15,10 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::{
-    error::CallError,
-    library::{Fns, LoadedLibrary},
-};
+use super::{error::CallError, header::Fns, library::LoadedLibrary};
 
 pub(crate) type Job = Box<dyn FnOnce(Fns<'_>) + Send>;
 

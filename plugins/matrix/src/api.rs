@@ -270,6 +270,37 @@ impl Client {
         Ok(answer["event_id"].as_str().unwrap_or_default().to_owned())
     }
 
+    /// One request of a send ([`crate::events::Request`]) in `room`, under transaction id
+    /// `txn`: the event id it made. A file's bytes are uploaded first; a file given by an
+    /// `mxc://` URL is sent as it is, by another URL as a link in text.
+    pub(crate) fn perform(
+        &self,
+        room: &str,
+        txn: &str,
+        request: &crate::events::Request,
+    ) -> Result<String, ApiError> {
+        use crate::events::{Request, file_content};
+        match request {
+            Request::Event {
+                event_type,
+                content,
+            } => self.send_event(room, event_type, txn, content),
+            Request::Redact { event_id } => self.redact(room, event_id, txn),
+            Request::File(file) => {
+                let mxc = match &file.url {
+                    Some(url) if url.starts_with("mxc://") => url.clone(),
+                    Some(url) => {
+                        let body = format!("{}: {url}", file.name);
+                        let content = serde_json::json!({ "msgtype": "m.text", "body": body });
+                        return self.send_event(room, "m.room.message", txn, &content);
+                    }
+                    None => self.upload(&file.name, &file.mime, &file.data)?,
+                };
+                self.send_event(room, "m.room.message", txn, &file_content(file, &mxc))
+            }
+        }
+    }
+
     /// Redacts `event_id` under transaction id `txn`. The redaction's event id.
     pub fn redact(&self, room_id: &str, event_id: &str, txn: &str) -> Result<String, ApiError> {
         let path = format!(

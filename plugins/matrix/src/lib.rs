@@ -264,7 +264,7 @@ impl Plugin for Matrix {
                     } else {
                         format!("{txn}-{i}")
                     };
-                    let id = Self::perform(&client, &room, &txn, request)?;
+                    let id = client.perform(&room, &txn, request)?;
                     first.get_or_insert(id);
                 }
                 let id = first.unwrap_or_default();
@@ -348,41 +348,6 @@ impl Plugin for Matrix {
                 .map_err(|_| "the sync thread panicked".to_owned())?;
         }
         Ok(())
-    }
-}
-
-impl Matrix {
-    /// One request of a send, under transaction id `txn`: the event id it made.
-    fn perform(
-        client: &Client,
-        room: &str,
-        txn: &str,
-        request: &events::Request,
-    ) -> Result<String, ApiError> {
-        match request {
-            events::Request::Event {
-                event_type,
-                content,
-            } => client.send_event(room, event_type, txn, content),
-            events::Request::Redact { event_id } => client.redact(room, event_id, txn),
-            events::Request::File(file) => {
-                let mxc = match &file.url {
-                    Some(url) if url.starts_with("mxc://") => url.clone(),
-                    Some(url) => {
-                        // Not in a media repository: a link, as text.
-                        let content = serde_json::json!({ "msgtype": "m.text", "body": format!("{}: {url}", file.name) });
-                        return client.send_event(room, "m.room.message", txn, &content);
-                    }
-                    None => client.upload(&file.name, &file.mime, &file.data)?,
-                };
-                client.send_event(
-                    room,
-                    "m.room.message",
-                    txn,
-                    &events::file_content(file, &mxc),
-                )
-            }
-        }
     }
 }
 
