@@ -128,6 +128,8 @@ fn a_hung_call_fails_alone_and_the_instance_is_replaced_without_a_manual_step() 
             .contains("hermes_stale_deliveries_total{platform=\"stuck\"} 1")
     });
     let _ = p;
+    // The plugin was told why, typed (level 1.1): `DeliverError::Stale`.
+    server.wait_log("delivery refused as stale", 1);
     let deadline = Instant::now() + Duration::from_secs(10);
     while !server.mapped("fixture_panicky").len().eq(&1) {
         assert!(
