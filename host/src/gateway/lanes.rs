@@ -73,43 +73,57 @@ async fn route_one(gateway: &Arc<Gateway>, send: RoutedSend) {
         source,
         origin,
     } = send;
-    let store = &gateway.store;
-    let counterpart = |id: &str| {
-        let at = MessageRef {
-            id: id.to_owned(),
-            ..origin.clone()
-        };
-        store
-            .counterpart(&at, &platform, &message.chat_id)
-            .unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "message map lookup failed");
-                None
-            })
-    };
-    if let Some(target) = message.target_id.as_deref() {
-        match counterpart(target) {
+    // The store's reads and writes run on the blocking pool: no disk I/O on a runtime thread.
+    let ids = [
+        message.target_id.take(),
+        message.reply_to.take(),
+        message.thread_id.take(),
+    ];
+    let (store, at, to, chat) = (
+        Arc::clone(&gateway.store),
+        origin.clone(),
+        platform.clone(),
+        message.chat_id.clone(),
+    );
+    let mapped = tokio::task::spawn_blocking(move || {
+        ids.map(|id| id.map(|id| counterpart(&store, &at, &id, &to, &chat)))
+    })
+    .await
+    .unwrap_or_default();
+    let [target, reply_to, thread_id] = mapped;
+    if let Some(target) = target {
+        match target {
             Some(copy) => message.target_id = Some(copy),
             None => {
                 gateway.metrics.routed("unmapped");
-                tracing::debug!(from = %source, to = %platform, kind = %message.kind, target, "not routed: the message it is about has no copy there");
+                tracing::debug!(from = %source, to = %platform, kind = %message.kind, "not routed: the message it is about has no copy there");
                 return;
             }
         }
     }
-    message.reply_to = message.reply_to.as_deref().and_then(counterpart);
-    message.thread_id = message.thread_id.as_deref().and_then(counterpart);
+    message.reply_to = reply_to.flatten();
+    message.thread_id = thread_id.flatten();
     let chat = message.chat_id.clone();
     let kind = message.kind;
     let sent = gateway
         .send(&platform, message, RecordKind::Routed, Some(source.clone()))
         .await;
     match sent {
-        Ok(ok) => {
+        Ok(ok) if kind == MessageKind::Message => {
             gateway.metrics.routed("ok");
-            if kind == MessageKind::Message {
-                record(store, &origin, &platform, &chat, ok.message_id);
+            let store = Arc::clone(&gateway.store);
+            let copy = MessageRef {
+                platform,
+                chat,
+                id: ok.message_id,
+            };
+            let recorded =
+                tokio::task::spawn_blocking(move || store.record_copy(&origin, &copy)).await;
+            if let Ok(Err(e)) = recorded {
+                tracing::warn!(error = %e, "a routed message's copy was not recorded; later edits of it will not follow");
             }
         }
+        Ok(_) => gateway.metrics.routed("ok"),
         Err(e) => {
             gateway.metrics.routed("error");
             tracing::warn!(from = %source, to = %platform, error = %e, "routed send failed");
@@ -117,13 +131,20 @@ async fn route_one(gateway: &Arc<Gateway>, send: RoutedSend) {
     }
 }
 
-fn record(store: &Store, origin: &MessageRef, platform: &str, chat: &str, id: String) {
-    let copy = MessageRef {
-        platform: platform.to_owned(),
-        chat: chat.to_owned(),
-        id,
+/// The id in `platform`/`chat` of the message `id` of the source `at` stands for.
+fn counterpart(
+    store: &Store,
+    at: &MessageRef,
+    id: &str,
+    platform: &str,
+    chat: &str,
+) -> Option<String> {
+    let at = MessageRef {
+        id: id.to_owned(),
+        ..at.clone()
     };
-    if let Err(e) = store.record_copy(origin, &copy) {
-        tracing::warn!(error = %e, "a routed message's copy was not recorded; later edits of it will not follow");
-    }
+    store.counterpart(&at, platform, chat).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "message map lookup failed");
+        None
+    })
 }

@@ -114,8 +114,9 @@ pub struct Gateway {
     pub routes: Routes,
     /// Routed sends, in order per target chat.
     pub lanes: lanes::Lanes,
-    /// The embedded store (`<state_dir>/hermes.db`): the message map.
-    pub store: crate::store::Store,
+    /// The embedded store (`<state_dir>/hermes.db`): the message map. Used from the blocking
+    /// pool, never on a runtime thread.
+    pub store: Arc<crate::store::Store>,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -187,7 +188,7 @@ impl Gateway {
                 .map_or("hermes.toml".into(), |p| p.display().to_string()),
         );
         let routes = Routes::new(config.routes.clone());
-        let store = crate::store::Store::open(&config.plugins.state_dir)?;
+        let store = Arc::new(crate::store::Store::open(&config.plugins.state_dir)?);
         let gateway = Arc::new(Gateway {
             routes,
             lanes: lanes::Lanes::default(),
