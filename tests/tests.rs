@@ -23,6 +23,8 @@ mod cli;
 mod serve;
 // Edits, deletes, reactions, replies, threads, attachments; capabilities; long texts split.
 mod kinds;
+// Idempotency keys: repeats answered from the store, across kill -9.
+mod idempotency;
 // Reload as a transaction, in process and through the CLI; the hot-reload watcher.
 mod reload;
 // The IRC adapter against ngircd.

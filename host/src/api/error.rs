@@ -144,11 +144,19 @@ impl From<ReconfigureError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut body = self.details;
+impl ApiError {
+    /// The answer's JSON object: `{"error", "retryable", ...details}`.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = self.details.clone();
         body.insert("error".into(), json!(self.message));
         body.insert("retryable".into(), json!(self.retryable));
-        (self.status, Json(serde_json::Value::Object(body))).into_response()
+        serde_json::Value::Object(body)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = self.body();
+        (self.status, Json(body)).into_response()
     }
 }

@@ -40,6 +40,7 @@ use crate::{
     gateway::Gateway,
     journal::RecordKind,
     message::{MessageKind, Outbound},
+    store::Claim,
 };
 
 mod bodies;
@@ -318,7 +319,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 }
 
 /// A message of `kind` through platform `id`: the body parsed, the message fitted to what the
-/// platform carries, sent.
+/// platform carries, sent. With an `Idempotency-Key`, a repeat gets the first answer (marked
+/// `Idempotent-Replayed: true`) and nothing is sent again ([`crate::store::Claim`]).
 async fn send_kind(
     gateway: &Arc<Gateway>,
     id: &str,
@@ -330,10 +332,97 @@ async fn send_kind(
     installed(gateway, id)?;
     let mut message = bodies::parse_message(kind, body)?;
     message.idempotency_key = idempotency_key(headers)?;
-    let ok = gateway
+    let Some(key) = message.idempotency_key.clone() else {
+        let ok = gateway
+            .send(id, message, RecordKind::Outbound, None)
+            .await?;
+        return Ok(Json(ok).into_response());
+    };
+    let request = {
+        let mut bytes = kind.as_str().as_bytes().to_vec();
+        bytes.push(0);
+        bytes.extend_from_slice(body);
+        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+    };
+    let store = Arc::clone(&gateway.store);
+    let (platform, owner, ttl) = (
+        id.to_owned(),
+        gateway.run_id.clone(),
+        gateway.config.delivery.idempotency_ttl,
+    );
+    let claim = {
+        let key = key.clone();
+        tokio::task::spawn_blocking(move || store.claim(&platform, &key, &request, &owner, ttl))
+            .await
+    };
+    let unavailable = |e: String| ApiError {
+        retryable: true,
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+    };
+    match claim
+        .map_err(|e| unavailable(e.to_string()))?
+        .map_err(|e| unavailable(e.to_string()))?
+    {
+        Claim::New => {}
+        Claim::Answered { status, answer } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            return Ok((
+                status,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (
+                        header::HeaderName::from_static("idempotent-replayed"),
+                        "true",
+                    ),
+                ],
+                answer,
+            )
+                .into_response());
+        }
+        Claim::InProgress => {
+            return Err(ApiError {
+                retryable: true,
+                ..ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "a request with Idempotency-Key `{key}` is being sent; ask again for its answer"
+                    ),
+                )
+            });
+        }
+        Claim::Conflict => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("Idempotency-Key `{key}` was used for another request on platform `{id}`"),
+            ));
+        }
+    }
+    let sent = gateway
         .send(id, message, RecordKind::Outbound, None)
-        .await?;
-    Ok(Json(ok).into_response())
+        .await
+        .map_err(ApiError::from);
+    // The answer is kept, unless it says "try again": then the key is let go, so the retry
+    // is sent.
+    let kept = match &sent {
+        Ok(ok) => Some((200, serde_json::to_string(ok).unwrap_or_default())),
+        Err(e) if !e.retryable => Some((e.status.as_u16(), e.body().to_string())),
+        Err(_) => None,
+    };
+    let (store, platform) = (Arc::clone(&gateway.store), id.to_owned());
+    let recorded = tokio::task::spawn_blocking(move || match kept {
+        Some((status, answer)) => store.answer(&platform, &key, status, &answer),
+        None => store.release(&platform, &key),
+    })
+    .await;
+    let failed = match recorded {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(error) = failed {
+        tracing::warn!(platform = id, %error, "the answer to an idempotent request was not kept; a repeat will be sent again");
+    }
+    Ok(Json(sent?).into_response())
 }
 
 /// How often an idle SSE stream gets a comment line, so proxies and clients see it alive.

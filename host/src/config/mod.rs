@@ -54,6 +54,16 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[journal]`.
     pub journal: JournalConfig,
+    /// `[delivery]`.
+    pub delivery: DeliveryConfig,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeliveryConfig {
+    /// `idempotency_ttl_secs`, default 86400: how long the answer to a request with an
+    /// `Idempotency-Key` is kept and returned for its repeats.
+    pub idempotency_ttl: Duration,
 }
 
 /// `[plugins]`.
@@ -128,6 +138,14 @@ struct RawConfig {
     routes: Vec<Route>,
     #[serde(default)]
     journal: RawJournal,
+    #[serde(default)]
+    delivery: RawDelivery,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDelivery {
+    idempotency_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +243,14 @@ impl Config {
             message,
         };
         let at = |p: PathBuf| normalize(&if p.is_absolute() { p } else { base.join(p) });
+        let idempotency_ttl = match raw.delivery.idempotency_ttl_secs {
+            Some(0) => {
+                return Err(err(
+                    "key `delivery.idempotency_ttl_secs`: at least 1".to_owned()
+                ));
+            }
+            secs => Duration::from_secs(secs.unwrap_or(86_400)),
+        };
         let state_dir = at(raw.plugins.state_dir.unwrap_or_else(|| ".hermes".into()));
         let shadow_dir = raw
             .plugins
@@ -290,6 +316,7 @@ impl Config {
             },
             platforms,
             routes: raw.routes,
+            delivery: DeliveryConfig { idempotency_ttl },
             journal: JournalConfig {
                 path: raw
                     .journal

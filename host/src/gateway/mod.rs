@@ -114,9 +114,11 @@ pub struct Gateway {
     pub routes: Routes,
     /// Routed sends, in order per target chat.
     pub lanes: lanes::Lanes,
-    /// The embedded store (`<state_dir>/hermes.db`): the message map. Used from the blocking
-    /// pool, never on a runtime thread.
+    /// The embedded store (`<state_dir>/hermes.db`): the message map and idempotency keys.
+    /// Used from the blocking pool, never on a runtime thread.
     pub store: Arc<crate::store::Store>,
+    /// This run of the gateway (pid and start time): who holds a pending idempotency key.
+    pub run_id: String,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -189,10 +191,12 @@ impl Gateway {
         );
         let routes = Routes::new(config.routes.clone());
         let store = Arc::new(crate::store::Store::open(&config.plugins.state_dir)?);
+        store.prune_idempotency(config.delivery.idempotency_ttl)?;
         let gateway = Arc::new(Gateway {
             routes,
             lanes: lanes::Lanes::default(),
             store,
+            run_id: format!("{}-{}", std::process::id(), hermes_plugin_api::now_ms()),
             config,
             hotreload,
             registry,

@@ -2,7 +2,7 @@
 //! mode), behind this narrow interface. Nothing outside this module speaks SQL, so a store
 //! shared by several gateways (PostgreSQL) can stand in for it later.
 //!
-//! It holds the message map: for each message a route carried, the source (platform, chat,
+//! It holds the answers to requests with an `Idempotency-Key` ([`Claim`]), and the message map: for each message a route carried, the source (platform, chat,
 //! message id) and each copy's. An edit, delete, reaction or reply that arrives later on either
 //! side finds its counterpart there, across restarts. Entries older than
 //! [`MESSAGE_MAP_RETENTION`] are pruned when the store opens.
@@ -18,8 +18,12 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod idempotency;
+
+pub use idempotency::Claim;
+
 /// The schema version this gateway writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a routed message's counterparts are kept.
 pub const MESSAGE_MAP_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -28,7 +32,8 @@ pub const MESSAGE_MAP_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 pub const FILE: &str = "hermes.db";
 
 /// Each migration takes the schema from its index to the next version.
-const MIGRATIONS: &[&str] = &["CREATE TABLE message_map (
+const MIGRATIONS: &[&str] = &[
+    "CREATE TABLE message_map (
         src_platform TEXT NOT NULL,
         src_chat TEXT NOT NULL,
         src_id TEXT NOT NULL,
@@ -38,7 +43,18 @@ const MIGRATIONS: &[&str] = &["CREATE TABLE message_map (
         created_ms INTEGER NOT NULL,
         PRIMARY KEY (src_platform, src_chat, src_id, dst_platform, dst_chat)
     ) WITHOUT ROWID;
-    CREATE INDEX message_map_by_copy ON message_map (dst_platform, dst_chat, dst_id);"];
+    CREATE INDEX message_map_by_copy ON message_map (dst_platform, dst_chat, dst_id);",
+    "CREATE TABLE idempotency (
+        platform TEXT NOT NULL,
+        key TEXT NOT NULL,
+        request TEXT NOT NULL,
+        owner TEXT NOT NULL,
+        status INTEGER,
+        answer TEXT,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (platform, key)
+    ) WITHOUT ROWID;",
+];
 
 /// A message on a platform: where it is and its id there.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,11 +152,11 @@ impl Store {
         &self.path
     }
 
-    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+    pub(super) fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn error(&self, e: &rusqlite::Error) -> StoreError {
+    pub(super) fn error(&self, e: &rusqlite::Error) -> StoreError {
         StoreError {
             path: self.path.clone(),
             message: e.to_string(),
