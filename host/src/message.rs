@@ -49,41 +49,40 @@ pub struct Inbound {
     pub generation: u64,
 }
 
-/// A message to send through a platform.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// A message to send through a platform. HTTP bodies have types of their own
+/// (`api::bodies`); this serialises as a send body for the control client.
+#[derive(Debug, Clone, PartialEq, Default, Serialize)]
 pub struct Outbound {
     /// What it does: a new message, an edit, a delete or a reaction.
-    #[serde(default, skip_serializing_if = "is_message")]
+    #[serde(skip_serializing_if = "is_message")]
     pub kind: MessageKind,
     /// The platform's address: channel, nick, topic...
     pub chat_id: String,
     /// The text (an edit's new text).
-    #[serde(default)]
     pub text: String,
     /// The id of a message this one answers.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reply_to: Option<String>,
     /// The thread it belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub thread_id: Option<String>,
     /// The message an edit, delete or reaction is about.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub target_id: Option<String>,
     /// A reaction's emoji.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub emoji: Option<String>,
     /// Take a reaction back.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub remove: bool,
     /// Files.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub attachments: Vec<Attachment>,
     /// The client's key: the same key is the same message, resent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<String>,
     /// Extra fields, a JSON object.
-    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[serde(skip_serializing_if = "serde_json::Map::is_empty")]
     pub metadata: serde_json::Map<String, serde_json::Value>,
 }
 

@@ -68,6 +68,27 @@ pub enum MessageKind {
 }
 
 impl MessageKind {
+    /// The kind as the ABI carries it (one of the `abi::KIND_*` constants).
+    pub fn to_ffi(self) -> u8 {
+        match self {
+            MessageKind::Message => crate::abi::KIND_MESSAGE,
+            MessageKind::Edit => crate::abi::KIND_EDIT,
+            MessageKind::Delete => crate::abi::KIND_DELETE,
+            MessageKind::Reaction => crate::abi::KIND_REACTION,
+        }
+    }
+
+    /// The kind an ABI value stands for; an unknown one (from a later level) reads as a
+    /// plain message.
+    pub fn from_ffi(kind: u8) -> Self {
+        match kind {
+            crate::abi::KIND_EDIT => MessageKind::Edit,
+            crate::abi::KIND_DELETE => MessageKind::Delete,
+            crate::abi::KIND_REACTION => MessageKind::Reaction,
+            _ => MessageKind::Message,
+        }
+    }
+
     /// `message`, `edit`, `delete` or `reaction`.
     pub fn as_str(self) -> &'static str {
         match self {

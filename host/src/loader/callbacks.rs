@@ -17,8 +17,7 @@ use std::{
 use abi_stable::std_types::{RErr, ROk, RResult, RStr, RString};
 use hermes_plugin_api::abi::{
     DELIVER_REFUSED, DELIVER_STALE, DeliverErrorFfi, HostContext, HostV1_1, InboundFfi,
-    InboundV1_1, KIND_DELETE, KIND_EDIT, KIND_REACTION, LEVEL, LOG_DEBUG, LOG_ERROR, LOG_INFO,
-    LOG_TRACE, LOG_WARN,
+    InboundV1_1, LEVEL, LOG_DEBUG, LOG_ERROR, LOG_INFO, LOG_TRACE, LOG_WARN,
 };
 
 use crate::message::{Attachment, Inbound, MessageKind, limits};
@@ -311,12 +310,7 @@ unsafe fn take(
             Some(more) => attachments(ctx, more.attachments.as_slice())?,
             None => Vec::new(),
         };
-        let kind = match more.map(|m| m.kind) {
-            Some(KIND_EDIT) => MessageKind::Edit,
-            Some(KIND_DELETE) => MessageKind::Delete,
-            Some(KIND_REACTION) => MessageKind::Reaction,
-            _ => MessageKind::Message,
-        };
+        let kind = more.map_or(MessageKind::Message, |m| MessageKind::from_ffi(m.kind));
         let metadata = match serde_json::from_str(message.metadata_json.as_str()) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),

@@ -4,12 +4,11 @@
 
 use abi_stable::std_types::{RSlice, RStr};
 use hermes_plugin_api::abi::{
-    AttachmentFfi, HEALTH_DEGRADED, HEALTH_HEALTHY, InstancePtr, KIND_DELETE, KIND_EDIT,
-    KIND_MESSAGE, KIND_REACTION, KindFfi, OutboundFfi, OutboundV1_1,
+    AttachmentFfi, HEALTH_DEGRADED, HEALTH_HEALTHY, InstancePtr, KindFfi, OutboundFfi, OutboundV1_1,
 };
 
 use super::{error::CallError, header::Fns};
-use crate::message::{Attachment, Health, HealthStatus, MessageKind, Outbound, Receipt, limits};
+use crate::message::{Attachment, Health, HealthStatus, Outbound, Receipt, limits};
 
 /// The `health` job: the call and the conversion to std types, on the worker.
 pub(super) fn health_job(vtable: Fns<'_>, ptr: InstancePtr) -> Result<Health, String> {
@@ -69,7 +68,7 @@ pub(super) fn send_job(
             let ffi = OutboundV1_1 {
                 base,
                 more: KindFfi {
-                    kind: kind_ffi(message.kind),
+                    kind: message.kind.to_ffi(),
                     remove: message.remove,
                     thread_id: message.thread_id.as_deref().map(RStr::from_str).into(),
                     target_id: message.target_id.as_deref().map(RStr::from_str).into(),
@@ -102,15 +101,6 @@ pub(super) fn send_job(
         Ok(Receipt {
             message_id: limits::cut(receipt.message_id.into_string(), limits::MESSAGE_ID_BYTES),
         })
-    }
-}
-
-fn kind_ffi(kind: MessageKind) -> u8 {
-    match kind {
-        MessageKind::Message => KIND_MESSAGE,
-        MessageKind::Edit => KIND_EDIT,
-        MessageKind::Delete => KIND_DELETE,
-        MessageKind::Reaction => KIND_REACTION,
     }
 }
 

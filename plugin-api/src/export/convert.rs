@@ -3,10 +3,7 @@
 use abi_stable::std_types::{ROption, RSlice, RStr};
 
 use crate::{
-    abi::{
-        AttachmentFfi, KIND_DELETE, KIND_EDIT, KIND_MESSAGE, KIND_REACTION, KindFfi, OutboundFfi,
-        OutboundV1_1,
-    },
+    abi::{AttachmentFfi, KindFfi, OutboundFfi, OutboundV1_1},
     plugin::{Attachment, MessageKind, OutboundMessage},
 };
 
@@ -39,7 +36,7 @@ pub(crate) fn outbound_v1_0(message: &OutboundFfi<'_>) -> OutboundMessage {
 pub(crate) fn outbound_v1_1(message: &OutboundV1_1<'_>) -> OutboundMessage {
     let more = &message.more;
     OutboundMessage {
-        kind: kind_from_ffi(more.kind),
+        kind: MessageKind::from_ffi(more.kind),
         thread_id: optional(more.thread_id),
         target_id: optional(more.target_id),
         emoji: optional(more.emoji),
@@ -47,25 +44,6 @@ pub(crate) fn outbound_v1_1(message: &OutboundV1_1<'_>) -> OutboundMessage {
         attachments: more.attachments.iter().map(attachment_from_ffi).collect(),
         idempotency_key: optional(message.idempotency_key),
         ..outbound_v1_0(&message.base)
-    }
-}
-
-/// An unknown kind (from a later level) reads as a plain message.
-pub(crate) fn kind_from_ffi(kind: u8) -> MessageKind {
-    match kind {
-        KIND_EDIT => MessageKind::Edit,
-        KIND_DELETE => MessageKind::Delete,
-        KIND_REACTION => MessageKind::Reaction,
-        _ => MessageKind::Message,
-    }
-}
-
-pub(crate) fn kind_to_ffi(kind: MessageKind) -> u8 {
-    match kind {
-        MessageKind::Message => KIND_MESSAGE,
-        MessageKind::Edit => KIND_EDIT,
-        MessageKind::Delete => KIND_DELETE,
-        MessageKind::Reaction => KIND_REACTION,
     }
 }
 
@@ -99,7 +77,7 @@ pub(crate) fn kind_to_ffi_parts<'a>(
     attachments: &'a [AttachmentFfi<'a>],
 ) -> KindFfi<'a> {
     KindFfi {
-        kind: kind_to_ffi(kind),
+        kind: kind.to_ffi(),
         remove,
         thread_id: thread_id.map(RStr::from_str).into(),
         target_id: target_id.map(RStr::from_str).into(),
@@ -127,7 +105,7 @@ pub(crate) fn inbound_v1_0(message: &crate::abi::InboundFfi<'_>) -> crate::Inbou
 pub(crate) fn inbound_v1_1(message: &crate::abi::InboundV1_1<'_>) -> crate::InboundMessage {
     let more = &message.more;
     crate::InboundMessage {
-        kind: kind_from_ffi(more.kind),
+        kind: MessageKind::from_ffi(more.kind),
         reply_to: optional(message.reply_to),
         thread_id: optional(more.thread_id),
         target_id: optional(more.target_id),
