@@ -579,6 +579,18 @@ pub(crate) fn http(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
+    let (status, _, body) = http_full(addr, method, path, body, headers);
+    (status, body)
+}
+
+/// [`http`], with the response's head (status line and headers) too.
+pub(crate) fn http_full(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> (u16, String, String) {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).unwrap();
     stream
@@ -622,7 +634,7 @@ pub(crate) fn http(
     } else {
         rest.to_owned()
     };
-    (status, body)
+    (status, head.to_owned(), body)
 }
 
 /// An open `GET /api/events` stream.

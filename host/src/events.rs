@@ -18,6 +18,7 @@ use bytes::Bytes;
 use futures_util::Stream;
 use tokio::sync::Notify;
 
+#[cfg(any(doc, test))]
 use crate::message::Inbound;
 
 /// Events queued for one subscriber at most.
@@ -62,8 +63,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Events {
-    /// Hands `message` to every subscriber; encodes it only if there is one.
-    pub fn publish(&self, message: &Inbound) {
+    /// Hands `message` (an [`Inbound`] message, or a delivery's news) to every subscriber;
+    /// encodes it only if there is one.
+    pub fn publish(&self, message: &impl serde::Serialize) {
         let subscribers = lock(&self.subscribers);
         if subscribers.is_empty() {
             return;

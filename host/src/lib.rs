@@ -10,6 +10,8 @@
 //! - [`gateway`] moves messages: sends, inbound dispatch to SSE ([`events`]), [`journal`]
 //!   and the routes that [`routing`] plans, counted in [`metrics`]; [`serve`] runs it behind the public [`api`] and the [`control`]
 //!   socket, each served by [`http`] with a connection limit and a header-read timeout. [`message`] holds the host's own message types.
+//! - [`delivery`] queues sends (`Prefer: respond-async`) in the [`store`] and delivers them in
+//!   order per chat within each platform's rate budget, with retries and dead letters.
 //! - [`reload`] swaps a running plugin for a rebuilt one as a transaction; [`hotreload`] does
 //!   it when the library file changes.
 //! - [`gateway::reconfigure`] applies a changed hermes.toml (SIGHUP, `reload-config`) as a
@@ -24,6 +26,7 @@ pub(crate) mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod delivery;
 pub(crate) mod events;
 pub mod gateway;
 pub(crate) mod hotreload;

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 pub(crate) const MANIFEST_FILE: &str = "plugin.toml";
 
 /// A plugin's manifest.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// The plugin id, which is also its platform name.
@@ -68,6 +68,14 @@ pub struct Manifest {
     /// `[capabilities]` (a table of its own beside `[plugin]`): what the platform carries.
     #[serde(default, skip_deserializing)]
     pub capabilities: crate::capabilities::Capabilities,
+    /// `[limits]`: the platform's rate budget and retries by default
+    /// ([`crate::delivery::policy`]); a platform's `delivery` table overrides them.
+    #[serde(default, skip_deserializing, skip_serializing_if = "is_default")]
+    pub limits: crate::delivery::policy::Limits,
+}
+
+fn is_default(limits: &crate::delivery::policy::Limits) -> bool {
+    *limits == crate::delivery::policy::Limits::default()
 }
 
 fn default_kind() -> String {
@@ -115,6 +123,8 @@ struct ManifestFile {
     plugin: Manifest,
     #[serde(default)]
     capabilities: crate::capabilities::Capabilities,
+    #[serde(default)]
+    limits: crate::delivery::policy::Limits,
 }
 
 impl Manifest {
@@ -157,6 +167,15 @@ impl Manifest {
         })?;
         let mut manifest = file.plugin;
         manifest.capabilities = file.capabilities;
+        manifest.limits = file.limits;
+        manifest
+            .limits
+            .check()
+            .map_err(|(key, message)| ManifestError {
+                path: path.to_owned(),
+                field: Some(format!("limits.{key}")),
+                message,
+            })?;
         let bad = |field: &str, message: String| ManifestError {
             path: path.to_owned(),
             field: Some(format!("plugin.{field}")),

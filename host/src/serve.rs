@@ -148,6 +148,9 @@ pub(crate) async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Re
         tokio::spawn(warm_up(Arc::clone(&gateway), background));
         tokio::spawn(idle_unloader(Arc::clone(&gateway)));
         tokio::spawn(crate::supervise::supervise(Arc::clone(&gateway)));
+        // Queued sends left by an earlier run (or one killed with -9) go on.
+        let resume = Arc::clone(&gateway);
+        tokio::spawn(async move { crate::delivery::Outbox::resume(&resume).await });
         // SIGHUP re-reads hermes.toml (applied or refused as a whole); SIGTERM and Ctrl-C stop.
         loop {
             tokio::select! {

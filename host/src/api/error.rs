@@ -96,16 +96,10 @@ impl From<SendError> for ApiError {
             retryable: e.retryable(),
             ..ApiError::new(status, e.to_string())
         };
-        if let SendError::Call {
-            source:
-                CallError::Plugin {
-                    retry_after_ms: Some(ms),
-                    ..
-                },
-            ..
-        } = &e
-        {
-            error.details.insert("retry_after_ms".into(), json!(ms));
+        if let Some(wait) = e.retry_after() {
+            error
+                .details
+                .insert("retry_after_ms".into(), json!(wait.as_millis() as u64));
         }
         error
     }
@@ -154,9 +148,24 @@ impl ApiError {
     }
 }
 
+/// With a `retry_after_ms` (the platform's, or the rate budget's), the answer carries it as
+/// `Retry-After` too, in whole seconds rounded up.
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = self.body();
-        (self.status, Json(body)).into_response()
+        let retry_after = self
+            .details
+            .get("retry_after_ms")
+            .and_then(serde_json::Value::as_u64)
+            .map(|ms| ms.div_ceil(1000).max(1).to_string());
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = retry_after
+            && let Ok(value) = axum::http::HeaderValue::from_str(&secs)
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, value);
+        }
+        response
     }
 }

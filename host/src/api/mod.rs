@@ -9,7 +9,11 @@
 //! | `POST /api/platforms/{id}/edit` | `{"chat_id","message_id","text"}` -> as `send` |
 //! | `POST /api/platforms/{id}/delete` | `{"chat_id","message_id"}` -> as `send` |
 //! | `POST /api/platforms/{id}/react` | `{"chat_id","message_id","emoji","remove"?}` -> as `send` |
-//! | `GET /api/events` | Server-Sent Events, one `data:` JSON per inbound message |
+//! | `GET /api/deliveries/{id}` | a queued send (`Prefer: respond-async`): `{"delivery_id","platform","chat_id","state","attempts","message_id"?,"last_error"?,"created_ms","updated_ms"}` |
+//! | `GET /api/deadletters?platform=` | dead letters, oldest first |
+//! | `POST /api/deadletters/{id}/replay`, `POST /api/deadletters/replay?platform=` | queue one, or all (of a platform), again |
+//! | `DELETE /api/deadletters/{id}` | drop one |
+//! | `GET /api/events` | Server-Sent Events, one `data:` JSON per inbound message, and one per queued send sent or dead (`"kind":"delivery"`) |
 //! | `GET /api/warmup_status`, `GET /api/warmup_wait?timeout_ms=` | warm-up of `background` platforms |
 //! | `GET /api/idle` | `{"idle","seconds_since_activity","in_flight"}` for scale-to-zero |
 //! | `GET /api/startup_profile` | start-up phase and platform timings |
@@ -38,7 +42,8 @@ use serde_json::json;
 
 use crate::gateway::Gateway;
 
-mod bodies;
+pub(crate) mod bodies;
+pub(crate) mod deliveries;
 mod error;
 pub mod guard;
 mod readiness;
@@ -68,6 +73,14 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/api/platforms/{id}/edit", post(edit))
         .route("/api/platforms/{id}/delete", post(delete))
         .route("/api/platforms/{id}/react", post(react))
+        .route("/api/deliveries/{id}", get(deliveries::delivery))
+        .route("/api/deadletters", get(deliveries::dead_letters))
+        .route("/api/deadletters/replay", post(deliveries::replay_all))
+        .route(
+            "/api/deadletters/{id}",
+            axum::routing::delete(deliveries::drop_dead),
+        )
+        .route("/api/deadletters/{id}/replay", post(deliveries::replay))
         .route("/api/events", get(events))
         .route("/api/warmup_status", get(readiness::warmup_status))
         .route("/api/warmup_wait", get(readiness::warmup_wait))
@@ -201,6 +214,9 @@ pub async fn platform(
         detail["last_unload"] = json!(report);
     }
     detail["capabilities"] = json!(entry.manifest().capabilities);
+    if let Some(outbox) = deliveries::outbox_snapshot(&gateway).await {
+        detail["outbox"] = json!(outbox.stats.get(&id).cloned().unwrap_or_default());
+    }
     detail["reloads"] = json!(entry.reload_stats());
     detail["hotreload"] = json!(gateway.hotreload.status_of(&id).map(|s| s.watching));
     Ok(Json(detail).into_response())
@@ -293,7 +309,9 @@ async fn metrics(State(gateway): State<Arc<Gateway>>, headers: HeaderMap) -> Res
         .map(|e| e.reload_stats())
         .fold((0, 0), |(d, r), s| (d + s.done, r + s.refused));
     let journal = gateway.journal.status();
+    let outbox = deliveries::outbox_snapshot(&gateway).await;
     let text = gateway.metrics.render(&crate::metrics::Snapshot {
+        outbox: outbox.as_ref(),
         platforms: &platforms,
         reloads,
         in_flight: gateway.in_flight(),

@@ -1,5 +1,6 @@
 //! Sending: `send`, `edit`, `delete` and `react`, each body parsed into the one message the
-//! gateway sends ([`super::bodies`]), with idempotency keys kept in the store.
+//! gateway sends ([`super::bodies`]), with idempotency keys kept in the store; with
+//! `Prefer: respond-async`, queued in the outbox ([`crate::delivery`]) instead.
 
 use std::sync::Arc;
 
@@ -16,7 +17,7 @@ use crate::{
     gateway::Gateway,
     journal::RecordKind,
     message::{MessageKind, Outbound},
-    store::Claim,
+    store::{Claim, Enqueued, NewDelivery},
 };
 
 /// Parses a send body, naming the field at fault (a missing, unknown or mistyped one) or where
@@ -104,18 +105,16 @@ async fn send_kind(
     installed(gateway, id)?;
     let mut message = bodies::parse_message(kind, body)?;
     message.idempotency_key = idempotency_key(headers)?;
+    if prefers_async(headers) {
+        return enqueue(gateway, id, kind, &message, body).await;
+    }
     let Some(key) = message.idempotency_key.clone() else {
         let ok = gateway
             .send(id, message, RecordKind::Outbound, None)
             .await?;
         return Ok(Json(ok).into_response());
     };
-    let request = {
-        let mut bytes = kind.as_str().as_bytes().to_vec();
-        bytes.push(0);
-        bytes.extend_from_slice(body);
-        format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
-    };
+    let request = request_hash(kind, body);
     let store = Arc::clone(&gateway.store);
     let (platform, owner, ttl) = (
         id.to_owned(),
@@ -127,47 +126,11 @@ async fn send_kind(
         tokio::task::spawn_blocking(move || store.claim(&platform, &key, &request, &owner, ttl))
             .await
     };
-    let unavailable = |e: String| ApiError {
-        retryable: true,
-        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
-    };
-    match claim
+    let claim = claim
         .map_err(|e| unavailable(e.to_string()))?
-        .map_err(|e| unavailable(e.to_string()))?
-    {
-        Claim::New => {}
-        Claim::Answered { status, answer } => {
-            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            return Ok((
-                status,
-                [
-                    (header::CONTENT_TYPE, "application/json"),
-                    (
-                        header::HeaderName::from_static("idempotent-replayed"),
-                        "true",
-                    ),
-                ],
-                answer,
-            )
-                .into_response());
-        }
-        Claim::InProgress => {
-            return Err(ApiError {
-                retryable: true,
-                ..ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!(
-                        "a request with Idempotency-Key `{key}` is being sent; ask again for its answer"
-                    ),
-                )
-            });
-        }
-        Claim::Conflict => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("Idempotency-Key `{key}` was used for another request on platform `{id}`"),
-            ));
-        }
+        .map_err(|e| unavailable(e.to_string()))?;
+    if claim != Claim::New {
+        return seen(claim, &key, id);
     }
     let sent = gateway
         .send(id, message, RecordKind::Outbound, None)
@@ -195,4 +158,101 @@ async fn send_kind(
         tracing::warn!(platform = id, %error, "the answer to an idempotent request was not kept; a repeat will be sent again");
     }
     Ok(Json(sent?).into_response())
+}
+
+fn unavailable(e: String) -> ApiError {
+    ApiError {
+        retryable: true,
+        ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
+    }
+}
+
+/// What identifies a request under its key: its kind and body.
+fn request_hash(kind: MessageKind, body: &[u8]) -> String {
+    let mut bytes = kind.as_str().as_bytes().to_vec();
+    bytes.push(0);
+    bytes.extend_from_slice(body);
+    format!("{:032x}", xxhash_rust::xxh3::xxh3_128(&bytes))
+}
+
+/// The answer to a request whose key was met before: the first answer (marked
+/// `Idempotent-Replayed: true`), or why not.
+fn seen(claim: Claim, key: &str, id: &str) -> Result<Response, ApiError> {
+    match claim {
+        Claim::Answered { status, answer } => {
+            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            Ok((
+                status,
+                [
+                    (header::CONTENT_TYPE, "application/json"),
+                    (
+                        header::HeaderName::from_static("idempotent-replayed"),
+                        "true",
+                    ),
+                ],
+                answer,
+            )
+                .into_response())
+        }
+        Claim::Conflict => Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("Idempotency-Key `{key}` was used for another request on platform `{id}`"),
+        )),
+        Claim::InProgress | Claim::New => Err(ApiError {
+            retryable: true,
+            ..ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "a request with Idempotency-Key `{key}` is being sent; ask again for its answer"
+                ),
+            )
+        }),
+    }
+}
+
+/// Whether the request says `Prefer: respond-async` (RFC 7240).
+fn prefers_async(headers: &HeaderMap) -> bool {
+    headers.get_all("prefer").iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("respond-async"))
+        })
+    })
+}
+
+/// `Prefer: respond-async`: the request is written to the outbox and answered 202
+/// `{"delivery_id", "state": "queued"}` once the write is durable; its chat's lane delivers it.
+async fn enqueue(
+    gateway: &Arc<Gateway>,
+    id: &str,
+    kind: MessageKind,
+    message: &Outbound,
+    body: &[u8],
+) -> Result<Response, ApiError> {
+    let key = message.idempotency_key.clone();
+    let item = NewDelivery {
+        platform: id.to_owned(),
+        chat: message.chat_id.clone(),
+        kind: kind.as_str().to_owned(),
+        body: body.to_vec(),
+        key: key.clone().map(|k| (k, request_hash(kind, body))),
+    };
+    let delivery_id = match gateway.outbox.enqueue(item).await.map_err(unavailable)? {
+        Enqueued::Queued(delivery_id) => delivery_id,
+        Enqueued::Seen(claim) => return seen(claim, key.as_deref().unwrap_or(""), id),
+    };
+    crate::delivery::wake(gateway, id, &message.chat_id);
+    Ok((
+        StatusCode::ACCEPTED,
+        [
+            (header::CONTENT_TYPE, "application/json".to_owned()),
+            (
+                header::HeaderName::from_static("preference-applied"),
+                "respond-async".to_owned(),
+            ),
+            (header::LOCATION, format!("/api/deliveries/{delivery_id}")),
+        ],
+        crate::store::queued_answer(&delivery_id),
+    )
+        .into_response())
 }

@@ -4,6 +4,7 @@
 //! `send`, `plugin reload` and the `hotreload-*` commands talk to the running server through its
 //! control socket (`remote`).
 
+mod deadletters;
 mod dev;
 mod local;
 mod remote;
@@ -41,6 +42,36 @@ pub enum JournalCommand {
     Reopen,
 }
 
+/// `hermes-host deadletters ...`.
+#[derive(Debug, Subcommand)]
+pub enum DeadLettersCommand {
+    /// List the dead letters: queued sends given up on, with their last error.
+    List {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// Only this platform's.
+        #[arg(long)]
+        platform: Option<String>,
+    },
+    /// Queue a dead letter again (or all of them, `--all`, of one platform with `--platform`).
+    Replay {
+        /// The delivery id.
+        delivery_id: Option<String>,
+        /// Every dead letter.
+        #[arg(long, conflicts_with = "delivery_id")]
+        all: bool,
+        /// With `--all`: only this platform's.
+        #[arg(long, requires = "all")]
+        platform: Option<String>,
+    },
+    /// Drop a dead letter for good.
+    Drop {
+        /// The delivery id.
+        delivery_id: String,
+    },
+}
+
 /// The commands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -62,6 +93,9 @@ pub enum Command {
     /// The running server's journal.
     #[command(subcommand)]
     Journal(JournalCommand),
+    /// The running server's dead letters (queued sends given up on).
+    #[command(subcommand)]
+    Deadletters(DeadLettersCommand),
     /// Probes a library for the host (internal): opens the file with every load-time check in
     /// this short-lived process and prints the report.
     #[command(name = "__probe", hide = true)]
@@ -226,6 +260,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Status { json } => remote::status(&config, json),
         Command::ReloadConfig => remote::reload_config(&config),
         Command::Journal(JournalCommand::Reopen) => remote::journal_reopen(&config),
+        Command::Deadletters(command) => deadletters::run(&config, command),
         Command::Send {
             platform,
             chat,

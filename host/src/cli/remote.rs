@@ -16,12 +16,12 @@ use crate::{
 /// How long a command waits for the server (a reload may wait out a call timeout).
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn client(config: &Config) -> Client {
+pub(super) fn client(config: &Config) -> Client {
     Client::new(&config.server.control_socket, CLIENT_TIMEOUT)
 }
 
 /// Prints a refusal (`error: ...`) and returns the failing exit code.
-fn refused(refusal: &control::Refusal, extra: &str) -> ExitCode {
+pub(super) fn refused(refusal: &control::Refusal, extra: &str) -> ExitCode {
     let retry = if refusal.retryable {
         " (retryable)"
     } else {

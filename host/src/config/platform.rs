@@ -1,6 +1,7 @@
 //! `[platforms.<id>]`: the host's keys for one platform (`start`, `call_timeout_ms`,
 //! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`, `isolation`, `memory_limit_mb`,
-//! `allowed_users`, `allow_all_users`, `fallback`), and the rest of the table, which
+//! `allowed_users`, `allow_all_users`, `fallback`, the `delivery` table), and the rest of the
+//! table, which
 //! belongs to the plugin.
 
 use std::time::Duration;
@@ -65,6 +66,9 @@ pub struct PlatformConfig {
     pub senders: Senders,
     /// `fallback`, default `refuse`: what becomes of a message the platform cannot carry.
     pub fallback: crate::capabilities::Fallback,
+    /// `[platforms.<id>.delivery]`: the rate budget and retries, over the manifest's
+    /// `[limits]` ([`crate::delivery::policy`]).
+    pub delivery: crate::delivery::policy::Limits,
     /// Every other key: the plugin's config.
     pub plugin: toml::Table,
 }
@@ -85,6 +89,7 @@ impl Default for PlatformConfig {
             memory_limit_mb: None,
             senders: Senders::Unset,
             fallback: crate::capabilities::Fallback::Refuse,
+            delivery: crate::delivery::policy::Limits::default(),
             plugin: toml::Table::new(),
         }
     }
@@ -171,6 +176,15 @@ pub(super) fn platform_config(
         config.fallback = v
             .try_into()
             .map_err(|_| ("fallback", "expected \"refuse\" or \"text\"".to_owned()))?;
+    }
+    if let Some(v) = table.remove("delivery") {
+        let limits: crate::delivery::policy::Limits = v
+            .try_into()
+            .map_err(|e: toml::de::Error| ("delivery", e.message().to_owned()))?;
+        limits
+            .check()
+            .map_err(|(key, message)| ("delivery", format!("key `{key}`: {message}")))?;
+        config.delivery = limits;
     }
     config.senders = Senders::from_table(&mut table)?;
     config.plugin = table;

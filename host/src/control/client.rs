@@ -253,7 +253,7 @@ impl Client {
 }
 
 /// Percent-encodes everything but unreserved characters: ids go into a URL path.
-fn percent_encoded(s: &str) -> String {
+pub(crate) fn percent_encoded(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

@@ -15,6 +15,7 @@
 //! | `POST` / `DELETE /platforms/{id}/hotreload` | start / stop watching the plugin's library |
 //! | `GET /hotreload` | every watched or reloaded plugin's hot-reload status |
 //! | `POST /config/reload` | re-read hermes.toml, applied or refused as a whole (as SIGHUP) |
+//! | `GET /deliveries/{id}`, `GET /deadletters`, `POST /deadletters/{id}/replay`, `POST /deadletters/replay?platform=`, `DELETE /deadletters/{id}` | queued sends and dead letters, as under `/api/` |
 
 use std::{path::PathBuf, sync::Arc};
 
@@ -42,6 +43,7 @@ mod bind;
 mod client;
 
 pub use bind::{BindError, bind};
+pub(crate) use client::percent_encoded;
 pub use client::{Answer, Client, ClientError, Refusal};
 
 /// `GET /status`: the server and every platform.
@@ -100,6 +102,14 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/hotreload", get(hotreload_status))
         .route("/config/reload", post(reload_config))
         .route("/journal/reopen", post(journal_reopen))
+        .route("/deliveries/{id}", get(api::deliveries::delivery))
+        .route("/deadletters", get(api::deliveries::dead_letters))
+        .route("/deadletters/replay", post(api::deliveries::replay_all))
+        .route(
+            "/deadletters/{id}",
+            axum::routing::delete(api::deliveries::drop_dead),
+        )
+        .route("/deadletters/{id}/replay", post(api::deliveries::replay))
         .fallback(api::not_found)
         .layer(DefaultBodyLimit::max(api::BODY_LIMIT))
         .layer(axum::middleware::map_response(api::json_errors))

@@ -119,6 +119,9 @@ pub struct Gateway {
     pub store: Arc<crate::store::Store>,
     /// This run of the gateway (pid and start time): who holds a pending idempotency key.
     pub run_id: String,
+    /// Queued sends: the writer of accepted records, the lanes delivering them, the rate
+    /// budgets ([`crate::delivery`]).
+    pub outbox: crate::delivery::Outbox,
     started: Instant,
     activity: Mutex<Activity>,
     /// HTTP requests and route sends in progress.
@@ -192,11 +195,21 @@ impl Gateway {
         let routes = Routes::new(config.routes.clone());
         let store = Arc::new(crate::store::Store::open(&config.plugins.state_dir)?);
         store.prune_idempotency(config.delivery.idempotency_ttl)?;
+        store.prune_sent(config.delivery.idempotency_ttl)?;
+        store.prune_seen(crate::store::MESSAGE_MAP_RETENTION)?;
+        let run_id = format!("{}-{}", std::process::id(), hermes_plugin_api::now_ms());
+        let outbox = crate::delivery::Outbox::start(
+            Arc::clone(&store),
+            run_id.clone(),
+            config.delivery.idempotency_ttl,
+            config.journal.durability == crate::journal::Durability::Fsync,
+        );
         let gateway = Arc::new(Gateway {
             routes,
             lanes: lanes::Lanes::default(),
             store,
-            run_id: format!("{}-{}", std::process::id(), hermes_plugin_api::now_ms()),
+            outbox,
+            run_id,
             config,
             hotreload,
             registry,

@@ -64,6 +64,14 @@ pub enum SendError {
     /// not ask for the text fallback.
     #[error(transparent)]
     Unsupported(#[from] crate::capabilities::Unsupported),
+    /// The rate budget had no token for it within its call timeout.
+    #[error("{platform}: over its rate budget; try again in {} ms", retry_after.as_millis())]
+    RateLimited {
+        /// The platform.
+        platform: String,
+        /// When a token will be there.
+        retry_after: Duration,
+    },
     /// Sent, but with `fsync` durability the journal could not record it: the answer must not
     /// claim it is kept, and a retry would send it twice.
     #[error("{platform}: sent as {message_id}, but the journal could not record it: {source}")]
@@ -86,15 +94,49 @@ impl SendError {
                 false
             }
             SendError::HeldByReload { .. }
+            | SendError::RateLimited { .. }
             | SendError::LoadTask { .. }
             | SendError::NotAdmitted { .. } => true,
             SendError::Call { source, .. } => source.retryable(),
         }
     }
 
+    /// How long the platform or its budget asked the sender to wait, when it said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SendError::RateLimited { retry_after, .. } => Some(*retry_after),
+            SendError::Call {
+                source:
+                    CallError::Plugin {
+                        retry_after_ms: Some(ms),
+                        ..
+                    },
+                ..
+            } => Some(Duration::from_millis(u64::from(*ms))),
+            _ => None,
+        }
+    }
+
+    /// Whether sending it again cannot help: the platform refused it for what it is, not
+    /// for its state.
+    pub fn permanent(&self) -> bool {
+        matches!(
+            self,
+            SendError::Unsupported(_)
+                | SendError::Call {
+                    source: CallError::Plugin {
+                        retryable: false,
+                        ..
+                    },
+                    ..
+                }
+        )
+    }
+
     /// The metrics label of a failed call.
     fn label(&self) -> &'static str {
         match self {
+            SendError::RateLimited { .. } => "rate_limited",
             SendError::Call { source, .. } => match source {
                 CallError::Timeout { .. } => "timeout",
                 CallError::Plugin { .. } => "error",
@@ -121,7 +163,33 @@ pub struct SendOk {
     pub parts: Option<Vec<String>>,
 }
 
+/// Who sends, which decides how long a send waits for its rate budget and for the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A client waiting for the answer: the budget is waited for within the call timeout
+    /// (then 503 with `Retry-After`); with `fsync` the answer waits for the journal.
+    Client,
+    /// A route's lane (in memory): waits for the budget as long as it takes.
+    Route,
+    /// The outbox: waits for the budget as long as it takes; the record in the store is the
+    /// durable one, so the journal's line is not waited for.
+    Outbox,
+}
+
 impl Gateway {
+    /// The delivery policy in force for `platform`: its table's `delivery` over its
+    /// manifest's `[limits]`.
+    pub fn delivery_policy(&self, platform: &str) -> crate::delivery::policy::Policy {
+        let Ok(entry) = self.registry.entry(platform) else {
+            return crate::delivery::policy::Limits::default().policy();
+        };
+        let table = entry.platform_config().map(|p| p.delivery.clone());
+        table
+            .unwrap_or_default()
+            .over(&entry.manifest().limits)
+            .policy()
+    }
+
     /// The running instance of `platform`, loading it on first use (off the runtime's threads).
     pub async fn instance(self: &Arc<Self>, platform: &str) -> Result<Arc<Instance>, SendError> {
         if let Some(instance) = self.registry.running(platform) {
@@ -170,13 +238,32 @@ impl Gateway {
         Ok(instance)
     }
 
-    /// Sends `message` through `platform`, recording it in the journal as `kind`.
+    /// Sends `message` through `platform`, recording it in the journal as `kind` (a routed
+    /// record goes [`Via::Route`], the others [`Via::Client`]).
     pub async fn send(
         self: &Arc<Self>,
         platform: &str,
         message: Outbound,
         kind: RecordKind,
         route_from: Option<String>,
+    ) -> Result<SendOk, SendError> {
+        let via = if kind == RecordKind::Routed {
+            Via::Route
+        } else {
+            Via::Client
+        };
+        self.send_via(platform, message, kind, route_from, via)
+            .await
+    }
+
+    /// [`Gateway::send`], waiting for the budget and the journal as `via` says.
+    pub async fn send_via(
+        self: &Arc<Self>,
+        platform: &str,
+        message: Outbound,
+        kind: RecordKind,
+        route_from: Option<String>,
+        via: Via,
     ) -> Result<SendOk, SendError> {
         // Nothing is sent that the journal could not record: the room for its record is
         // reserved before the plugin sees it.
@@ -195,7 +282,7 @@ impl Gateway {
                     source,
                 })?;
         let started = Instant::now();
-        let (instance, result) = self.send_parts(platform, &message).await?;
+        let (instance, result) = self.send_parts(platform, &message, via).await?;
         // While the call ran it counted in flight, which keeps idle unload away; the activity
         // clock starts again from its end.
         self.touch(platform);
@@ -217,6 +304,7 @@ impl Gateway {
                     route_from,
                 });
                 let kept = match kept {
+                    Ok(_) if via == Via::Outbox => Ok(()),
                     Ok(ticket) => self.journal.committed(ticket).await,
                     Err(e) => Err(e),
                 };
@@ -251,13 +339,14 @@ impl Gateway {
     }
 
     /// `message` fitted to the platform (split, or refused or turned into text where it lacks
-    /// something) and sent part by part, in order; the ids of the parts sent. Each part that
-    /// finds the instance swapped out by a reload (`Stopped`: the call never reached the
-    /// plugin) goes again to the serving one.
+    /// something) and sent part by part, in order, each within the rate budget; the ids of the
+    /// parts sent. Each part that finds the instance swapped out by a reload (`Stopped`: the
+    /// call never reached the plugin) goes again to the serving one.
     async fn send_parts(
         self: &Arc<Self>,
         platform: &str,
         message: &Outbound,
+        via: Via,
     ) -> Result<(Arc<Instance>, Result<Vec<String>, CallError>), SendError> {
         let mut instance = self.instance(platform).await?;
         let entry = self.registry.entry(platform)?;
@@ -271,8 +360,29 @@ impl Gateway {
             fallback,
             message.clone(),
         )?;
+        let policy = self.delivery_policy(platform);
+        let within = (via == Via::Client).then(|| self.registry.call_timeout(entry));
         let mut ids = Vec::with_capacity(parts.len());
         for part in &parts {
+            if let Err(retry_after) = self
+                .outbox
+                .budgets
+                .take(platform, &part.chat_id, &policy, within)
+                .await
+            {
+                if ids.is_empty() {
+                    return Err(SendError::RateLimited {
+                        platform: platform.to_owned(),
+                        retry_after,
+                    });
+                }
+                // Parts went out already: wait for the rest rather than leave it half sent.
+                let _ = self
+                    .outbox
+                    .budgets
+                    .take(platform, &part.chat_id, &policy, None)
+                    .await;
+            }
             let mut attempts = 0;
             let result = loop {
                 let result = instance.send_async(part).await;

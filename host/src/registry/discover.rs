@@ -174,6 +174,7 @@ fn placeholder_manifest(id: &str) -> Manifest {
         install_hint: None,
         enable_when: None,
         capabilities: Default::default(),
+        limits: Default::default(),
         path_keys: Vec::new(),
         inbound: false,
     }

@@ -11,7 +11,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{OptionalExtension, TransactionBehavior, params};
+use rusqlite::{OptionalExtension, Transaction, TransactionBehavior, params};
 
 use super::{Store, StoreError};
 
@@ -54,53 +54,13 @@ impl Store {
         ttl: Duration,
     ) -> Result<Claim, StoreError> {
         let mut conn = self.conn();
-        let now = hermes_plugin_api::now_ms();
-        let oldest = now - i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.error(&e))?;
-        let row = tx
-            .query_row(
-                "SELECT request, owner, status, answer, created_ms FROM idempotency
-                 WHERE platform = ?1 AND key = ?2",
-                params![platform, key],
-                |r| {
-                    Ok(Held {
-                        request: r.get(0)?,
-                        owner: r.get(1)?,
-                        status: r.get(2)?,
-                        answer: r.get(3)?,
-                        created_ms: r.get(4)?,
-                    })
-                },
-            )
-            .optional()
+        let claim = claim_in(&tx, platform, key, request, owner, ttl)
+            .and_then(|claim| tx.commit().map(|()| claim))
             .map_err(|e| self.error(&e))?;
-        let claim = match row {
-            Some(held) if held.created_ms <= oldest => None,
-            Some(held) if held.request != request => Some(Claim::Conflict),
-            Some(Held {
-                status: Some(status),
-                answer,
-                ..
-            }) => Some(Claim::Answered {
-                status,
-                answer: answer.unwrap_or_default(),
-            }),
-            Some(held) if held.owner == owner => Some(Claim::InProgress),
-            // Pending in a run that died: its outcome is unknown; this request takes it over.
-            Some(_) | None => None,
-        };
-        if let Some(claim) = claim {
-            return Ok(claim);
-        }
-        tx.execute(
-            "INSERT OR REPLACE INTO idempotency VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5)",
-            params![platform, key, request, owner, now],
-        )
-        .and_then(|_| tx.commit())
-        .map_err(|e| self.error(&e))?;
-        Ok(Claim::New)
+        Ok(claim)
     }
 
     /// Keeps the answer to the request that claimed `key`.
@@ -141,6 +101,60 @@ impl Store {
             )
             .map_err(|e| self.error(&e))
     }
+}
+
+/// [`Store::claim`] inside the caller's transaction: on [`Claim::New`] the pending row is
+/// written, to be committed with whatever else the transaction does (a queued delivery and
+/// its answer, in [`Store::enqueue`]).
+pub(super) fn claim_in(
+    tx: &Transaction<'_>,
+    platform: &str,
+    key: &str,
+    request: &str,
+    owner: &str,
+    ttl: Duration,
+) -> rusqlite::Result<Claim> {
+    let now = hermes_plugin_api::now_ms();
+    let oldest = now - i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+    let row = tx
+        .query_row(
+            "SELECT request, owner, status, answer, created_ms FROM idempotency
+             WHERE platform = ?1 AND key = ?2",
+            params![platform, key],
+            |r| {
+                Ok(Held {
+                    request: r.get(0)?,
+                    owner: r.get(1)?,
+                    status: r.get(2)?,
+                    answer: r.get(3)?,
+                    created_ms: r.get(4)?,
+                })
+            },
+        )
+        .optional()?;
+    let claim = match row {
+        Some(held) if held.created_ms <= oldest => None,
+        Some(held) if held.request != request => Some(Claim::Conflict),
+        Some(Held {
+            status: Some(status),
+            answer,
+            ..
+        }) => Some(Claim::Answered {
+            status,
+            answer: answer.unwrap_or_default(),
+        }),
+        Some(held) if held.owner == owner => Some(Claim::InProgress),
+        // Pending in a run that died: its outcome is unknown; this request takes it over.
+        Some(_) | None => None,
+    };
+    if let Some(claim) = claim {
+        return Ok(claim);
+    }
+    tx.execute(
+        "INSERT OR REPLACE INTO idempotency VALUES (?1, ?2, ?3, ?4, NULL, NULL, ?5)",
+        params![platform, key, request, owner, now],
+    )?;
+    Ok(Claim::New)
 }
 
 #[cfg(test)]

@@ -2,8 +2,10 @@
 //! mode), behind this narrow interface. Nothing outside this module speaks SQL, so a store
 //! shared by several gateways (PostgreSQL) can stand in for it later.
 //!
-//! It holds the answers to requests with an `Idempotency-Key` ([`Claim`]), and the message map: for each message a route carried, the source (platform, chat,
-//! message id) and each copy's. An edit, delete, reaction or reply that arrives later on either
+//! It holds the outbox of queued sends and their dead letters ([`Delivery`]), the answers to
+//! requests with an `Idempotency-Key` ([`Claim`]), the inbound message ids already delivered
+//! (so a platform's redelivery is not delivered twice), and the message map: for each message
+//! a route carried, the source (platform, chat, message id) and each copy's. An edit, delete, reaction or reply that arrives later on either
 //! side finds its counterpart there, across restarts. Entries older than
 //! [`MESSAGE_MAP_RETENTION`] are pruned when the store opens.
 //!
@@ -19,11 +21,16 @@ use std::{
 use rusqlite::{Connection, OptionalExtension, params};
 
 mod idempotency;
+mod inbound;
+mod outbox;
 
 pub use idempotency::Claim;
+pub use outbox::{
+    Delivery, DeliveryState, Enqueued, NewDelivery, OutboxStats, Pending, queued_answer,
+};
 
 /// The schema version this gateway writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// How long a routed message's counterparts are kept.
 pub const MESSAGE_MAP_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
@@ -54,6 +61,33 @@ const MIGRATIONS: &[&str] = &[
         created_ms INTEGER NOT NULL,
         PRIMARY KEY (platform, key)
     ) WITHOUT ROWID;",
+    "CREATE TABLE outbox (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        platform TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        kind TEXT NOT NULL,
+        body BLOB NOT NULL,
+        idempotency_key TEXT,
+        state TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        message_id TEXT,
+        last_error TEXT,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        due_ms INTEGER NOT NULL
+    );
+    CREATE INDEX outbox_pending ON outbox (platform, chat, seq)
+        WHERE state IN ('queued', 'sending');
+    CREATE INDEX outbox_state ON outbox (state, platform);
+    CREATE TABLE inbound_seen (
+        platform TEXT NOT NULL,
+        chat TEXT NOT NULL,
+        id TEXT NOT NULL,
+        seen_ms INTEGER NOT NULL,
+        PRIMARY KEY (platform, chat, id)
+    ) WITHOUT ROWID;
+    CREATE INDEX inbound_seen_age ON inbound_seen (seen_ms);",
 ];
 
 /// A message on a platform: where it is and its id there.

@@ -21,6 +21,10 @@ use prometheus_client::{
 
 use crate::{journal::JournalStatus, registry::PlatformStatus};
 
+mod delivery;
+
+pub(crate) use delivery::OutboxSnapshot;
+
 /// Send latency histogram bucket bounds, in seconds.
 const BUCKETS: [f64; 10] = [0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0];
 
@@ -103,6 +107,7 @@ pub struct Metrics {
     inbound_refused: Mutex<BTreeMap<String, u64>>,
     /// By platform: isolated children that died unasked.
     crashes: Mutex<BTreeMap<String, u64>>,
+    delivery: delivery::DeliveryCounters,
 }
 
 /// Send latencies: a count per bucket (not cumulative), the sum and the count.
@@ -160,6 +165,8 @@ pub struct Snapshot<'a> {
     pub resident_stale_libraries: Option<usize>,
     /// The journal.
     pub journal: &'a JournalStatus,
+    /// The outbox; `None` when the store could not be read.
+    pub outbox: Option<&'a OutboxSnapshot>,
 }
 
 impl Metrics {
@@ -365,6 +372,8 @@ impl Metrics {
             gauge.set(value);
             registry.register(name, help, gauge);
         }
+
+        delivery::register(&mut registry, &self.delivery, snapshot.outbox);
 
         let mut out = String::new();
         // Writing to a String cannot fail.
