@@ -214,3 +214,232 @@ fn a_bad_key_in_a_delivery_table_names_it() {
         "{err}"
     );
 }
+
+#[test]
+fn a_failing_peer_makes_dead_letters_that_are_replayed_and_dropped() {
+    let t = TestDir::new();
+    t.install("wh", "hermes_webhook", 1);
+    // /down answers 500 twice, then 200; /gone always 500; /bad 400 (no retry can help).
+    let target = crate::webhook::Target::start(vec![
+        ("/down", vec![(500, ""), (500, ""), (200, "")]),
+        ("/gone", vec![(500, "")]),
+        ("/bad", vec![(400, "")]),
+    ]);
+    let url = |p: &str| format!("http://{}{p}", target.addr);
+    let server = Server::start(
+        &t,
+        &format!(
+            "[platforms.wh]\nmax_retries = 0\ntargets = [\n  {{ chat = \"down\", url = \"{}\", format = \"slack\" }},\n  {{ chat = \"gone\", url = \"{}\", format = \"slack\" }},\n  {{ chat = \"bad\", url = \"{}\", format = \"slack\" }},\n]\n[platforms.wh.delivery]\nmax_attempts = 2\nbackoff_ms = 50\n",
+            url("/down"),
+            url("/gone"),
+            url("/bad")
+        ),
+    );
+    let mut sse = Sse::connect(&server.addr);
+    let down = queued(&server, "wh", "down", "to down");
+    let dead = next_delivery(&mut sse);
+    assert_eq!(
+        (dead["delivery_id"].as_str(), dead["state"].as_str()),
+        (Some(down.as_str()), Some("dead"))
+    );
+    assert_eq!(dead["attempts"], 2);
+    assert!(
+        dead["last_error"].as_str().unwrap().contains("HTTP 500"),
+        "{dead}"
+    );
+    let bad = queued(&server, "wh", "bad", "to bad");
+    let dead = next_delivery(&mut sse);
+    assert_eq!(dead["delivery_id"].as_str(), Some(bad.as_str()));
+    assert_eq!(dead["attempts"], 1, "not retryable: dead at once: {dead}");
+    let gone = queued(&server, "wh", "gone", "to gone");
+    assert_eq!(
+        next_delivery(&mut sse)["delivery_id"].as_str(),
+        Some(gone.as_str())
+    );
+
+    let (status, list) = get_json(&server, "/api/deadletters?platform=wh");
+    assert_eq!(status, 200, "{list}");
+    let listed: Vec<&str> = list["dead_letters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["delivery_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, [down.as_str(), bad.as_str(), gone.as_str()]);
+    let out = server.cli(&["deadletters", "list"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&down) && text.contains("HTTP 500"),
+        "{text}"
+    );
+    let metrics = server.get("/metrics").1;
+    assert!(
+        metrics.contains("hermes_dead_letters{platform=\"wh\"} 3"),
+        "{metrics}"
+    );
+    assert_eq!(server.platform("wh")["outbox"]["dead"], 3);
+
+    // The peer answers now: replayed once, delivered once.
+    let out = server.cli(&["deadletters", "replay", &down]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sent = next_delivery(&mut sse);
+    assert_eq!(
+        (sent["delivery_id"].as_str(), sent["state"].as_str()),
+        (Some(down.as_str()), Some("sent"))
+    );
+    assert_eq!(target.seen("/down").len(), 3);
+    // Dropped: gone from the list and from the outbox.
+    let out = server.cli(&["deadletters", "drop", &gone]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(get_json(&server, &format!("/api/deliveries/{gone}")).0, 404);
+    let out = server.cli(&["deadletters", "drop", &gone]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("no dead letter `{gone}`")));
+    let out = server.cli(&["deadletters", "list", "--json"]);
+    let left: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(left.as_array().unwrap().len(), 1, "{left}");
+    // Replay all: the 400 goes again, and is dead again at once.
+    let out = server.cli(&["deadletters", "replay", "--all", "--platform", "wh"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 dead letters queued again"));
+    let again = next_delivery(&mut sse);
+    assert_eq!(
+        (again["delivery_id"].as_str(), again["state"].as_str()),
+        (Some(bad.as_str()), Some("dead"))
+    );
+    assert_eq!(target.seen("/bad").len(), 2);
+}
+
+#[test]
+fn queued_sends_outlive_a_stopped_broker_and_a_killed_gateway_and_arrive_once_in_order() {
+    let t = TestDir::new();
+    t.install("mq", "hermes_mqtt", 1);
+    let mut broker = crate::peers::Mosquitto::start(&t.path().join("mosquitto"));
+    // A persistent subscriber: the broker keeps what arrives for it while it is away.
+    drop(broker.subscribe_as("out/#", Some("hermes-delivery-test")));
+    broker.stop();
+    let config = format!(
+        "[platforms.mq]\nbroker = \"{}\"\nreconnect_max_ms = 300\n[platforms.mq.delivery]\nmax_attempts = 10000\nbackoff_ms = 100\nmax_backoff_ms = 400\n",
+        broker.addr()
+    );
+    // Half the sends are accepted by a gateway that is then killed, half by the next one.
+    let mut first = Server::start(&t, &config);
+    let mut ids = Vec::new();
+    for n in 0..10 {
+        ids.push(queued(&first, "mq", "out/q", &format!("m{n}")));
+    }
+    first.kill9();
+    let server = Server::start(&t, &config);
+    let mut sse = Sse::connect(&server.addr);
+    for n in 10..20 {
+        ids.push(queued(&server, "mq", "out/q", &format!("m{n}")));
+    }
+    let (_, d) = get_json(&server, &format!("/api/deliveries/{}", ids[0]));
+    assert!(
+        matches!(d["state"].as_str(), Some("queued" | "sending")),
+        "{d}"
+    );
+    broker.restart();
+    let mut sent = Vec::new();
+    while sent.len() < 20 {
+        let event = next_delivery(&mut sse);
+        assert_eq!(event["state"], "sent", "{event}");
+        sent.push(event["delivery_id"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(sent, ids, "delivered in the order accepted");
+    let mut sub = broker.subscribe_as("out/#", Some("hermes-delivery-test"));
+    let got: Vec<String> = (0..20).map(|_| sub.next().1).collect();
+    let want: Vec<String> = (0..20).map(|n| format!("m{n}")).collect();
+    assert_eq!(got, want);
+    // Nothing more came: the next message is one published now.
+    broker.publish("out/q", "marker");
+    assert_eq!(sub.next().1, "marker");
+}
+
+/// The texts of the next `n` inbound echoes and the ids of the next `n` deliveries sent.
+fn echoes_and_sent(sse: &mut Sse, n: usize) -> (Vec<String>, Vec<String>) {
+    let (mut echoes, mut sent) = (Vec::new(), Vec::new());
+    while sent.len() < n || echoes.len() < n {
+        let event = sse.next();
+        if event["kind"] == "delivery" {
+            assert_eq!(event["state"], "sent", "{event}");
+            sent.push(event["delivery_id"].as_str().unwrap().to_owned());
+        } else {
+            echoes.push(event["text"].as_str().unwrap().to_owned());
+        }
+    }
+    (echoes, sent)
+}
+
+#[test]
+fn a_reload_during_queued_delivery_loses_and_duplicates_nothing() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    // Paced, so that the reload comes while records wait.
+    let server = Server::start(
+        &t,
+        "[platforms.lb]\n[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n",
+    );
+    let mut sse = Sse::connect(&server.addr);
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        ids.push(queued(&server, "lb", "c", &format!("r{n}")));
+    }
+    let out = server.cli(&["plugin", "reload", "lb"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for n in 60..120 {
+        ids.push(queued(&server, "lb", "c", &format!("r{n}")));
+    }
+    let (echoes, sent) = echoes_and_sent(&mut sse, 120);
+    let want: Vec<String> = (0..120).map(|n| format!("r{n}")).collect();
+    assert_eq!(echoes, want);
+    assert_eq!(sent, ids);
+    assert_eq!(server.platform("lb")["generation"], 2);
+    let (_, last) = get_json(&server, &format!("/api/deliveries/{}", ids[119]));
+    assert_eq!(last["attempts"], 1, "{last}");
+}
+
+#[test]
+fn a_crashed_child_during_queued_delivery_loses_nothing_and_keeps_the_order() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    let server = Server::start(
+        &t,
+        "[platforms.lb]\nisolation = \"process\"\n[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n",
+    );
+    let mut sse = Sse::connect(&server.addr);
+    let mut ids = Vec::new();
+    for n in 0..40 {
+        ids.push(queued(&server, "lb", "c", &format!("k{n}")));
+    }
+    let pid = server.platform("lb")["pid"].as_i64().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    for n in 40..80 {
+        ids.push(queued(&server, "lb", "c", &format!("k{n}")));
+    }
+    let (mut echoes, sent) = echoes_and_sent(&mut sse, 80);
+    assert_eq!(sent, ids);
+    // The one call in flight when the child died may have echoed before it died, and is sent
+    // again with the same idempotency key (a platform that dedupes by it posts it once).
+    let before = echoes.len();
+    echoes.dedup();
+    assert!(before - echoes.len() <= 1, "{before} echoes");
+    let want: Vec<String> = (0..80).map(|n| format!("k{n}")).collect();
+    assert_eq!(echoes, want);
+    assert!(server.platform("lb")["generation"].as_u64().unwrap() >= 2);
+}

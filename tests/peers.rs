@@ -79,6 +79,16 @@ impl Daemon {
         }
     }
 
+    /// Stops the server with SIGTERM, as a service manager would (it saves what it persists).
+    pub(crate) fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+
     /// Starts it again on the same port.
     pub(crate) fn restart(&mut self) {
         self.kill();
@@ -317,7 +327,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nuser root\n"
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\nuser root\n",
+                dir.display()
             ),
         )
         .unwrap();
@@ -364,6 +375,13 @@ impl Mosquitto {
 
     /// Subscribes with `mosquitto_sub` and returns once the broker acknowledged it.
     pub(crate) fn subscribe(&self, topic: &str) -> Subscriber {
+        self.subscribe_as(topic, None)
+    }
+
+    /// [`Mosquitto::subscribe`] with a persistent session under client id `id` (`-c -i id`):
+    /// the broker keeps the subscription, and the QoS 1 messages that arrive while the client
+    /// is away, for its return (across a broker restart too: persistence is on).
+    pub(crate) fn subscribe_as(&self, topic: &str, id: Option<&str>) -> Subscriber {
         // Line-buffered (a pipe would hold the output back); `-W 30` ends it after 30 s, so a
         // message that never comes fails the test instead of hanging it.
         let port = self.port.to_string();
@@ -384,14 +402,25 @@ impl Mosquitto {
                 "-W",
                 "30",
             ])
+            .args(id.map_or(vec![], |id| vec!["-c", "-i", id]))
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut sub = Subscriber {
             reader: BufReader::new(child.stdout.take().unwrap()),
             child,
+            early: std::collections::VecDeque::new(),
         };
-        sub.read_until(|l| l.contains("SUBACK"));
+        // A persistent session's waiting messages may come before the SUBACK: kept for next().
+        loop {
+            let line = sub.read_until(|_| true);
+            if line.contains("SUBACK") {
+                break;
+            }
+            if is_message(&line) {
+                sub.early.push_back(line);
+            }
+        }
         sub
     }
 }
@@ -400,6 +429,12 @@ impl Mosquitto {
 pub(crate) struct Subscriber {
     child: Child,
     reader: BufReader<std::process::ChildStdout>,
+    early: std::collections::VecDeque<String>,
+}
+
+/// Whether a line of `mosquitto_sub -v -d` is a message (`topic payload`), not its debug talk.
+fn is_message(line: &str) -> bool {
+    !line.starts_with("Client ") && !line.starts_with("Subscribed ") && !line.is_empty()
 }
 
 impl Subscriber {
@@ -418,9 +453,10 @@ impl Subscriber {
 
     /// The next message as `(topic, payload)`.
     pub(crate) fn next(&mut self) -> (String, String) {
-        let line = self.read_until(|l| {
-            !l.starts_with("Client ") && !l.starts_with("Subscribed ") && !l.is_empty()
-        });
+        let line = match self.early.pop_front() {
+            Some(line) => line,
+            None => self.read_until(is_message),
+        };
         let (topic, payload) = line.split_once(' ').unwrap_or((&line, ""));
         (topic.to_owned(), payload.to_owned())
     }

@@ -85,7 +85,7 @@ impl Target {
         Target { addr, seen }
     }
 
-    fn seen(&self, path: &str) -> Vec<Seen> {
+    pub(crate) fn seen(&self, path: &str) -> Vec<Seen> {
         self.seen
             .lock()
             .unwrap()
