@@ -443,3 +443,49 @@ fn a_crashed_child_during_queued_delivery_loses_nothing_and_keeps_the_order() {
     assert_eq!(echoes, want);
     assert!(server.platform("lb")["generation"].as_u64().unwrap() >= 2);
 }
+
+#[test]
+fn a_homeserver_rate_limit_is_waited_out_by_the_outbox_and_each_message_posted_once() {
+    use crate::matrix::{ROOM, config, make_room, wait_synced};
+    let t = TestDir::new();
+    // Two messages at once, then one a second.
+    let synapse = crate::peers::Synapse::start_limited(
+        &t.path().join("synapse"),
+        &[("hermes", "secret-h"), ("alice", "secret-a")],
+        "{per_second: 1, burst_count: 2}",
+    );
+    make_room(&synapse);
+    // The adapter gives up on a limited send within 300 ms and hands the homeserver's
+    // retry_after_ms to the outbox, which waits it out.
+    let server = Server::start(
+        &t,
+        &config(&t, &synapse).replace(
+            "[platforms.matrix]\n",
+            "[platforms.matrix]\nsend_budget_ms = 300\n",
+        ),
+    );
+    wait_synced(&server);
+    let mut sse = Sse::connect(&server.addr);
+    let ids: Vec<String> = (0..10)
+        .map(|n| queued(&server, "matrix", ROOM, &format!("q{n}")))
+        .collect();
+    let (_, before) = sse.until("q9");
+    let heard: Vec<&str> = before
+        .iter()
+        .filter(|e| e["platform"] == "alice" && e["kind"] == "message")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    let want: Vec<String> = (0..9).map(|n| format!("q{n}")).collect();
+    assert_eq!(heard, want, "each once, in order");
+    let mut retried = false;
+    for id in &ids {
+        let (_, d) = get_json(&server, &format!("/api/deliveries/{id}"));
+        if d["state"] != "sent" {
+            // The last may still be settling: its delivery event says so.
+            assert_eq!(id, &ids[9], "{d}");
+            continue;
+        }
+        retried |= d["attempts"].as_u64() > Some(1);
+    }
+    assert!(retried, "the limit was met and waited out by the outbox");
+}

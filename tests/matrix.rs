@@ -12,7 +12,7 @@ use crate::{
     util::{self, Server, Sse, TestDir},
 };
 
-const ROOM: &str = "#ops:localhost";
+pub(crate) const ROOM: &str = "#ops:localhost";
 
 pub(crate) fn synapse(t: &TestDir) -> Synapse {
     Synapse::start(
