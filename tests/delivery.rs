@@ -489,3 +489,38 @@ fn a_homeserver_rate_limit_is_waited_out_by_the_outbox_and_each_message_posted_o
     }
     assert!(retried, "the limit was met and waited out by the outbox");
 }
+
+#[test]
+fn a_message_a_platform_delivers_again_is_dropped() {
+    use crate::matrix::{config, make_room, synapse, wait_synced};
+    let t = TestDir::new();
+    let synapse = synapse(&t);
+    let room = make_room(&synapse);
+    let config = config(&t, &synapse);
+    crate::util::shipped_capabilities(&t, "matrix", &["matrix", "alice"]);
+    let mut server = Server::start(&t, &config);
+    wait_synced(&server);
+    let mut sse = Sse::connect(&server.addr);
+    // The sync position as it was before the message: what a gateway killed between
+    // delivering a message and saving the position starts from.
+    let store = t.path().join("matrix.store");
+    let before = std::fs::read(&store).unwrap();
+    assert_eq!(server.send("alice", &room, "first").0, 200);
+    let (event, _) = sse.until("first");
+    assert_eq!(event["platform"], "matrix");
+    assert!(server.terminate().success());
+    std::fs::write(&store, before).unwrap();
+
+    let server = Server::start(&t, &config);
+    wait_synced(&server);
+    let mut sse = Sse::connect(&server.addr);
+    assert_eq!(server.send("alice", &room, "second").0, 200);
+    let (event, before) = sse.until("second");
+    assert_eq!(event["platform"], "matrix");
+    assert!(before.iter().all(|e| e["text"] != "first"), "{before:?}");
+    let metrics = server.get("/metrics").1;
+    assert!(
+        metrics.contains("hermes_inbound_duplicates_total{platform=\"matrix\"} 1"),
+        "{metrics}"
+    );
+}

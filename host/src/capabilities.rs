@@ -47,6 +47,11 @@ pub struct Capabilities {
     /// Files, up to a size and of some types.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attachments: Option<AttachmentCapability>,
+    /// Inbound message ids are the platform's own: unique in a chat, and the same when the
+    /// platform delivers a message again (after a reconnect, from a sync position that was not
+    /// saved). The gateway keeps the ids it delivered and drops such a redelivery.
+    #[serde(default)]
+    pub unique_ids: bool,
 }
 
 /// `[capabilities] attachments`.

@@ -71,6 +71,9 @@ fn dispatch(
         }
         return Ok(());
     }
+    if redelivered(gateway, &message) {
+        return Ok(());
+    }
     gateway.touch(&message.platform);
     gateway.metrics.inbound(&message.platform);
     let kept = gateway.journal.record(Record {
@@ -99,4 +102,32 @@ fn dispatch(
         }
     }
     Ok(())
+}
+
+/// Whether `message` was delivered before: its platform's ids are its own
+/// (`[capabilities] unique_ids`) and the store has seen this one in its chat. A store that
+/// cannot answer lets the message through (a possible repeat rather than a loss).
+fn redelivered(gateway: &Gateway, message: &Inbound) -> bool {
+    let unique = gateway
+        .registry
+        .entry(&message.platform)
+        .is_ok_and(|e| e.manifest().capabilities.unique_ids);
+    if !unique || message.message_id.is_empty() {
+        return false;
+    }
+    match gateway
+        .store
+        .first_sight(&message.platform, &message.chat_id, &message.message_id)
+    {
+        Ok(true) => false,
+        Ok(false) => {
+            gateway.metrics.inbound_duplicate(&message.platform);
+            tracing::debug!(platform = %message.platform, chat = %message.chat_id, message_id = %message.message_id, "dropped a message delivered before");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(platform = %message.platform, %error, "the store could not say whether a message was seen; delivering it");
+            false
+        }
+    }
 }

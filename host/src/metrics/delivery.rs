@@ -1,4 +1,5 @@
-//! The outbox's figures: attempts and settled deliveries counted as they happen; queue depth,
+//! The outbox's figures: attempts and settled deliveries (and inbound repeats dropped) counted
+//! as they happen; queue depth,
 //! the oldest record's age, dead letters and rate-budget headroom read at scrape time.
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ pub(super) struct DeliveryCounters {
     attempts: std::sync::Mutex<BTreeMap<String, u64>>,
     sent: std::sync::Mutex<BTreeMap<String, u64>>,
     dead: std::sync::Mutex<BTreeMap<String, u64>>,
+    duplicates: std::sync::Mutex<BTreeMap<String, u64>>,
 }
 
 /// The outbox read at scrape time.
@@ -31,6 +33,11 @@ impl super::Metrics {
     /// A queued send's call was made.
     pub fn delivery_attempt(&self, platform: &str) {
         bump(&self.delivery.attempts, platform);
+    }
+
+    /// An inbound message delivered before came again and was dropped.
+    pub fn inbound_duplicate(&self, platform: &str) {
+        bump(&self.delivery.duplicates, platform);
     }
 
     /// A queued send was sent or became a dead letter.
@@ -63,6 +70,11 @@ pub(super) fn register(
             "hermes_deliveries_dead",
             "Queued sends that became dead letters, by platform",
             &counters.dead,
+        ),
+        (
+            "hermes_inbound_duplicates",
+            "Inbound messages dropped because they were delivered before (platforms with unique_ids)",
+            &counters.duplicates,
         ),
     ] {
         let family = Family::<Labels, Counter>::default();
