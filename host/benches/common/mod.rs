@@ -113,16 +113,31 @@ pub(crate) fn load(
     clients: usize,
     duration: Duration,
 ) -> (f64, Vec<Duration>) {
+    load_with(addr, path, &|_| body.to_owned(), "", 200, clients, duration)
+}
+
+/// [`load`] with each client's own body (`body(client)`), extra header lines (`headers`, each
+/// ending in `\r\n`) and the status every answer must have.
+pub(crate) fn load_with(
+    addr: &str,
+    path: &str,
+    body: &dyn Fn(usize) -> String,
+    headers: &str,
+    status: u16,
+    clients: usize,
+    duration: Duration,
+) -> (f64, Vec<Duration>) {
     let barrier = std::sync::Arc::new(std::sync::Barrier::new(clients));
     let threads: Vec<_> = (0..clients)
-        .map(|_| {
-            let (addr, path, body, barrier) = (addr.to_owned(), path.to_owned(), body.to_owned(), std::sync::Arc::clone(&barrier));
+        .map(|client| {
+            let (addr, path, body, barrier) = (addr.to_owned(), path.to_owned(), body(client), std::sync::Arc::clone(&barrier));
+            let (headers, want) = (headers.to_owned(), format!("HTTP/1.1 {status}"));
             std::thread::spawn(move || {
                 let stream = std::net::TcpStream::connect(&addr).unwrap();
                 stream.set_nodelay(true).unwrap();
                 let mut reader = BufReader::new(stream.try_clone().unwrap());
                 let mut writer = stream;
-                let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+                let request = format!("POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n{headers}Content-Length: {}\r\n\r\n{body}", body.len());
                 let mut latencies = Vec::new();
                 barrier.wait();
                 let end = Instant::now() + duration;
@@ -133,7 +148,7 @@ pub(crate) fn load(
                     let mut length = 0;
                     line.clear();
                     reader.read_line(&mut line).unwrap();
-                    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+                    assert!(line.starts_with(&want), "{line}");
                     loop {
                         line.clear();
                         reader.read_line(&mut line).unwrap();
