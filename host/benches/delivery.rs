@@ -309,8 +309,8 @@ fn bench_store() {
                 .unwrap();
             assert!(matches!(claim, Claim::Answered { .. }));
         }),
-        ("take the next record of a chat", 5000, &|i| {
-            store.next_pending("lb", &format!("c{}", i % 16)).unwrap();
+        ("take the next 64 records of a chat", 5000, &|i| {
+            store.pending("lb", &format!("c{}", i % 16), 64).unwrap();
         }),
         ("inbound id first seen", 5000, &|i| {
             store.first_sight("lb", "c", &format!("$event{i}")).unwrap();

@@ -49,7 +49,7 @@ pub(crate) async fn delivery(
     let key = id.clone();
     let found = with_store(&gateway, move |s| s.delivery(&key)).await?;
     let delivery = found.ok_or_else(|| unknown(&id, "delivery"))?;
-    Ok(Json(json!(delivery)))
+    Ok(Json(json!(gateway.outbox.sending(delivery))))
 }
 
 /// `GET /api/deadletters?platform=`.

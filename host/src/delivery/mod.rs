@@ -61,6 +61,8 @@ struct Lane {
 pub struct Outbox {
     writer: Mutex<mpsc::Sender<Job>>,
     lanes: Mutex<HashMap<(String, String), Arc<Lane>>>,
+    /// Records handed to their platform right now.
+    sending: Mutex<std::collections::HashSet<String>>,
     /// Every platform's rate budget, shared by direct and queued sends.
     pub budgets: budget::Budgets,
 }
@@ -112,6 +114,7 @@ impl Outbox {
         Outbox {
             writer: Mutex::new(tx),
             lanes: Mutex::default(),
+            sending: Mutex::default(),
             budgets: budget::Budgets::default(),
         }
     }
@@ -127,6 +130,20 @@ impl Outbox {
         answer
             .await
             .map_err(|_| "the outbox writer is gone".to_owned())?
+    }
+
+    /// `delivery` as it stands: `sending` while a lane has it with its platform.
+    pub fn sending(&self, mut delivery: Delivery) -> Delivery {
+        if delivery.state == DeliveryState::Queued
+            && self
+                .sending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&delivery.delivery_id)
+        {
+            delivery.state = DeliveryState::Sending;
+        }
+        delivery
     }
 
     /// Chats whose lane runs now.
@@ -181,26 +198,22 @@ async fn blocking<T: Send + 'static>(
     }
 }
 
+/// Records a lane reads at once.
+const LANE_BATCH: usize = 64;
+
 /// One chat's lane: its records one at a time, in order, until none is left.
 async fn run_lane(gateway: Arc<Gateway>, key: (String, String), lane: Arc<Lane>) {
     let (platform, chat) = (&key.0, &key.1);
     let mut shutdown = gateway.shutdown.subscribe();
-    loop {
+    'lane: loop {
         if *shutdown.borrow() {
             break;
         }
         lane.again.store(false, Ordering::Release);
         let (p, c) = (platform.clone(), chat.clone());
-        let next = blocking(&gateway, move |s| s.next_pending(&p, &c)).await;
-        let wait = match next {
-            Ok(Some(pending)) if pending.due_ms > hermes_plugin_api::now_ms() => {
-                Duration::from_millis((pending.due_ms - hermes_plugin_api::now_ms()) as u64)
-            }
-            Ok(Some(pending)) => {
-                attempt(&gateway, pending).await;
-                continue;
-            }
-            Ok(None) => {
+        let batch = blocking(&gateway, move |s| s.pending(&p, &c, LANE_BATCH)).await;
+        let wait = match batch {
+            Ok(batch) if batch.is_empty() => {
                 let mut lanes = gateway
                     .outbox
                     .lanes
@@ -211,6 +224,25 @@ async fn run_lane(gateway: Arc<Gateway>, key: (String, String), lane: Arc<Lane>)
                 }
                 lanes.remove(&key);
                 return;
+            }
+            Ok(batch) => {
+                let mut wait = None;
+                for pending in batch {
+                    let now = hermes_plugin_api::now_ms();
+                    if pending.due_ms > now {
+                        wait = Some(Duration::from_millis((pending.due_ms - now) as u64));
+                        break;
+                    }
+                    // A record not settled (to be retried, or its state not written) is read
+                    // again, in its place.
+                    if !attempt(&gateway, pending).await || *shutdown.borrow() {
+                        continue 'lane;
+                    }
+                }
+                match wait {
+                    Some(wait) => wait,
+                    None => continue,
+                }
             }
             Err(error) => {
                 tracing::error!(platform, chat, %error, "the outbox cannot be read; trying again in 1 s");
@@ -231,8 +263,9 @@ async fn run_lane(gateway: Arc<Gateway>, key: (String, String), lane: Arc<Lane>)
         .remove(&key);
 }
 
-/// One attempt at the record: sent, retried later, or a dead letter.
-async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) {
+/// One attempt at the record: sent, retried later, or a dead letter; whether it was settled
+/// (sent or dead).
+async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) -> bool {
     let delivery = pending.delivery;
     let (platform, id) = (delivery.platform.clone(), delivery.delivery_id.clone());
     let policy = gateway.delivery_policy(&platform);
@@ -243,22 +276,17 @@ async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) {
             policy.max_age.as_secs(),
             delivery.last_error.as_deref().unwrap_or("none")
         );
-        return settle(gateway, &id, Err(error)).await;
-    }
-    let sid = id.clone();
-    if let Err(error) = blocking(gateway, move |s| s.mark_sending(&sid)).await {
-        tracing::error!(platform, delivery_id = %id, %error, "the outbox cannot be written; trying again in 1 s");
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        return;
+        return settle(gateway, &id, Err((error, false))).await;
     }
     let kind = kind_named(&delivery.kind);
     let mut message = match crate::api::bodies::parse_message(kind, &pending.body) {
         Ok(message) => message,
-        Err(e) => return settle(gateway, &id, Err(e.message)).await,
+        Err(e) => return settle(gateway, &id, Err((e.message, false))).await,
     };
     message.idempotency_key = Some(pending.idempotency_key);
     let sent = {
         let _counted = gateway.begin();
+        let _sending = Sending::mark(&gateway.outbox, &id);
         gateway
             .send_via(&platform, message, RecordKind::Outbound, None, Via::Outbox)
             .await
@@ -270,7 +298,7 @@ async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) {
         // Out, but not journaled: delivered all the same.
         Err(SendError::NotJournaled { message_id, .. }) => Ok(message_id),
         Err(e) if e.permanent() || attempts >= policy.max_attempts => {
-            Err(format!("{e} (after {attempts} attempts)"))
+            Err((format!("{e} (after {attempts} attempts)"), true))
         }
         Err(e) => {
             let wait = policy.retry_delay(attempts, e.retry_after());
@@ -280,22 +308,21 @@ async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) {
             let rid = id.clone();
             if let Err(error) = blocking(gateway, move |s| s.mark_retry(&rid, &error, due)).await {
                 tracing::error!(platform, delivery_id = %id, %error, "the outbox cannot be written");
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            return;
+            return false;
         }
     };
-    settle(gateway, &id, outcome).await;
+    settle(gateway, &id, outcome).await
 }
 
-/// The record is sent (its message id) or dead (its last error): stored, told to SSE.
-async fn settle(gateway: &Arc<Gateway>, id: &str, outcome: Result<String, String>) {
+/// The record is sent (its message id) or dead (its last error, and whether a call was made):
+/// stored, told to SSE. Whether it was stored.
+async fn settle(gateway: &Arc<Gateway>, id: &str, outcome: Result<String, (String, bool)>) -> bool {
     let rid = id.to_owned();
-    let stored = blocking(gateway, move |s| {
-        match &outcome {
-            Ok(message_id) => s.mark_sent(&rid, message_id)?,
-            Err(error) => s.mark_dead(&rid, error)?,
-        }
-        s.delivery(&rid)
+    let stored = blocking(gateway, move |s| match &outcome {
+        Ok(message_id) => s.mark_sent(&rid, message_id),
+        Err((error, attempted)) => s.mark_dead(&rid, error, *attempted),
     })
     .await;
     match stored {
@@ -310,11 +337,39 @@ async fn settle(gateway: &Arc<Gateway>, id: &str, outcome: Result<String, String
                 kind: "delivery",
                 delivery: &delivery,
             });
+            true
         }
-        Ok(None) => {}
+        // Dropped meanwhile: nothing left to settle.
+        Ok(None) => true,
         Err(error) => {
-            tracing::error!(delivery_id = %id, %error, "the outbox cannot be written");
+            tracing::error!(delivery_id = %id, %error, "the outbox cannot be written; the record stays queued");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            false
         }
+    }
+}
+
+/// Marks a record as being sent (for `GET /api/deliveries/{id}`) while it lives.
+struct Sending<'a>(&'a Outbox, String);
+
+impl<'a> Sending<'a> {
+    fn mark(outbox: &'a Outbox, id: &str) -> Sending<'a> {
+        outbox
+            .sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned());
+        Sending(outbox, id.to_owned())
+    }
+}
+
+impl Drop for Sending<'_> {
+    fn drop(&mut self) {
+        self.0
+            .sending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.1);
     }
 }
 

@@ -78,7 +78,7 @@ const MIGRATIONS: &[&str] = &[
         due_ms INTEGER NOT NULL
     );
     CREATE INDEX outbox_pending ON outbox (platform, chat, seq)
-        WHERE state IN ('queued', 'sending');
+        WHERE state = 'queued';
     CREATE INDEX outbox_state ON outbox (state, platform);
     CREATE TABLE inbound_seen (
         platform TEXT NOT NULL,

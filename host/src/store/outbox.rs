@@ -2,8 +2,9 @@
 //! become dead letters.
 //!
 //! A record is written once when it is accepted ([`Store::enqueue`], many requests in one
-//! transaction: group commit), and its state moves `queued` -> `sending` -> `sent` or `dead`
-//! as the delivery lanes ([`crate::delivery`]) work through it. Records are taken in the order
+//! transaction: group commit), and once more when it is settled, `sent` or `dead` (or after a
+//! failed attempt, with the next one's time), as the delivery lanes ([`crate::delivery`]) work
+//! through it. Records are taken in the order
 //! they were accepted, per platform and chat (`seq`). A sent record keeps its metadata (for
 //! `GET /api/deliveries/{id}`) but not its body; a dead one keeps its body for a replay.
 
@@ -23,8 +24,9 @@ use super::{Claim, Store, StoreError, idempotency::claim_in};
 pub enum DeliveryState {
     /// Waiting for its turn, its rate budget or its next attempt.
     Queued,
-    /// Handed to the platform; after a crash in this state it is sent again, with the same
-    /// idempotency key.
+    /// Handed to the platform now. Never stored: a queued record that a lane is sending shows
+    /// so ([`crate::delivery::Outbox::sending`]); after a crash it is queued, and sent again
+    /// with the same idempotency key.
     Sending,
     /// Delivered.
     Sent,
@@ -224,27 +226,31 @@ impl Store {
         result.map_err(|e: rusqlite::Error| self.error(&e))
     }
 
-    /// The next record to deliver to `platform`/`chat`: the oldest queued or sending one.
-    pub fn next_pending(&self, platform: &str, chat: &str) -> Result<Option<Pending>, StoreError> {
-        self.conn()
-            .query_row(
-                &format!(
-                    "SELECT {COLUMNS}, body, COALESCE(idempotency_key, id), due_ms FROM outbox
-                     WHERE platform = ?1 AND chat = ?2 AND state IN ('queued', 'sending')
-                     ORDER BY seq LIMIT 1"
-                ),
-                params![platform, chat],
-                |r| {
-                    Ok(Pending {
-                        delivery: delivery(r)?,
-                        body: r.get(10)?,
-                        idempotency_key: r.get(11)?,
-                        due_ms: r.get(12)?,
-                    })
-                },
-            )
-            .optional()
-            .map_err(|e| self.error(&e))
+    /// The next records to deliver to `platform`/`chat`, oldest first, `limit` at most.
+    pub fn pending(
+        &self,
+        platform: &str,
+        chat: &str,
+        limit: usize,
+    ) -> Result<Vec<Pending>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(&format!(
+                "SELECT {COLUMNS}, body, COALESCE(idempotency_key, id), due_ms FROM outbox
+                 WHERE platform = ?1 AND chat = ?2 AND state = 'queued'
+                 ORDER BY seq LIMIT ?3"
+            ))
+            .map_err(|e| self.error(&e))?;
+        stmt.query_map(params![platform, chat, limit as i64], |r| {
+            Ok(Pending {
+                delivery: delivery(r)?,
+                body: r.get(10)?,
+                idempotency_key: r.get(11)?,
+                due_ms: r.get(12)?,
+            })
+        })
+        .and_then(Iterator::collect)
+        .map_err(|e| self.error(&e))
     }
 
     /// Every platform and chat with records to deliver (at start: the outbox resumes).
@@ -252,7 +258,7 @@ impl Store {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT platform, chat FROM outbox WHERE state IN ('queued', 'sending')
+                "SELECT platform, chat FROM outbox WHERE state = 'queued'
                  GROUP BY platform, chat ORDER BY MIN(seq)",
             )
             .map_err(|e| self.error(&e))?;
@@ -261,39 +267,51 @@ impl Store {
             .map_err(|e| self.error(&e))
     }
 
-    /// The record is being handed to the platform: one attempt more.
-    pub fn mark_sending(&self, id: &str) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE outbox SET state = 'sending', attempts = attempts + 1, updated_ms = ?2
-             WHERE id = ?1",
-            params![id, hermes_plugin_api::now_ms()],
+    /// Delivered as `message_id` after one attempt more; the body is no longer needed. The
+    /// record as it now stands.
+    pub fn mark_sent(&self, id: &str, message_id: &str) -> Result<Option<Delivery>, StoreError> {
+        self.settle(
+            "UPDATE outbox SET state = 'sent', message_id = ?3, body = x'',
+                attempts = attempts + 1, updated_ms = ?2 WHERE id = ?1",
+            id,
+            message_id,
         )
     }
 
-    /// Delivered as `message_id`; the body is no longer needed.
-    pub fn mark_sent(&self, id: &str, message_id: &str) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE outbox SET state = 'sent', message_id = ?3, body = x'', updated_ms = ?2
-             WHERE id = ?1",
-            params![id, hermes_plugin_api::now_ms(), message_id],
-        )
-    }
-
-    /// The attempt failed with `error`; the next one is due at `due_ms`.
+    /// One attempt more failed with `error`; the next one is due at `due_ms`.
     pub fn mark_retry(&self, id: &str, error: &str, due_ms: i64) -> Result<(), StoreError> {
         self.exec(
-            "UPDATE outbox SET state = 'queued', last_error = ?3, due_ms = ?4, updated_ms = ?2
-             WHERE id = ?1",
+            "UPDATE outbox SET last_error = ?3, due_ms = ?4, attempts = attempts + 1,
+                updated_ms = ?2 WHERE id = ?1",
             params![id, hermes_plugin_api::now_ms(), error, due_ms],
         )
     }
 
-    /// Given up on, with its last `error`: a dead letter.
-    pub fn mark_dead(&self, id: &str, error: &str) -> Result<(), StoreError> {
-        self.exec(
-            "UPDATE outbox SET state = 'dead', last_error = ?3, updated_ms = ?2 WHERE id = ?1",
-            params![id, hermes_plugin_api::now_ms(), error],
-        )
+    /// Given up on, with its last `error` (`attempted`: after a call, which counts): a dead
+    /// letter. The record as it now stands.
+    pub fn mark_dead(
+        &self,
+        id: &str,
+        error: &str,
+        attempted: bool,
+    ) -> Result<Option<Delivery>, StoreError> {
+        let sql = if attempted {
+            "UPDATE outbox SET state = 'dead', last_error = ?3, attempts = attempts + 1,
+                updated_ms = ?2 WHERE id = ?1"
+        } else {
+            "UPDATE outbox SET state = 'dead', last_error = ?3, updated_ms = ?2 WHERE id = ?1"
+        };
+        self.settle(sql, id, error)
+    }
+
+    fn settle(&self, update: &str, id: &str, text: &str) -> Result<Option<Delivery>, StoreError> {
+        let conn = self.conn();
+        conn.prepare_cached(&format!("{update} RETURNING {COLUMNS}"))
+            .and_then(|mut stmt| {
+                stmt.query_row(params![id, hermes_plugin_api::now_ms(), text], delivery)
+                    .optional()
+            })
+            .map_err(|e| self.error(&e))
     }
 
     fn exec(&self, sql: &str, params: impl rusqlite::Params) -> Result<(), StoreError> {
@@ -376,8 +394,8 @@ impl Store {
         let mut stmt = conn
             .prepare(
                 "SELECT platform,
-                    SUM(state IN ('queued', 'sending')),
-                    MIN(CASE WHEN state IN ('queued', 'sending') THEN created_ms END),
+                    SUM(state = 'queued'),
+                    MIN(CASE WHEN state = 'queued' THEN created_ms END),
                     SUM(state = 'dead')
                  FROM outbox WHERE state != 'sent' GROUP BY platform",
             )
@@ -459,32 +477,27 @@ mod tests {
             store.pending_chats().unwrap(),
             [("lb".into(), "a".into()), ("lb".into(), "b".into())]
         );
-        let next = store.next_pending("lb", "a").unwrap().unwrap();
+        let next = store.pending("lb", "a", 10).unwrap();
+        let order: Vec<&str> = next
+            .iter()
+            .map(|p| p.delivery.delivery_id.as_str())
+            .collect();
+        assert_eq!(order, [ids[0].as_str(), ids[2].as_str()]);
+        assert_eq!(&next[0].body[..], b"1");
         assert_eq!(
-            (next.delivery.delivery_id.as_str(), &next.body[..]),
-            (ids[0].as_str(), &b"1"[..])
-        );
-        assert_eq!(
-            next.idempotency_key, ids[0],
+            next[0].idempotency_key, ids[0],
             "no client key: the delivery id"
         );
-        store.mark_sending(&ids[0]).unwrap();
-        // A record being sent stays first: after a crash it goes again.
-        assert_eq!(
-            store
-                .next_pending("lb", "a")
-                .unwrap()
-                .unwrap()
-                .delivery
-                .attempts,
-            1
-        );
-        store.mark_sent(&ids[0], "m1").unwrap();
-        let next = store.next_pending("lb", "a").unwrap().unwrap();
-        assert_eq!(next.delivery.delivery_id, ids[2]);
-        let sent = store.delivery(&ids[0]).unwrap().unwrap();
-        assert_eq!(sent.state, DeliveryState::Sent);
+        // A failed attempt keeps the record first, due later.
+        store.mark_retry(&ids[0], "down", 42).unwrap();
+        let next = store.pending("lb", "a", 1).unwrap();
+        assert_eq!((next[0].delivery.attempts, next[0].due_ms), (1, 42));
+        let sent = store.mark_sent(&ids[0], "m1").unwrap().unwrap();
+        assert_eq!((sent.state, sent.attempts), (DeliveryState::Sent, 2));
         assert_eq!(sent.message_id.as_deref(), Some("m1"));
+        assert_eq!(store.delivery(&ids[0]).unwrap(), Some(sent));
+        let next = store.pending("lb", "a", 10).unwrap();
+        assert_eq!(next[0].delivery.delivery_id, ids[2]);
     }
 
     #[test]
@@ -512,20 +525,9 @@ mod tests {
                 Enqueued::Seen(Claim::Conflict)
             ]
         );
-        assert_eq!(
-            store
-                .next_pending("lb", "a")
-                .unwrap()
-                .unwrap()
-                .idempotency_key,
-            "k"
-        );
-        store.mark_sending(&id).unwrap();
-        store.mark_dead(&id, "refused").unwrap();
-        assert_eq!(
-            store.next_pending("lb", "a").unwrap().map(|p| p.delivery),
-            None
-        );
+        assert_eq!(store.pending("lb", "a", 1).unwrap()[0].idempotency_key, "k");
+        store.mark_dead(&id, "refused", true).unwrap();
+        assert!(store.pending("lb", "a", 1).unwrap().is_empty());
         let stats = store.outbox_stats().unwrap();
         assert_eq!((stats["lb"].queued, stats["lb"].dead), (0, 1));
         let dead = store.dead_letters(Some("lb")).unwrap();
@@ -535,10 +537,10 @@ mod tests {
             store.replay(Some(&id), None).unwrap(),
             [("lb".into(), "a".into())]
         );
-        let back = store.next_pending("lb", "a").unwrap().unwrap();
+        let back = &store.pending("lb", "a", 1).unwrap()[0];
         assert_eq!((back.delivery.attempts, &back.body[..]), (0, &b"1"[..]));
         assert!(!store.drop_dead(&id).unwrap(), "queued, not dead");
-        store.mark_dead(&id, "again").unwrap();
+        store.mark_dead(&id, "again", false).unwrap();
         assert!(store.drop_dead(&id).unwrap());
         assert_eq!(store.delivery(&id).unwrap(), None);
     }
