@@ -150,7 +150,7 @@ fn a_rate_budget_paces_queued_sends_and_answers_a_direct_send_with_retry_after()
         "[platforms.lb]\n[platforms.lb.delivery]\nrate_per_sec = 20\nburst = 1\n\n[platforms.slow]\ncall_timeout_ms = 300\n[platforms.slow.delivery]\nrate_per_sec = 0.01\nburst = 1\n",
     );
     let mut sse = Sse::connect(&server.addr);
-    // 10 queued at 20 a second, a burst of 1: 9 waits of 50 ms at least.
+    // 10 queued at 20 a second, a burst of 1: 9 waits of 50 ms (each may end 1 ms early).
     let started = Instant::now();
     for n in 0..10 {
         queued(&server, "lb", "c", &format!("p{n}"));
@@ -160,7 +160,7 @@ fn a_rate_budget_paces_queued_sends_and_answers_a_direct_send_with_retry_after()
         let _ = n;
     }
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(450), "10 sends in {took:?}");
+    assert!(took >= Duration::from_millis(440), "10 sends in {took:?}");
     // One token in 100 s: the second direct send finds none within its call timeout.
     let (status, _) = server.send("slow", "c", "first");
     assert_eq!(status, 200);
