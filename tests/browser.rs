@@ -162,6 +162,21 @@ fn the_status_page_lists_platforms_and_sends_through_its_form_in_a_real_browser(
         "[...document.querySelectorAll('#events li')].some(li => li.textContent.includes('loopback/lobby  <echo>  hello from the browser'))",
     );
 
+    // A queued edit the platform cannot carry (its manifest declares no edits) is a dead
+    // letter at once: the live tail says so and the platform's row counts it.
+    let (status, answer) = server.post_with(
+        "/api/platforms/loopback/edit",
+        r#"{"chat_id":"lobby","message_id":"lb-1-1","text":"fixed"}"#,
+        &[("Prefer", "respond-async")],
+    );
+    assert_eq!(status, 202, "{answer}");
+    page.wait_for(
+        "[...document.querySelectorAll('#events li.delivery')].some(li => li.textContent.includes('loopback/lobby  delivery') && li.textContent.includes(' dead: '))",
+    );
+    page.wait_for(
+        "document.querySelector('tr[data-platform=loopback] td.dead-letters').textContent === '1'",
+    );
+
     let shot = page.call("Page.captureScreenshot", json!({ "format": "png" }));
     let png = base64::engine::general_purpose::STANDARD
         .decode(shot["data"].as_str().unwrap())

@@ -524,3 +524,34 @@ fn a_message_a_platform_delivers_again_is_dropped() {
         "{metrics}"
     );
 }
+
+#[test]
+fn a_hot_reload_during_queued_delivery_loses_and_duplicates_nothing() {
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    let server = Server::start_with(
+        &t,
+        "[platforms.lb]\n[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n",
+        &["--dev"],
+    );
+    let out = server.cli(&["plugin", "hotreload-enable", "lb"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut sse = Sse::connect(&server.addr);
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        ids.push(queued(&server, "lb", "c", &format!("h{n}")));
+    }
+    crate::util::replace_like_cargo(&crate::util::variant_lib(), &library);
+    for n in 60..120 {
+        ids.push(queued(&server, "lb", "c", &format!("h{n}")));
+    }
+    let (echoes, sent) = echoes_and_sent(&mut sse, 120);
+    let want: Vec<String> = (0..120).map(|n| format!("h{n}")).collect();
+    assert_eq!(echoes, want);
+    assert_eq!(sent, ids);
+    server.wait_platform("lb", |p| p["version"] == "0.2.0-next");
+}
