@@ -555,3 +555,34 @@ fn a_hot_reload_during_queued_delivery_loses_and_duplicates_nothing() {
     assert_eq!(sent, ids);
     server.wait_platform("lb", |p| p["version"] == "0.2.0-next");
 }
+
+#[test]
+fn a_stop_does_not_wait_for_a_slow_budget_and_the_queued_send_goes_after_the_restart() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    // One token every 100 s: the second send waits for it.
+    let mut server = Server::start(
+        &t,
+        "[platforms.lb]\n[platforms.lb.delivery]\nrate_per_sec = 0.01\nburst = 1\n",
+    );
+    let mut sse = Sse::connect(&server.addr);
+    queued(&server, "lb", "c", "first");
+    assert_eq!(next_delivery(&mut sse)["state"], "sent");
+    let waiting = queued(&server, "lb", "c", "second");
+    server.wait_platform("lb", |_| {
+        get_json(&server, &format!("/api/deliveries/{waiting}")).1["state"] == "sending"
+    });
+    assert!(server.terminate().success());
+    let log = server.log();
+    assert!(!log.contains("still in flight"), "{log}");
+
+    let server = Server::start(&t, "[platforms.lb]\n");
+    let mut sse = Sse::connect(&server.addr);
+    let (event, _) = sse.until("second");
+    assert_eq!(event["platform"], "lb");
+    let sent = next_delivery(&mut sse);
+    assert_eq!(
+        (sent["delivery_id"].as_str(), sent["state"].as_str()),
+        (Some(waiting.as_str()), Some("sent"))
+    );
+}

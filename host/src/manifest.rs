@@ -429,5 +429,11 @@ library = "hermes_irc"
 
         let e = parse(&GOOD.replace("hermes_irc", "../evil")).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("plugin.library"));
+
+        let limited = format!("{GOOD}\n[limits]\nrate_per_sec = 2\nburst = 0\n");
+        let e = parse(&limited).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("limits.burst"));
+        let ok = parse(&limited.replace("burst = 0", "burst = 4")).unwrap();
+        assert_eq!(ok.limits.rate_per_sec, Some(2.0));
     }
 }

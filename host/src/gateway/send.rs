@@ -338,6 +338,25 @@ impl Gateway {
         }
     }
 
+    /// A token of `platform`'s budget for `chat`, waiting up to `within` (as long as it takes
+    /// when `None`), but never past the start of shutdown: a send waiting for its token would
+    /// hold up the drain (a queued one stays queued and goes at the next start).
+    async fn token(
+        &self,
+        platform: &str,
+        chat: &str,
+        policy: &crate::delivery::policy::Policy,
+        within: Option<Duration>,
+    ) -> Result<(), Duration> {
+        let mut shutdown = self.shutdown.subscribe();
+        tokio::select! {
+            // A token that is there is taken, shutdown or not.
+            biased;
+            taken = self.outbox.budgets.take(platform, chat, policy, within) => taken,
+            _ = shutdown.wait_for(|stopping| *stopping) => Err(Duration::ZERO),
+        }
+    }
+
     /// `message` fitted to the platform (split, or refused or turned into text where it lacks
     /// something) and sent part by part, in order, each within the rate budget; the ids of the
     /// parts sent. Each part that finds the instance swapped out by a reload (`Stopped`: the
@@ -364,24 +383,16 @@ impl Gateway {
         let within = (via == Via::Client).then(|| self.registry.call_timeout(entry));
         let mut ids = Vec::with_capacity(parts.len());
         for part in &parts {
-            if let Err(retry_after) = self
-                .outbox
-                .budgets
-                .take(platform, &part.chat_id, &policy, within)
-                .await
-            {
+            if let Err(retry_after) = self.token(platform, &part.chat_id, &policy, within).await {
                 if ids.is_empty() {
                     return Err(SendError::RateLimited {
                         platform: platform.to_owned(),
                         retry_after,
                     });
                 }
-                // Parts went out already: wait for the rest rather than leave it half sent.
-                let _ = self
-                    .outbox
-                    .budgets
-                    .take(platform, &part.chat_id, &policy, None)
-                    .await;
+                // Parts went out already: wait for the rest rather than leave it half sent
+                // (at shutdown, the rest goes at once).
+                let _ = self.token(platform, &part.chat_id, &policy, None).await;
             }
             let mut attempts = 0;
             let result = loop {
