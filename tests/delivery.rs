@@ -378,29 +378,36 @@ fn echoes_and_sent(sse: &mut Sse, n: usize) -> (Vec<String>, Vec<String>) {
     (echoes, sent)
 }
 
+/// Paces lb's deliveries, so that a fault comes while records wait.
+const PACED: &str = "[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n";
+
+/// Queues `n` texts `<prefix><i>` to lb's chat `c`, with `fault` halfway: their delivery ids.
+fn queue_around(server: &Server, prefix: &str, n: usize, fault: impl FnOnce()) -> Vec<String> {
+    let mut fault = Some(fault);
+    (0..n)
+        .map(|i| {
+            if i == n / 2 {
+                fault.take().unwrap()();
+            }
+            queued(server, "lb", "c", &format!("{prefix}{i}"))
+        })
+        .collect()
+}
+
 #[test]
 fn a_reload_during_queued_delivery_loses_and_duplicates_nothing() {
     let t = TestDir::new();
     t.install("lb", "hermes_loopback", 1);
-    // Paced, so that the reload comes while records wait.
-    let server = Server::start(
-        &t,
-        "[platforms.lb]\n[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n",
-    );
+    let server = Server::start(&t, &format!("[platforms.lb]\n{PACED}"));
     let mut sse = Sse::connect(&server.addr);
-    let mut ids = Vec::new();
-    for n in 0..60 {
-        ids.push(queued(&server, "lb", "c", &format!("r{n}")));
-    }
-    let out = server.cli(&["plugin", "reload", "lb"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for n in 60..120 {
-        ids.push(queued(&server, "lb", "c", &format!("r{n}")));
-    }
+    let ids = queue_around(&server, "r", 120, || {
+        let out = server.cli(&["plugin", "reload", "lb"]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
     let (echoes, sent) = echoes_and_sent(&mut sse, 120);
     let want: Vec<String> = (0..120).map(|n| format!("r{n}")).collect();
     assert_eq!(echoes, want);
@@ -416,22 +423,17 @@ fn a_crashed_child_during_queued_delivery_loses_nothing_and_keeps_the_order() {
     t.install("lb", "hermes_loopback", 1);
     let server = Server::start(
         &t,
-        "[platforms.lb]\nisolation = \"process\"\n[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n",
+        &format!("[platforms.lb]\nisolation = \"process\"\n{PACED}"),
     );
     let mut sse = Sse::connect(&server.addr);
-    let mut ids = Vec::new();
-    for n in 0..40 {
-        ids.push(queued(&server, "lb", "c", &format!("k{n}")));
-    }
-    let pid = server.platform("lb")["pid"].as_i64().unwrap();
-    let killed = std::process::Command::new("kill")
-        .args(["-KILL", &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    for n in 40..80 {
-        ids.push(queued(&server, "lb", "c", &format!("k{n}")));
-    }
+    let ids = queue_around(&server, "k", 80, || {
+        let pid = server.platform("lb")["pid"].as_i64().unwrap();
+        let killed = std::process::Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    });
     let (mut echoes, sent) = echoes_and_sent(&mut sse, 80);
     assert_eq!(sent, ids);
     // The one call in flight when the child died may have echoed before it died, and is sent
@@ -529,11 +531,7 @@ fn a_message_a_platform_delivers_again_is_dropped() {
 fn a_hot_reload_during_queued_delivery_loses_and_duplicates_nothing() {
     let t = TestDir::new();
     let library = t.install_copy("lb", "hermes_loopback");
-    let server = Server::start_with(
-        &t,
-        "[platforms.lb]\n[platforms.lb.delivery]\nrate_per_sec = 100\nburst = 1\n",
-        &["--dev"],
-    );
+    let server = Server::start_with(&t, &format!("[platforms.lb]\n{PACED}"), &["--dev"]);
     let out = server.cli(&["plugin", "hotreload-enable", "lb"]);
     assert!(
         out.status.success(),
@@ -541,14 +539,9 @@ fn a_hot_reload_during_queued_delivery_loses_and_duplicates_nothing() {
         String::from_utf8_lossy(&out.stderr)
     );
     let mut sse = Sse::connect(&server.addr);
-    let mut ids = Vec::new();
-    for n in 0..60 {
-        ids.push(queued(&server, "lb", "c", &format!("h{n}")));
-    }
-    crate::util::replace_like_cargo(&crate::util::variant_lib(), &library);
-    for n in 60..120 {
-        ids.push(queued(&server, "lb", "c", &format!("h{n}")));
-    }
+    let ids = queue_around(&server, "h", 120, || {
+        crate::util::replace_like_cargo(&crate::util::variant_lib(), &library);
+    });
     let (echoes, sent) = echoes_and_sent(&mut sse, 120);
     let want: Vec<String> = (0..120).map(|n| format!("h{n}")).collect();
     assert_eq!(echoes, want);
