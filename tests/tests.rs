@@ -25,6 +25,8 @@ mod serve;
 mod kinds;
 // Idempotency keys: repeats answered from the store, across kill -9.
 mod idempotency;
+// Strict modes: what someone else could change is not loaded.
+mod trust;
 // Queued sends: the outbox, rate budgets, retries, dead letters.
 mod delivery;
 // Reload as a transaction, in process and through the CLI; the hot-reload watcher.

@@ -31,6 +31,8 @@ fn scratch() -> tempfile::TempDir {
 
 fn options(shadow: &Path) -> RegistryOptions {
     RegistryOptions {
+        trusted_dirs: Vec::new(),
+        lock_file: None,
         library_dirs: vec![target().join("debug")],
         shadow_dir: shadow.to_owned(),
         platforms: Default::default(),

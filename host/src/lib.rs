@@ -47,3 +47,4 @@ pub(crate) mod serve;
 pub mod store;
 pub(crate) mod supervise;
 mod toml_error;
+pub mod trust;

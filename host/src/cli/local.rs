@@ -20,7 +20,7 @@ use crate::{
 };
 
 /// Builds the registry for a CLI command, printing discovery problems as warnings.
-fn registry(config: &Config) -> Registry {
+pub(super) fn registry(config: &Config) -> Registry {
     let options = RegistryOptions::from_config(config, Arc::new(DiscardInbound));
     let registry = Registry::discover(&config.plugins.dirs, options);
     for problem in registry.problems() {
@@ -243,6 +243,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                 ExitCode::FAILURE
             })
         }
+        PluginCommand::Lock { ids } => super::lock::run(config, ids),
         PluginCommand::Reload { id } => remote::reload(config, &id),
         PluginCommand::HotreloadEnable { id } => remote::hotreload_switch(config, &id, true),
         PluginCommand::HotreloadDisable { id } => remote::hotreload_switch(config, &id, false),

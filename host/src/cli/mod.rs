@@ -7,6 +7,7 @@
 mod deadletters;
 mod dev;
 mod local;
+mod lock;
 mod remote;
 pub mod scaffold;
 mod table;
@@ -136,6 +137,12 @@ pub enum Command {
 pub enum PluginCommand {
     /// List installed plugins (reads manifests only; loads nothing).
     List(JsonFlag),
+    /// Pin the libraries of the plugins named (or of every installed one) by SHA-256 in
+    /// hermes.lock, beside the config, for `[plugins] trust = "lock"`.
+    Lock {
+        /// Plugin ids; none: every installed plugin whose library is found.
+        ids: Vec<String>,
+    },
     /// Show one plugin's manifest, library path and environment (loads nothing).
     Info {
         /// The plugin id.

@@ -73,6 +73,10 @@ pub struct PluginsConfig {
     pub dirs: Vec<PathBuf>,
     /// Where libraries are looked for after the plugin folder.
     pub library_dirs: Vec<PathBuf>,
+    /// Other folders a library may resolve into through a symlink ([`crate::trust`]).
+    pub trusted_dirs: Vec<PathBuf>,
+    /// `trust`: `any` (strict modes only) or `lock` (hermes.lock pins each library).
+    pub trust: crate::trust::lock::Trust,
     /// Persisted state.
     pub state_dir: PathBuf,
     /// Where shadow copies are loaded from.
@@ -153,6 +157,8 @@ struct RawDelivery {
 struct RawPlugins {
     dirs: Option<Vec<PathBuf>>,
     library_dirs: Option<Vec<PathBuf>>,
+    trusted_dirs: Option<Vec<PathBuf>>,
+    trust: Option<crate::trust::lock::Trust>,
     state_dir: Option<PathBuf>,
     shadow_dir: Option<PathBuf>,
     probe: Option<bool>,
@@ -306,6 +312,14 @@ impl Config {
                     .into_iter()
                     .map(at)
                     .collect(),
+                trusted_dirs: raw
+                    .plugins
+                    .trusted_dirs
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(at)
+                    .collect(),
+                trust: raw.plugins.trust.unwrap_or_default(),
                 state_dir: state_dir.clone(),
                 shadow_dir,
                 probe: raw.plugins.probe.unwrap_or(true),

@@ -225,6 +225,7 @@ impl HotReload {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(id);
+        self.registry.set_lock_lenient(id, false);
         if let Some(mut watch) = watch {
             let _ = watch.stop.send(Msg::Stop);
             if let Some(thread) = watch.thread.take() {
@@ -324,6 +325,9 @@ impl HotReload {
             .spawn(move || watch_loop(&registry, &platform, &lib, &man, debounce, &rx))
             .map_err(|e| HotReloadError::Setup(format!("watch thread: {e}")))?;
         tracing::info!(platform = id, library = %library.display(), "hot reload on");
+        // `serve --dev`: a watched plugin's rebuilds are loaded though hermes.lock pins another
+        // library (with a warning), so the edit loop stays one command.
+        self.registry.set_lock_lenient(id, self.dev);
         self.watches
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -110,18 +110,22 @@ impl Library {
     /// this host can call: ELF sanity, the entry symbol, magic, ABI version, header size and
     /// the vtable's layout (with fresh checking globals, so nothing is cached between loads).
     pub fn open(source: &Path, shadow_dir: &Path) -> Result<Library, LoadError> {
-        Self::open_vetted(source, shadow_dir, |_| Ok(()))
+        Self::open_vetted(source, shadow_dir, |_| Ok(()), |_| Ok(()))
     }
 
-    /// [`Library::open`], with `vet` run on the shadow copy before it is opened: the copy is
+    /// [`Library::open`], with `inspect` run on the metadata of the source as opened (the
+    /// descriptor the copy is then read from, so what it accepts is what is loaded: the
+    /// registry's strict modes), and `vet` on the shadow copy before it is opened: the copy is
     /// opened only if `vet` accepts it (the registry probes it in a child process there), and
     /// it is the very file `vet` saw.
     pub fn open_vetted<E: From<LoadError>>(
         source: &Path,
         shadow_dir: &Path,
+        inspect: impl FnOnce(&std::fs::Metadata) -> Result<(), E>,
         vet: impl FnOnce(&Path) -> Result<(), E>,
     ) -> Result<Library, E> {
-        let meta = std::fs::metadata(source).map_err(|e| LoadError::io(source, e))?;
+        let file = std::fs::File::open(source).map_err(|e| LoadError::io(source, e))?;
+        let meta = file.metadata().map_err(|e| LoadError::io(source, e))?;
         if !meta.is_file() {
             return Err(LoadError::NotALibrary {
                 path: source.to_owned(),
@@ -129,10 +133,12 @@ impl Library {
             }
             .into());
         }
-        let shadow = ShadowCopy::create(source, shadow_dir).map_err(|e| LoadError::Shadow {
-            dir: shadow_dir.to_owned(),
-            source: e,
-        })?;
+        inspect(&meta)?;
+        let shadow =
+            ShadowCopy::create(file, source, shadow_dir).map_err(|e| LoadError::Shadow {
+                dir: shadow_dir.to_owned(),
+                source: e,
+            })?;
         let shadow_path = shadow.path().to_owned();
         if let Err(e) = vet(&shadow_path) {
             let _ = shadow.remove();

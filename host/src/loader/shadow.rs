@@ -88,8 +88,9 @@ pub(crate) struct ShadowCopy {
 }
 
 impl ShadowCopy {
-    /// Copies `source` to a new, uniquely named file in `dir` (created 0700 if missing).
-    pub(crate) fn create(source: &Path, dir: &Path) -> io::Result<ShadowCopy> {
+    /// Copies `file` (opened from `source`) to a new, uniquely named file in `dir` (created
+    /// 0700 if missing).
+    pub(crate) fn create(mut file: File, source: &Path, dir: &Path) -> io::Result<ShadowCopy> {
         DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         // The kernel reports mapped files by their real path; keep ours comparable.
         let dir = dir.canonicalize()?;
@@ -106,8 +107,7 @@ impl ShadowCopy {
             .prefix(&format!("{stem}-"))
             .suffix(&suffix)
             .tempfile_in(&dir)?;
-        let mut src = File::open(source)?;
-        io::copy(&mut src, tmp.as_file_mut())?;
+        io::copy(&mut file, tmp.as_file_mut())?;
         let (_, path) = tmp.keep().map_err(|e| e.error)?;
         Ok(ShadowCopy { path })
     }

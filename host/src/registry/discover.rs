@@ -126,6 +126,7 @@ impl Registry {
             options,
             loads: AtomicU64::new(0),
             shadow: std::sync::OnceLock::new(),
+            lock_lenient: std::sync::Mutex::default(),
         }
     }
 }

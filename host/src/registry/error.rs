@@ -128,6 +128,14 @@ pub enum LoadFailure {
     /// The library did not pass the loader's checks.
     #[error(transparent)]
     Library(#[from] LoadError),
+    /// The library, its manifest or a folder on their path could be changed by someone else,
+    /// or the library lies outside the folders it may come from ([`crate::trust`]).
+    #[error(transparent)]
+    Untrusted(#[from] crate::trust::Untrusted),
+    /// `trust = "lock"` and the library is not the one hermes.lock pins (the one line says
+    /// both hashes and the command that accepts it).
+    #[error("{0}")]
+    Unpinned(String),
     /// The probe, which opens the library in a child process first, refused it.
     #[error(transparent)]
     Probe(#[from] ProbeError),

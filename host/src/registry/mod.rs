@@ -47,6 +47,10 @@ pub use entry::RETRY_FAILED_LOAD_AFTER;
 pub struct RegistryOptions {
     /// Where libraries are looked for after the plugin folder.
     pub library_dirs: Vec<PathBuf>,
+    /// Other folders a library may resolve into (through a symlink).
+    pub trusted_dirs: Vec<PathBuf>,
+    /// `trust = "lock"`: each library must be pinned in this lock file.
+    pub lock_file: Option<PathBuf>,
     /// Where shadow copies go.
     pub shadow_dir: PathBuf,
     /// `[platforms.<id>]` tables.
@@ -71,6 +75,8 @@ impl RegistryOptions {
     pub fn from_config(config: &Config, sink: Arc<dyn EventSink>) -> Self {
         RegistryOptions {
             library_dirs: config.plugins.library_dirs.clone(),
+            trusted_dirs: config.plugins.trusted_dirs.clone(),
+            lock_file: None,
             shadow_dir: config.plugins.shadow_dir.clone(),
             platforms: config.platforms.clone(),
             sink,
@@ -89,6 +95,14 @@ impl RegistryOptions {
                 std::path::absolute(dir).unwrap_or_else(|_| dir.to_owned())
             },
         }
+        .with_lock(config)
+    }
+
+    fn with_lock(mut self, config: &Config) -> Self {
+        if config.plugins.trust == crate::trust::lock::Trust::Lock {
+            self.lock_file = Some(crate::trust::lock::path_for(&self.config_dir));
+        }
+        self
     }
 }
 
@@ -102,9 +116,30 @@ pub struct Registry {
     shadow: std::sync::OnceLock<Result<crate::loader::ShadowDir, Arc<std::io::Error>>>,
     prober: Option<Prober>,
     quarantine: Option<Quarantine>,
+    /// Plugins whose library may differ from hermes.lock's pin, with a warning: watched ones
+    /// under `serve --dev`.
+    lock_lenient: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 impl Registry {
+    /// Under `serve --dev`, a watched plugin's rebuilt library loads though hermes.lock pins
+    /// another (`on`), or not.
+    pub fn set_lock_lenient(&self, id: &str, on: bool) {
+        let mut lenient = self.lock_lenient.lock().unwrap_or_else(|e| e.into_inner());
+        if on {
+            lenient.insert(id.to_owned());
+        } else {
+            lenient.remove(id);
+        }
+    }
+
+    fn lock_lenient(&self, id: &str) -> bool {
+        self.lock_lenient
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(id)
+    }
+
     /// What discovery could not register.
     pub fn problems(&self) -> &[DiscoveryProblem] {
         &self.problems

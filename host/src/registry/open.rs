@@ -1,5 +1,6 @@
 //! Opening a platform's library, the one way every load goes (first use, start-up, reload, hot
-//! reload, config validation, `plugin check`): a fresh shadow copy; its content hash; the
+//! reload, config validation, `plugin check`): the strict modes ([`crate::trust`]); a fresh
+//! shadow copy of the file as checked; its content hash; the
 //! quarantine ([`crate::quarantine`]), which refuses a library that took the process down
 //! before; the probe ([`crate::probe`]), which opens the same copy in a child first; a marker
 //! held until the load (and the caller's `start`) is over; then the host's own `dlopen` of that
@@ -29,6 +30,41 @@ pub(crate) struct Opened<L = Library> {
 }
 
 impl Registry {
+    /// The strict modes ([`crate::trust`]) for `entry`'s manifest, folder and library `path`
+    /// (the library file itself is checked on the descriptor it is copied from).
+    fn strict_modes(&self, entry: &Entry, path: &Path) -> Result<(), LoadFailure> {
+        crate::trust::check_plugin(entry.manifest_path(), entry.dir())?;
+        let resolved = path
+            .canonicalize()
+            .map_err(|e| crate::loader::LoadError::io(path, e))?;
+        let roots: Vec<std::path::PathBuf> = std::iter::once(entry.dir().to_owned())
+            .chain(self.options.library_dirs.iter().cloned())
+            .chain(self.options.trusted_dirs.iter().cloned())
+            .collect();
+        crate::trust::check_within(path, &resolved, &roots)?;
+        crate::trust::check_library_folder(&resolved)?;
+        Ok(())
+    }
+
+    /// `trust = "lock"`: `file` (the copy about to be opened) must be the library hermes.lock
+    /// pins for `id`; a watched plugin under `serve --dev` is loaded with a warning instead.
+    fn pinned(&self, id: &str, file: &Path) -> Result<(), LoadFailure> {
+        let Some(lock) = &self.options.lock_file else {
+            return Ok(());
+        };
+        match crate::trust::lock::verify(lock, id, file) {
+            Ok(()) => Ok(()),
+            Err(refusal) if self.lock_lenient(id) => {
+                tracing::warn!(
+                    platform = id,
+                    "{refusal} (serve --dev: a watched plugin is loaded anyway)"
+                );
+                Ok(())
+            }
+            Err(refusal) => Err(LoadFailure::Unpinned(refusal)),
+        }
+    }
+
     /// Opens `path` for `entry` where `table` says it runs: in this process (see
     /// [`Registry::open_library`]) or in a child of its own (`isolation = "process"`), which
     /// needs neither probe nor quarantine: a crash there ends the child alone.
@@ -46,6 +82,11 @@ impl Registry {
                 probed: opened.probed,
             });
         }
+        // The child opens the library by its path: checked here, before it is spawned.
+        self.strict_modes(entry, path)?;
+        let meta = std::fs::metadata(path).map_err(|e| crate::loader::LoadError::io(path, e))?;
+        crate::trust::check_library(path, &meta)?;
+        self.pinned(&entry.manifest().id, path)?;
         let manifest = entry.manifest();
         let program = self.options.child_program.clone().ok_or_else(|| ChildError {
             platform: manifest.id.clone(),
@@ -82,10 +123,15 @@ impl Registry {
         let mut probed = None;
         let mut alone = false;
         let mut content = None;
-        let library = Library::open_vetted(path, self.shadow_dir()?, |copy| {
+        self.strict_modes(entry, path)?;
+        let inspect = |meta: &std::fs::Metadata| -> Result<(), LoadFailure> {
+            Ok(crate::trust::check_library(path, meta)?)
+        };
+        let library = Library::open_vetted(path, self.shadow_dir()?, inspect, |copy| {
             let hash =
                 ContentHash::of_file(copy).map_err(|e| crate::loader::LoadError::io(copy, e))?;
             content = Some(hash);
+            self.pinned(id, copy)?;
             if let Some(quarantine) = &self.quarantine {
                 match quarantine.check(id, hash) {
                     Ok(Some(record)) if !record.suspect => {
