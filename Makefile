@@ -50,6 +50,7 @@ bench: build
 	$(CARGO) bench -p hermes-host --bench levels
 	$(CARGO) bench -p hermes-host --bench split
 	$(CARGO) bench -p hermes-host --bench delivery
+	$(CARGO) bench -p hermes-host --bench trust
 	$(CARGO) bench -p hermes-host --bench serve
 	$(CARGO) bench -p hermes-host --bench reload
 	$(CARGO) bench -p hermes-host --bench isolation
