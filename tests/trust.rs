@@ -165,3 +165,100 @@ fn serve_dev_loads_a_watched_plugins_rebuild_with_a_warning_under_trust_lock() {
     server.wait_platform("lb", |p| p["generation"] == 2);
     server.wait_log("serve --dev: a watched plugin is loaded anyway", 1);
 }
+
+/// Runs Debian's `minisign` with `args` in `dir`, which must succeed.
+fn minisign(dir: &std::path::Path, args: &[&str]) {
+    let binary = std::path::Path::new("/usr/bin/minisign");
+    assert!(
+        binary.exists(),
+        "/usr/bin/minisign is missing: install Debian's minisign package (.ci/run does)"
+    );
+    let out = std::process::Command::new(binary)
+        .current_dir(dir)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "minisign {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key pair made by `minisign -G` in `dir` as `<name>.pub` / `<name>.key`: the public key's
+/// base64 line.
+fn key_pair(dir: &std::path::Path, name: &str) -> String {
+    let (public, secret) = (format!("{name}.pub"), format!("{name}.key"));
+    minisign(dir, &["-G", "-W", "-p", &public, "-s", &secret]);
+    fs::read_to_string(dir.join(public))
+        .unwrap()
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn under_trust_signed_only_a_library_signed_by_a_trusted_key_loads() {
+    let t = TestDir::new();
+    let library = t.install_copy("lb", "hermes_loopback");
+    let trusted = key_pair(t.path(), "trusted");
+    key_pair(t.path(), "other");
+    let sign = |key: &str| {
+        minisign(
+            t.path(),
+            &[
+                "-S",
+                "-s",
+                &format!("{key}.key"),
+                "-m",
+                library.to_str().unwrap(),
+            ],
+        );
+    };
+    sign("other");
+    let config = locked_config(&t, "[platforms.lb]\nstart = \"on_demand\"\n");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        "trust = \"lock\"",
+        &format!("trust = \"signed\"\ntrusted_keys = [\"{trusted}\"]"),
+    );
+    fs::write(&config, text).unwrap();
+    assert!(t.run(&["plugin", "lock", "lb"]).status.success());
+    let server = Server::start_config(&t, config, &[]);
+
+    // Signed by a key that is not trusted: refused.
+    assert_eq!(server.send("lb", "c", "hi").0, 503);
+    let error = server.platform("lb")["error"].as_str().unwrap().to_owned();
+    assert!(
+        error.contains("does not verify") && error.contains("1 trusted keys"),
+        "{error}"
+    );
+    // Signed by the trusted key: loads (once the failed load's second has passed).
+    sign("trusted");
+    server.wait_platform("lb", |_| server.send("lb", "c", "hi").0 == 200);
+    // Unsigned: a reload is refused, the signed generation serves on.
+    fs::remove_file(format!("{}.minisig", library.display())).unwrap();
+    let out = server.cli(&["plugin", "reload", "lb"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        !out.status.success() && err.contains("is not signed"),
+        "{err}"
+    );
+    assert_eq!(server.send("lb", "c", "still").0, 200);
+}
+
+#[test]
+fn a_key_that_is_not_a_minisign_key_is_refused_naming_it() {
+    let t = TestDir::new();
+    let config = t.config("");
+    let text = fs::read_to_string(&config).unwrap().replace(
+        "state_dir = \"state\"",
+        "state_dir = \"state\"\ntrust = \"signed\"\ntrusted_keys = [\"not-a-key\"]",
+    );
+    fs::write(&config, text).unwrap();
+    let out = t.run(&["plugin", "list"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("plugins.trusted_keys[0]"), "{err}");
+}

@@ -33,6 +33,7 @@ fn options(shadow: &Path) -> RegistryOptions {
     RegistryOptions {
         trusted_dirs: Vec::new(),
         lock_file: None,
+        signing_keys: None,
         library_dirs: vec![target().join("debug")],
         shadow_dir: shadow.to_owned(),
         platforms: Default::default(),

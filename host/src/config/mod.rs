@@ -75,8 +75,11 @@ pub struct PluginsConfig {
     pub library_dirs: Vec<PathBuf>,
     /// Other folders a library may resolve into through a symlink ([`crate::trust`]).
     pub trusted_dirs: Vec<PathBuf>,
-    /// `trust`: `any` (strict modes only) or `lock` (hermes.lock pins each library).
+    /// `trust`: `any` (strict modes only), `lock` (hermes.lock pins each library) or `signed`
+    /// (a minisign signature by one of `trusted_keys` too).
     pub trust: crate::trust::lock::Trust,
+    /// `trusted_keys`: minisign public keys (base64, as `minisign -G` prints them).
+    pub trusted_keys: Vec<String>,
     /// Persisted state.
     pub state_dir: PathBuf,
     /// Where shadow copies are loaded from.
@@ -159,6 +162,7 @@ struct RawPlugins {
     library_dirs: Option<Vec<PathBuf>>,
     trusted_dirs: Option<Vec<PathBuf>>,
     trust: Option<crate::trust::lock::Trust>,
+    trusted_keys: Option<Vec<String>>,
     state_dir: Option<PathBuf>,
     shadow_dir: Option<PathBuf>,
     probe: Option<bool>,
@@ -257,6 +261,14 @@ impl Config {
             }
             secs => Duration::from_secs(secs.unwrap_or(86_400)),
         };
+        let trust = raw.plugins.trust.unwrap_or_default();
+        let trusted_keys = raw.plugins.trusted_keys.clone().unwrap_or_default();
+        crate::trust::signed::keys(&trusted_keys).map_err(&err)?;
+        if trust == crate::trust::lock::Trust::Signed && trusted_keys.is_empty() {
+            return Err(err(
+                "key `plugins.trusted_keys`: trust = \"signed\" needs at least one key (as `minisign -G` prints it)".to_owned(),
+            ));
+        }
         let state_dir = at(raw.plugins.state_dir.unwrap_or_else(|| ".hermes".into()));
         let shadow_dir = raw
             .plugins
@@ -319,7 +331,8 @@ impl Config {
                     .into_iter()
                     .map(at)
                     .collect(),
-                trust: raw.plugins.trust.unwrap_or_default(),
+                trust,
+                trusted_keys,
                 state_dir: state_dir.clone(),
                 shadow_dir,
                 probe: raw.plugins.probe.unwrap_or(true),

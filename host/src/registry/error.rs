@@ -133,7 +133,8 @@ pub enum LoadFailure {
     #[error(transparent)]
     Untrusted(#[from] crate::trust::Untrusted),
     /// `trust = "lock"` and the library is not the one hermes.lock pins (the one line says
-    /// both hashes and the command that accepts it).
+    /// both hashes and the command that accepts it), or `"signed"` and it is not signed by a
+    /// trusted key.
     #[error("{0}")]
     Unpinned(String),
     /// The probe, which opens the library in a child process first, refused it.

@@ -49,8 +49,10 @@ pub struct RegistryOptions {
     pub library_dirs: Vec<PathBuf>,
     /// Other folders a library may resolve into (through a symlink).
     pub trusted_dirs: Vec<PathBuf>,
-    /// `trust = "lock"`: each library must be pinned in this lock file.
+    /// `trust = "lock"` or `"signed"`: each library must be pinned in this lock file.
     pub lock_file: Option<PathBuf>,
+    /// `trust = "signed"`: each library must be signed by one of these keys.
+    pub signing_keys: Option<Vec<minisign_verify::PublicKey>>,
     /// Where shadow copies go.
     pub shadow_dir: PathBuf,
     /// `[platforms.<id>]` tables.
@@ -77,6 +79,7 @@ impl RegistryOptions {
             library_dirs: config.plugins.library_dirs.clone(),
             trusted_dirs: config.plugins.trusted_dirs.clone(),
             lock_file: None,
+            signing_keys: None,
             shadow_dir: config.plugins.shadow_dir.clone(),
             platforms: config.platforms.clone(),
             sink,
@@ -99,8 +102,13 @@ impl RegistryOptions {
     }
 
     fn with_lock(mut self, config: &Config) -> Self {
-        if config.plugins.trust == crate::trust::lock::Trust::Lock {
+        use crate::trust::lock::Trust;
+        if config.plugins.trust != Trust::Any {
             self.lock_file = Some(crate::trust::lock::path_for(&self.config_dir));
+        }
+        if config.plugins.trust == Trust::Signed {
+            // Checked when the config was read.
+            self.signing_keys = crate::trust::signed::keys(&config.plugins.trusted_keys).ok();
         }
         self
     }

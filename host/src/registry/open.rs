@@ -46,9 +46,13 @@ impl Registry {
         Ok(())
     }
 
-    /// `trust = "lock"`: `file` (the copy about to be opened) must be the library hermes.lock
-    /// pins for `id`; a watched plugin under `serve --dev` is loaded with a warning instead.
-    fn pinned(&self, id: &str, file: &Path) -> Result<(), LoadFailure> {
+    /// `trust = "signed"`: `file` (the copy of `library` about to be opened) must be signed by
+    /// a trusted key; `"lock"` (and `"signed"`): it must be the library hermes.lock pins for
+    /// `id` (a watched plugin under `serve --dev` is loaded with a warning instead).
+    fn pinned(&self, id: &str, library: &Path, file: &Path) -> Result<(), LoadFailure> {
+        if let Some(keys) = &self.options.signing_keys {
+            crate::trust::signed::verify(id, library, file, keys).map_err(LoadFailure::Unpinned)?;
+        }
         let Some(lock) = &self.options.lock_file else {
             return Ok(());
         };
@@ -86,7 +90,7 @@ impl Registry {
         self.strict_modes(entry, path)?;
         let meta = std::fs::metadata(path).map_err(|e| crate::loader::LoadError::io(path, e))?;
         crate::trust::check_library(path, &meta)?;
-        self.pinned(&entry.manifest().id, path)?;
+        self.pinned(&entry.manifest().id, path, path)?;
         let manifest = entry.manifest();
         let program = self.options.child_program.clone().ok_or_else(|| ChildError {
             platform: manifest.id.clone(),
@@ -131,7 +135,7 @@ impl Registry {
             let hash =
                 ContentHash::of_file(copy).map_err(|e| crate::loader::LoadError::io(copy, e))?;
             content = Some(hash);
-            self.pinned(id, copy)?;
+            self.pinned(id, path, copy)?;
             if let Some(quarantine) = &self.quarantine {
                 match quarantine.check(id, hash) {
                     Ok(Some(record)) if !record.suspect => {

@@ -25,6 +25,8 @@ pub enum Trust {
     Any,
     /// Pinned in hermes.lock, too.
     Lock,
+    /// Signed by a trusted key ([`super::signed`]), and pinned.
+    Signed,
 }
 
 /// One plugin's pin.

@@ -15,9 +15,11 @@
 //! ([`crate::loader::Library::open_vetted`]), so what is checked is what is loaded. Each
 //! refusal names the path, its mode or owner, and the fix.
 //!
-//! [`lock`]: `trust = "lock"`, libraries pinned by hash in `hermes.lock`.
+//! [`lock`]: `trust = "lock"`, libraries pinned by hash in `hermes.lock`; [`signed`]:
+//! `trust = "signed"`, minisign signatures by trusted keys.
 
 pub mod lock;
+pub mod signed;
 
 use std::{
     fs::Metadata,
