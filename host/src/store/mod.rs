@@ -133,6 +133,19 @@ impl Store {
         };
         std::fs::create_dir_all(state_dir)
             .map_err(|e| fail(format!("cannot make {}: {e}", state_dir.display())))?;
+        // Message text lives here: readable by the gateway's user alone (SQLite gives its WAL
+        // and shared-memory files the database's mode).
+        {
+            use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| fail(e.to_string()))?;
+            file.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| fail(e.to_string()))?;
+        }
         let conn = Connection::open(&path).map_err(|e| fail(e.to_string()))?;
         Self::prepare(conn, path.clone())
     }
@@ -289,6 +302,14 @@ mod tests {
         assert_eq!(found(at("mqtt", "t", "m1"), "irc", "#a"), Some("i1".into()));
         assert_eq!(found(at("irc", "#a", "i1"), "mqtt", "other"), None);
         assert_eq!(found(at("irc", "#a", "nope"), "mqtt", "t"), None);
+        use std::os::unix::fs::PermissionsExt as _;
+        for file in [FILE, "hermes.db-wal"] {
+            let mode = std::fs::metadata(dir.path().join(file))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{file}");
+        }
     }
 
     #[test]
