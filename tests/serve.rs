@@ -732,3 +732,23 @@ fn the_gateway_is_not_idle_while_a_platform_starts() {
     );
     assert!(loader.join().unwrap().status.success());
 }
+
+#[test]
+fn log_format_json_writes_one_object_a_line_with_the_platform_at_its_top_level() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    let server = Server::start_with(&t, "[platforms.lb]\n", &["--log-format", "json"]);
+    assert_eq!(server.send("lb", "c", "hi").0, 200);
+    let log = server.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["message"] == "ready" && l["level"] == "INFO"),
+        "{log}"
+    );
+    assert!(lines.iter().any(|l| l["platform"] == "lb"), "{log}");
+}

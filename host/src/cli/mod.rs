@@ -31,9 +31,22 @@ pub struct Cli {
     /// `info` for `serve` and `warn` for the other commands.
     #[arg(long, global = true)]
     pub log_level: Option<String>,
+    /// Log lines as `text` (for a person) or `json` (one object a line, the event's fields
+    /// (`platform`, `generation`, ...) at its top level: for journald and log shippers).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
 }
 
 /// `hermes-host journal ...`.
@@ -234,14 +247,17 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         ..
     } = cli.command
     {
-        init_logging("warn");
+        init_logging("warn", LogFormat::Text);
         return Ok(crate::isolate::child::child_main(parent, memory_limit_mb));
     }
     let default_level = match cli.command {
         Command::Serve { .. } => "info",
         _ => "warn",
     };
-    init_logging(cli.log_level.as_deref().unwrap_or(default_level));
+    init_logging(
+        cli.log_level.as_deref().unwrap_or(default_level),
+        cli.log_format,
+    );
     let started = std::time::Instant::now();
     let config = match &cli.config {
         // Named explicitly: a typo must not silently mean the defaults.
@@ -280,15 +296,23 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn init_logging(default: &str) {
+fn init_logging(default: &str, format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(default))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    // Colours only for a person at a terminal; log files and pipes get plain text.
-    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .try_init(),
+        // Colours only for a person at a terminal; log files and pipes get plain text.
+        LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .try_init(),
+    };
 }
