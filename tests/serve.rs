@@ -752,3 +752,52 @@ fn log_format_json_writes_one_object_a_line_with_the_platform_at_its_top_level()
     );
     assert!(lines.iter().any(|l| l["platform"] == "lb"), "{log}");
 }
+
+#[test]
+fn the_notify_protocol_says_ready_reloading_and_stopping_and_pings_the_watchdog() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    // The service manager's side: a datagram socket the test owns.
+    let path = t.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    let until = |want: &str| loop {
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).expect("a notification within 10 s");
+        let message = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if message.lines().any(|l| l == want) {
+            return message;
+        }
+    };
+    let mut server = Server::start_env(
+        &t,
+        "[platforms.lb]\n",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let ready = until("READY=1");
+    assert!(ready.contains("STATUS=1 of 1 platforms running"), "{ready}");
+    assert_eq!(server.get("/health").0, 200);
+    until("WATCHDOG=1");
+    until("WATCHDOG=1");
+
+    // SIGHUP: RELOADING with the monotonic clock, then READY again.
+    let pid = server.child.id().to_string();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let reloading = until("RELOADING=1");
+    assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
+    until("READY=1");
+
+    assert!(server.terminate().success());
+    until("STOPPING=1");
+}

@@ -44,6 +44,7 @@ pub mod registry;
 pub use registry::reload;
 pub(crate) mod routing;
 pub(crate) mod serve;
+pub(crate) mod service;
 pub mod store;
 pub(crate) mod supervise;
 mod toml_error;

@@ -144,6 +144,8 @@ pub(crate) async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Re
             "hermes-host ready: http://{local} (control socket {})",
             socket_path.display()
         );
+        crate::service::ready(&gateway);
+        tokio::spawn(crate::service::watchdog(Arc::clone(&gateway)));
         let background = platforms_in_mode(&gateway, StartMode::Background);
         tokio::spawn(warm_up(Arc::clone(&gateway), background));
         tokio::spawn(idle_unloader(Arc::clone(&gateway)));
@@ -173,6 +175,7 @@ pub(crate) async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Re
         tracing::info!("signal during start-up");
     }
     tracing::info!("shutting down");
+    crate::service::stopping();
     let _ = gateway.shutdown.send_replace(true);
     for server in [public, control] {
         match tokio::time::timeout(DRAIN_TIMEOUT, server).await {

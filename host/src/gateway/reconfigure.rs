@@ -129,7 +129,9 @@ impl Gateway {
         // it is when its turn comes.
         static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
         let _turn = ONE_AT_A_TIME.lock().await;
+        crate::service::reloading();
         let result = self.try_reload_config().await;
+        crate::service::ready(self);
         match &result {
             Ok(change) => tracing::info!(?change, "config reloaded"),
             Err(e) => tracing::error!(error = %e, "config reload refused; nothing changed"),
