@@ -801,3 +801,84 @@ fn the_notify_protocol_says_ready_reloading_and_stopping_and_pings_the_watchdog(
     assert!(server.terminate().success());
     until("STOPPING=1");
 }
+
+#[test]
+fn a_socket_passed_by_systemd_socket_activate_is_served() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    let config = t.config(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n[platforms.lb]\n",
+    );
+    let activate = std::path::Path::new("/usr/bin/systemd-socket-activate");
+    assert!(
+        activate.exists(),
+        "/usr/bin/systemd-socket-activate is missing: install Debian's systemd package (.ci/run does)"
+    );
+    let port = crate::peers::free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let mut child = KillOnDrop(
+        std::process::Command::new(activate)
+            .args(["-l", &addr])
+            .arg(util::bin())
+            .arg("--config")
+            .arg(&config)
+            .arg("serve")
+            .stdout(std::process::Stdio::piped())
+            .stderr(fs_err(&t))
+            .spawn()
+            .unwrap(),
+    );
+    // systemd-socket-activate listens at once and starts the gateway at the first connection,
+    // which waits in the backlog until the gateway accepts it.
+    let mut listening = false;
+    for _ in 0..500 {
+        if std::net::TcpStream::connect(&addr).is_ok() {
+            listening = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(listening, "systemd-socket-activate never listened");
+    let (status, body) = util::http(
+        &addr,
+        "POST",
+        "/api/platforms/lb/send",
+        Some(r#"{"chat_id":"c","text":"activated"}"#),
+        &[],
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut ready = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.0.stdout.take().unwrap()),
+        &mut ready,
+    )
+    .unwrap();
+    assert!(ready.contains(&format!("http://{addr}")), "{ready}");
+    let status = std::process::Command::new(util::bin())
+        .arg("--config")
+        .arg(&config)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let pid = status["pid"].as_u64().unwrap();
+    assert_eq!(
+        pid,
+        u64::from(child.0.id()),
+        "the gateway runs in the activating process"
+    );
+}
+
+/// A child process killed (and reaped) when the test ends, passing or not.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn fs_err(t: &TestDir) -> std::fs::File {
+    std::fs::File::create(t.path().join("activate.log")).unwrap()
+}

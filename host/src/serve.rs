@@ -35,19 +35,36 @@ pub(crate) const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long shutdown waits for the journal's last write.
 pub(crate) const JOURNAL_CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The public API's listener: the socket the service manager passed (socket activation,
+/// `LISTEN_FDS`; `server.listen` is then not bound), else `listen`, bound here.
+async fn public_listener(listen: std::net::SocketAddr) -> anyhow::Result<tokio::net::TcpListener> {
+    let mut passed = listenfd::ListenFd::from_env();
+    let activated = passed
+        .take_tcp_listener(0)
+        .context("the socket passed by the service manager (LISTEN_FDS)")?;
+    if let Some(listener) = activated {
+        listener.set_nonblocking(true)?;
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving on the socket passed by the service manager");
+        return Ok(tokio::net::TcpListener::from_std(listener)?);
+    }
+    tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))
+}
+
 /// Runs the gateway until SIGTERM or Ctrl-C.
 pub(crate) async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Result<()> {
     let t0 = Instant::now();
     // Install the handlers first: a SIGTERM that arrives once we said "ready" must be ours.
     let signals = Signals::install()?;
     let listen = config.server.listen;
+    let file = config
+        .source
+        .as_deref()
+        .map_or("(defaults)".into(), |p| p.display().to_string());
     if !listen.ip().is_loopback() && config.server.api_token.is_none() {
         bail!(
-            "{}: key `server.api_token`: required when `server.listen` ({listen}) is not a loopback address",
-            config
-                .source
-                .as_deref()
-                .map_or("(defaults)".into(), |p| p.display().to_string())
+            "{file}: key `server.api_token`: required when `server.listen` ({listen}) is not a loopback address"
         );
     }
     if dev {
@@ -65,10 +82,13 @@ pub(crate) async fn run(config: Config, config_ms: f64, dev: bool) -> anyhow::Re
     // Both listeners are bound before any platform starts: a second server on the same port
     // or socket must fail before it connects an adapter under the first one's identity.
     let started_listen = Instant::now();
-    let tcp = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("listening on {listen}"))?;
+    let tcp = public_listener(listen).await?;
     let local = tcp.local_addr()?;
+    if !local.ip().is_loopback() && gateway.config.server.api_token.is_none() {
+        bail!(
+            "{file}: key `server.api_token`: required when the public API listens on {local}, not a loopback address"
+        );
+    }
     let socket_path = gateway.config.server.control_socket.clone();
     let unix = control::bind(&socket_path)?;
     let listen_ms = ms(started_listen.elapsed());

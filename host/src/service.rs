@@ -1,5 +1,6 @@
 //! Running under systemd (`Type=notify`), through the `sd-notify` crate: nothing happens
-//! without `$NOTIFY_SOCKET`.
+//! without `$NOTIFY_SOCKET`. (Socket activation, the other half, is `serve`'s
+//! `public_listener`.)
 //!
 //! - `READY=1` once both listeners are bound and the eager platforms have started, with a
 //!   `STATUS=` line (platforms running, queued sends);
