@@ -19,6 +19,9 @@ mod senders;
 mod server;
 
 use platform::platform_config;
+mod delivery;
+pub use delivery::DeliveryConfig;
+use delivery::RawDelivery;
 pub use platform::{
     DEFAULT_CALL_TIMEOUT, EnvConfigError, Isolation, OnHang, PlatformConfig, StartMode,
     effective_table, env_prefix, from_env,
@@ -56,14 +59,6 @@ pub struct Config {
     pub journal: JournalConfig,
     /// `[delivery]`.
     pub delivery: DeliveryConfig,
-}
-
-/// `[delivery]`.
-#[derive(Debug, Clone, PartialEq)]
-pub struct DeliveryConfig {
-    /// `idempotency_ttl_secs`, default 86400: how long the answer to a request with an
-    /// `Idempotency-Key` is kept and returned for its repeats.
-    pub idempotency_ttl: Duration,
 }
 
 /// `[plugins]`.
@@ -147,12 +142,6 @@ struct RawConfig {
     journal: RawJournal,
     #[serde(default)]
     delivery: RawDelivery,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDelivery {
-    idempotency_ttl_secs: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -20,6 +20,7 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension, params};
 
+mod deadletters;
 mod idempotency;
 mod inbound;
 mod outbox;

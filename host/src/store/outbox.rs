@@ -132,10 +132,10 @@ pub struct OutboxStats {
     pub dead: u32,
 }
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, platform, chat, kind, state, attempts, message_id, last_error, created_ms, updated_ms";
 
-fn delivery(r: &Row<'_>) -> rusqlite::Result<Delivery> {
+pub(super) fn delivery(r: &Row<'_>) -> rusqlite::Result<Delivery> {
     Ok(Delivery {
         delivery_id: r.get(0)?,
         platform: r.get(1)?,
@@ -333,97 +333,6 @@ impl Store {
             .optional()
             .map_err(|e| self.error(&e))
     }
-
-    /// Dead letters, oldest first, of one platform or all.
-    pub fn dead_letters(&self, platform: Option<&str>) -> Result<Vec<Delivery>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(&format!(
-                "SELECT {COLUMNS} FROM outbox WHERE state = 'dead'
-                 AND (?1 IS NULL OR platform = ?1) ORDER BY seq"
-            ))
-            .map_err(|e| self.error(&e))?;
-        stmt.query_map(params![platform], delivery)
-            .and_then(Iterator::collect)
-            .map_err(|e| self.error(&e))
-    }
-
-    /// Queues dead letters again, with their attempts counted afresh and their age from now:
-    /// the one named, or every one (of `platform`). The chats to wake.
-    pub fn replay(
-        &self,
-        id: Option<&str>,
-        platform: Option<&str>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
-        let now = hermes_plugin_api::now_ms();
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "UPDATE outbox SET state = 'queued', attempts = 0, created_ms = ?3,
-                    updated_ms = ?3, due_ms = ?3
-                 WHERE state = 'dead' AND (?1 IS NULL OR id = ?1)
-                   AND (?2 IS NULL OR platform = ?2)
-                 RETURNING platform, chat",
-            )
-            .map_err(|e| self.error(&e))?;
-        let mut chats: Vec<(String, String)> = stmt
-            .query_map(params![id, platform, now], |r| Ok((r.get(0)?, r.get(1)?)))
-            .and_then(Iterator::collect)
-            .map_err(|e| self.error(&e))?;
-        chats.sort();
-        chats.dedup();
-        Ok(chats)
-    }
-
-    /// Removes a dead letter; whether there was one.
-    pub fn drop_dead(&self, id: &str) -> Result<bool, StoreError> {
-        self.conn()
-            .execute(
-                "DELETE FROM outbox WHERE id = ?1 AND state = 'dead'",
-                params![id],
-            )
-            .map(|n| n > 0)
-            .map_err(|e| self.error(&e))
-    }
-
-    /// Per platform: records queued, the oldest's age, dead letters.
-    pub fn outbox_stats(
-        &self,
-    ) -> Result<std::collections::BTreeMap<String, OutboxStats>, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT platform,
-                    SUM(state = 'queued'),
-                    MIN(CASE WHEN state = 'queued' THEN created_ms END),
-                    SUM(state = 'dead')
-                 FROM outbox WHERE state != 'sent' GROUP BY platform",
-            )
-            .map_err(|e| self.error(&e))?;
-        stmt.query_map([], |r| {
-            Ok((
-                r.get::<_, String>(0)?,
-                OutboxStats {
-                    queued: r.get(1)?,
-                    oldest_ms: r.get(2)?,
-                    dead: r.get(3)?,
-                },
-            ))
-        })
-        .and_then(Iterator::collect)
-        .map_err(|e| self.error(&e))
-    }
-
-    /// Removes sent records older than `age`.
-    pub fn prune_sent(&self, age: Duration) -> Result<usize, StoreError> {
-        let before = hermes_plugin_api::now_ms() - i64::try_from(age.as_millis()).unwrap_or(0);
-        self.conn()
-            .execute(
-                "DELETE FROM outbox WHERE state = 'sent' AND updated_ms < ?1",
-                params![before],
-            )
-            .map_err(|e| self.error(&e))
-    }
 }
 
 /// The answer to a queued request: `{"delivery_id": ..., "state": "queued"}`.
@@ -432,116 +341,4 @@ pub fn queued_answer(id: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    const DAY: Duration = Duration::from_secs(86_400);
-
-    fn item(chat: &str, text: &str, key: Option<&str>) -> NewDelivery {
-        NewDelivery {
-            platform: "lb".into(),
-            chat: chat.into(),
-            kind: "message".into(),
-            body: text.as_bytes().to_vec(),
-            key: key.map(|k| (k.to_owned(), format!("hash-{text}"))),
-        }
-    }
-
-    fn queued(e: &Enqueued) -> String {
-        match e {
-            Enqueued::Queued(id) => id.clone(),
-            Enqueued::Seen(claim) => panic!("not queued: {claim:?}"),
-        }
-    }
-
-    #[test]
-    fn records_go_in_order_per_chat_and_survive_a_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
-        let out = store
-            .enqueue(
-                &[
-                    item("a", "1", None),
-                    item("b", "x", None),
-                    item("a", "2", None),
-                ],
-                "run1",
-                DAY,
-                true,
-            )
-            .unwrap();
-        let ids: Vec<String> = out.iter().map(queued).collect();
-        drop(store);
-        let store = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.pending_chats().unwrap(),
-            [("lb".into(), "a".into()), ("lb".into(), "b".into())]
-        );
-        let next = store.pending("lb", "a", 10).unwrap();
-        let order: Vec<&str> = next
-            .iter()
-            .map(|p| p.delivery.delivery_id.as_str())
-            .collect();
-        assert_eq!(order, [ids[0].as_str(), ids[2].as_str()]);
-        assert_eq!(&next[0].body[..], b"1");
-        assert_eq!(
-            next[0].idempotency_key, ids[0],
-            "no client key: the delivery id"
-        );
-        // A failed attempt keeps the record first, due later.
-        store.mark_retry(&ids[0], "down", 42).unwrap();
-        let next = store.pending("lb", "a", 1).unwrap();
-        assert_eq!((next[0].delivery.attempts, next[0].due_ms), (1, 42));
-        let sent = store.mark_sent(&ids[0], "m1").unwrap().unwrap();
-        assert_eq!((sent.state, sent.attempts), (DeliveryState::Sent, 2));
-        assert_eq!(sent.message_id.as_deref(), Some("m1"));
-        assert_eq!(store.delivery(&ids[0]).unwrap(), Some(sent));
-        let next = store.pending("lb", "a", 10).unwrap();
-        assert_eq!(next[0].delivery.delivery_id, ids[2]);
-    }
-
-    #[test]
-    fn a_key_queues_once_and_dead_letters_replay_and_drop() {
-        let store = Store::in_memory().unwrap();
-        let first = store
-            .enqueue(&[item("a", "1", Some("k"))], "run1", DAY, false)
-            .unwrap();
-        let id = queued(&first[0]);
-        let again = store
-            .enqueue(
-                &[item("a", "1", Some("k")), item("a", "2", Some("k"))],
-                "run2",
-                DAY,
-                false,
-            )
-            .unwrap();
-        assert_eq!(
-            again,
-            [
-                Enqueued::Seen(Claim::Answered {
-                    status: 202,
-                    answer: queued_answer(&id)
-                }),
-                Enqueued::Seen(Claim::Conflict)
-            ]
-        );
-        assert_eq!(store.pending("lb", "a", 1).unwrap()[0].idempotency_key, "k");
-        store.mark_dead(&id, "refused", true).unwrap();
-        assert!(store.pending("lb", "a", 1).unwrap().is_empty());
-        let stats = store.outbox_stats().unwrap();
-        assert_eq!((stats["lb"].queued, stats["lb"].dead), (0, 1));
-        let dead = store.dead_letters(Some("lb")).unwrap();
-        assert_eq!(dead[0].last_error.as_deref(), Some("refused"));
-        assert!(store.dead_letters(Some("irc")).unwrap().is_empty());
-        assert_eq!(
-            store.replay(Some(&id), None).unwrap(),
-            [("lb".into(), "a".into())]
-        );
-        let back = &store.pending("lb", "a", 1).unwrap()[0];
-        assert_eq!((back.delivery.attempts, &back.body[..]), (0, &b"1"[..]));
-        assert!(!store.drop_dead(&id).unwrap(), "queued, not dead");
-        store.mark_dead(&id, "again", false).unwrap();
-        assert!(store.drop_dead(&id).unwrap());
-        assert_eq!(store.delivery(&id).unwrap(), None);
-    }
-}
+mod tests;
