@@ -943,14 +943,7 @@ fn a_journal_rotated_under_traffic_loses_nothing_and_a_removed_one_comes_back() 
     // SIGUSR1 (as logrotate's postrotate may send) and `journal reopen` reopen on request.
     let reopens = status(&server)["journal"]["reopens"].as_u64().unwrap();
     assert!(reopens >= 4, "three renames and an rm: {reopens}");
-    let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-USR1", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("USR1");
     status_until(&server, |j| j["reopens"].as_u64() > Some(reopens));
     assert!(server.cli(&["journal", "reopen"]).status.success());
     status_until(&server, |j| j["reopens"].as_u64() > Some(reopens + 1));
@@ -990,14 +983,7 @@ fn a_config_replaced_by_a_fifo_is_refused_at_sighup_without_blocking() {
             .unwrap()
             .success()
     );
-    let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("HUP");
     server.wait_log("config reload refused", 1);
     assert!(
         server.log().contains("not a regular file"),

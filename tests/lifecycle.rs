@@ -235,18 +235,11 @@ fn config_reload_applies_a_valid_change_whole_and_refuses_an_invalid_one_whole()
     t.install("lb2", "hermes_loopback", 1);
     let first = "[platforms.lb]\nuser = \"a\"\n\n[[routes]]\nfrom = { platform = \"lb\", chat = \"lobby\" }\nto = [{ platform = \"lb\", chat = \"archive\" }]\n";
     let mut server = Server::start(&t, first);
-    let pid = server.child.id().to_string();
 
     // Invalid (the loopback refuses an empty user) together with a valid change: refused as a
     // whole, by SIGHUP, which does not stop the server.
     rewrite(&t, "[platforms.lb]\nuser = \"\"\n\n[platforms.lb2]\n");
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("HUP");
     server.wait_log("config reload refused", 1);
     assert!(
         server

@@ -786,14 +786,7 @@ fn the_notify_protocol_says_ready_reloading_and_stopping_and_pings_the_watchdog(
     until("WATCHDOG=1");
 
     // SIGHUP: RELOADING with the monotonic clock, then READY again.
-    let pid = server.child.id().to_string();
-    assert!(
-        std::process::Command::new("kill")
-            .args(["-HUP", &pid])
-            .status()
-            .unwrap()
-            .success()
-    );
+    server.signal("HUP");
     let reloading = until("RELOADING=1");
     assert!(reloading.contains("MONOTONIC_USEC="), "{reloading}");
     until("READY=1");

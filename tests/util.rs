@@ -452,16 +452,18 @@ impl Server {
         fs::read_to_string(&self.stderr).unwrap_or_default()
     }
 
+    /// Sends the server `signal` (`HUP`, `USR1`, `TERM`...).
+    pub(crate) fn signal(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "kill -{signal}");
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub(crate) fn terminate(&mut self) -> std::process::ExitStatus {
-        let pid = self.child.id().to_string();
-        assert!(
-            std::process::Command::new("kill")
-                .args(["-TERM", &pid])
-                .status()
-                .unwrap()
-                .success()
-        );
+        self.signal("TERM");
         self.child.wait().unwrap()
     }
 

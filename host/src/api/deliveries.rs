@@ -22,19 +22,15 @@ pub(crate) struct Of {
     platform: Option<String>,
 }
 
+/// [`Gateway::on_store`], a failure answered 503 (retryable).
 async fn with_store<T: Send + 'static>(
     gateway: &Gateway,
     f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let store = Arc::clone(&gateway.store);
-    let unavailable = |e: String| ApiError {
+    gateway.on_store(f).await.map_err(|e| ApiError {
         retryable: true,
         ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e)
-    };
-    tokio::task::spawn_blocking(move || f(&store))
-        .await
-        .map_err(|e| unavailable(e.to_string()))?
-        .map_err(|e| unavailable(e.to_string()))
+    })
 }
 
 fn unknown(id: &str, what: &str) -> ApiError {
@@ -61,20 +57,21 @@ pub(crate) async fn dead_letters(
     Ok(Json(json!({ "dead_letters": letters })))
 }
 
-/// Queues the dead letters `id` names (or all, of `platform`) again and wakes their lanes.
+/// Queues the dead letters `id` names (or all, of `platform`) again and wakes their lanes; how
+/// many.
 async fn requeue(
     gateway: &Arc<Gateway>,
     id: Option<String>,
     platform: Option<String>,
 ) -> Result<usize, ApiError> {
-    let chats = with_store(gateway, move |s| {
+    let (replayed, chats) = with_store(gateway, move |s| {
         s.replay(id.as_deref(), platform.as_deref())
     })
     .await?;
     for (platform, chat) in &chats {
         crate::delivery::wake(gateway, platform, chat);
     }
-    Ok(chats.len())
+    Ok(replayed)
 }
 
 /// `POST /api/deadletters/{id}/replay`: 404 when it is not a dead letter.
@@ -93,10 +90,8 @@ pub(crate) async fn replay_all(
     State(gateway): State<Arc<Gateway>>,
     Query(of): Query<Of>,
 ) -> Result<Json<Value>, ApiError> {
-    let platform = of.platform.clone();
-    let before = with_store(&gateway, move |s| s.dead_letters(platform.as_deref())).await?;
-    requeue(&gateway, None, of.platform).await?;
-    Ok(Json(json!({ "replayed": before.len() })))
+    let replayed = requeue(&gateway, None, of.platform).await?;
+    Ok(Json(json!({ "replayed": replayed })))
 }
 
 /// `DELETE /api/deadletters/{id}`.

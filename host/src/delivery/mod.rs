@@ -187,17 +187,6 @@ pub fn wake(gateway: &Arc<Gateway>, platform: &str, chat: &str) {
     tokio::spawn(run_lane(Arc::clone(gateway), key, lane));
 }
 
-async fn blocking<T: Send + 'static>(
-    gateway: &Gateway,
-    f: impl FnOnce(&Store) -> Result<T, crate::store::StoreError> + Send + 'static,
-) -> Result<T, String> {
-    let store = Arc::clone(&gateway.store);
-    match tokio::task::spawn_blocking(move || f(&store)).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
 /// Records a lane reads at once.
 const LANE_BATCH: usize = 64;
 
@@ -211,7 +200,9 @@ async fn run_lane(gateway: Arc<Gateway>, key: (String, String), lane: Arc<Lane>)
         }
         lane.again.store(false, Ordering::Release);
         let (p, c) = (platform.clone(), chat.clone());
-        let batch = blocking(&gateway, move |s| s.pending(&p, &c, LANE_BATCH)).await;
+        let batch = gateway
+            .on_store(move |s| s.pending(&p, &c, LANE_BATCH))
+            .await;
         let wait = match batch {
             Ok(batch) if batch.is_empty() => {
                 let mut lanes = gateway
@@ -306,7 +297,10 @@ async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) -> bool
             tracing::info!(platform, delivery_id = %id, attempts, %error, wait_ms = wait.as_millis() as u64, "a queued send will be tried again");
             let due = hermes_plugin_api::now_ms() + i64::try_from(wait.as_millis()).unwrap_or(0);
             let rid = id.clone();
-            if let Err(error) = blocking(gateway, move |s| s.mark_retry(&rid, &error, due)).await {
+            if let Err(error) = gateway
+                .on_store(move |s| s.mark_retry(&rid, &error, due))
+                .await
+            {
                 tracing::error!(platform, delivery_id = %id, %error, "the outbox cannot be written");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -320,11 +314,12 @@ async fn attempt(gateway: &Arc<Gateway>, pending: crate::store::Pending) -> bool
 /// stored, told to SSE. Whether it was stored.
 async fn settle(gateway: &Arc<Gateway>, id: &str, outcome: Result<String, (String, bool)>) -> bool {
     let rid = id.to_owned();
-    let stored = blocking(gateway, move |s| match &outcome {
-        Ok(message_id) => s.mark_sent(&rid, message_id),
-        Err((error, attempted)) => s.mark_dead(&rid, error, *attempted),
-    })
-    .await;
+    let stored = gateway
+        .on_store(move |s| match &outcome {
+            Ok(message_id) => s.mark_sent(&rid, message_id),
+            Err((error, attempted)) => s.mark_dead(&rid, error, *attempted),
+        })
+        .await;
     match stored {
         Ok(Some(delivery)) => {
             if delivery.state == DeliveryState::Dead {

@@ -233,6 +233,18 @@ impl Gateway {
         Ok((gateway, journal_thread))
     }
 
+    /// Runs `f` on the store, on the blocking pool (no disk I/O on a runtime thread).
+    pub async fn on_store<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&crate::store::Store) -> Result<T, crate::store::StoreError> + Send + 'static,
+    ) -> Result<T, String> {
+        let store = Arc::clone(&self.store);
+        match tokio::task::spawn_blocking(move || f(&store)).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
     /// When `serve` began.
     pub fn started(&self) -> Instant {
         self.started

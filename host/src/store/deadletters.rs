@@ -26,12 +26,12 @@ impl Store {
     }
 
     /// Queues dead letters again, with their attempts counted afresh and their age from now:
-    /// the one named, or every one (of `platform`). The chats to wake.
+    /// the one named, or every one (of `platform`). How many, and the chats to wake.
     pub fn replay(
         &self,
         id: Option<&str>,
         platform: Option<&str>,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<(usize, Vec<(String, String)>), StoreError> {
         let now = hermes_plugin_api::now_ms();
         let conn = self.conn();
         let mut stmt = conn
@@ -47,9 +47,10 @@ impl Store {
             .query_map(params![id, platform, now], |r| Ok((r.get(0)?, r.get(1)?)))
             .and_then(Iterator::collect)
             .map_err(|e| self.error(&e))?;
+        let replayed = chats.len();
         chats.sort();
         chats.dedup();
-        Ok(chats)
+        Ok((replayed, chats))
     }
 
     /// Removes a dead letter; whether there was one.

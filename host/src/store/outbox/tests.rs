@@ -101,7 +101,7 @@ fn a_key_queues_once_and_dead_letters_replay_and_drop() {
     assert!(store.dead_letters(Some("irc")).unwrap().is_empty());
     assert_eq!(
         store.replay(Some(&id), None).unwrap(),
-        [("lb".into(), "a".into())]
+        (1, vec![("lb".into(), "a".into())])
     );
     let back = &store.pending("lb", "a", 1).unwrap()[0];
     assert_eq!((back.delivery.attempts, &back.body[..]), (0, &b"1"[..]));
