@@ -55,6 +55,8 @@ mod browser;
 mod readme;
 // `isolation = "process"`: faults contained in the child, restarts, state, environment.
 mod isolation;
+// The sandbox of isolated platforms: Landlock, seccomp, what status says.
+mod sandbox;
 // The XMPP adapter against Prosody.
 mod xmpp;
 // XMPP's corrections, retractions, reactions, replies and threads, both ways.

@@ -43,6 +43,7 @@ pub(crate) mod quarantine;
 pub mod registry;
 pub use registry::reload;
 pub(crate) mod routing;
+pub mod sandbox;
 pub(crate) mod serve;
 pub(crate) mod service;
 pub mod store;

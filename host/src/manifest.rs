@@ -72,7 +72,13 @@ pub struct Manifest {
     /// ([`crate::delivery::policy`]); a platform's `delivery` table overrides them.
     #[serde(default, skip_deserializing, skip_serializing_if = "is_default")]
     pub limits: crate::delivery::policy::Limits,
+    /// `[sandbox]`: what its child may touch under `isolation = "process"`
+    /// ([`crate::sandbox::grants`]).
+    #[serde(default, skip_deserializing, skip_serializing_if = "Grants::is_empty")]
+    pub sandbox: Grants,
 }
+
+use crate::sandbox::grants::Grants;
 
 fn is_default(limits: &crate::delivery::policy::Limits) -> bool {
     *limits == crate::delivery::policy::Limits::default()
@@ -125,6 +131,8 @@ struct ManifestFile {
     capabilities: crate::capabilities::Capabilities,
     #[serde(default)]
     limits: crate::delivery::policy::Limits,
+    #[serde(default)]
+    sandbox: Grants,
 }
 
 impl Manifest {
@@ -168,6 +176,15 @@ impl Manifest {
         let mut manifest = file.plugin;
         manifest.capabilities = file.capabilities;
         manifest.limits = file.limits;
+        manifest.sandbox = file.sandbox;
+        manifest
+            .sandbox
+            .check_absolute()
+            .map_err(|(key, message)| ManifestError {
+                path: path.to_owned(),
+                field: Some(format!("sandbox.{key}")),
+                message,
+            })?;
         manifest
             .limits
             .check()

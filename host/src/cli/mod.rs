@@ -130,6 +130,12 @@ pub enum Command {
         /// The address-space limit (RLIMIT_AS) in MiB.
         #[arg(long)]
         memory_limit_mb: Option<u64>,
+        /// The sandbox to apply before the library is opened (JSON of `sandbox::Policy`).
+        #[arg(long)]
+        sandbox: Option<String>,
+        /// Where its shadow folder goes (claimed before the sandbox closes the rest).
+        #[arg(long)]
+        shadow_root: Option<std::path::PathBuf>,
     },
     /// Send a message through the running server.
     Send {
@@ -244,11 +250,20 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     if let Command::Isolate {
         parent,
         memory_limit_mb,
+        sandbox,
+        shadow_root,
         ..
     } = cli.command
     {
         init_logging("warn", LogFormat::Text);
-        return Ok(crate::isolate::child::child_main(parent, memory_limit_mb));
+        return Ok(crate::isolate::child::child_main(
+            crate::isolate::child::Args {
+                parent,
+                memory_limit_mb,
+                sandbox,
+                shadow_root,
+            },
+        ));
     }
     let default_level = match cli.command {
         Command::Serve { .. } => "info",

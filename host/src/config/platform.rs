@@ -1,8 +1,7 @@
 //! `[platforms.<id>]`: the host's keys for one platform (`start`, `call_timeout_ms`,
 //! `idle_unload_secs`, `workers`, `max_queue`, `on_hang`, `isolation`, `memory_limit_mb`,
-//! `allowed_users`, `allow_all_users`, `fallback`, the `delivery` table), and the rest of the
-//! table, which
-//! belongs to the plugin.
+//! `sandbox`, the `grants` table, `allowed_users`, `allow_all_users`, `fallback`, the `delivery`
+//! table), and the rest of the table, which belongs to the plugin.
 
 use std::time::Duration;
 
@@ -62,6 +61,11 @@ pub struct PlatformConfig {
     pub isolation: Isolation,
     /// `memory_limit_mb` (process isolation only): the child's address-space limit.
     pub memory_limit_mb: Option<u64>,
+    /// `sandbox` (process isolation only), default `best-effort` ([`crate::sandbox`]).
+    pub sandbox: crate::sandbox::Mode,
+    /// `[platforms.<id>.grants]` (process isolation only): what the child may touch besides
+    /// the manifest's `[sandbox]`; relative paths are resolved against the config's folder.
+    pub grants: crate::sandbox::grants::Grants,
     /// `allowed_users` / `allow_all_users` (or the environment's): whose messages are delivered.
     pub senders: Senders,
     /// `fallback`, default `refuse`: what becomes of a message the platform cannot carry.
@@ -87,6 +91,8 @@ impl Default for PlatformConfig {
             on_hang: OnHang::Restart,
             isolation: Isolation::InProcess,
             memory_limit_mb: None,
+            sandbox: crate::sandbox::Mode::default(),
+            grants: crate::sandbox::grants::Grants::default(),
             senders: Senders::Unset,
             fallback: crate::capabilities::Fallback::Refuse,
             delivery: crate::delivery::policy::Limits::default(),
@@ -171,6 +177,31 @@ pub(super) fn platform_config(
             ));
         }
         config.memory_limit_mb = Some(mb);
+    }
+    let process_only = |key: &'static str| {
+        (
+            key,
+            "applies to isolation = \"process\" only (a platform in the gateway's process is never sandboxed)".to_owned(),
+        )
+    };
+    if let Some(v) = table.remove("sandbox") {
+        if config.isolation != Isolation::Process {
+            return Err(process_only("sandbox"));
+        }
+        config.sandbox = v.try_into().map_err(|_| {
+            (
+                "sandbox",
+                "expected \"strict\", \"best-effort\" or \"off\"".to_owned(),
+            )
+        })?;
+    }
+    if let Some(v) = table.remove("grants") {
+        if config.isolation != Isolation::Process {
+            return Err(process_only("grants"));
+        }
+        config.grants = v
+            .try_into()
+            .map_err(|e: toml::de::Error| ("grants", e.message().to_owned()))?;
     }
     if let Some(v) = table.remove("fallback") {
         config.fallback = v
@@ -325,8 +356,21 @@ mod tests {
         assert_eq!(c.isolation, Isolation::Process);
         assert_eq!(c.memory_limit_mb, Some(256));
         assert_eq!(c.plugin_json(), "{}");
+        assert_eq!(c.sandbox, crate::sandbox::Mode::BestEffort);
+        let c = table(
+            "isolation = \"process\"\nsandbox = \"strict\"\ngrants = { connect_ports = [7000] }",
+        )
+        .unwrap();
+        assert_eq!(c.sandbox, crate::sandbox::Mode::Strict);
+        assert_eq!(c.grants.connect_ports, [7000]);
         for (text, key) in [
             ("isolation = \"sandbox\"", "isolation"),
+            ("sandbox = \"strict\"", "sandbox"),
+            ("isolation = \"process\"\nsandbox = \"tight\"", "sandbox"),
+            (
+                "isolation = \"process\"\ngrants = { ports = [1] }",
+                "grants",
+            ),
             ("memory_limit_mb = 256", "memory_limit_mb"),
             (
                 "isolation = \"process\"\nmemory_limit_mb = 8",

@@ -6,6 +6,10 @@
 //! parent it was started by still lives, so a `kill -9` of the gateway takes it along (a
 //! child left behind would keep the platform's session open under the same identity). It sets
 //! its own address-space limit (`memory_limit_mb`) before the library is opened.
+//!
+//! Sandboxed (`sandbox` other than `off`), it claims its shadow folder, then applies the
+//! sandbox to itself ([`crate::sandbox::enforce`]) while it is still one thread, and reports what
+//! is enforced with the library it opens; a sandbox `strict` cannot meet ends it with the reason.
 
 use std::{
     collections::HashMap,
@@ -31,9 +35,21 @@ use crate::{
 /// How long a plugin's `deliver` waits for the gateway's answer.
 const DELIVER_ANSWER_WITHIN: Duration = Duration::from_secs(10);
 
-/// Runs the child: `parent` is the gateway's pid, `memory_limit_mb` its limit, if any.
-pub(crate) fn child_main(parent: u32, memory_limit_mb: Option<u64>) -> ExitCode {
-    match run(parent, memory_limit_mb) {
+/// The child's command line.
+pub(crate) struct Args {
+    /// The gateway's pid.
+    pub parent: u32,
+    /// The address-space limit, if any.
+    pub memory_limit_mb: Option<u64>,
+    /// The sandbox policy as JSON; `None`: not sandboxed (an older gateway, or a bench).
+    pub sandbox: Option<String>,
+    /// Where the shadow folder goes.
+    pub shadow_root: Option<std::path::PathBuf>,
+}
+
+/// Runs the child.
+pub(crate) fn child_main(args: Args) -> ExitCode {
+    match run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("hermes-host __isolate: {e}");
@@ -42,8 +58,14 @@ pub(crate) fn child_main(parent: u32, memory_limit_mb: Option<u64>) -> ExitCode 
     }
 }
 
-fn run(parent: u32, memory_limit_mb: Option<u64>) -> std::io::Result<()> {
+fn run(args: Args) -> std::io::Result<()> {
     use rustix::process::{Resource, Rlimit, Signal};
+    let Args {
+        parent,
+        memory_limit_mb,
+        sandbox,
+        shadow_root,
+    } = args;
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
     // The parent may have died before the line above: then nobody would kill this child.
     if rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32) != Some(parent) {
@@ -65,7 +87,24 @@ fn run(parent: u32, memory_limit_mb: Option<u64>) -> std::io::Result<()> {
     // /dev/null in its place, so a process the plugin spawns does not inherit the connection.
     let socket = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     rustix::stdio::dup2_stdin(std::fs::File::open("/dev/null")?)?;
-    serve(socket)
+    let mut shadow = None;
+    let mut enforced = None;
+    if let Some(policy) = sandbox {
+        let mut policy: crate::sandbox::Policy = serde_json::from_str(&policy)
+            .map_err(|e| std::io::Error::other(format!("--sandbox: {e}")))?;
+        if let Some(root) = shadow_root {
+            let (dir, _) = ShadowDir::claim(&root).map_err(|e| {
+                std::io::Error::other(format!("shadow folder {}: {e}", root.display()))
+            })?;
+            policy.write.push(dir.path().to_owned());
+            shadow = Some(dir);
+        }
+        enforced = Some(
+            crate::sandbox::enforce::apply(&policy)
+                .map_err(|e| std::io::Error::other(format!("sandbox: {e}")))?,
+        );
+    }
+    serve(socket, shadow, enforced)
 }
 
 /// What the child holds: the library (while no instance runs) or the instance, and the
@@ -73,6 +112,8 @@ fn run(parent: u32, memory_limit_mb: Option<u64>) -> std::io::Result<()> {
 struct Shared {
     writer: Mutex<UnixStream>,
     shadow: Mutex<Option<ShadowDir>>,
+    /// What the sandbox enforces, reported with the library opened.
+    sandbox: Option<crate::sandbox::Enforced>,
     library: Mutex<Option<Library>>,
     instance: RwLock<Option<Arc<Instance>>>,
     deliveries: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
@@ -154,10 +195,15 @@ impl EventSink for ToGateway {
 /// Reads the gateway's frames on this thread. Sends and health go straight to the instance's
 /// workers, which write their replies themselves; the rare calls (open, start, stop...) run on
 /// a thread each, so this loop stays free to take the gateway's answers to deliveries.
-fn serve(socket: UnixStream) -> std::io::Result<()> {
+fn serve(
+    socket: UnixStream,
+    shadow: Option<ShadowDir>,
+    sandbox: Option<crate::sandbox::Enforced>,
+) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         writer: Mutex::new(socket.try_clone()?),
-        shadow: Mutex::new(None),
+        shadow: Mutex::new(shadow),
+        sandbox,
         library: Mutex::new(None),
         instance: RwLock::new(None),
         deliveries: Mutex::new(HashMap::new()),
@@ -303,6 +349,7 @@ fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<WireOpened, St
     let opened = WireOpened {
         version: library.plugin_version().to_owned(),
         level: library.level(),
+        sandbox: shared.sandbox.clone(),
     };
     *shared.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(library);
     Ok(opened)

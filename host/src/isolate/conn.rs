@@ -39,6 +39,8 @@ pub struct Spawn {
     pub env: Vec<(String, String)>,
     /// `memory_limit_mb`: the child's address-space limit.
     pub memory_limit_mb: Option<u64>,
+    /// The sandbox it applies to itself, and where its shadow folder goes (claimed first).
+    pub sandbox: Option<(crate::sandbox::Policy, PathBuf)>,
 }
 
 /// One child process and its connection.
@@ -61,6 +63,8 @@ pub(super) struct Conn {
     /// The generation started in the child, and whether its deliveries are taken.
     pub(super) generation: AtomicU64,
     pub(super) serving: AtomicBool,
+    /// What its sandbox enforces, once the child has reported it (with the library it opened).
+    pub(super) sandbox: std::sync::OnceLock<Option<crate::sandbox::Enforced>>,
 }
 
 impl Conn {
@@ -75,6 +79,14 @@ impl Conn {
             .arg(&spawn.platform);
         if let Some(mb) = spawn.memory_limit_mb {
             command.arg("--memory-limit-mb").arg(mb.to_string());
+        }
+        if let Some((policy, shadow_root)) = &spawn.sandbox {
+            let policy = serde_json::to_string(policy).map_err(std::io::Error::other)?;
+            command
+                .arg("--sandbox")
+                .arg(policy)
+                .arg("--shadow-root")
+                .arg(shadow_root);
         }
         // What the plugin prints is read line by line and logged under its id, escaped: it
         // never reaches the gateway's stdout or stderr as raw bytes (forged log lines).
@@ -120,6 +132,7 @@ impl Conn {
             sink,
             generation: AtomicU64::new(0),
             serving: AtomicBool::new(false),
+            sandbox: std::sync::OnceLock::new(),
         });
         let name = format!("hermes-{}-c{pid}", spawn.platform);
         let for_reader = Arc::clone(&conn);

@@ -80,7 +80,10 @@ impl RemoteLibrary {
         };
         match opened {
             Ok(Reply::Opened(Ok(opened))) => Ok(RemoteLibrary {
-                conn,
+                conn: {
+                    let _ = conn.sandbox.set(opened.sandbox);
+                    conn
+                },
                 version: opened.version,
                 level: opened.level,
                 source: path.to_owned(),
@@ -201,6 +204,11 @@ pub struct RemoteStopped {
 }
 
 impl RemoteInstance {
+    /// What its child's sandbox enforces (`None`: not sandboxed).
+    pub fn sandbox(&self) -> Option<crate::sandbox::Enforced> {
+        self.conn.sandbox.get().cloned().flatten()
+    }
+
     /// The platform id.
     pub fn platform(&self) -> &str {
         &self.conn.platform

@@ -176,6 +176,7 @@ fn placeholder_manifest(id: &str) -> Manifest {
         enable_when: None,
         capabilities: Default::default(),
         limits: Default::default(),
+        sandbox: Default::default(),
         path_keys: Vec::new(),
         inbound: false,
     }

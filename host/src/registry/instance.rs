@@ -153,6 +153,17 @@ impl Instance {
         }
     }
 
+    /// What confines it, in one line: its child's sandbox, or that it has none.
+    pub fn sandbox(&self) -> String {
+        match self {
+            Instance::InProcess(_) => crate::sandbox::IN_PROCESS.to_owned(),
+            Instance::Process(i) => i.sandbox().map_or_else(
+                || "not sandboxed (a child without a sandbox)".to_owned(),
+                |e| e.summary(),
+            ),
+        }
+    }
+
     /// Calls running or queued.
     pub fn in_flight(&self) -> usize {
         match self {

@@ -106,6 +106,10 @@ impl Registry {
             platform: manifest.id.clone(),
             env,
             memory_limit_mb: table.memory_limit_mb,
+            sandbox: Some((
+                self.sandbox_policy(entry, table, path),
+                self.options.shadow_dir.clone(),
+            )),
         };
         let library = RemoteLibrary::open(
             &spawn,
@@ -118,6 +122,28 @@ impl Registry {
             marker: None,
             probed: None,
         })
+    }
+
+    /// What `entry`'s child may touch ([`crate::sandbox::grants`]).
+    fn sandbox_policy(
+        &self,
+        entry: &Entry,
+        table: &PlatformConfig,
+        library: &Path,
+    ) -> crate::sandbox::Policy {
+        let manifest = entry.manifest();
+        let config: serde_json::Value =
+            serde_json::from_str(&self.plugin_json(entry, table)).unwrap_or_default();
+        let data_dir = self.data_dir(&manifest.id);
+        let place = crate::sandbox::grants::Place {
+            library,
+            plugin_dir: entry.dir(),
+            data_dir: data_dir.as_deref(),
+            config: &config,
+            path_keys: &manifest.path_keys,
+        };
+        let operator = table.grants.clone().resolve(&self.options.config_dir);
+        crate::sandbox::grants::policy(table.sandbox, &place, &manifest.sandbox, &operator)
     }
 
     /// Opens `path` for `entry` in this process (see the module docs).

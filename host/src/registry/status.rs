@@ -145,6 +145,9 @@ pub struct PlatformStatus {
     /// Whose inbound messages it delivers (`allowed_users`, `allow_all_users`, the default).
     #[serde(default)]
     pub senders: String,
+    /// What confines it: its child's sandbox as enforced, or that it runs unconfined.
+    #[serde(default)]
+    pub sandbox: String,
 }
 
 /// Reload counts and the last outcome of one platform.

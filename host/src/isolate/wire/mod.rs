@@ -115,6 +115,8 @@ pub(crate) struct WireOpened {
     pub version: String,
     /// Its plugin API level.
     pub level: u32,
+    /// What the child's sandbox enforces (`None`: not sandboxed).
+    pub sandbox: Option<crate::sandbox::Enforced>,
 }
 
 /// [`crate::message::Attachment`].

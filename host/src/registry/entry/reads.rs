@@ -87,6 +87,18 @@ impl Entry {
             in_flight: slot.instance.as_ref().map_or(0, |i| i.in_flight()),
             quarantined: matches!(slot.failure.as_deref(), Some(LoadFailure::Quarantined(_))),
             senders: self.senders().describe(self.manifest.inbound),
+            sandbox: match &slot.instance {
+                Some(instance) => instance.sandbox(),
+                None => match self.platform_config() {
+                    Some(t) if t.isolation == crate::config::Isolation::Process => {
+                        format!(
+                            "sandbox = \"{}\" (its child is not running)",
+                            t.sandbox.name()
+                        )
+                    }
+                    _ => crate::sandbox::IN_PROCESS.to_owned(),
+                },
+            },
         }
     }
 
