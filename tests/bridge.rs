@@ -1,15 +1,14 @@
-//! IRC and MQTT bridged by routes, end to end: ngircd, mosquitto and `hermes-host serve`.
+//! IRC and MQTT bridged by routes, end to end: ngircd, mosquitto and `hermes-host serve`; once
+//! with both adapters in the gateway's process, once each in a strict sandbox of its own.
 
 use crate::{
     peers::{IrcClient, Mosquitto, Ngircd},
-    util::{Server, TestDir},
+    util::{self, Server, TestDir},
 };
 
 #[test]
 fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
     let t = TestDir::new();
-    let irc = Ngircd::start(&t.path().join("ngircd"));
-    let broker = Mosquitto::start(&t.path().join("mosquitto"));
     for (id, lib) in [("irc", "hermes_irc"), ("mqtt", "hermes_mqtt")] {
         // As the adapters' own manifests say: inbound connections, so no sender by default.
         let dir = t.install(id, lib, 1);
@@ -20,16 +19,41 @@ fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
         )
         .unwrap();
     }
+    bridge(&t, "");
+}
+
+/// The same bridge with each adapter in a child under `sandbox = "strict"`, granted only what
+/// its shipped manifest's `[sandbox]` declares.
+#[test]
+fn irc_and_mqtt_bridge_in_strict_sandboxes_with_their_manifests_grants() {
+    let t = TestDir::new();
+    util::shipped_manifest(&t, "irc", &["irc"]);
+    util::shipped_manifest(&t, "mqtt", &["mqtt"]);
+    let server = bridge(&t, "isolation = \"process\"\nsandbox = \"strict\"\n");
+    for id in ["irc", "mqtt"] {
+        let status = server.platform(id);
+        let sandbox = status["sandbox"].as_str().unwrap_or_default();
+        assert!(
+            sandbox.starts_with("strict") && !sandbox.contains("not enforced"),
+            "{status}"
+        );
+    }
+}
+
+/// Runs the bridge with `keys` added to both platforms' tables; the server, for more checks.
+fn bridge(t: &TestDir, keys: &str) -> Server {
+    let irc = Ngircd::start(&t.path().join("ngircd"));
+    let broker = Mosquitto::start(&t.path().join("mosquitto"));
     let mut watcher = IrcClient::connect(&irc.addr(), "watcher");
     watcher.join("#ops");
     let mut mallory = IrcClient::connect(&irc.addr(), "mallory");
     mallory.join("#ops");
     let mut from_irc = broker.subscribe("ops/irc");
     let server = Server::start(
-        &t,
+        t,
         &format!(
-            "[platforms.irc]\nserver = \"{}\"\nnick = \"hermes\"\nchannels = [\"#ops\"]\nallowed_users = [\"watcher\"]\n\n\
-             [platforms.mqtt]\nbroker = \"{}\"\nsubscribe = [\"ops/chat\"]\nallow_all_users = true\n\n\
+            "[platforms.irc]\n{keys}server = \"{}\"\nnick = \"hermes\"\nchannels = [\"#ops\"]\nallowed_users = [\"watcher\"]\n\n\
+             [platforms.mqtt]\n{keys}broker = \"{}\"\nsubscribe = [\"ops/chat\"]\nallow_all_users = true\n\n\
              [[routes]]\nfrom = {{ platform = \"irc\", chat = \"#ops\" }}\nto = [{{ platform = \"mqtt\", chat = \"ops/irc\" }}]\n\n\
              [[routes]]\nfrom = {{ platform = \"mqtt\", chat = \"ops/chat\" }}\nto = [{{ platform = \"irc\", chat = \"#ops\" }}]\n",
             irc.addr(),
@@ -76,4 +100,5 @@ fn an_irc_channel_and_an_mqtt_topic_bridged_by_routes() {
         metrics.contains("hermes_inbound_refused_total{platform=\"irc\"} 1"),
         "{metrics}"
     );
+    server
 }

@@ -80,7 +80,13 @@ pub(crate) fn make_room(synapse: &Synapse) -> String {
         .to_owned()
 }
 
-fn platform(id: &str, synapse: &Synapse, user: &str, password: &str, store: &Path) -> String {
+pub(crate) fn platform(
+    id: &str,
+    synapse: &Synapse,
+    user: &str,
+    password: &str,
+    store: &Path,
+) -> String {
     format!(
         "[platforms.{id}]\nhomeserver = \"{}\"\nuser = \"{user}\"\npassword = \"{password}\"\nrooms = [\"{ROOM}\"]\nstore_path = \"{}\"\nsync_timeout_ms = 1000\n",
         synapse.url(),

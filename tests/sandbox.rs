@@ -6,7 +6,7 @@
 
 use std::{net::TcpListener, os::unix::fs::PermissionsExt};
 
-use crate::util::{Server, TestDir};
+use crate::util::{self, Server, Sse, TestDir};
 
 /// `try:<what>` through `platform`: the plugin's answer (`ok` or its I/O error).
 fn attempt(server: &Server, platform: &str, what: &str) -> String {
@@ -118,4 +118,117 @@ fn sandbox_keys_are_refused_for_a_platform_in_the_gateways_process() {
         stderr.contains("sandbox") && stderr.contains("isolation = \"process\" only"),
         "{stderr}"
     );
+}
+
+/// `isolation = "process"` with `sandbox = "strict"`: the keys the adapters' tests add.
+/// (The shipped manifests say `inbound = true`, which delivers no sender until allowed.)
+const STRICT: &str = "isolation = \"process\"\nsandbox = \"strict\"\nallow_all_users = true\n";
+
+fn assert_strict(server: &Server, ids: &[&str]) {
+    for id in ids {
+        let status = server.platform(id);
+        let sandbox = status["sandbox"].as_str().unwrap_or_default();
+        assert!(
+            sandbox.starts_with("strict") && !sandbox.contains("not enforced"),
+            "{status}"
+        );
+    }
+}
+
+/// XMPP against Prosody (STARTTLS with a private CA read through `tls_ca_file`), 1:1 both ways
+/// and a room, each account in a strict sandbox granted what the shipped manifest declares.
+#[test]
+fn xmpp_talks_both_ways_from_strict_sandboxes() {
+    let t = TestDir::new();
+    let (prosody, ca) = crate::xmpp::prosody(&t);
+    util::shipped_manifest(&t, "xmpp", &["xmpp", "alice"]);
+    let server = crate::xmpp::serve(&t, &prosody, &ca, STRICT);
+    assert_strict(&server, &["xmpp", "alice"]);
+    let mut sse = Sse::connect(&server.addr);
+    assert_eq!(server.send("xmpp", "alice@localhost", "hello alice").0, 200);
+    let (event, _) = sse.until("hello alice");
+    assert_eq!(event["platform"], "alice");
+    assert_eq!(
+        server
+            .send("alice", "ops@conference.localhost", "to the room")
+            .0,
+        200
+    );
+    let (event, _) = sse.until("to the room");
+    assert_eq!(event["platform"], "xmpp");
+    assert_eq!(event["chat_id"], "ops@conference.localhost");
+}
+
+/// Matrix against Synapse: the homeserver's port from its URL, `store_path`'s folder writable;
+/// a message each way, and the store written from inside the sandbox.
+#[test]
+fn matrix_talks_both_ways_from_strict_sandboxes() {
+    let t = TestDir::new();
+    let synapse = crate::matrix::synapse(&t);
+    let room = crate::matrix::make_room(&synapse);
+    util::shipped_manifest(&t, "matrix", &["matrix", "alice"]);
+    let stores = t.path().join("stores");
+    std::fs::create_dir_all(&stores).unwrap();
+    let table = |id: &str, user: &str, password: &str| {
+        crate::matrix::platform(id, &synapse, user, password, &stores.join(id)).replacen(
+            "]\n",
+            &format!("]\n{STRICT}"),
+            1,
+        )
+    };
+    let server = Server::start(
+        &t,
+        &format!(
+            "{}\n{}",
+            table("matrix", "hermes", "secret-h"),
+            table("alice", "alice", "secret-a")
+        ),
+    );
+    crate::matrix::wait_synced(&server);
+    assert_strict(&server, &["matrix", "alice"]);
+    let mut sse = Sse::connect(&server.addr);
+    assert_eq!(
+        server.send("matrix", crate::matrix::ROOM, "hello alice").0,
+        200
+    );
+    let (event, _) = sse.until("hello alice");
+    assert_eq!(event["platform"], "alice");
+    assert_eq!(server.send("alice", &room, "hi hermes").0, 200);
+    let (event, _) = sse.until("hi hermes");
+    assert_eq!(event["platform"], "matrix");
+    assert!(stores.join("matrix").exists(), "no store written");
+}
+
+/// Webhooks: a target's port from its URL, the listener's from `listen`; a signed inbound
+/// request arrives and a send is posted, both from a strict sandbox.
+#[test]
+fn webhook_listens_and_posts_from_a_strict_sandbox() {
+    let t = TestDir::new();
+    util::shipped_manifest(&t, "webhook", &["wh"]);
+    let target = crate::webhook::Target::start(vec![("/hook", vec![(200, "")])]);
+    let port = crate::peers::free_port();
+    let secret = "a-shared-secret-of-some-length";
+    let server = Server::start(
+        &t,
+        &format!(
+            "[platforms.wh]\n{STRICT}listen = \"127.0.0.1:{port}\"\nsecret = \"{secret}\"\n\
+             targets = [{{ chat = \"ops\", url = \"http://{}/hook\", format = \"json\" }}]\n",
+            target.addr
+        ),
+    );
+    assert_strict(&server, &["wh"]);
+    assert_eq!(server.send("wh", "ops", "posted from the sandbox").0, 200);
+    let seen = target.seen("/hook");
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].body["text"], "posted from the sandbox");
+
+    let mut sse = Sse::connect(&server.addr);
+    let body = r#"{"text":"in through the sandbox","user":"alertmanager"}"#;
+    let signed =
+        crate::webhook::signed_at(secret, crate::webhook::now_secs(), "/hooks/alerts", body);
+    let addr = format!("127.0.0.1:{port}");
+    let (status, answer) = crate::webhook::post(&addr, "/hooks/alerts", body, &signed);
+    assert_eq!(status, 204, "{answer}");
+    let (event, _) = sse.until("in through the sandbox");
+    assert_eq!(event["platform"], "wh");
 }

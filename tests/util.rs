@@ -83,6 +83,18 @@ pub(crate) fn replace_like_cargo(src: &Path, dest: &Path) {
 
 /// Appends the `[capabilities]` of the shipped manifest of `plugins/<plugin>` to the manifests
 /// of `ids`, installed under other ids by [`TestDir::install`].
+/// Installs the adapter `plugin`'s own manifest (capabilities, limits, sandbox grants and all)
+/// as each of `ids`; the library is found through `library_dirs`.
+pub(crate) fn shipped_manifest(t: &TestDir, plugin: &str, ids: &[&str]) {
+    let shipped = fs::read_to_string(root().join(format!("plugins/{plugin}/plugin.toml"))).unwrap();
+    for id in ids {
+        let dir = t.plugins().join(id);
+        fs::create_dir_all(&dir).unwrap();
+        let text = shipped.replacen(&format!("id = \"{plugin}\""), &format!("id = \"{id}\""), 1);
+        fs::write(dir.join("plugin.toml"), text).unwrap();
+    }
+}
+
 pub(crate) fn shipped_capabilities(t: &TestDir, plugin: &str, ids: &[&str]) {
     let shipped = fs::read_to_string(root().join(format!("plugins/{plugin}/plugin.toml"))).unwrap();
     let caps = &shipped[shipped

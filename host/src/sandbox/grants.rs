@@ -223,7 +223,7 @@ pub fn port_of(address: &str) -> Option<u16> {
         }
         _ => None,
     };
-    explicit.or(match scheme.as_deref()? {
+    explicit.or_else(|| match scheme.as_deref()? {
         "http" | "ws" => Some(80),
         "https" | "wss" => Some(443),
         "mqtt" | "tcp" => Some(1883),
