@@ -51,6 +51,7 @@ bench: build
 	$(CARGO) bench -p hermes-host --bench split
 	$(CARGO) bench -p hermes-host --bench delivery
 	$(CARGO) bench -p hermes-host --bench trust
+	$(CARGO) bench -p hermes-host --bench sandbox
 	$(CARGO) bench -p hermes-host --bench serve
 	$(CARGO) bench -p hermes-host --bench reload
 	$(CARGO) bench -p hermes-host --bench isolation
