@@ -46,6 +46,14 @@ fn a_strict_sandbox_refuses_what_was_not_granted_as_io_errors_and_the_child_live
         "{status}"
     );
 
+    // `plugin info` says the same, from the running server.
+    let info = server.cli(&["plugin", "info", "crashy"]);
+    let info = String::from_utf8_lossy(&info.stdout);
+    assert!(
+        info.contains("sandbox       strict (landlock abi "),
+        "{info}"
+    );
+
     let outside = t.path().join("outside.txt").display().to_string();
     let refused_port = refused.local_addr().unwrap().port();
     for (what, error) in [

@@ -97,7 +97,9 @@ fn row(what: &str, off: &mut [Duration], on: &mut [Duration], show: fn(Duration)
 
 fn header(title: &str) {
     println!("### {title}\n");
-    println!("| what | off p50 | p99 | strict p50 | p99 | strict - off (p50) | strict / off (p50) |");
+    println!(
+        "| what | off p50 | p99 | strict p50 | p99 | strict - off (p50) | strict / off (p50) |"
+    );
     println!("|---|---:|---:|---:|---:|---:|---:|");
 }
 
@@ -154,7 +156,12 @@ fn calls(registry: &Registry) {
         }
     }
     row("no-op (`health`)", &mut h_off, &mut h_on, us);
-    row("send (a `deliver` round trip inside)", &mut s_off, &mut s_on, us);
+    row(
+        "send (a `deliver` round trip inside)",
+        &mut s_off,
+        &mut s_on,
+        us,
+    );
     println!();
 }
 

@@ -96,7 +96,8 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                         Err(e) => e.to_string(),
                     },
                 )?;
-                match remote::live_status(config, &id) {
+                let live = remote::live_status(config, &id);
+                match &live {
                     Some(live) => row(
                         "serving",
                         format!(
@@ -105,6 +106,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                             live.generation,
                             live.version,
                             live.api_level
+                                .as_ref()
                                 .map(|l| format!(", plugin API level {l}"))
                                 .unwrap_or_default()
                         ),
@@ -121,6 +123,9 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                 row("configured", configured)?;
                 if entry.configured() {
                     row("senders", status.senders.clone())?;
+                    // What confines it: as the running server enforces it, else as configured.
+                    let sandbox = live.map_or(status.sandbox.clone(), |l| l.sandbox);
+                    row("sandbox", sandbox)?;
                 }
                 for (label, names) in [
                     ("required env", &manifest.required_env),
