@@ -71,3 +71,5 @@ mod abuse;
 mod hostile;
 // Allowlists: whose inbound messages a platform delivers.
 mod allowlist;
+// An installed binary outside a checkout: the config, plugin and state search paths.
+mod paths;

@@ -227,7 +227,7 @@ fn cdylib_of(line: &str) -> Option<PathBuf> {
 fn say_what_serves(config: &Config, id: &str, built: Option<&Path>) {
     let Some(built) = built else { return };
     let registry = crate::registry::Registry::discover(
-        &config.plugins.dirs,
+        &config.plugins.search_dirs(),
         crate::registry::RegistryOptions::from_config(
             config,
             std::sync::Arc::new(crate::loader::DiscardInbound),

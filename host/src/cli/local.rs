@@ -22,7 +22,7 @@ use crate::{
 /// Builds the registry for a CLI command, printing discovery problems as warnings.
 pub(super) fn registry(config: &Config) -> Registry {
     let options = RegistryOptions::from_config(config, Arc::new(DiscardInbound));
-    let registry = Registry::discover(&config.plugins.dirs, options);
+    let registry = Registry::discover(&config.plugins.search_dirs(), options);
     for problem in registry.problems() {
         eprintln!("warning: {problem}");
     }
@@ -35,10 +35,27 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
     match command {
         PluginCommand::List(flag) => {
             let list = registry(config).list();
+            // Where each came from: the search folder that holds its manifest.
+            let from = |s: &crate::registry::PlatformStatus| {
+                config.plugins.origin_of(&s.manifest_path).map_or_else(
+                    || "-".to_owned(),
+                    |d| format!("{} ({})", d.path.display(), d.origin.name()),
+                )
+            };
             if flag.json {
-                writeln!(out, "{}", serde_json::to_string_pretty(&list)?)?;
+                let rows: Vec<serde_json::Value> = list
+                    .iter()
+                    .map(|s| {
+                        let mut row = serde_json::to_value(s).unwrap_or_default();
+                        if let Some(d) = config.plugins.origin_of(&s.manifest_path) {
+                            row["from"] = json!({ "dir": d.path, "origin": d.origin });
+                        }
+                        row
+                    })
+                    .collect();
+                writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                write_table(&mut out, &list)?;
+                write_table(&mut out, &list, Some(&from))?;
             }
             Ok(ExitCode::SUCCESS)
         }

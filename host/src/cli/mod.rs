@@ -277,11 +277,18 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     let config = match &cli.config {
         // Named explicitly: a typo must not silently mean the defaults.
         Some(path) if !path.exists() => anyhow::bail!(
-            "{}: no such config file (without --config, ./{DEFAULT_CONFIG} is used when present)",
-            path.display()
+            "{}: no such config file (without --config: $HERMES_CONFIG, ./{DEFAULT_CONFIG}, $XDG_CONFIG_HOME/hermes/{DEFAULT_CONFIG}, {})",
+            path.display(),
+            crate::config::paths::SYSTEM_CONFIG
         ),
         Some(path) => Config::load(path)?,
-        None => Config::load(std::path::Path::new(DEFAULT_CONFIG))?,
+        None => match crate::config::paths::find_config(&crate::config::paths::ProcessEnv)
+            .map_err(anyhow::Error::msg)?
+        {
+            Some(path) => Config::load(&path)?,
+            // None anywhere: the defaults, relative to the working folder.
+            None => Config::load(std::path::Path::new(DEFAULT_CONFIG))?,
+        },
     };
     match cli.command {
         Command::Serve { dev } => {

@@ -52,7 +52,7 @@ pub(super) fn status(config: &Config, json: bool) -> Result<ExitCode> {
         status.in_flight,
         status.journal.state,
     )?;
-    write_table(&mut out, &status.platforms)?;
+    write_table(&mut out, &status.platforms, None)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -2,15 +2,17 @@
 
 use crate::registry::PlatformStatus;
 
-/// Writes `list` as aligned columns.
+/// Writes one row per platform; `from`, when given, adds a FROM column (where `plugin list`
+/// found each plugin).
 pub(super) fn write_table(
     out: &mut impl std::io::Write,
     list: &[PlatformStatus],
+    from: Option<&dyn Fn(&PlatformStatus) -> String>,
 ) -> std::io::Result<()> {
-    let rows: Vec<[String; 6]> = list
+    let rows: Vec<Vec<String>> = list
         .iter()
         .map(|s| {
-            [
+            let mut row = vec![
                 s.id.clone(),
                 s.name.clone(),
                 // The loaded library's version, and the manifest's beside it when they differ.
@@ -22,29 +24,35 @@ pub(super) fn write_table(
                 s.api.to_string(),
                 s.state.as_str().to_owned(),
                 if s.configured { "yes" } else { "no" }.to_owned(),
-            ]
+            ];
+            row.extend(from.map(|f| f(s)));
+            row
         })
         .collect();
-    let header = ["ID", "NAME", "VERSION", "API", "STATE", "CONFIGURED"];
-    let mut widths = header.map(str::len);
+    let mut header = vec!["ID", "NAME", "VERSION", "API", "STATE", "CONFIGURED"];
+    if from.is_some() {
+        header.push("FROM");
+    }
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: [&str; 6]| {
+    let line = |cells: &[&str]| {
         cells
             .iter()
-            .zip(widths)
+            .zip(&widths)
             .map(|(c, w)| format!("{c:<w$}"))
             .collect::<Vec<_>>()
             .join("  ")
             .trim_end()
             .to_owned()
     };
-    writeln!(out, "{}", line(header))?;
+    writeln!(out, "{}", line(&header))?;
     for row in &rows {
-        writeln!(out, "{}", line(row.each_ref().map(String::as_str)))?;
+        let cells: Vec<&str> = row.iter().map(String::as_str).collect();
+        writeln!(out, "{}", line(&cells))?;
     }
     if list.is_empty() {
         writeln!(out, "(no plugins installed)")?;

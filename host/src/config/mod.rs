@@ -14,6 +14,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+pub mod paths;
 mod platform;
 mod senders;
 mod server;
@@ -64,8 +65,11 @@ pub struct Config {
 /// `[plugins]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PluginsConfig {
-    /// Folders holding `<plugin>/plugin.toml`.
+    /// The config's folders holding `<plugin>/plugin.toml`.
     pub dirs: Vec<PathBuf>,
+    /// Where plugins are looked for, in order: `$HERMES_PLUGIN_PATH`, `dirs`, the user's and
+    /// the system's folders ([`paths::plugin_search`]).
+    pub search: Vec<paths::SearchDir>,
     /// Where libraries are looked for after the plugin folder.
     pub library_dirs: Vec<PathBuf>,
     /// Other folders a library may resolve into through a symlink ([`crate::trust`]).
@@ -81,6 +85,18 @@ pub struct PluginsConfig {
     pub shadow_dir: PathBuf,
     /// `probe`, default true: open every new library in a child process first.
     pub probe: bool,
+}
+
+impl PluginsConfig {
+    /// The folders to discover plugins in, in order.
+    pub fn search_dirs(&self) -> Vec<PathBuf> {
+        self.search.iter().map(|d| d.path.clone()).collect()
+    }
+
+    /// Which search folder `manifest` was found under (the first that holds it).
+    pub fn origin_of(&self, manifest: &Path) -> Option<&paths::SearchDir> {
+        self.search.iter().find(|d| manifest.starts_with(&d.path))
+    }
 }
 
 /// `[hotreload]`.
@@ -258,12 +274,22 @@ impl Config {
                 "key `plugins.trusted_keys`: trust = \"signed\" needs at least one key (as `minisign -G` prints it)".to_owned(),
             ));
         }
-        let state_dir = at(raw.plugins.state_dir.unwrap_or_else(|| ".hermes".into()));
+        let state_dir = paths::service_state_dir(&paths::ProcessEnv)
+            .unwrap_or_else(|| at(raw.plugins.state_dir.unwrap_or_else(|| ".hermes".into())));
         let shadow_dir = raw
             .plugins
             .shadow_dir
             .map(at)
             .unwrap_or_else(|| state_dir.join("shadow"));
+        let dirs_named = raw.plugins.dirs.is_some();
+        let dirs: Vec<PathBuf> = raw
+            .plugins
+            .dirs
+            .clone()
+            .unwrap_or_else(|| vec!["plugins".into()])
+            .into_iter()
+            .map(at)
+            .collect();
         let mut platforms = BTreeMap::new();
         for (id, table) in raw.platforms {
             if !crate::manifest::valid_id(&id) {
@@ -299,13 +325,17 @@ impl Config {
             source: source.map(Path::to_owned),
             server: server_config(raw.server, at).map_err(err)?,
             plugins: PluginsConfig {
-                dirs: raw
-                    .plugins
-                    .dirs
-                    .unwrap_or_else(|| vec!["plugins".into()])
-                    .into_iter()
-                    .map(at)
-                    .collect(),
+                // The default `plugins` folder is searched when it exists; a folder the config
+                // names is reported when it does not.
+                search: paths::plugin_search(
+                    &paths::ProcessEnv,
+                    &dirs
+                        .iter()
+                        .filter(|d| dirs_named || d.is_dir())
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                ),
+                dirs,
                 library_dirs: raw
                     .plugins
                     .library_dirs

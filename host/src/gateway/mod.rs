@@ -150,7 +150,7 @@ impl Gateway {
             runtime: tokio::runtime::Handle::current(),
         };
         let options = RegistryOptions::from_config(&config, Arc::new(sink));
-        let registry = Arc::new(Registry::discover(&config.plugins.dirs, options));
+        let registry = Arc::new(Registry::discover(&config.plugins.search_dirs(), options));
         for problem in registry.problems() {
             tracing::warn!("{problem}");
         }
