@@ -55,11 +55,14 @@ fn plugin_list_of_100_installed_opens_no_library() {
     let out = run(&t, &["plugin", "list"]);
     let table = text(&out.stdout);
     assert!(
-        table.starts_with("ID    NAME       VERSION  API  STATE       CONFIGURED\n"),
+        table.starts_with("ID    NAME       VERSION  API  STATE       CONFIGURED  FROM\n"),
         "{table}"
     );
     assert!(
-        table.contains("p007  Test p007  0.0.1    1    registered  yes\n"),
+        table.contains(&format!(
+            "p007  Test p007  0.0.1    1    registered  yes         {} (config)\n",
+            t.plugins().display()
+        )),
         "{table}"
     );
 }
