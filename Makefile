@@ -2,7 +2,7 @@
 CARGO ?= cargo
 CONFIG ?= examples/hermes.toml
 
-.PHONY: build run test test-deps lint bench clean-state
+.PHONY: build run test test-deps lint bench clean-state package
 
 ## Build the host and every plugin library (debug), a second loopback build that reports
 ## another version (the reload tests swap between the two), plugins built against modified
@@ -25,13 +25,22 @@ run: build
 test-deps:
 	scripts/test-deps
 
+## The package test installs the .deb into this machine (root only), so it runs alone, after
+## the rest: no other test may see its plugins under /usr/lib/hermes/plugins.
 test: test-deps build
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
-		$(CARGO) nextest run --workspace --no-fail-fast; \
+		$(CARGO) nextest run --workspace --no-fail-fast -E 'not test(/^package::/)' && \
+		$(CARGO) nextest run -p hermes-host --test integration -E 'test(/^package::/)'; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast -- --test-threads=1; \
 	fi
+
+## A Debian package of a release build (cargo-deb: `cargo install cargo-deb`):
+## target/debian/hermes-host_<version>-1_<arch>.deb.
+package:
+	$(CARGO) build --workspace --release
+	$(CARGO) deb -p hermes-host --no-build
 
 ## Formatting and lints, as CI checks them.
 # Also: the plugin API stays a crate that can leave this repository (it packages on its own).

@@ -73,3 +73,5 @@ mod hostile;
 mod allowlist;
 // An installed binary outside a checkout: the config, plugin and state search paths.
 mod paths;
+// The Debian package: dpkg -i, the installed binary serving, dpkg --purge (root; run alone).
+mod package;
