@@ -795,6 +795,42 @@ fn the_notify_protocol_says_ready_reloading_and_stopping_and_pings_the_watchdog(
     until("STOPPING=1");
 }
 
+/// A gateway that stops answering stops pinging, so systemd's watchdog restarts it: stopped
+/// (SIGSTOP) for well over a period, it sends nothing; let go (SIGCONT), the pings resume.
+#[test]
+fn the_watchdog_is_not_pinged_while_the_gateway_does_not_answer() {
+    let t = TestDir::new();
+    t.install("lb", "hermes_loopback", 1);
+    let path = t.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
+    let server = Server::start_env(
+        &t,
+        "[platforms.lb]\n",
+        &[
+            ("NOTIFY_SOCKET", path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "200000"),
+        ],
+    );
+    let next = |within: std::time::Duration| -> Option<String> {
+        socket.set_read_timeout(Some(within)).unwrap();
+        let mut buf = [0u8; 4096];
+        let n = socket.recv(&mut buf).ok()?;
+        Some(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let second = std::time::Duration::from_secs(10);
+    let ping = |m: &str| m.lines().any(|l| l == "WATCHDOG=1");
+    while !ping(&next(second).expect("a ping within 10 s")) {}
+    server.signal("STOP");
+    // Pings already queued in the socket before the stop are read first.
+    while let Some(m) = next(std::time::Duration::from_millis(50)) {
+        assert!(ping(&m), "{m}");
+    }
+    // Five periods (the watchdog pings every 100 ms): nothing from a stopped gateway.
+    assert_eq!(next(std::time::Duration::from_millis(500)), None);
+    server.signal("CONT");
+    assert!(ping(&next(second).expect("pings again after SIGCONT")));
+}
+
 #[test]
 fn a_socket_passed_by_systemd_socket_activate_is_served() {
     let t = TestDir::new();
