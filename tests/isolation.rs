@@ -185,7 +185,7 @@ fn reload_starts_a_new_child_beside_the_old_and_a_crash_hands_on_the_last_snapsh
     );
 
     // After a crash the new child starts with the snapshot the last reload handed over: the
-    // send made since is lost (as the README says).
+    // send made since is lost (as docs/isolation.md says).
     assert_eq!(server.send("crashy", "c", "crash:abort").0, 503);
     server.wait_platform("crashy", |p| {
         p["state"] == "running" && p["generation"] == 3

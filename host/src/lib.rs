@@ -18,7 +18,7 @@
 //!   whole; [`supervise`] replaces hung instances and restarts crashed children.
 //! - [`cli`] is the `hermes-host` command.
 //!
-//! Measured figures for each piece are in BENCHMARKS.md; the README says how to run it.
+//! Measured figures for each piece are in BENCHMARKS.md; the README and docs/ say how to run it.
 
 pub mod api;
 pub mod capabilities;

@@ -120,7 +120,7 @@ async fn status_page() -> Response {
 pub async fn not_found(uri: axum::http::Uri) -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        format!("no route {}; see the README for the API", uri.path()),
+        format!("no route {}; see docs/api.md for the API", uri.path()),
     )
 }
 

@@ -1,6 +1,6 @@
 //! `hermes.toml`: the gateway's configuration.
 //!
-//! Every key, its default and its meaning are listed in the README ("Configuration"). Relative
+//! Every key, its default and its meaning are listed in docs/config.md. Relative
 //! paths are relative to the folder of the config file (the working directory when there is no
 //! file). Unknown keys are errors, except inside `[platforms.<id>]`, whose keys beyond the
 //! host's own (`start`, `call_timeout_ms`, `idle_unload_secs`, `workers`, `max_queue`,

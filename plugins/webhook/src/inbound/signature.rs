@@ -75,7 +75,7 @@ impl Signatures {
         };
         if signature.trim().starts_with("sha256=") {
             return Err(unauthorized(
-                "body-only sha256= signatures are no longer accepted: sign v1 (timestamp, method, path and body; see the README)",
+                "body-only sha256= signatures are no longer accepted: sign v1 (timestamp, method, path and body; see docs/adapters.md)",
             ));
         }
         let Some(mac) = v1_mac(signature) else {
