@@ -54,6 +54,24 @@ fn a_strict_sandbox_refuses_what_was_not_granted_as_io_errors_and_the_child_live
         "{info}"
     );
 
+    // `status` has it in a column: the mode and Landlock's ABI; `none` in process.
+    let table = server.cli(&["status"]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table.lines().nth(1).unwrap().ends_with("SANDBOX"),
+        "{table}"
+    );
+    let row = |id: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with(id))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let head = sandbox.split(':').next().unwrap();
+    assert!(row("crashy").ends_with(head), "{table}");
+    assert!(row("open").ends_with("none"), "{table}");
+
     let outside = t.path().join("outside.txt").display().to_string();
     let refused_port = refused.local_addr().unwrap().port();
     for (what, error) in [

@@ -55,7 +55,7 @@ pub(super) fn plugin(config: &Config, command: PluginCommand) -> Result<ExitCode
                     .collect();
                 writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
             } else {
-                write_table(&mut out, &list, Some(&from))?;
+                write_table(&mut out, &list, Some(("FROM", &from)))?;
             }
             Ok(ExitCode::SUCCESS)
         }

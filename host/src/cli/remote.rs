@@ -52,7 +52,11 @@ pub(super) fn status(config: &Config, json: bool) -> Result<ExitCode> {
         status.in_flight,
         status.journal.state,
     )?;
-    write_table(&mut out, &status.platforms, None)?;
+    write_table(
+        &mut out,
+        &status.platforms,
+        Some(("SANDBOX", &super::table::sandbox_cell)),
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

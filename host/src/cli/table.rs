@@ -2,12 +2,15 @@
 
 use crate::registry::PlatformStatus;
 
-/// Writes one row per platform; `from`, when given, adds a FROM column (where `plugin list`
-/// found each plugin).
+/// One more column: its header and each row's cell.
+pub(super) type Column<'a> = (&'a str, &'a dyn Fn(&PlatformStatus) -> String);
+
+/// Writes one row per platform; `extra`, when given, adds a column (`plugin list`: FROM, where
+/// it found each plugin; `status`: SANDBOX).
 pub(super) fn write_table(
     out: &mut impl std::io::Write,
     list: &[PlatformStatus],
-    from: Option<&dyn Fn(&PlatformStatus) -> String>,
+    extra: Option<Column<'_>>,
 ) -> std::io::Result<()> {
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -25,13 +28,13 @@ pub(super) fn write_table(
                 s.state.as_str().to_owned(),
                 if s.configured { "yes" } else { "no" }.to_owned(),
             ];
-            row.extend(from.map(|f| f(s)));
+            row.extend(extra.map(|(_, cell)| cell(s)));
             row
         })
         .collect();
     let mut header = vec!["ID", "NAME", "VERSION", "API", "STATE", "CONFIGURED"];
-    if from.is_some() {
-        header.push("FROM");
+    if let Some((name, _)) = extra {
+        header.push(name);
     }
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in &rows {
@@ -58,4 +61,19 @@ pub(super) fn write_table(
         writeln!(out, "(no plugins installed)")?;
     }
     Ok(())
+}
+
+/// A status's `sandbox` line in a few words: `none`, `off`, or the mode and Landlock's ABI,
+/// `partial` when the kernel leaves part of it unenforced.
+pub(super) fn sandbox_cell(status: &PlatformStatus) -> String {
+    let line = status.sandbox.as_str();
+    if line.starts_with("not sandboxed") {
+        return "none".to_owned();
+    }
+    let head = line.split(':').next().unwrap_or(line).trim();
+    if line.contains("not enforced") {
+        format!("{head}, partial")
+    } else {
+        head.to_owned()
+    }
 }
