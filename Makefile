@@ -31,7 +31,7 @@ test: test-deps build
 	$(CARGO) test --workspace --doc
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --workspace --no-fail-fast -E 'not test(/^package::/)' && \
-		$(CARGO) nextest run -p hermes-host --test integration -E 'test(/^package::/)'; \
+		$(CARGO) nextest run --workspace -E 'test(/^package::/)'; \
 	else \
 		$(CARGO) test --workspace --no-fail-fast -- --test-threads=1; \
 	fi
