@@ -75,3 +75,5 @@ mod allowlist;
 mod paths;
 // The Debian package: dpkg -i, the installed binary serving, dpkg --purge (root; run alone).
 mod package;
+// Operations as docs/operations.md describes them: backup and restore of the store.
+mod operations;
