@@ -89,10 +89,23 @@ fn package_installs_serves_a_send_and_purges() {
         "/lib/systemd/system/hermes-host.service",
         "/usr/lib/hermes/plugins/loopback/libhermes_loopback.so",
         "/usr/lib/hermes/plugins/irc/plugin.toml",
+        "/usr/share/doc/hermes-host/operations.md",
     ] {
         assert!(Path::new(file).exists(), "{file} not installed");
     }
     assert!(Path::new("/var/lib/hermes").is_dir(), "no state folder");
+    // The unit as systemd reads it: ExecStart's binary there, and not one warning (an unknown
+    // or misspelt directive is only a warning, which systemd then ignores).
+    let verify = run(
+        "systemd-analyze",
+        &["verify", "/lib/systemd/system/hermes-host.service"],
+    );
+    ok(&verify, "systemd-analyze verify");
+    let warnings = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        warnings.trim().is_empty(),
+        "systemd-analyze verify: {warnings}"
+    );
     let work = t.path().join("work");
     std::fs::create_dir_all(&work).unwrap();
 
