@@ -33,17 +33,7 @@ fn ok(out: &std::process::Output, what: &str) -> String {
 /// The installed `hermes-host`, run as an operator would: in a folder of their own, no
 /// `--config`, none of the search path's variables.
 fn installed(work: &Path, args: &[&str]) -> Command {
-    let mut command = Command::new("/usr/bin/hermes-host");
-    command.current_dir(work).args(args);
-    for var in [
-        "HERMES_CONFIG",
-        "HERMES_PLUGIN_PATH",
-        "XDG_CONFIG_HOME",
-        "XDG_DATA_HOME",
-        "STATE_DIRECTORY",
-    ] {
-        command.env_remove(var);
-    }
+    let mut command = util::outside_checkout(Path::new("/usr/bin/hermes-host"), work, args);
     command.env("HOME", work);
     command
 }

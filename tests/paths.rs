@@ -3,7 +3,7 @@
 //! `$HERMES_PLUGIN_PATH` and `~/.local/share/hermes/plugins`, and `plugin list` says where each
 //! came from.
 
-use std::{path::Path, process::Command};
+use std::path::Path;
 
 use crate::util::{self, TestDir};
 
@@ -26,19 +26,10 @@ fn installed_plugin(dir: &Path, id: &str) {
 
 /// `hermes-host <args>` in `work` (no hermes.toml there) with only `vars` of the search's.
 fn installed(work: &Path, vars: &[(&str, &Path)], args: &[&str]) -> std::process::Output {
-    let mut command = Command::new(util::bin());
-    command.current_dir(work).args(args);
-    for var in [
-        "HERMES_CONFIG",
-        "HERMES_PLUGIN_PATH",
-        "XDG_CONFIG_HOME",
-        "XDG_DATA_HOME",
-        "STATE_DIRECTORY",
-    ] {
-        command.env_remove(var);
-    }
-    command.envs(vars.iter().map(|(k, v)| (k, v)));
-    command.output().unwrap()
+    util::outside_checkout(&util::bin(), work, args)
+        .envs(vars.iter().map(|(k, v)| (k, v)))
+        .output()
+        .unwrap()
 }
 
 #[test]

@@ -784,3 +784,24 @@ pub(crate) fn raise_nofile() {
         },
     );
 }
+
+/// `program <args>` as an operator runs an installed binary: in `work`, with none of the
+/// variables the config, plugin and state search reads inherited from the test's environment.
+pub(crate) fn outside_checkout(
+    program: &Path,
+    work: &Path,
+    args: &[&str],
+) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    command.current_dir(work).args(args);
+    for var in [
+        "HERMES_CONFIG",
+        "HERMES_PLUGIN_PATH",
+        "XDG_CONFIG_HOME",
+        "XDG_DATA_HOME",
+        "STATE_DIRECTORY",
+    ] {
+        command.env_remove(var);
+    }
+    command
+}

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{load, ms, percentile, spawn, target, us};
+use common::{crash_to_served, load, ms, percentile, release_with, scratch, spawn, us};
 use hermes_host::{
     config::Config,
     loader::DiscardInbound,
@@ -36,21 +36,13 @@ use hermes_host::{
 };
 
 fn main() {
-    let release = target().join("release");
-    for file in [
+    let release = release_with(&[
         "libhermes_loopback.so",
         "libfixture_crashy.so",
         "hermes-host",
-    ] {
-        assert!(
-            release.join(file).is_file(),
-            "{file} is missing: run `cargo build --workspace --release` (`make bench` does)"
-        );
-    }
+    ]);
     println!("## isolation (`cargo bench -p hermes-host --bench isolation`)\n");
-    let base = target().join("bench-tmp");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
+    let dir = scratch();
     let registry = registry(dir.path(), &release);
     calls(&registry);
     throughput(&registry);
@@ -324,22 +316,7 @@ fn restart(dir: &Path, release: &Path) {
     let (server, _) = spawn(command);
     let mut samples = Vec::new();
     for i in 0..n {
-        let send = |text: &str| {
-            common::post(
-                &server.addr,
-                &format!("/api/platforms/c{i}/send"),
-                &format!(r#"{{"chat_id":"c","text":"{text}"}}"#),
-            )
-        };
-        assert_eq!(send("warm").0, 200);
-        let started = Instant::now();
-        assert_eq!(send("crash:abort").0, 503);
-        let mut tries = 0;
-        while send("x").0 != 200 {
-            tries += 1;
-            assert!(tries < 100_000, "c{i} never served again");
-        }
-        samples.push(started.elapsed());
+        samples.push(crash_to_served(&server.addr, &format!("c{i}")));
     }
     println!("| p50 | p99 | max |");
     println!("|---:|---:|---:|");

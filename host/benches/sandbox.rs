@@ -19,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{ms, percentile, spawn, target, us};
+use common::{crash_to_served, ms, percentile, release_with, scratch, spawn, us};
 use hermes_host::{
     config::Config,
     loader::DiscardInbound,
@@ -31,21 +31,13 @@ use hermes_host::{
 const KINDS: [(&str, &str); 2] = [("off", "off"), ("on", "strict")];
 
 fn main() {
-    let release = target().join("release");
-    for file in [
+    let release = release_with(&[
         "libhermes_loopback.so",
         "libfixture_crashy.so",
         "hermes-host",
-    ] {
-        assert!(
-            release.join(file).is_file(),
-            "{file} is missing: run `cargo build --workspace --release` (`make bench` does)"
-        );
-    }
+    ]);
     println!("## sandbox (`cargo bench -p hermes-host --bench sandbox`)\n");
-    let base = target().join("bench-tmp");
-    std::fs::create_dir_all(&base).unwrap();
-    let dir = tempfile::tempdir_in(&base).unwrap();
+    let dir = scratch();
     let registry = registry(dir.path(), &release);
     loads(&registry);
     calls(&registry);
@@ -193,22 +185,7 @@ fn restart(dir: &Path, release: &Path) {
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for i in 0..n {
         for (kind, samples) in [("off", &mut off), ("on", &mut on)] {
-            let send = |text: &str| {
-                common::post(
-                    &server.addr,
-                    &format!("/api/platforms/{kind}{i}/send"),
-                    &format!(r#"{{"chat_id":"c","text":"{text}"}}"#),
-                )
-            };
-            assert_eq!(send("warm").0, 200);
-            let started = Instant::now();
-            assert_eq!(send("crash:abort").0, 503);
-            let mut tries = 0;
-            while send("x").0 != 200 {
-                tries += 1;
-                assert!(tries < 100_000, "{kind}{i} never served again");
-            }
-            samples.push(started.elapsed());
+            samples.push(crash_to_served(&server.addr, &format!("{kind}{i}")));
         }
     }
     row("crash to served again", &mut off, &mut on, ms);

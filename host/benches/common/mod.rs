@@ -173,3 +173,43 @@ pub(crate) fn load_with(
         .collect();
     (latencies.len() as f64 / duration.as_secs_f64(), latencies)
 }
+
+/// `target/release`, once every one of `files` is there (else the command that builds them).
+pub(crate) fn release_with(files: &[&str]) -> PathBuf {
+    let release = target().join("release");
+    for file in files {
+        assert!(
+            release.join(file).is_file(),
+            "{file} is missing: run `cargo build --workspace --release` (`make bench` does)"
+        );
+    }
+    release
+}
+
+/// A scratch folder under `target/bench-tmp` (on the build's disk, as the tests' are).
+pub(crate) fn scratch() -> tempfile::TempDir {
+    let base = target().join("bench-tmp");
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::tempdir_in(&base).unwrap()
+}
+
+/// Through `serve` at `addr`: a send to the crashy platform `id`, then `crash:abort`, timed
+/// until a send is served again (by the restarted child).
+pub(crate) fn crash_to_served(addr: &str, id: &str) -> Duration {
+    let send = |text: &str| {
+        post(
+            addr,
+            &format!("/api/platforms/{id}/send"),
+            &format!(r#"{{"chat_id":"c","text":"{text}"}}"#),
+        )
+    };
+    assert_eq!(send("warm").0, 200);
+    let started = Instant::now();
+    assert_eq!(send("crash:abort").0, 503);
+    let mut tries = 0;
+    while send("x").0 != 200 {
+        tries += 1;
+        assert!(tries < 100_000, "{id} never served again");
+    }
+    started.elapsed()
+}
