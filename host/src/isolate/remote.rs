@@ -79,15 +79,15 @@ impl RemoteLibrary {
             Err(error(message))
         };
         match opened {
-            Ok(Reply::Opened(Ok(opened))) => Ok(RemoteLibrary {
-                conn: {
-                    let _ = conn.sandbox.set(opened.sandbox);
-                    conn
-                },
-                version: opened.version,
-                level: opened.level,
-                source: path.to_owned(),
-            }),
+            Ok(Reply::Opened(Ok(opened))) => {
+                let _ = conn.sandbox.set(opened.sandbox);
+                Ok(RemoteLibrary {
+                    conn,
+                    version: opened.version,
+                    level: opened.level,
+                    source: path.to_owned(),
+                })
+            }
             Ok(Reply::Opened(Err(message))) => failed(message),
             Ok(other) => failed(format!("unexpected reply {other:?}")),
             Err(CallError::Crashed { exit }) => Err(error(format!(
