@@ -258,3 +258,40 @@ fn webhook_listens_and_posts_from_a_strict_sandbox() {
     let (event, _) = sse.until("in through the sandbox");
     assert_eq!(event["platform"], "wh");
 }
+
+/// A kernel without Landlock (`no_landlock.py` answers its system calls with ENOSYS, as such a
+/// kernel does): `strict` refuses to open the library, naming why, while `best-effort` serves
+/// and says what it could not enforce, which the same read then shows.
+#[test]
+fn without_landlock_strict_refuses_and_best_effort_says_what_is_not_enforced() {
+    let t = TestDir::new();
+    t.install("tight", "fixture_crashy", 1);
+    t.install("loose", "fixture_crashy", 1);
+    let secret = secret(&t);
+    let config = t.config(
+        "[server]\nlisten = \"127.0.0.1:0\"\ncontrol_socket = \"state/control.sock\"\n\n\
+         [platforms.tight]\nisolation = \"process\"\nsandbox = \"strict\"\n\n\
+         [platforms.loose]\nisolation = \"process\"\n",
+    );
+    let wrapper = util::root().join("tests/fixtures/no_landlock.py");
+    let server = Server::start_wrapped(&t, config, &[], &[wrapper.to_str().unwrap()]);
+
+    let tight = server.wait_platform("tight", |p| p["state"] == "failed");
+    let error = tight["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("sandbox = \"strict\" cannot be met") && error.contains("landlock"),
+        "{tight}"
+    );
+    let (status, body) = server.send("tight", "c", "hello");
+    assert_ne!(status, 200, "{body}");
+
+    let loose = server.platform("loose");
+    let sandbox = loose["sandbox"].as_str().unwrap_or_default();
+    assert!(
+        sandbox.starts_with("best-effort (landlock abi 0): no_new_privs, seccomp; not enforced: files, tcp ports, signals"),
+        "{loose}"
+    );
+    // Not enforced means not enforced: the read a strict sandbox refuses goes through.
+    assert_eq!(attempt(&server, "loose", &format!("read:{secret}")), "ok");
+    assert!(attempt(&server, "loose", "ptrace").starts_with("PermissionDenied"));
+}

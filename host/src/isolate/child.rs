@@ -9,7 +9,8 @@
 //!
 //! Sandboxed (`sandbox` other than `off`), it claims its shadow folder, then applies the
 //! sandbox to itself ([`crate::sandbox::enforce`]) while it is still one thread, and reports what
-//! is enforced with the library it opens; a sandbox `strict` cannot meet ends it with the reason.
+//! is enforced with the library it opens; a sandbox `strict` cannot meet is the answer to the
+//! gateway's `open` instead (the library is never opened), so the platform's error names it.
 
 use std::{
     collections::HashMap,
@@ -88,7 +89,7 @@ fn run(args: Args) -> std::io::Result<()> {
     let socket = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     rustix::stdio::dup2_stdin(std::fs::File::open("/dev/null")?)?;
     let mut shadow = None;
-    let mut enforced = None;
+    let mut enforced = Ok(None);
     if let Some(policy) = sandbox {
         let mut policy: crate::sandbox::Policy = serde_json::from_str(&policy)
             .map_err(|e| std::io::Error::other(format!("--sandbox: {e}")))?;
@@ -99,10 +100,9 @@ fn run(args: Args) -> std::io::Result<()> {
             policy.write.push(dir.path().to_owned());
             shadow = Some(dir);
         }
-        enforced = Some(
-            crate::sandbox::enforce::apply(&policy)
-                .map_err(|e| std::io::Error::other(format!("sandbox: {e}")))?,
-        );
+        enforced = crate::sandbox::enforce::apply(&policy)
+            .map(Some)
+            .map_err(|e| format!("sandbox = \"{}\" cannot be met: {e}", policy.mode.name()));
     }
     serve(socket, shadow, enforced)
 }
@@ -112,8 +112,9 @@ fn run(args: Args) -> std::io::Result<()> {
 struct Shared {
     writer: Mutex<UnixStream>,
     shadow: Mutex<Option<ShadowDir>>,
-    /// What the sandbox enforces, reported with the library opened.
-    sandbox: Option<crate::sandbox::Enforced>,
+    /// What the sandbox enforces, reported with the library opened; `Err`: why it could not
+    /// be applied, the answer to every `open`.
+    sandbox: Result<Option<crate::sandbox::Enforced>, String>,
     library: Mutex<Option<Library>>,
     instance: RwLock<Option<Arc<Instance>>>,
     deliveries: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
@@ -198,7 +199,7 @@ impl EventSink for ToGateway {
 fn serve(
     socket: UnixStream,
     shadow: Option<ShadowDir>,
-    sandbox: Option<crate::sandbox::Enforced>,
+    sandbox: Result<Option<crate::sandbox::Enforced>, String>,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         writer: Mutex::new(socket.try_clone()?),
@@ -335,6 +336,7 @@ fn blocking_call(shared: &Arc<Shared>, call: Call) -> Reply {
 }
 
 fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<WireOpened, String> {
+    let sandbox = shared.sandbox.clone()?;
     let mut shadow = shared.shadow.lock().unwrap_or_else(|e| e.into_inner());
     if shadow.is_none() {
         let (dir, _) = ShadowDir::claim(Path::new(shadow_root))
@@ -349,7 +351,7 @@ fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<WireOpened, St
     let opened = WireOpened {
         version: library.plugin_version().to_owned(),
         level: library.level(),
-        sandbox: shared.sandbox.clone(),
+        sandbox,
     };
     *shared.library.lock().unwrap_or_else(|e| e.into_inner()) = Some(library);
     Ok(opened)
