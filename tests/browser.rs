@@ -147,6 +147,11 @@ fn the_status_page_lists_platforms_and_sends_through_its_form_in_a_real_browser(
         json!([["idle", "registered", "0"], ["loopback", "running", "1"]])
     );
 
+    // Where each platform runs: the loopback in the gateway's process, so not sandboxed.
+    page.wait_for(
+        "document.querySelector('tr[data-platform=loopback] td.sandbox').textContent === 'none'",
+    );
+
     // A send through the form; the echo arrives in the live tail (the page reads /api/events).
     page.wait_for("document.getElementById('send-platform').options.length === 2");
     page.eval(
