@@ -470,8 +470,9 @@ impl Drop for Subscriber {
 }
 
 /// A Prosody server for the domain `localhost` (MUC service `conference.localhost`), its
-/// certificate signed by a CA made for the test, with its own config and data folder.
-pub(crate) struct Prosody(Daemon);
+/// certificate signed by a CA made for the test, with its own config and data folder; the
+/// second field is the port of its HTTP file share.
+pub(crate) struct Prosody(Daemon, u16);
 
 impl std::ops::Deref for Prosody {
     type Target = Daemon;
@@ -526,7 +527,12 @@ impl Prosody {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        Prosody(Daemon::start(dir, port, Self::spawn))
+        Prosody(Daemon::start(dir, port, Self::spawn), http)
+    }
+
+    /// The port of its HTTP file share (XEP-0363 uploads go there).
+    pub(crate) fn http_port(&self) -> u16 {
+        self.1
     }
 
     fn spawn(dir: &Path, port: u16) -> Child {

@@ -162,13 +162,20 @@ fn assert_strict(server: &Server, ids: &[&str]) {
 }
 
 /// XMPP against Prosody (STARTTLS with a private CA read through `tls_ca_file`), 1:1 both ways
-/// and a room, each account in a strict sandbox granted what the shipped manifest declares.
+/// and a room, each account in a strict sandbox granted what the shipped manifest declares;
+/// the file share on a port of its own is reached by the account the operator granted it to,
+/// and refused to the other, as a send error naming the refusal.
 #[test]
 fn xmpp_talks_both_ways_from_strict_sandboxes() {
     let t = TestDir::new();
     let (prosody, ca) = crate::xmpp::prosody(&t);
     util::shipped_manifest(&t, "xmpp", &["xmpp", "alice"]);
-    let server = crate::xmpp::serve(&t, &prosody, &ca, STRICT);
+    let upload = prosody.http_port();
+    let keys = |id: &str| match id {
+        "xmpp" => format!("{STRICT}grants = {{ connect_ports = [{upload}] }}\n"),
+        _ => STRICT.to_owned(),
+    };
+    let server = crate::xmpp::serve(&t, &prosody, &ca, &keys);
     assert_strict(&server, &["xmpp", "alice"]);
     let mut sse = Sse::connect(&server.addr);
     assert_eq!(server.send("xmpp", "alice@localhost", "hello alice").0, 200);
@@ -183,6 +190,22 @@ fn xmpp_talks_both_ways_from_strict_sandboxes() {
     let (event, _) = sse.until("to the room");
     assert_eq!(event["platform"], "xmpp");
     assert_eq!(event["chat_id"], "ops@conference.localhost");
+
+    let file = |platform: &str, to: &str| {
+        server.post(
+            &format!("/api/platforms/{platform}/send"),
+            &serde_json::json!({
+                "chat_id": to, "text": "the log",
+                "attachments": [{ "name": "build.log", "mime": "text/plain", "data_base64": "b2sK" }],
+            })
+            .to_string(),
+        )
+    };
+    let (status, body) = file("xmpp", "alice@localhost");
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = file("alice", "hermes@localhost");
+    assert_ne!(status, 200, "{body}");
+    assert!(body.to_lowercase().contains("permission denied"), "{body}");
 }
 
 /// Matrix against Synapse: the homeserver's port from its URL, `store_path`'s folder writable;

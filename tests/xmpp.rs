@@ -16,14 +16,20 @@ pub(crate) fn start(t: &TestDir, prosody: &Prosody, ca: &Path) -> Server {
     t.install("xmpp", "hermes_xmpp", 1);
     t.install("alice", "hermes_xmpp", 1);
     util::shipped_capabilities(t, "xmpp", &["xmpp", "alice"]);
-    serve(t, prosody, ca, "")
+    serve(t, prosody, ca, &|_| String::new())
 }
 
-/// Serves the two installed platforms with `keys` added to each table.
-pub(crate) fn serve(t: &TestDir, prosody: &Prosody, ca: &Path, keys: &str) -> Server {
+/// Serves the two installed platforms with `keys(id)` added to each table.
+pub(crate) fn serve(
+    t: &TestDir,
+    prosody: &Prosody,
+    ca: &Path,
+    keys: &dyn Fn(&str) -> String,
+) -> Server {
     let platform = |id: &str, user: &str, password: &str| {
         format!(
-            "[platforms.{id}]\n{keys}jid = \"{user}@localhost\"\npassword = \"{password}\"\nserver = \"{}\"\ntls_ca_file = \"{}\"\nrooms = [\"ops@conference.localhost\"]\nupload_service = \"upload.localhost\"\n",
+            "[platforms.{id}]\n{}jid = \"{user}@localhost\"\npassword = \"{password}\"\nserver = \"{}\"\ntls_ca_file = \"{}\"\nrooms = [\"ops@conference.localhost\"]\nupload_service = \"upload.localhost\"\n",
+            keys(id),
             prosody.addr(),
             ca.display()
         )
