@@ -27,13 +27,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{crash_to_served, load, ms, percentile, release_with, scratch, spawn, us};
-use hermes_host::{
-    config::Config,
-    loader::DiscardInbound,
-    message::Outbound,
-    registry::{Registry, RegistryOptions},
+use common::{
+    crash_to_served, load, ms, percentile, registry_with, release_with, scratch, serve_release, us,
 };
+use hermes_host::{message::Outbound, registry::Registry};
 
 fn main() {
     let release = release_with(&[
@@ -66,12 +63,7 @@ fn registry(dir: &Path, release: &Path) -> Registry {
         "[plugins]\ndirs = [\"plugins\"]\nlibrary_dirs = [\"{}\"]\nstate_dir = \"state\"\nshadow_dir = \"state/shadow\"\n\n[platforms.inproc]\nworkers = 2\n\n[platforms.proc]\nworkers = 2\nisolation = \"process\"\n",
         release.display()
     );
-    let path = dir.join("hermes.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::parse(&text, &path).unwrap();
-    let mut options = RegistryOptions::from_config(&config, Arc::new(DiscardInbound));
-    options.child_program = Some(release.join("hermes-host"));
-    Registry::discover(&[dir.join("plugins")], options)
+    registry_with(dir, release, &text)
 }
 
 fn row(what: &str, inproc: &mut [Duration], proc: &mut [Duration]) {
@@ -170,13 +162,7 @@ fn gateway_throughput(dir: &Path, release: &Path) {
         ),
     )
     .unwrap();
-    let mut command = std::process::Command::new(release.join("hermes-host"));
-    command
-        .current_dir(dir)
-        .arg("--config")
-        .arg(&config)
-        .args(["--log-level", "error", "serve"]);
-    let (server, _) = spawn(command);
+    let server = serve_release(release, dir, &config);
     let body = r#"{"chat_id":"bench","text":"hello"}"#;
     for id in ["inproc", "proc"] {
         load(
@@ -307,13 +293,7 @@ fn restart(dir: &Path, release: &Path) {
     }
     let path = dir.join("serve.toml");
     std::fs::write(&path, config).unwrap();
-    let mut command = std::process::Command::new(release.join("hermes-host"));
-    command
-        .current_dir(dir)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-level", "error", "serve"]);
-    let (server, _) = spawn(command);
+    let server = serve_release(release, dir, &path);
     let mut samples = Vec::new();
     for i in 0..n {
         samples.push(crash_to_served(&server.addr, &format!("c{i}")));

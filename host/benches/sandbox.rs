@@ -15,17 +15,13 @@ mod common;
 
 use std::{
     path::Path,
-    sync::Arc,
     time::{Duration, Instant},
 };
 
-use common::{crash_to_served, ms, percentile, release_with, scratch, spawn, us};
-use hermes_host::{
-    config::Config,
-    loader::DiscardInbound,
-    message::Outbound,
-    registry::{Registry, RegistryOptions},
+use common::{
+    crash_to_served, ms, percentile, registry_with, release_with, scratch, serve_release, us,
 };
+use hermes_host::{message::Outbound, registry::Registry};
 
 /// The platforms' tables: the sandbox off, and strict.
 const KINDS: [(&str, &str); 2] = [("off", "off"), ("on", "strict")];
@@ -65,12 +61,7 @@ fn registry(dir: &Path, release: &Path) -> Registry {
             "\n[platforms.{id}]\nworkers = 2\nisolation = \"process\"\nsandbox = \"{mode}\"\n"
         ));
     }
-    let path = dir.join("hermes.toml");
-    std::fs::write(&path, &text).unwrap();
-    let config = Config::parse(&text, &path).unwrap();
-    let mut options = RegistryOptions::from_config(&config, Arc::new(DiscardInbound));
-    options.child_program = Some(release.join("hermes-host"));
-    Registry::discover(&[dir.join("plugins")], options)
+    registry_with(dir, release, &text)
 }
 
 fn row(what: &str, off: &mut [Duration], on: &mut [Duration], show: fn(Duration) -> String) {
@@ -175,13 +166,7 @@ fn restart(dir: &Path, release: &Path) {
     }
     let path = dir.join("serve.toml");
     std::fs::write(&path, config).unwrap();
-    let mut command = std::process::Command::new(release.join("hermes-host"));
-    command
-        .current_dir(dir)
-        .arg("--config")
-        .arg(&path)
-        .args(["--log-level", "error", "serve"]);
-    let (server, _) = spawn(command);
+    let server = serve_release(release, dir, &path);
     let (mut off, mut on) = (Vec::new(), Vec::new());
     for i in 0..n {
         for (kind, samples) in [("off", &mut off), ("on", &mut on)] {

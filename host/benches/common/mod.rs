@@ -213,3 +213,32 @@ pub(crate) fn crash_to_served(addr: &str, id: &str) -> Duration {
     }
     started.elapsed()
 }
+
+/// A registry over `dir/plugins` with `text` as `dir/hermes.toml`, isolated platforms run by
+/// the release `hermes-host` in `release`.
+pub(crate) fn registry_with(
+    dir: &Path,
+    release: &Path,
+    text: &str,
+) -> hermes_host::registry::Registry {
+    let path = dir.join("hermes.toml");
+    std::fs::write(&path, text).unwrap();
+    let config = hermes_host::config::Config::parse(text, &path).unwrap();
+    let mut options = hermes_host::registry::RegistryOptions::from_config(
+        &config,
+        std::sync::Arc::new(hermes_host::loader::DiscardInbound),
+    );
+    options.child_program = Some(release.join("hermes-host"));
+    hermes_host::registry::Registry::discover(&[dir.join("plugins")], options)
+}
+
+/// The release `hermes-host serve` on `config`, run in `dir`, once it is ready.
+pub(crate) fn serve_release(release: &Path, dir: &Path, config: &Path) -> Server {
+    let mut command = Command::new(release.join("hermes-host"));
+    command
+        .current_dir(dir)
+        .arg("--config")
+        .arg(config)
+        .args(["--log-level", "error", "serve"]);
+    spawn(command).0
+}

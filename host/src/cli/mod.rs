@@ -132,10 +132,10 @@ pub enum Command {
         memory_limit_mb: Option<u64>,
         /// The sandbox to apply before the library is opened (JSON of `sandbox::Policy`).
         #[arg(long)]
-        sandbox: Option<String>,
+        sandbox: String,
         /// Where its shadow folder goes (claimed before the sandbox closes the rest).
         #[arg(long)]
-        shadow_root: Option<std::path::PathBuf>,
+        shadow_root: std::path::PathBuf,
     },
     /// Send a message through the running server.
     Send {

@@ -7,8 +7,8 @@
 //! child left behind would keep the platform's session open under the same identity). It sets
 //! its own address-space limit (`memory_limit_mb`) before the library is opened.
 //!
-//! Sandboxed (`sandbox` other than `off`), it claims its shadow folder, then applies the
-//! sandbox to itself ([`crate::sandbox::enforce`]) while it is still one thread, and reports what
+//! Then it claims its own shadow folder and applies its sandbox (`--sandbox`; mode `off`
+//! leaves rlimits only) to itself ([`crate::sandbox::enforce`]) while it is still one thread, and reports what
 //! is enforced with the library it opens; a sandbox `strict` cannot meet is the answer to the
 //! gateway's `open` instead (the library is never opened), so the platform's error names it.
 
@@ -42,10 +42,10 @@ pub(crate) struct Args {
     pub parent: u32,
     /// The address-space limit, if any.
     pub memory_limit_mb: Option<u64>,
-    /// The sandbox policy as JSON; `None`: not sandboxed (an older gateway, or a bench).
-    pub sandbox: Option<String>,
-    /// Where the shadow folder goes.
-    pub shadow_root: Option<std::path::PathBuf>,
+    /// The sandbox policy as JSON (`sandbox::Policy`; its mode may be `off`).
+    pub sandbox: String,
+    /// Where the child's own shadow folder goes.
+    pub shadow_root: std::path::PathBuf,
 }
 
 /// Runs the child.
@@ -88,22 +88,15 @@ fn run(args: Args) -> std::io::Result<()> {
     // /dev/null in its place, so a process the plugin spawns does not inherit the connection.
     let socket = UnixStream::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     rustix::stdio::dup2_stdin(std::fs::File::open("/dev/null")?)?;
-    let mut shadow = None;
-    let mut enforced = Ok(None);
-    if let Some(policy) = sandbox {
-        let mut policy: crate::sandbox::Policy = serde_json::from_str(&policy)
-            .map_err(|e| std::io::Error::other(format!("--sandbox: {e}")))?;
-        if let Some(root) = shadow_root {
-            let (dir, _) = ShadowDir::claim(&root).map_err(|e| {
-                std::io::Error::other(format!("shadow folder {}: {e}", root.display()))
-            })?;
-            policy.write.push(dir.path().to_owned());
-            shadow = Some(dir);
-        }
-        enforced = crate::sandbox::enforce::apply(&policy)
-            .map(Some)
-            .map_err(|e| format!("sandbox = \"{}\" cannot be met: {e}", policy.mode.name()));
-    }
+    let mut policy: crate::sandbox::Policy = serde_json::from_str(&sandbox)
+        .map_err(|e| std::io::Error::other(format!("--sandbox: {e}")))?;
+    // Claimed before the sandbox closes the rest: the one folder of copies it may write.
+    let (shadow, _) = ShadowDir::claim(&shadow_root).map_err(|e| {
+        std::io::Error::other(format!("shadow folder {}: {e}", shadow_root.display()))
+    })?;
+    policy.write.push(shadow.path().to_owned());
+    let enforced = crate::sandbox::enforce::apply(&policy)
+        .map_err(|e| format!("sandbox = \"{}\" cannot be met: {e}", policy.mode.name()));
     serve(socket, shadow, enforced)
 }
 
@@ -111,10 +104,10 @@ fn run(args: Args) -> std::io::Result<()> {
 /// deliveries waiting for the gateway's answer.
 struct Shared {
     writer: Mutex<UnixStream>,
-    shadow: Mutex<Option<ShadowDir>>,
+    shadow: ShadowDir,
     /// What the sandbox enforces, reported with the library opened; `Err`: why it could not
     /// be applied, the answer to every `open`.
-    sandbox: Result<Option<crate::sandbox::Enforced>, String>,
+    sandbox: Result<crate::sandbox::Enforced, String>,
     library: Mutex<Option<Library>>,
     instance: RwLock<Option<Arc<Instance>>>,
     deliveries: Mutex<HashMap<u64, oneshot::Sender<Result<(), String>>>>,
@@ -198,12 +191,12 @@ impl EventSink for ToGateway {
 /// a thread each, so this loop stays free to take the gateway's answers to deliveries.
 fn serve(
     socket: UnixStream,
-    shadow: Option<ShadowDir>,
-    sandbox: Result<Option<crate::sandbox::Enforced>, String>,
+    shadow: ShadowDir,
+    sandbox: Result<crate::sandbox::Enforced, String>,
 ) -> std::io::Result<()> {
     let shared = Arc::new(Shared {
         writer: Mutex::new(socket.try_clone()?),
-        shadow: Mutex::new(shadow),
+        shadow,
         sandbox,
         library: Mutex::new(None),
         instance: RwLock::new(None),
@@ -290,7 +283,7 @@ fn serve(
 fn blocking_call(shared: &Arc<Shared>, call: Call) -> Reply {
     let stopped = || WireCallError::Stopped;
     match call {
-        Call::Open { path, shadow_dir } => Reply::Opened(open(shared, &path, &shadow_dir)),
+        Call::Open { path } => Reply::Opened(open(shared, &path)),
         Call::ValidateConfig {
             config_json,
             timeout_ms,
@@ -335,19 +328,10 @@ fn blocking_call(shared: &Arc<Shared>, call: Call) -> Reply {
     }
 }
 
-fn open(shared: &Shared, path: &str, shadow_root: &str) -> Result<WireOpened, String> {
+fn open(shared: &Shared, path: &str) -> Result<WireOpened, String> {
     let sandbox = shared.sandbox.clone()?;
-    let mut shadow = shared.shadow.lock().unwrap_or_else(|e| e.into_inner());
-    if shadow.is_none() {
-        let (dir, _) = ShadowDir::claim(Path::new(shadow_root))
-            .map_err(|e| format!("shadow folder {shadow_root}: {e}"))?;
-        *shadow = Some(dir);
-    }
-    let dir = shadow
-        .as_ref()
-        .map(|d| d.path().to_owned())
-        .unwrap_or_default();
-    let library = Library::open(Path::new(path), &dir).map_err(|e| e.to_string())?;
+    let library =
+        Library::open(Path::new(path), shared.shadow.path()).map_err(|e| e.to_string())?;
     let opened = WireOpened {
         version: library.plugin_version().to_owned(),
         level: library.level(),

@@ -39,8 +39,10 @@ pub struct Spawn {
     pub env: Vec<(String, String)>,
     /// `memory_limit_mb`: the child's address-space limit.
     pub memory_limit_mb: Option<u64>,
-    /// The sandbox it applies to itself, and where its shadow folder goes (claimed first).
-    pub sandbox: Option<(crate::sandbox::Policy, PathBuf)>,
+    /// The sandbox it applies to itself.
+    pub sandbox: crate::sandbox::Policy,
+    /// Where its own shadow folder goes (claimed before the sandbox is applied).
+    pub shadow_root: PathBuf,
 }
 
 /// One child process and its connection.
@@ -64,7 +66,7 @@ pub(super) struct Conn {
     pub(super) generation: AtomicU64,
     pub(super) serving: AtomicBool,
     /// What its sandbox enforces, once the child has reported it (with the library it opened).
-    pub(super) sandbox: std::sync::OnceLock<Option<crate::sandbox::Enforced>>,
+    pub(super) sandbox: std::sync::OnceLock<crate::sandbox::Enforced>,
 }
 
 impl Conn {
@@ -80,14 +82,12 @@ impl Conn {
         if let Some(mb) = spawn.memory_limit_mb {
             command.arg("--memory-limit-mb").arg(mb.to_string());
         }
-        if let Some((policy, shadow_root)) = &spawn.sandbox {
-            let policy = serde_json::to_string(policy).map_err(std::io::Error::other)?;
-            command
-                .arg("--sandbox")
-                .arg(policy)
-                .arg("--shadow-root")
-                .arg(shadow_root);
-        }
+        let policy = serde_json::to_string(&spawn.sandbox).map_err(std::io::Error::other)?;
+        command
+            .arg("--sandbox")
+            .arg(policy)
+            .arg("--shadow-root")
+            .arg(&spawn.shadow_root);
         // What the plugin prints is read line by line and logged under its id, escaped: it
         // never reaches the gateway's stdout or stderr as raw bytes (forged log lines).
         command

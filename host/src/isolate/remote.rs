@@ -49,12 +49,11 @@ pub struct ChildError {
 }
 
 impl RemoteLibrary {
-    /// Starts a child and has it open `path` (its shadow copy under `shadow_root`).
+    /// Starts a child and has it open `path` (its shadow copy under `spawn.shadow_root`).
     pub fn open(
         spawn: &Spawn,
         sink: Arc<dyn EventSink>,
         path: &Path,
-        shadow_root: &Path,
     ) -> Result<RemoteLibrary, ChildError> {
         let error = |message: String| ChildError {
             platform: spawn.platform.clone(),
@@ -70,7 +69,6 @@ impl RemoteLibrary {
             "open",
             Call::Open {
                 path: path.display().to_string(),
-                shadow_dir: shadow_root.display().to_string(),
             },
             OPEN_TIMEOUT,
         );
@@ -204,9 +202,9 @@ pub struct RemoteStopped {
 }
 
 impl RemoteInstance {
-    /// What its child's sandbox enforces (`None`: not sandboxed).
+    /// What its child's sandbox enforces, as the child reported it with the opened library.
     pub fn sandbox(&self) -> Option<crate::sandbox::Enforced> {
-        self.conn.sandbox.get().cloned().flatten()
+        self.conn.sandbox.get().cloned()
     }
 
     /// The platform id.

@@ -158,7 +158,7 @@ impl Instance {
         match self {
             Instance::InProcess(_) => crate::sandbox::IN_PROCESS.to_owned(),
             Instance::Process(i) => i.sandbox().map_or_else(
-                || "not sandboxed (a child without a sandbox)".to_owned(),
+                || "unknown (its child has not reported its sandbox)".to_owned(),
                 |e| e.summary(),
             ),
         }

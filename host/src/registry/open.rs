@@ -106,17 +106,10 @@ impl Registry {
             platform: manifest.id.clone(),
             env,
             memory_limit_mb: table.memory_limit_mb,
-            sandbox: Some((
-                self.sandbox_policy(entry, table, path),
-                self.options.shadow_dir.clone(),
-            )),
+            sandbox: self.sandbox_policy(entry, table, path),
+            shadow_root: self.options.shadow_dir.clone(),
         };
-        let library = RemoteLibrary::open(
-            &spawn,
-            Arc::clone(&self.options.sink),
-            path,
-            &self.options.shadow_dir,
-        )?;
+        let library = RemoteLibrary::open(&spawn, Arc::clone(&self.options.sink), path)?;
         Ok(Opened {
             library: super::Library::Process(library),
             marker: None,

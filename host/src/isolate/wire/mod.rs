@@ -48,13 +48,11 @@ pub(crate) enum ToChild {
 /// A call the gateway makes in the child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Call {
-    /// Open the library (a shadow copy in the child's own folder under `shadow_dir`), with every
-    /// load-time check. Answered by [`Reply::Opened`].
+    /// Open the library (a shadow copy in the child's own folder, claimed at its start), with
+    /// every load-time check. Answered by [`Reply::Opened`].
     Open {
         /// The library file.
         path: String,
-        /// The shadow root.
-        shadow_dir: String,
     },
     /// The plugin's `validate_config`.
     ValidateConfig {
@@ -115,8 +113,8 @@ pub(crate) struct WireOpened {
     pub version: String,
     /// Its plugin API level.
     pub level: u32,
-    /// What the child's sandbox enforces (`None`: not sandboxed).
-    pub sandbox: Option<crate::sandbox::Enforced>,
+    /// What the child's sandbox enforces.
+    pub sandbox: crate::sandbox::Enforced,
 }
 
 /// [`crate::message::Attachment`].
